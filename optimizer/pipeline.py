@@ -1,0 +1,138 @@
+"""The pass interface and the machinery that runs passes.
+
+A pass is a class in its own module under ``passes/`` (listed once, in order, in ``passes.PASSES``):
+
+    class StripElf:
+        name = "strip-elf"
+        summary = "Strip debug info and unneeded symbols from ELF files of any architecture"
+        Options = StripElfOptions          # a frozen dataclass with defaults
+
+        def __init__(self, options: StripElfOptions) -> None: ...
+        @classmethod
+        def add_arguments(cls, parser: argparse.ArgumentParser) -> None: ...   # its CLI flags
+        @classmethod
+        def options_from_args(cls, args: argparse.Namespace) -> StripElfOptions: ...
+        def run(self, ctx: PassContext) -> None: ...
+
+``run`` reads ``ctx.fs`` (the merged filesystem, with the changes of earlier passes applied), decides, and
+records changes through ``ctx.changes``. Heavy per-file work is a top-level (picklable) function
+``fn(data: bytes, arg) -> result`` handed to ``ctx.map``, which runs it on every core and yields the results in
+input order. A pass that raises is reported ``failed`` and its changes are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from .changes import Changes
+from .filesystem import FileSystem
+from .model import Content, Platform
+from .report import Finding, PassReport
+
+__all__ = ["ImageInfo", "Pass", "PassContext", "WorkerPool"]
+
+A = TypeVar("A")
+K = TypeVar("K")
+R = TypeVar("R")
+
+
+class Pass(Protocol):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type[Any]]
+
+    def __init__(self, options: Any) -> None: ...
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None: ...
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> Any: ...
+
+    def run(self, ctx: PassContext) -> None: ...
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a pass may want to know about the image besides its files."""
+
+    name: str  # for messages: the reference or source name and the manifest digest
+    manifest_digest: str
+    platform: Platform | None
+    config: Mapping[str, Any]  # the image config JSON (read-only)
+    layer_digests: Sequence[str]
+
+
+def _call(fn: Callable[[bytes, A], R], content: Content, arg: A) -> R | BaseException:
+    try:
+        return fn(content.read_bytes(), arg)
+    except Exception as error:  # reported per file by the pass; never kills the pool
+        return error
+
+
+class WorkerPool:
+    """A process pool shared by every pass of a run; created on first use."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._executor: Executor | None = None
+
+    def map(
+        self, fn: Callable[[bytes, A], R], items: Sequence[tuple[K, Content]], arg: A
+    ) -> Iterator[tuple[K, R | BaseException]]:
+        if self.workers <= 1 or len(items) < 2:
+            for key, content in items:
+                yield key, _call(fn, content, arg)
+            return
+        if self._executor is None:
+            import multiprocessing
+
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+        chunk = max(1, min(16, len(items) // (self.workers * 8)))
+        results = self._executor.map(
+            _call, [fn] * len(items), [c for _, c in items], [arg] * len(items), chunksize=chunk
+        )
+        for (key, _), result in zip(items, results, strict=True):
+            yield key, result
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+
+
+@dataclass
+class PassContext:
+    fs: FileSystem
+    changes: Changes
+    image: ImageInfo
+    report: PassReport
+    pool: WorkerPool
+    dry_run: bool = False
+    shared: dict[str, Any] = field(default_factory=dict)  # run-wide facts passes may share, keyed by pass name
+
+    def map(
+        self, fn: Callable[[bytes, A], R], items: Sequence[tuple[K, Content]], arg: A
+    ) -> Iterator[tuple[K, R | BaseException]]:
+        """Run ``fn(bytes, arg)`` on each item's content on every core; results in input order."""
+        return self.pool.map(fn, items, arg)
+
+    def warn(self, message: str) -> None:
+        self.report.warnings.append(message)
+
+    def note(
+        self,
+        path: str,
+        action: str,
+        reason: str = "",
+        bytes_before: int = 0,
+        bytes_after: int = 0,
+        **details: Any,
+    ) -> None:
+        """Record a finding for the report (every change, and every file deliberately left alone)."""
+        self.report.findings.append(Finding(path, action, reason, bytes_before, bytes_after, details))

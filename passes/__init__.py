@@ -1,0 +1,18 @@
+"""The passes, in the one order they run. Order is meaning: a pass sees the changes of the passes before it.
+
+Each pass is one class in its own module (see ``optimizer.pipeline`` for the interface). Add a pass by
+writing its module and adding one line here; nothing registers itself on import.
+"""
+
+from __future__ import annotations
+
+from optimizer.pipeline import Pass
+
+PASSES: tuple[type[Pass], ...] = (
+)
+
+__all__ = ["PASSES", "pass_names"]
+
+
+def pass_names() -> list[str]:
+    return [p.name for p in PASSES]

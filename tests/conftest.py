@@ -1,0 +1,41 @@
+"""Shared test fixtures: where the third-party fixtures live, and tools that must exist in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = bool(os.environ.get("CI"))
+
+
+def fixtures_dir() -> Path:
+    """``../shared/fixtures`` from the project root, or ``$OCI_OPTIMIZER_FIXTURES``."""
+    override = os.environ.get("OCI_OPTIMIZER_FIXTURES")
+    return Path(override) if override else (ROOT.parent / "shared" / "fixtures")
+
+
+def missing(reason: str) -> None:
+    """A needed tool or fixture is absent: a failure in CI, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def require_tool(program: str, package: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        missing(f"{program} not found (Debian package {package})")
+        raise AssertionError  # unreachable
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    path = fixtures_dir()
+    if not path.is_dir():
+        missing(f"fixtures directory {path} not found (set OCI_OPTIMIZER_FIXTURES)")
+    return path
