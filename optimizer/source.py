@@ -412,7 +412,7 @@ def _open_docker_archive(path: str, members: dict[str, _Member], blobs: BlobStor
         config_member = _resolve_member(members, entry["Config"], label)
         config_bytes = _read_member(path, config_member)
         config_digest = sha256_digest(config_bytes)
-        named = _digest_from_name(entry["Config"])
+        named = _digest_from_name(entry["Config"]) if entry["Config"].lstrip("./").startswith("blobs/") else ""
         if named and named != config_digest:
             raise DigestMismatchError(
                 f"{label}: config {entry['Config']} does not match the digest in its name ({config_digest})", named

@@ -1,0 +1,7 @@
+"""``python -m optimizer`` is the ``optimize`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

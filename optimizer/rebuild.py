@@ -1,0 +1,251 @@
+"""Turning recorded changes into layers: plans per layer, the rewritten layers, the new top layer.
+
+A layer no change touches is never rewritten (same bytes, same digest) unless the run asks for canonical
+layers (``--normalize``) or recompression. A rewritten layer keeps its entries in their order (sorted when
+normalising), with deleted paths dropped (or replaced by a whiteout when a lower layer still carries the path),
+replaced files carrying their new bytes, and hardlinks whose holder was dropped promoted to regular files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .changes import Change, Op
+from .filesystem import FileSystem, Node
+from .layer import WHITEOUT_PREFIX, LayerIndex
+from .model import Content, Entry, EntryKind
+from .output import BlobSpec, CompressionSpec, LayerWriter
+
+__all__ = ["LayerPlan", "Plan", "apply_changes", "build_plan", "top_layer_entries", "write_layer"]
+
+
+@dataclass
+class LayerPlan:
+    replace: dict[str, Content] = field(default_factory=dict)
+    delete: set[str] = field(default_factory=set)
+    changes: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.replace or self.delete)
+
+
+@dataclass
+class Plan:
+    layers: dict[int, LayerPlan] = field(default_factory=dict)
+    added: dict[str, tuple[Entry, Content | None]] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    def layer(self, number: int) -> LayerPlan:
+        return self.layers.setdefault(number, LayerPlan())
+
+
+def build_plan(changes: Iterable[Change], layer_count: int) -> Plan:
+    """Fold the changes of every pass, in order, into what each layer must become."""
+    plan = Plan()
+    for change in changes:
+        if change.reason and change.op is Op.ADD:
+            plan.reasons.append(f"{change.pass_name}: {change.path}: {change.reason}")
+        if change.layer >= layer_count:
+            if change.op is Op.DELETE:
+                plan.added.pop(change.path, None)
+            elif change.op is Op.ADD:
+                assert change.entry is not None
+                plan.added[change.path] = (change.entry, change.content)
+            else:
+                entry, _ = plan.added[change.visible_path]
+                assert change.content is not None
+                plan.added[change.visible_path] = (entry.with_size(change.content.size), change.content)
+            continue
+        layer = plan.layer(change.layer)
+        layer.changes += 1
+        if change.op is Op.REPLACE:
+            assert change.content is not None
+            layer.replace[change.path] = change.content
+        elif change.op is Op.DELETE:
+            layer.delete.add(change.path)
+            layer.replace.pop(change.path, None)
+    return plan
+
+
+def apply_changes(fs: FileSystem, changes: Iterable[Change]) -> FileSystem:
+    """The filesystem a later pass sees: this pass's changes applied to the merged view."""
+    nodes = {path: node for path, node in fs.items()}
+    next_inode = max((n.inode for n in nodes.values()), default=0) + 1_000_000
+    for change in changes:
+        if change.op is Op.REPLACE:
+            target = nodes[change.visible_path]
+            for path, node in list(nodes.items()):
+                if (node.inode == target.inode and target.inode) or path == change.visible_path:
+                    nodes[path] = Node(node.entry.with_size(change.bytes_after), node.layer, change.content, node.inode)
+        elif change.op is Op.DELETE:
+            prefix = change.visible_path + "/"
+            for path in [p for p in nodes if p == change.visible_path or p.startswith(prefix)]:
+                del nodes[path]
+        else:
+            assert change.entry is not None
+            nodes[change.path] = Node(change.entry, fs.layer_count, change.content, next_inode if change.content else 0)
+            next_inode += 1
+    return FileSystem(
+        nodes,
+        {i: fs.holder(i) for i in {n.inode for n in nodes.values()} if fs.holder(i) is not None},  # type: ignore[misc]
+        {i: fs.links(i) for i in {n.inode for n in nodes.values()} if fs.links(i)},
+        fs.protected_layers,
+        fs.layer_count,
+    )
+
+
+def _sort_key(entry: Entry) -> tuple[str, ...]:
+    return tuple(entry.path.split("/")) if entry.path else ()
+
+
+def _whiteout(entry: Entry) -> Entry:
+    parent, _, name = entry.path.rpartition("/")
+    path = f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else WHITEOUT_PREFIX + name
+    return Entry(path, EntryKind.FILE, mode=0o644, mtime=entry.mtime)
+
+
+def layer_entries(
+    index: LayerIndex, plan: LayerPlan, lower_paths: set[str], normalize: bool
+) -> list[tuple[Entry, Content | None]]:
+    """The entries a rewritten layer holds, in write order, with their bytes."""
+    deleted = plan.delete
+
+    def is_deleted(path: str) -> bool:
+        if path in deleted:
+            return True
+        parts = path.split("/")
+        return any("/".join(parts[:i]) in deleted for i in range(1, len(parts)))
+
+    holders: dict[str, Content | None] = {}  # FILE path in this layer -> content (after replacement)
+    out: list[tuple[Entry, Content | None]] = []
+    promoted: dict[str, str] = {}  # dropped holder path -> the link promoted in its place
+    emitted_whiteouts: set[str] = set()
+    for item in index.entries:
+        entry, content = item.entry, item.content
+        if entry.kind is EntryKind.FILE and entry.path in plan.replace:
+            content = plan.replace[entry.path]
+            entry = entry.with_size(content.size)
+        if entry.kind is EntryKind.FILE:
+            holders[entry.path] = content
+        if is_deleted(entry.path):
+            if entry.path in lower_paths and entry.path not in emitted_whiteouts and entry.path in deleted:
+                emitted_whiteouts.add(entry.path)
+                out.append((_whiteout(entry), None))
+            continue
+        if entry.kind is EntryKind.HARDLINK:
+            target = entry.link
+            if target in promoted:
+                entry = _relink(entry, promoted[target])
+            elif is_deleted(target) and target in holders:
+                content = holders[target]
+                promoted[target] = entry.path
+                entry = Entry(
+                    entry.path, EntryKind.FILE, entry.mode, entry.uid, entry.gid, entry.uname, entry.gname,
+                    entry.mtime, entry.mtime_ns, content.size if content else 0, "", 0, 0, entry.xattrs,
+                )
+                holders[entry.path] = content
+        out.append((entry, content if entry.kind is EntryKind.FILE else None))
+    # Deleted paths that this layer does not carry but a lower layer does (a pass deleting a file whose
+    # owning entry is here as a directory's child, for instance) need no extra whiteout: the owner is here.
+    if normalize:
+        out = _canonical_order(out)
+    return out
+
+
+def _relink(entry: Entry, target: str) -> Entry:
+    return Entry(
+        entry.path, EntryKind.HARDLINK, entry.mode, entry.uid, entry.gid, entry.uname, entry.gname,
+        entry.mtime, entry.mtime_ns, 0, target, 0, 0, entry.xattrs,
+    )
+
+
+def _canonical_order(items: list[tuple[Entry, Content | None]]) -> list[tuple[Entry, Content | None]]:
+    """Sort by path; within the layer, the first path of a hardlink group (in that order) holds the bytes."""
+    by_path = {entry.path: (entry, content) for entry, content in items}
+    ordered = sorted(by_path.values(), key=lambda item: _sort_key(item[0]))
+    groups: dict[str, list[str]] = {}
+    for entry, _ in ordered:
+        if entry.kind is EntryKind.HARDLINK and entry.link in by_path and by_path[entry.link][0].kind is EntryKind.FILE:
+            groups.setdefault(entry.link, []).append(entry.path)
+    if not groups:
+        return ordered
+    rename: dict[str, str] = {}
+    result_by_path = dict(by_path)
+    for holder, links in groups.items():
+        first = min([holder, *links], key=lambda p: _sort_key(Entry(p, EntryKind.FILE)))
+        if first == holder:
+            continue
+        holder_entry, content = by_path[holder]
+        link_entry, _ = by_path[first]
+        result_by_path[first] = (
+            Entry(
+                first, EntryKind.FILE, link_entry.mode, link_entry.uid, link_entry.gid, link_entry.uname,
+                link_entry.gname, link_entry.mtime, link_entry.mtime_ns, holder_entry.size, "", 0, 0,
+                link_entry.xattrs,
+            ),
+            content,
+        )
+        result_by_path[holder] = (_relink(holder_entry, first), None)
+        rename[holder] = first
+    out = []
+    for entry, content in sorted(result_by_path.values(), key=lambda item: _sort_key(item[0])):
+        if entry.kind is EntryKind.HARDLINK and entry.link in rename and entry.path != rename[entry.link]:
+            entry = _relink(entry, rename[entry.link])
+        out.append((entry, content))
+    return out
+
+
+def top_layer_entries(
+    added: Mapping[str, tuple[Entry, Content | None]], final_fs: FileSystem, mtime: int
+) -> list[tuple[Entry, Content | None]]:
+    """The new top layer: added paths plus any missing parent directories, root-owned, sorted, fixed mtime."""
+    items: dict[str, tuple[Entry, Content | None]] = {}
+    for path, (entry, content) in added.items():
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            node = final_fs.get(parent)
+            if parent not in added and parent not in items and (node is None or node.layer >= final_fs.layer_count):
+                items[parent] = (Entry(parent, EntryKind.DIR, mode=0o755, mtime=mtime), None)
+        items[path] = (
+            Entry(
+                path, entry.kind, entry.mode, entry.uid, entry.gid, entry.uname, entry.gname, mtime, 0,
+                content.size if content else 0, entry.link, entry.devmajor, entry.devminor, entry.xattrs,
+            ),
+            content,
+        )
+    return sorted(items.values(), key=lambda item: _sort_key(item[0]))
+
+
+def write_layer(
+    items: Sequence[tuple[Entry, Content | None]], path: str, spec: CompressionSpec, clamp: int | None
+) -> BlobSpec:
+    writer = LayerWriter(path, spec, clamp)
+    try:
+        for entry, content in items:
+            if entry.kind is EntryKind.FILE:
+                if content is None:
+                    if entry.size:
+                        raise ValueError(f"{entry.path}: no content for a {entry.size}-byte file")
+                    from io import BytesIO
+
+                    writer.add(entry, BytesIO(b""))
+                    continue
+                with content.open() as reader:
+                    writer.add(entry, reader)
+            else:
+                writer.add(entry)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def lower_paths_of(indexes: Sequence[LayerIndex], below: int) -> set[str]:
+    """Every path an entry of a layer under ``below`` carries (whiteout targets excluded)."""
+    paths: set[str] = set()
+    for index in indexes[:below]:
+        for item in index.entries:
+            paths.add(item.entry.path)
+    return paths

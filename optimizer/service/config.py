@@ -1,0 +1,598 @@
+"""The service configuration (``service.yaml``): parsed strictly into frozen, typed objects.
+
+Every key is known; an unknown key, a wrong type or a dangling name (a rule naming a registry that is not
+configured) is a ``UsageError`` that names the key's path, e.g. ``rules[1].destination.tag: ...``. Secrets
+(webhook tokens, registry passwords) come from the file, an environment variable or a file on disk, and are
+held in ``Secret`` objects that never show their value in a ``repr`` or a log line.
+
+Shape (see ``testdata/service.example.yaml`` for a commented example)::
+
+    listen: 127.0.0.1:8080
+    state_dir: /var/lib/oci-optimizer
+    concurrency: 2
+    max_body_bytes: 1048576
+    retry: {attempts: 5, backoff_seconds: 2, max_backoff_seconds: 300}
+    registries:
+      local: {url: "http://127.0.0.1:5000", credentials: {username: bot, password: {env: REG_PASSWORD}}}
+    sources:
+      local-notify: {registry: local, bearer_token: {env: HOOK_TOKEN}}
+      github: {registry: ghcr, format: github, hmac_secret: {file: /run/secrets/gh}}
+    rules:
+      - name: apps
+        registry: local
+        repositories: ["team/*"]
+        tags: ["*"]
+        destination: {tag_suffix: "-opt"}
+        options: {skip: [upx], pass_options: {strip-elf: {mode: debug}}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import string
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from ..errors import UsageError
+
+__all__ = [
+    "DEFAULT_USER_AGENT",
+    "Config",
+    "Destination",
+    "RegistryConfig",
+    "RetryConfig",
+    "Rule",
+    "RuleOptions",
+    "Secret",
+    "SourceConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_USER_AGENT = "oci-optimizer-service/0.1"
+EVENT_FORMATS = ("auto", "distribution", "harbor", "zot", "github", "acr")
+EventFormat = Literal["auto", "distribution", "harbor", "zot", "github", "acr"]
+
+
+class Secret:
+    """A secret value that does not print itself."""
+
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str) -> None:
+        self._value = value
+        self.origin = origin  # "inline", "env NAME" or "file PATH": safe to log
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(<{self.origin}>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    name: str
+    host: str  # host[:port], as used in references
+    insecure: bool  # plain http (from an http:// URL)
+    username: str | None = None
+    password: Secret | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A sender of webhooks: which registry its events speak of, and how it proves who it is."""
+
+    name: str
+    registry: str
+    format: EventFormat = "auto"
+    bearer_token: Secret | None = None
+    hmac_secret: Secret | None = None  # GitHub-style X-Hub-Signature-256
+
+
+@dataclass(frozen=True)
+class Destination:
+    registry: str  # a configured registry name
+    repository: str  # template: {repository}, {name}, {tag}
+    tag: str  # template: {repository}, {name}, {tag}
+    tag_suffix: str = (
+        ""  # set when given as the ``tag_suffix`` shorthand: source tags ending with it are skipped
+    )
+
+    def render(self, repository: str, tag: str) -> tuple[str, str]:
+        values = {"repository": repository, "name": repository.rsplit("/", 1)[-1], "tag": tag}
+        return self.repository.format(**values), self.tag.format(**values)
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """What the optimizer is asked to do for a rule; pass options are the passes' own frozen dataclasses."""
+
+    passes: tuple[str, ...] | None = None  # None: every pass
+    skip: tuple[str, ...] = ()
+    strict: bool = False
+    pass_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passes": list(self.passes) if self.passes is not None else None,
+            "skip": list(self.skip),
+            "strict": self.strict,
+            "pass_options": {k: dataclasses.asdict(v) for k, v in sorted(self.pass_options.items())},
+        }
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    registry: str
+    repositories: tuple[str, ...]
+    tags: tuple[str, ...]
+    exclude_tags: tuple[str, ...]
+    destination: Destination
+    options: RuleOptions
+
+    def matches(self, registry: str, repository: str, tag: str) -> bool:
+        if registry != self.registry:
+            return False
+        if not any(fnmatch.fnmatchcase(repository, p) for p in self.repositories):
+            return False
+        if not any(fnmatch.fnmatchcase(tag, p) for p in self.tags):
+            return False
+        if any(fnmatch.fnmatchcase(tag, p) for p in self.exclude_tags):
+            return False
+        # A tag our own suffix made is an output, never an input (the loop guards would stop it later anyway).
+        return not (self.destination.tag_suffix and tag.endswith(self.destination.tag_suffix))
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    attempts: int = 5
+    backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (attempt counts from 1)."""
+        return float(min(self.max_backoff_seconds, self.backoff_seconds * (2 ** max(0, attempt - 1))))
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str
+    listen_port: int
+    state_dir: Path
+    registries: Mapping[str, RegistryConfig]
+    sources: Mapping[str, SourceConfig]
+    rules: tuple[Rule, ...]
+    concurrency: int = 2
+    max_body_bytes: int = 1 << 20
+    retry: RetryConfig = RetryConfig()
+    user_agent: str = DEFAULT_USER_AGENT
+    admin_token: Secret | None = None  # when set, /jobs needs it
+    log_level: str = "INFO"
+    keep_workdirs: bool = False
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "queue.sqlite3"
+
+    @property
+    def workdir(self) -> Path:
+        return self.state_dir / "work"
+
+
+# --- the strict reader ----------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Walks a YAML mapping, remembering the key path for error messages."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise UsageError(f"{path or 'service config'}: expected a mapping, got {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def _at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def raw(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.raw(key)
+        if value is None:
+            if required or default is None:
+                raise UsageError(f"{self._at(key)}: required")
+            return default
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{self._at(key)}: expected a non-empty string, got {_kind(value)}")
+        return value
+
+    def opt_str(self, key: str) -> str | None:
+        return self.str(key) if self.raw(key) is not None else None
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise UsageError(f"{self._at(key)}: expected true or false, got {_kind(value)}")
+        return value
+
+    def int(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise UsageError(f"{self._at(key)}: expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def float(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise UsageError(f"{self._at(key)}: expected a number >= {minimum}, got {value!r}")
+        return float(value)
+
+    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise UsageError(f"{self._at(key)}: expected a list of non-empty strings, got {value!r}")
+        return tuple(value)
+
+    def mapping(self, key: str) -> _Reader | None:
+        value = self.raw(key)
+        return None if value is None else _Reader(value, self._at(key))
+
+    def secret(self, key: str) -> Secret | None:
+        value = self.raw(key)
+        if value is None:
+            return None
+        at = self._at(key)
+        if isinstance(value, str):
+            return _nonempty(Secret(value, "inline"), at)
+        sub = _Reader(value, at)
+        keys = [k for k in ("value", "env", "file") if sub.has(k)]
+        if len(keys) != 1:
+            raise UsageError(f"{at}: give exactly one of value, env or file")
+        if keys[0] == "value":
+            secret = Secret(sub.str("value"), "inline")
+        elif keys[0] == "env":
+            name = sub.str("env")
+            if name not in os.environ:
+                raise UsageError(f"{at}: environment variable {name} is not set")
+            secret = Secret(os.environ[name], f"env {name}")
+        else:
+            file = sub.str("file")
+            try:
+                text = Path(file).read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise UsageError(f"{at}: cannot read secret file {file}: {error.strerror}") from error
+            secret = Secret(text, f"file {file}")
+        sub.done()
+        return _nonempty(secret, at)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise UsageError(f"{self._at(unknown[0])}: unknown key")
+
+
+def _nonempty(secret: Secret, at: str) -> Secret:
+    if not secret.reveal():
+        raise UsageError(f"{at}: the secret is empty")
+    return secret
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _check_template(text: str, at: str) -> str:
+    try:
+        fields = [name for _, name, spec, conv in string.Formatter().parse(text) if name is not None]
+    except ValueError as error:
+        raise UsageError(f"{at}: bad template {text!r}: {error}") from error
+    for name in fields:
+        if name not in ("repository", "name", "tag"):
+            raise UsageError(
+                f"{at}: unknown placeholder {{{name}}} (use {{repository}}, {{name}} or {{tag}})"
+            )
+    return text
+
+
+def _registry(name: str, r: _Reader) -> RegistryConfig:
+    url = r.str("url", required=True)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise UsageError(f"{r.path}.url: expected http://HOST[:PORT] or https://HOST[:PORT], got {url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise UsageError(f"{r.path}.url: no credentials, query or fragment in the URL")
+    username: str | None = None
+    password: Secret | None = None
+    creds = r.mapping("credentials")
+    if creds is not None:
+        username = creds.str("username", required=True)
+        password = creds.secret("password")
+        if password is None:
+            raise UsageError(f"{creds.path}.password: required")
+        creds.done()
+    timeout = r.float("timeout", 30.0, minimum=0.1)
+    r.done()
+    return RegistryConfig(name, parts.netloc, parts.scheme == "http", username, password, timeout)
+
+
+def _source(name: str, r: _Reader, registries: Mapping[str, RegistryConfig]) -> SourceConfig:
+    registry = r.str("registry", required=True)
+    if registry not in registries:
+        raise UsageError(f"{r.path}.registry: no registry named {registry!r} is configured")
+    fmt = r.str("format", "auto")
+    if fmt not in EVENT_FORMATS:
+        raise UsageError(f"{r.path}.format: expected one of {', '.join(EVENT_FORMATS)}, got {fmt!r}")
+    bearer = r.secret("bearer_token")
+    hmac_secret = r.secret("hmac_secret")
+    if (bearer is None) == (hmac_secret is None):
+        raise UsageError(
+            f"{r.path}: give exactly one of bearer_token or hmac_secret (unauthenticated hooks are refused)"
+        )
+    r.done()
+    return SourceConfig(name, registry, typing.cast(EventFormat, fmt), bearer, hmac_secret)
+
+
+def _destination(
+    r: _Reader | None, at: str, rule_registry: str, registries: Mapping[str, RegistryConfig]
+) -> Destination:
+    if r is None:
+        raise UsageError(f"{at}: required (same_tag: true, tag_suffix: SUFFIX, or repository/tag templates)")
+    registry = r.str("registry", rule_registry)
+    if registry not in registries:
+        raise UsageError(f"{r.path}.registry: no registry named {registry!r} is configured")
+    same_tag = r.bool("same_tag", False)
+    suffix = r.opt_str("tag_suffix")
+    repository = _check_template(r.str("repository", "{repository}"), f"{r.path}.repository")
+    tag = r.opt_str("tag")
+    r.done()
+    if sum((same_tag, suffix is not None, tag is not None)) > 1:
+        raise UsageError(f"{r.path}: give only one of same_tag, tag_suffix or tag")
+    if suffix is not None:
+        tag = "{tag}" + suffix
+    elif tag is None:
+        tag = "{tag}"
+    _check_template(tag, f"{r.path}.tag")
+    overwrites = registry == rule_registry and repository == "{repository}" and tag == "{tag}"
+    if overwrites and not same_tag:
+        raise UsageError(
+            f"{r.path}: the result would replace the source tag: say same_tag: true if that is meant"
+        )
+    return Destination(registry, repository, tag, suffix or "")
+
+
+def _pass_classes() -> dict[str, type[Any]]:
+    from passes import PASSES
+
+    return {p.name: p for p in PASSES}
+
+
+def _coerce(value: Any, hint: Any, at: str) -> Any:
+    """Check a YAML value against a pass option's type hint; lists become tuples for frozen dataclasses."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise UsageError(f"{at}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg, at)
+            except UsageError:
+                continue
+        raise UsageError(f"{at}: {value!r} does not fit {hint}")
+    if hint is type(None):
+        if value is not None:
+            raise UsageError(f"{at}: expected nothing, got {value!r}")
+        return None
+    if origin in (tuple, list, frozenset, set):
+        if not isinstance(value, list):
+            raise UsageError(f"{at}: expected a list, got {_kind(value)}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{at}[{i}]") for i, v in enumerate(value)]
+        return frozenset(items) if origin in (frozenset, set) else tuple(items)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{at}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{at}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"{at}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{at}: expected a string, got {_kind(value)}")
+        return value
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError as error:
+            raise UsageError(f"{at}: {value!r} is not one of {[m.value for m in hint]}") from error
+    raise UsageError(f"{at}: options of type {hint} cannot be set from the service config")
+
+
+def _pass_options(name: str, raw: Any, at: str, classes: Mapping[str, type[Any]]) -> Any:
+    cls = classes.get(name)
+    if cls is None:
+        raise UsageError(f"{at}: unknown pass {name!r} (known: {', '.join(classes) or 'none'})")
+    options_cls = cls.Options
+    r = _Reader(raw if raw is not None else {}, at)
+    hints = typing.get_type_hints(options_cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(options_cls):
+        key = f.name.replace("_", "-") if r.has(f.name.replace("_", "-")) else f.name
+        if r.has(key):
+            values[f.name] = _coerce(r.raw(key), hints[f.name], f"{at}.{key}")
+    r.done()
+    try:
+        return options_cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{at}: {error}") from error
+
+
+def _rule_options(r: _Reader | None, at: str) -> RuleOptions:
+    if r is None:
+        return RuleOptions()
+    classes = _pass_classes()
+    passes = r.str_list("passes", ()) if r.has("passes") else None
+    skip = r.str_list("skip", ())
+    for name in (passes or ()) + skip:
+        if name not in classes:
+            raise UsageError(f"{at}: unknown pass {name!r} (known: {', '.join(classes) or 'none'})")
+    strict = r.bool("strict", False)
+    raw_pass_options = r.mapping("pass_options")
+    pass_options: dict[str, Any] = {}
+    if raw_pass_options is not None:
+        for name in list(raw_pass_options.data):
+            pass_options[name] = _pass_options(
+                name, raw_pass_options.raw(name), f"{at}.pass_options.{name}", classes
+            )
+        raw_pass_options.done()
+    r.done()
+    return RuleOptions(passes, skip, strict, pass_options)
+
+
+def parse_config(data: Any, base: Path | None = None) -> Config:
+    """Build a ``Config`` from parsed YAML; relative paths are taken from ``base`` (the file's folder)."""
+    root = _Reader(data, "")
+    listen = root.str("listen", "127.0.0.1:8080")
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"listen: expected HOST:PORT, got {listen!r}")
+    state_dir = Path(root.str("state_dir", required=True))
+    if not state_dir.is_absolute() and base is not None:
+        state_dir = base / state_dir
+
+    registries: dict[str, RegistryConfig] = {}
+    section = root.mapping("registries")
+    if section is None or not section.data:
+        raise UsageError("registries: at least one registry is required")
+    for name in list(section.data):
+        registries[name] = _registry(name, _Reader(section.raw(name), f"registries.{name}"))
+    section.done()
+
+    sources: dict[str, SourceConfig] = {}
+    section = root.mapping("sources")
+    if section is None or not section.data:
+        raise UsageError("sources: at least one webhook source is required")
+    for name in list(section.data):
+        sources[name] = _source(name, _Reader(section.raw(name), f"sources.{name}"), registries)
+    section.done()
+
+    raw_rules = root.raw("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        raise UsageError("rules: expected a non-empty list of rules")
+    rules: list[Rule] = []
+    for i, raw in enumerate(raw_rules):
+        r = _Reader(raw, f"rules[{i}]")
+        name = r.str("name", required=True)
+        if any(rule.name == name for rule in rules):
+            raise UsageError(f"rules[{i}].name: {name!r} is used twice")
+        registry = r.str("registry", required=True)
+        if registry not in registries:
+            raise UsageError(f"rules[{i}].registry: no registry named {registry!r} is configured")
+        rules.append(
+            Rule(
+                name=name,
+                registry=registry,
+                repositories=r.str_list("repositories", ("*", "*/*", "*/*/*")),
+                tags=r.str_list("tags", ("*",)),
+                exclude_tags=r.str_list("exclude_tags", ()),
+                destination=_destination(
+                    r.mapping("destination"), f"rules[{i}].destination", registry, registries
+                ),
+                options=_rule_options(r.mapping("options"), f"rules[{i}].options"),
+            )
+        )
+        r.done()
+
+    retry = RetryConfig()
+    section = root.mapping("retry")
+    if section is not None:
+        retry = RetryConfig(
+            attempts=section.int("attempts", retry.attempts, minimum=1),
+            backoff_seconds=section.float("backoff_seconds", retry.backoff_seconds),
+            max_backoff_seconds=section.float("max_backoff_seconds", retry.max_backoff_seconds),
+        )
+        section.done()
+
+    log_level = root.str("log_level", "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UsageError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    config = Config(
+        listen_host=host.strip("[]"),
+        listen_port=int(port_text),
+        state_dir=state_dir,
+        registries=registries,
+        sources=sources,
+        rules=tuple(rules),
+        concurrency=root.int("concurrency", 2, minimum=1),
+        max_body_bytes=root.int("max_body_bytes", 1 << 20, minimum=1024),
+        retry=retry,
+        user_agent=root.str("user_agent", DEFAULT_USER_AGENT),
+        admin_token=root.secret("admin_token"),
+        log_level=log_level,
+        keep_workdirs=root.bool("keep_workdirs", False),
+    )
+    root.done()
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and check ``service.yaml``; every problem is a ``UsageError`` naming the file and the key."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"{file}: cannot read the service config: {error.strerror}") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UsageError(f"{file}: not valid YAML: {error}") from error
+    try:
+        return parse_config(data, file.resolve().parent)
+    except UsageError as error:
+        raise UsageError(f"{file}: {error}") from error
