@@ -7,8 +7,10 @@ writing its module and adding one line here; nothing registers itself on import.
 from __future__ import annotations
 
 from optimizer.pipeline import Pass
+from passes.upx import Upx
 
 PASSES: tuple[type[Pass], ...] = (
+    Upx,
 )
 
 __all__ = ["PASSES", "pass_names"]
