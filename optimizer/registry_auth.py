@@ -4,19 +4,21 @@ Credentials are looked up, first match wins, in:
 
 1. an explicit mapping (the service config): either Docker-config shaped (``{"auths": {...}}``) or
    ``{"HOST[:PORT]": {"username": ..., "password": ...}}`` (also ``auth`` base64 or ``identitytoken``);
-2. the environment: ``OCI_OPTIMIZER_REGISTRY_USER`` and ``OCI_OPTIMIZER_REGISTRY_PASSWORD`` (both set), sent to
-   every registry, or only to the comma-separated ``HOST[:PORT]`` list in ``OCI_OPTIMIZER_REGISTRY_HOSTS`` when
-   that is set;
+2. the environment: ``OCI_OPTIMIZER_REGISTRY_USER`` and ``OCI_OPTIMIZER_REGISTRY_PASSWORD`` (both set),
+   sent to every registry, or only to the comma-separated ``HOST[:PORT]`` list in
+   ``OCI_OPTIMIZER_REGISTRY_HOSTS`` when that is set;
 3. ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``, then ``$REGISTRY_AUTH_FILE`` or
-   ``$XDG_RUNTIME_DIR/containers/auth.json`` (podman/skopeo): ``auths`` keyed by bare ``host:port`` or by URL
-   (``https://host/v1/``), base64 ``auth`` or ``username``/``password``, ``identitytoken`` (an OAuth2 refresh
-   token, exchanged at the token endpoint), and ``credHelpers``/``credsStore`` (``docker-credential-NAME get``).
+   ``$XDG_RUNTIME_DIR/containers/auth.json`` (podman/skopeo): ``auths`` keyed by bare ``host:port`` or by
+   URL (``https://host/v1/``), base64 ``auth`` or ``username``/``password``, ``identitytoken`` (an OAuth2
+   refresh token, exchanged at the token endpoint), and ``credHelpers``/``credsStore``
+   (``docker-credential-NAME get``).
 
-Authentication follows the registry's challenge. A ``Basic`` registry gets the ``Authorization`` header on every
-request from then on (pre-emptively: without it every request, blob bodies included, would be sent twice). A
-``Bearer`` registry gets a token per repository and set of actions, fetched from the challenge's realm and
-fetched again when the registry answers 401 to a token we sent (expired or revoked). A rejected fresh token or
-password is an authentication failure, never retried. Secrets are never logged, and ``repr`` hides them.
+Authentication follows the registry's challenge. A ``Basic`` registry gets the ``Authorization`` header on
+every request from then on (pre-emptively: without it every request, blob bodies included, would be sent
+twice). A ``Bearer`` registry gets a token per repository and set of actions, fetched from the challenge's
+realm and fetched again when the registry answers 401 to a token we sent (expired or revoked). A rejected
+fresh token or password is an authentication failure, never retried. Secrets are never logged, and ``repr``
+hides them.
 """
 
 from __future__ import annotations
@@ -316,7 +318,9 @@ class Authenticator:
             elif challenge.scheme == "bearer":
                 self._bearer_challenge = challenge
 
-    def on_unauthorized(self, response: requests.Response, scope: str | None, sent: str | None, what: str) -> None:
+    def on_unauthorized(
+        self, response: requests.Response, scope: str | None, sent: str | None, what: str
+    ) -> None:
         """React to a 401 for a request that carried ``sent`` (None: no Authorization header).
 
         Returns when the request should be sent again with ``header(scope)``; raises ``RegistryError`` when
@@ -328,9 +332,13 @@ class Authenticator:
             raise RegistryError(f"{what}: 401 Unauthorized without a WWW-Authenticate challenge")
         if challenge.scheme == "basic":
             if creds is None or creds.is_bearer_token or creds.is_identity_token:
-                raise RegistryError(f"{what}: the registry asks for a user name and password and none is configured")
+                raise RegistryError(
+                    f"{what}: the registry asks for a user name and password and none is configured"
+                )
             if sent is not None and sent.startswith("Basic "):
-                raise RegistryError(f"{what}: authentication failed: the registry rejected user {creds.username!r}")
+                raise RegistryError(
+                    f"{what}: authentication failed: the registry rejected user {creds.username!r}"
+                )
             with self._lock:
                 self._basic = True
             return
