@@ -1,0 +1,805 @@
+"""Removing sections from ELF files, in pure Python, for every class, byte order and machine.
+
+pyelftools parses the file; the writer here drops sections, rebuilds the section header table and
+``.shstrtab``, and never moves or changes a byte that a segment maps: everything up to the end of the last
+segment (and every allocated section) is copied verbatim, the kept non-allocated sections are laid out after
+it in their original order and alignment, then the new ``.shstrtab`` and the section header table. Only the
+ELF header's ``e_shoff``/``e_shnum``/``e_shstrndx`` change in the mapped bytes, as with GNU strip.
+
+Modes follow GNU ``strip``:
+
+* ``debug``: debugging sections (``.debug*``, ``.zdebug*`` whether SHF_COMPRESSED or not, ``.stab*``,
+  ``.line``, ``.gdb_index``, ``.gnu.linkonce.wi.*``, ``.gnu.debuglto_.debug_*``) and their relocations.
+  ``.symtab`` is kept and rewritten only as far as section indices need (symbols defined in dropped sections
+  go, the relocations, groups and ``.llvm_addrsig`` that name symbols are renumbered).
+* ``unneeded`` (the default, as ``strip --strip-unneeded`` on executables and shared objects): also
+  ``.symtab``, its ``.strtab`` and whatever only they referred to.
+* ``all``: also the toolchain's annotations, which nothing reads at run time: ``.comment``,
+  ``.gnu.build.attributes*`` (annobin) and ``.GCC.command.line``.
+
+Relocatable objects (``.o``, ``.ko``, archive members) get ``debug`` at most: linking needs their symbols.
+``.gnu_debuglink``/``.gnu_debugaltlink`` are kept unless asked; notes (build-id, properties) are always kept.
+
+``strip_elf`` returns ``None`` when there is nothing to remove, raises ``ElfSkipped`` (with the reason) for
+files it deliberately leaves alone, and verifies every result (``verify_stripped``) before returning it.
+``strip_archive`` does the same for static archives (``!<arch>``), member by member.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from optimizer.errors import OptimizerError
+
+__all__ = [
+    "MODES",
+    "ElfSkipped",
+    "ElfVerificationError",
+    "StripResult",
+    "is_debug_section",
+    "strip_archive",
+    "strip_elf",
+    "verify_stripped",
+]
+
+MODES = ("debug", "unneeded", "all")
+ELF_MAGIC = b"\x7fELF"
+AR_MAGIC = b"!<arch>\n"
+MODULE_SIGNATURE = b"~Module signature appended~\n"
+
+ET_REL, ET_EXEC, ET_DYN, ET_CORE = 1, 2, 3, 4
+EM_MIPS = 8
+SHT_NULL, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 0, 2, 3, 4, 8, 9
+SHT_GROUP, SHT_SYMTAB_SHNDX = 17, 18
+SHT_LLVM_ADDRSIG = 0x6FFF4C03
+SHF_ALLOC, SHF_INFO_LINK = 0x2, 0x40
+SHN_LORESERVE, SHN_XINDEX = 0xFF00, 0xFFFF
+PT_NULL = 0
+
+_DEBUG_PREFIXES = (".debug", ".zdebug", ".gnu.debuglto_.debug_", ".gnu.linkonce.wi.", ".line", ".stab")
+_ANNOTATIONS = (".comment", ".gnu.build.attributes", ".GCC.command.line")
+_DEBUGLINKS = (".gnu_debuglink", ".gnu_debugaltlink")
+
+
+class ElfSkipped(OptimizerError):
+    """The file is deliberately left alone; the message says why (for the report)."""
+
+
+class ElfVerificationError(ElfSkipped):
+    """A stripped result failed verification; the original is kept."""
+
+
+@dataclass(frozen=True)
+class StripResult:
+    data: bytes
+    mode: str  # the mode applied (relocatable objects get ``debug`` at most)
+    removed: tuple[str, ...]  # names of the removed sections (for an archive: member:section)
+
+
+def is_debug_section(name: str) -> bool:
+    """What BFD marks SEC_DEBUGGING in a non-allocated section, by name (as GNU strip decides)."""
+    return name.startswith(_DEBUG_PREFIXES) or name == ".gdb_index"
+
+
+@dataclass
+class _Section:
+    index: int
+    name: str
+    sh_name: int
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+
+    @property
+    def alloc(self) -> bool:
+        return bool(self.flags & SHF_ALLOC)
+
+    @property
+    def file_size(self) -> int:
+        return 0 if self.type == SHT_NOBITS else self.size
+
+    def fields(self) -> tuple[int, ...]:
+        return (self.sh_name, self.type, self.flags, self.addr, self.offset, self.size, self.link, self.info,
+                self.addralign, self.entsize)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The raw facts about one ELF file, read with pyelftools and checked for consistency."""
+
+    is64: bool
+    endian: str  # "<" or ">"
+    e_type: int
+    machine: int
+    ehsize: int
+    phoff: int
+    phnum: int
+    phentsize: int
+    shoff: int
+    shentsize: int
+    shstrndx: int
+    segments: tuple[tuple[int, int, int], ...]  # (p_type, p_offset, p_filesz)
+    sections: tuple[_Section, ...]
+
+    @property
+    def shdr_format(self) -> str:
+        return self.endian + ("IIQQQQIIQQ" if self.is64 else "IIIIIIIIII")
+
+
+_EHDR_FIELDS_CHANGED = ("e_shoff", "e_shnum", "e_shstrndx")
+
+
+def _parse(data: bytes) -> tuple[ELFFile, _Layout]:
+    """Parse and sanity-check the headers; ``ElfSkipped`` when they do not make sense."""
+    if len(data) < 52 or data[:4] != ELF_MAGIC:
+        raise ElfSkipped("not an ELF file")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        header = elf.header
+        is64 = elf.elfclass == 64
+        endian = "<" if elf.little_endian else ">"
+        ehdr = struct.unpack_from(endian + ("16sHHIQQQIHHHHHH" if is64 else "16sHHIIIIIHHHHHH"), data, 0)
+    except (ELFError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ElfSkipped(f"headers do not parse: {error}") from error
+    e_type, machine = ehdr[1], ehdr[2]
+    phoff, shoff = ehdr[5], ehdr[6]
+    ehsize, phentsize, phnum, shentsize, shnum, shstrndx = ehdr[8:14]
+    size = len(data)
+    expected_eh, expected_ph, expected_sh = (64, 56, 64) if is64 else (52, 32, 40)
+    if ehsize != expected_eh or header["e_ident"]["EI_VERSION"] != "EV_CURRENT":
+        raise ElfSkipped("headers do not parse: unexpected ELF header size or version")
+    segments: list[tuple[int, int, int]] = []
+    if phnum:
+        if phentsize != expected_ph or phoff + phnum * phentsize > size:
+            raise ElfSkipped("headers do not parse: program header table out of the file")
+        pfmt = endian + ("IIQQQQQQ" if is64 else "IIIIIIII")
+        for number in range(phnum):
+            fields = struct.unpack_from(pfmt, data, phoff + number * phentsize)
+            p_type, p_offset, p_filesz = (
+                (fields[0], fields[2], fields[5]) if is64 else (fields[0], fields[1], fields[4])
+            )
+            if p_type != PT_NULL and p_filesz and p_offset + p_filesz > size:
+                raise ElfSkipped(f"headers do not parse: segment {number} extends past the end of the file")
+            segments.append((p_type, p_offset, p_filesz))
+    sections: list[_Section] = []
+    if shoff:
+        if shentsize != expected_sh or shoff + expected_sh > size:
+            raise ElfSkipped("headers do not parse: section header table out of the file")
+        sfmt = endian + ("IIQQQQIIQQ" if is64 else "IIIIIIIIII")
+        first = struct.unpack_from(sfmt, data, shoff)
+        count = shnum or first[5]  # extended numbering: the count is in section 0's sh_size
+        if shstrndx == SHN_XINDEX:
+            shstrndx = first[6]
+        if count == 0 or shoff + count * shentsize > size:
+            raise ElfSkipped("headers do not parse: section header table out of the file")
+        raw = [struct.unpack_from(sfmt, data, shoff + n * shentsize) for n in range(count)]
+        if not 0 < shstrndx < count or raw[shstrndx][1] != SHT_STRTAB:
+            raise ElfSkipped("headers do not parse: no valid section name table")
+        names_at, names_size = raw[shstrndx][4], raw[shstrndx][5]
+        if names_at + names_size > size:
+            raise ElfSkipped("headers do not parse: section name table out of the file")
+        names = data[names_at : names_at + names_size]
+        for number, f in enumerate(raw):
+            sh_name, sh_type, sh_offset, sh_size = f[0], f[1], f[4], f[5]
+            if number and sh_type != SHT_NOBITS and sh_type != SHT_NULL and sh_offset + sh_size > size:
+                raise ElfSkipped(f"headers do not parse: section {number} extends past the end of the file")
+            if number and sh_name >= len(names):
+                raise ElfSkipped(f"headers do not parse: section {number} has a name outside the name table")
+            end = names.find(b"\0", sh_name)
+            name = names[sh_name : end if end >= 0 else len(names)].decode("utf-8", "surrogateescape")
+            sections.append(_Section(number, name if number else "", *f))
+        if len(sections) != elf.num_sections() or elf.get_section(shstrndx).name != sections[shstrndx].name:
+            raise ElfSkipped("headers do not parse: section table disagrees with pyelftools")
+    layout = _Layout(
+        is64, endian, e_type, machine, ehsize, phoff, phnum, phentsize, shoff, shentsize, shstrndx,
+        tuple(segments), tuple(sections),
+    )  # fmt: skip
+    return elf, layout
+
+
+def _known_end(layout: _Layout) -> int:
+    end = layout.ehsize
+    if layout.phnum:
+        end = max(end, layout.phoff + layout.phnum * layout.phentsize)
+    for p_type, offset, filesz in layout.segments:
+        if p_type != PT_NULL and filesz:
+            end = max(end, offset + filesz)
+    for section in layout.sections[1:]:
+        if section.type != SHT_NULL:
+            end = max(end, section.offset + section.file_size)
+    if layout.sections:
+        end = max(end, layout.shoff + len(layout.sections) * layout.shentsize)
+    return end
+
+
+def _check_strippable(data: bytes, layout: _Layout) -> None:
+    if layout.e_type == ET_CORE:
+        raise ElfSkipped("core dump")
+    if layout.e_type not in (ET_REL, ET_EXEC, ET_DYN):
+        raise ElfSkipped(
+            f"ELF type {layout.e_type:#x} is not an executable, shared object or relocatable object"
+        )
+    if data.endswith(MODULE_SIGNATURE):
+        raise ElfSkipped("signed kernel module (stripping would break the signature)")
+    end = _known_end(layout)
+    if len(data) > end and data[end:].strip(b"\0"):
+        raise ElfSkipped(
+            f"{len(data) - end} bytes appended after the last section/segment "
+            "(self-extracting archive, PyInstaller, AppImage...)"
+        )
+
+
+def _segment_ranges(layout: _Layout) -> list[tuple[int, int]]:
+    return [(off, off + size) for p_type, off, size in layout.segments if p_type != PT_NULL and size]
+
+
+def _group_members(data: bytes, layout: _Layout, s: _Section) -> tuple[int, ...]:
+    raw = data[s.offset : s.offset + s.file_size]
+    if len(raw) < 4 or len(raw) % 4:
+        raise ElfSkipped(f"{s.name}: malformed section group")
+    return struct.unpack(layout.endian + f"{len(raw) // 4}I", raw)[1:]
+
+
+def _wanted_drops(data: bytes, layout: _Layout, mode: str, keep_debuglink: bool) -> set[int]:
+    drops: set[int] = set()
+    for s in layout.sections[1:]:
+        if s.alloc or s.index == layout.shstrndx:
+            continue
+        if (
+            is_debug_section(s.name)
+            or (mode in ("unneeded", "all") and s.type == SHT_SYMTAB)
+            or (mode == "all" and s.name.startswith(_ANNOTATIONS))
+            or (not keep_debuglink and s.name in _DEBUGLINKS)
+        ):
+            drops.add(s.index)
+    # Whatever only served dropped sections goes too: relocations for them or through their symbols,
+    # extended index tables, string tables nobody else refers to.
+    changed = True
+    while changed:
+        changed = False
+        for s in layout.sections[1:]:
+            if s.index in drops or s.alloc or s.index == layout.shstrndx:
+                continue
+            gone = False
+            if s.type in (SHT_REL, SHT_RELA):
+                gone = s.info in drops or s.link in drops
+            elif s.type in (SHT_SYMTAB_SHNDX, SHT_LLVM_ADDRSIG):
+                gone = s.link in drops
+            elif s.type == SHT_GROUP:
+                members = _group_members(data, layout, s)
+                gone = bool(members) and all(m in drops for m in members)
+            elif s.type == SHT_STRTAB:
+                users = [u for u in layout.sections[1:] if u.link == s.index and u.type != SHT_NULL]
+                gone = bool(users) and all(u.index in drops for u in users)
+            if gone:
+                drops.add(s.index)
+                changed = True
+    return drops
+
+
+def _uleb(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data):
+            raise ElfSkipped("malformed .llvm_addrsig")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _to_uleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Rewriter:
+    """New contents for ``.symtab`` and the sections that name its symbols, after sections were dropped."""
+
+    def __init__(self, data: bytes, layout: _Layout, index_map: dict[int, int], drops: set[int]) -> None:
+        self.data = data
+        self.layout = layout
+        self.index_map = index_map
+        self.drops = drops
+        self.contents: dict[int, bytes] = {}  # section index -> new bytes
+        self.infos: dict[int, int] = {}  # section index -> new sh_info
+        self.symbol_maps: dict[int, list[int]] = {}  # symtab index -> old symbol index -> new (-1: dropped)
+
+    def _bytes(self, s: _Section) -> bytes:
+        return self.data[s.offset : s.offset + s.file_size]
+
+    def symtab(self, s: _Section) -> None:
+        e = self.layout.endian
+        fmt = e + ("IBBHQQ" if self.layout.is64 else "IIIBBH")
+        entry = struct.calcsize(fmt)
+        if s.entsize != entry or s.size % entry:
+            raise ElfSkipped(f"{s.name}: unexpected symbol entry size {s.entsize}")
+        if any(t.type == SHT_SYMTAB_SHNDX and t.link == s.index for t in self.layout.sections):
+            raise ElfSkipped(f"{s.name}: extended section indices (SHT_SYMTAB_SHNDX) are not rewritten")
+        shndx_at = 3 if self.layout.is64 else 5
+        out = bytearray()
+        mapping: list[int] = []
+        locals_kept = 0
+        kept = 0
+        for number, symbol in enumerate(struct.iter_unpack(fmt, self._bytes(s))):
+            shndx = symbol[shndx_at]
+            if number and 0 < shndx < SHN_LORESERVE:
+                if shndx in self.drops:
+                    mapping.append(-1)
+                    continue
+                new_index = self.index_map.get(shndx)
+                if new_index is None:
+                    raise ElfSkipped(f"{s.name}: symbol {number} names a section that does not exist")
+                if new_index != shndx:
+                    fields = list(symbol)
+                    fields[shndx_at] = new_index
+                    symbol = tuple(fields)
+            if number < s.info:
+                locals_kept += 1
+            mapping.append(kept)
+            kept += 1
+            out += struct.pack(fmt, *symbol)
+        self.contents[s.index] = bytes(out)
+        self.infos[s.index] = locals_kept
+        self.symbol_maps[s.index] = mapping
+
+    def _renumber(self, s: _Section, old: int) -> int:
+        mapping = self.symbol_maps.get(s.link)
+        if mapping is None:
+            return old
+        if old >= len(mapping) or mapping[old] < 0:
+            raise ElfSkipped(f"{s.name}: refers to symbol {old}, which is defined in a removed section")
+        return mapping[old]
+
+    def relocations(self, s: _Section) -> None:
+        mapping = self.symbol_maps.get(s.link)
+        if mapping is None or all(new == old for old, new in enumerate(mapping)):
+            return
+        e = self.layout.endian
+        raw = bytearray(self._bytes(s))
+        if not s.entsize or s.size % s.entsize:
+            raise ElfSkipped(f"{s.name}: unexpected relocation entry size {s.entsize}")
+        word = 8 if self.layout.is64 else 4
+        mips64el = self.layout.is64 and self.layout.machine == EM_MIPS and e == "<"
+        for at in range(word, len(raw), s.entsize):
+            if mips64el:  # r_sym is a 32-bit word first, then four one-byte fields
+                (old,) = struct.unpack_from("<I", raw, at)
+                struct.pack_into("<I", raw, at, self._renumber(s, old))
+            elif self.layout.is64:
+                (info,) = struct.unpack_from(e + "Q", raw, at)
+                new = self._renumber(s, info >> 32)
+                struct.pack_into(e + "Q", raw, at, (new << 32) | (info & 0xFFFFFFFF))
+            else:
+                (info,) = struct.unpack_from(e + "I", raw, at)
+                new = self._renumber(s, info >> 8)
+                struct.pack_into(e + "I", raw, at, (new << 8) | (info & 0xFF))
+        self.contents[s.index] = bytes(raw)
+
+    def group(self, s: _Section) -> None:
+        e = self.layout.endian
+        (flags,) = struct.unpack_from(e + "I", self.data, s.offset)
+        members = [
+            self.index_map[m] for m in _group_members(self.data, self.layout, s) if m in self.index_map
+        ]
+        self.contents[s.index] = struct.pack(e + f"{1 + len(members)}I", flags, *members)
+        if s.link in self.symbol_maps:
+            self.infos[s.index] = self._renumber(s, s.info)
+
+    def addrsig(self, s: _Section) -> None:
+        mapping = self.symbol_maps.get(s.link)
+        if mapping is None:
+            return
+        raw = self._bytes(s)
+        out = bytearray()
+        at = 0
+        while at < len(raw):
+            old, at = _uleb(raw, at)
+            if old < len(mapping) and mapping[old] >= 0:
+                out += _to_uleb(mapping[old])
+        self.contents[s.index] = bytes(out)
+
+
+def _string_table(names: Iterable[str]) -> tuple[bytes, dict[str, int]]:
+    """A string table holding ``names``, sharing tails as GNU ld and strip do (``.rela.text`` / ``.text``)."""
+    encoded = {name: name.encode("utf-8", "surrogateescape") for name in set(names) if name}
+    table = bytearray(b"\0")
+    offsets: dict[str, int] = {"": 0}
+    previous: bytes | None = None
+    previous_at = 0
+    for name in sorted(encoded, key=lambda n: encoded[n][::-1], reverse=True):
+        raw = encoded[name]
+        if previous is not None and previous.endswith(raw):
+            offsets[name] = previous_at + len(previous) - len(raw)
+            continue
+        offsets[name] = len(table)
+        previous, previous_at = raw, len(table)
+        table += raw + b"\0"
+    return bytes(table), offsets
+
+
+def _align(value: int, alignment: int) -> int:
+    if alignment <= 1:
+        return value
+    return (value + alignment - 1) // alignment * alignment
+
+
+def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) -> StripResult | None:
+    """Strip one ELF file; ``None`` when nothing would be removed; ``ElfSkipped`` for files left alone."""
+    if mode not in MODES:
+        raise ValueError(f"unknown strip mode {mode!r} (expected one of {', '.join(MODES)})")
+    _, layout = _parse(data)
+    _check_strippable(data, layout)
+    if not layout.sections:
+        return None  # no section headers: nothing a section stripper can remove
+    if layout.e_type == ET_REL:
+        mode = "debug"
+    sections = layout.sections
+    drops = _wanted_drops(data, layout, mode, keep_debuglink)
+    if not drops:
+        return None
+    ranges = _segment_ranges(layout)
+
+    def pinned(s: _Section) -> bool:
+        if s.file_size == 0 or s.type == SHT_NULL:
+            return False
+        if s.alloc and layout.e_type != ET_REL:
+            return True
+        return any(s.offset < end and start < s.offset + s.file_size for start, end in ranges)
+
+    if any(pinned(sections[i]) for i in drops):
+        raise ElfSkipped("a section to remove lies inside a segment")
+    if layout.e_type != ET_REL:
+        last_alloc = max((s.index for s in sections if s.alloc), default=0)
+        if min(drops) < last_alloc:
+            raise ElfSkipped(
+                "a section to remove comes before allocated sections (their indices would change)"
+            )
+    kept = [s for s in sections if s.index not in drops]
+    index_map = {s.index: new for new, s in enumerate(kept)}
+
+    rewriter = _Rewriter(data, layout, index_map, drops)
+    renumbered = any(old != new for old, new in index_map.items())
+    for s in kept:
+        if s.type == SHT_SYMTAB and renumbered:
+            rewriter.symtab(s)
+    for s in kept:
+        if s.index in rewriter.contents:
+            continue
+        if s.type in (SHT_REL, SHT_RELA) and not s.alloc:
+            rewriter.relocations(s)
+        elif s.type == SHT_GROUP:
+            rewriter.group(s)
+        elif s.type == SHT_LLVM_ADDRSIG:
+            rewriter.addrsig(s)
+        elif s.link in rewriter.symbol_maps and s.type != SHT_SYMTAB_SHNDX and s.type != SHT_STRTAB:
+            mapping = rewriter.symbol_maps[s.link]
+            if any(new != old for old, new in enumerate(mapping)):
+                raise ElfSkipped(f"{s.name}: section type {s.type:#x} names symbols and is not rewritten")
+    for index in rewriter.contents:
+        if pinned(sections[index]):
+            raise ElfSkipped(f"{sections[index].name}: would need rewriting but lies inside a segment")
+
+    shstrtab = sections[layout.shstrndx]
+    shared_names = any(s.link == layout.shstrndx for s in kept if s.index != layout.shstrndx)
+    if shared_names or pinned(shstrtab):
+        names_table, name_offsets = None, {s.name: s.sh_name for s in kept}
+    else:
+        names_table, name_offsets = _string_table(s.name for s in kept)
+
+    fixed_end = layout.ehsize
+    if layout.phnum:
+        fixed_end = max(fixed_end, layout.phoff + layout.phnum * layout.phentsize)
+    for _start, end in ranges:
+        fixed_end = max(fixed_end, end)
+    for s in kept:
+        if pinned(s) and s.index not in rewriter.contents:
+            fixed_end = max(fixed_end, s.offset + s.file_size)
+    out = bytearray(data[:fixed_end])
+    headers: list[_Section] = []
+
+    def stays(s: _Section) -> bool:
+        if s.index in rewriter.contents:
+            return False
+        return pinned(s) or (s.alloc and layout.e_type != ET_REL)
+
+    moving = sorted(
+        (s for s in kept if s.index and not stays(s)),
+        key=lambda s: (s.offset, s.index),
+    )
+    new_offsets: dict[int, tuple[int, int]] = {}
+    for s in moving:
+        if s.index == layout.shstrndx and names_table is not None:
+            content = names_table
+        else:
+            content = rewriter.contents.get(s.index, data[s.offset : s.offset + s.file_size])
+        if s.type == SHT_NOBITS:
+            new_offsets[s.index] = (_align(len(out), s.addralign), s.size)
+            continue
+        at = _align(len(out), s.addralign)
+        out += b"\0" * (at - len(out))
+        out += content
+        new_offsets[s.index] = (at, len(content))
+    for s in kept:
+        new = _Section(**vars(s))
+        new.sh_name = name_offsets.get(s.name, s.sh_name) if s.index else s.sh_name
+        if s.index in new_offsets:
+            new.offset, new.size = new_offsets[s.index]
+        if s.index:
+            new.link = index_map.get(s.link, 0) if 0 < s.link < len(sections) else s.link
+            if s.index in rewriter.infos:
+                new.info = rewriter.infos[s.index]
+            elif (s.type in (SHT_REL, SHT_RELA) or s.flags & SHF_INFO_LINK) and 0 < s.info < len(sections):
+                new.info = index_map.get(s.info, 0)
+        headers.append(new)
+    count = len(headers)
+    shstrndx = index_map[layout.shstrndx]
+    if count >= SHN_LORESERVE:
+        headers[0].size = count
+    elif sections[0].size == len(sections):
+        headers[0].size = 0
+    if shstrndx >= SHN_LORESERVE:
+        headers[0].link = shstrndx
+    elif sections[0].link == layout.shstrndx and layout.shstrndx >= SHN_LORESERVE:
+        headers[0].link = 0
+    shoff = _align(len(out), 8 if layout.is64 else 4)
+    out += b"\0" * (shoff - len(out))
+    fmt = layout.shdr_format
+    for h in headers:
+        out += struct.pack(fmt, *h.fields())
+    e = layout.endian
+    if layout.is64:
+        struct.pack_into(e + "Q", out, 40, shoff)
+        struct.pack_into(e + "HH", out, 60, 0 if count >= SHN_LORESERVE else count,
+                         SHN_XINDEX if shstrndx >= SHN_LORESERVE else shstrndx)  # fmt: skip
+    else:
+        struct.pack_into(e + "I", out, 32, shoff)
+        struct.pack_into(e + "HH", out, 48, 0 if count >= SHN_LORESERVE else count,
+                         SHN_XINDEX if shstrndx >= SHN_LORESERVE else shstrndx)  # fmt: skip
+    result = bytes(out)
+    if len(result) >= len(data):
+        return None
+    removed = tuple(sections[i].name for i in sorted(drops))
+    verify_stripped(data, result, layout, {s.index for s in kept if s.index not in rewriter.contents})
+    return StripResult(result, mode, removed)
+
+
+def verify_stripped(
+    original: bytes, stripped: bytes, layout: _Layout | None = None, unchanged: set[int] | None = None
+) -> None:
+    """Raise ``ElfVerificationError`` unless ``stripped`` is a faithful strip of ``original``.
+
+    It must parse (with pyelftools, every section readable), keep the ELF header but for the section table
+    fields, keep the program headers and every byte that a segment maps, keep the dynamic section, keep
+    every allocated section's header and bytes, and be no larger.
+    """
+    if layout is None:
+        _, layout = _parse(original)
+    try:
+        elf, new = _parse(stripped)
+        for section in elf.iter_sections():
+            section.data()
+        for _segment in elf.iter_segments():
+            pass
+    except (ElfSkipped, ELFError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ElfVerificationError(f"stripped result does not parse: {error}") from error
+    if len(stripped) > len(original):
+        raise ElfVerificationError("stripped result is larger than the original")
+    same = (layout.is64, layout.endian, layout.e_type, layout.machine, layout.phoff, layout.phnum) == (
+        new.is64,
+        new.endian,
+        new.e_type,
+        new.machine,
+        new.phoff,
+        new.phnum,
+    )
+    if not same:
+        raise ElfVerificationError("ELF header changed")
+    ehsize = layout.ehsize
+    shoff_at, count_at = (40, 60) if layout.is64 else (32, 48)
+    width = 8 if layout.is64 else 4
+    masked = [(shoff_at, shoff_at + width), (count_at, count_at + 4)]
+
+    def without_section_fields(blob: bytes) -> bytes:
+        head = bytearray(blob[:ehsize])
+        for start, end in masked:
+            head[start:end] = bytes(end - start)
+        return bytes(head)
+
+    if without_section_fields(original) != without_section_fields(stripped):
+        raise ElfVerificationError("ELF header changed beyond the section table fields")
+    if layout.segments != new.segments:
+        raise ElfVerificationError("program headers changed")
+    if layout.phnum:
+        table = slice(layout.phoff, layout.phoff + layout.phnum * layout.phentsize)
+        if original[table] != stripped[table]:
+            raise ElfVerificationError("program header table bytes changed")
+    for p_type, offset, filesz in layout.segments:
+        if p_type == PT_NULL or not filesz:
+            continue
+        start = offset
+        if start < ehsize:  # the ELF header itself was compared above, with its section fields masked
+            start = min(ehsize, offset + filesz)
+        if original[start : offset + filesz] != stripped[start : offset + filesz]:
+            raise ElfVerificationError(
+                f"bytes mapped by segment type {p_type:#x} at offset {offset:#x} changed"
+            )
+    old_by_name: dict[str, list[_Section]] = {}
+    for s in layout.sections[1:]:
+        old_by_name.setdefault(s.name, []).append(s)
+    for s in new.sections[1:]:
+        candidates = old_by_name.get(s.name, [])
+        if not candidates:
+            raise ElfVerificationError(f"section {s.name!r} appeared from nowhere")
+        old = candidates.pop(0)
+        if (old.type, old.flags, old.addr, old.entsize) != (s.type, s.flags, s.addr, s.entsize):
+            raise ElfVerificationError(f"section {s.name!r} header changed")
+        if old.alloc and layout.e_type != ET_REL and (old.offset, old.size) != (s.offset, s.size):
+            raise ElfVerificationError(f"allocated section {s.name!r} moved")
+        compare = unchanged is not None and old.index in unchanged and old.index != layout.shstrndx
+        if (
+            compare
+            and original[old.offset : old.offset + old.file_size]
+            != stripped[s.offset : s.offset + s.file_size]
+        ):
+            raise ElfVerificationError(f"section {s.name!r} contents changed")
+    old_dynamic = [s for s in layout.sections if s.type == 6]
+    new_dynamic = [s for s in new.sections if s.type == 6]
+    if [(s.offset, s.size, original[s.offset : s.offset + s.size]) for s in old_dynamic] != [
+        (s.offset, s.size, stripped[s.offset : s.offset + s.size]) for s in new_dynamic
+    ]:
+        raise ElfVerificationError("dynamic section changed")
+    names = [s.name for s in new.sections]
+    if names[new.shstrndx] != layout.sections[layout.shstrndx].name:
+        raise ElfVerificationError("section name table lost")
+
+
+# --- static archives -------------------------------------------------------------------------------------
+
+_AR_HEADER = 60
+
+
+def _ar_members(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(header, data offset, size) of every member; ``ElfSkipped`` when the archive is malformed."""
+    members = []
+    at = len(AR_MAGIC)
+    while at < len(data):
+        if at + _AR_HEADER > len(data):
+            raise ElfSkipped("malformed archive: truncated member header")
+        header = data[at : at + _AR_HEADER]
+        if header[58:60] != b"`\n":
+            raise ElfSkipped("malformed archive: bad member header")
+        try:
+            size = int(header[48:58].decode("ascii").strip() or "0")
+        except (UnicodeDecodeError, ValueError) as error:
+            raise ElfSkipped("malformed archive: bad member size") from error
+        start = at + _AR_HEADER
+        if start + size > len(data):
+            raise ElfSkipped("malformed archive: member extends past the end")
+        members.append((header, start, size))
+        at = start + size + (size & 1)
+    return members
+
+
+def strip_archive(data: bytes, keep_debuglink: bool = True) -> StripResult | None:
+    """Strip debugging sections from every ELF member of a GNU/SysV static archive (``!<arch>``).
+
+    Members keep their order and headers (only the size field changes); the symbol index (``/`` and
+    ``/SYM64/``) has its member offsets rewritten, its symbols do not change since only debugging sections
+    (and their section symbols, never in the index) go. BSD-style archives (``#1/`` names, ``__.SYMDEF``) and
+    thin archives are left alone.
+    """
+    if not data.startswith(AR_MAGIC):
+        raise ElfSkipped("not a static archive")
+    members = _ar_members(data)
+    new_members: list[tuple[bytes, bytes]] = []
+    removed: list[str] = []
+    longnames = b""
+    for header, start, size in members:
+        name = header[:16].rstrip(b" ")
+        body = data[start : start + size]
+        if name.startswith(b"#1/") or name.startswith(b"__.SYMDEF"):
+            raise ElfSkipped("BSD-style archive")
+        if name == b"//":
+            longnames = body
+        if body.startswith(ELF_MAGIC) and name not in (b"/", b"/SYM64/", b"//"):
+            label = _member_name(name, longnames)
+            try:
+                stripped = strip_elf(body, "debug", keep_debuglink)
+            except ElfSkipped:
+                stripped = None  # that member stays as it is; the others are still stripped
+            if stripped is not None:
+                body = stripped.data
+                removed += [f"{label}:{section}" for section in stripped.removed]
+        new_members.append((header, body))
+    if not removed:
+        return None
+    # Old member offset -> new member offset, for the symbol index.
+    offsets: dict[int, int] = {}
+    old_at = new_at = len(AR_MAGIC)
+    for (_, _start, size), (_, body) in zip(members, new_members, strict=True):
+        offsets[old_at] = new_at
+        old_at += _AR_HEADER + size + (size & 1)
+        new_at += _AR_HEADER + len(body) + (len(body) & 1)
+    out = bytearray(AR_MAGIC)
+    for header, body in new_members:
+        name = header[:16].rstrip(b" ")
+        if name in (b"/", b"/SYM64/"):
+            body = _rewrite_armap(body, offsets, 8 if name == b"/SYM64/" else 4)
+        size_field = str(len(body)).encode("ascii").ljust(10)
+        out += header[:48] + size_field + header[58:60] + body
+        if len(body) & 1:
+            out += b"\n"
+    result = bytes(out)
+    if len(result) >= len(data):
+        return None
+    _verify_archive(data, result)
+    return StripResult(result, "debug", tuple(removed))
+
+
+def _member_name(name: bytes, longnames: bytes) -> str:
+    if name.startswith(b"/") and name[1:].isdigit():
+        at = int(name[1:])
+        end = longnames.find(b"/\n", at)
+        name = longnames[at : end if end >= 0 else len(longnames)]
+    return name.rstrip(b"/").decode("utf-8", "surrogateescape")
+
+
+def _rewrite_armap(body: bytes, offsets: dict[int, int], width: int) -> bytes:
+    code = ">Q" if width == 8 else ">I"
+    if len(body) < width:
+        raise ElfSkipped("malformed archive symbol index")
+    (count,) = struct.unpack_from(code, body, 0)
+    if width + count * width > len(body):
+        raise ElfSkipped("malformed archive symbol index")
+    out = bytearray(body)
+    for number in range(count):
+        at = width + number * width
+        (old,) = struct.unpack_from(code, body, at)
+        if old not in offsets:
+            raise ElfSkipped("archive symbol index points between members")
+        struct.pack_into(code, out, at, offsets[old])
+    return bytes(out)
+
+
+def _verify_archive(original: bytes, stripped: bytes) -> None:
+    old = _ar_members(original)
+    new = _ar_members(stripped)
+    if len(old) != len(new):
+        raise ElfVerificationError("archive member count changed")
+    for (old_header, old_start, old_size), (new_header, new_start, new_size) in zip(old, new, strict=True):
+        if old_header[:48] != new_header[:48]:
+            raise ElfVerificationError("archive member header changed")
+        if old_header[:16].rstrip(b" ") in (b"/", b"/SYM64/"):
+            continue  # the symbol index: only its offsets were rewritten
+        old_body = original[old_start : old_start + old_size]
+        new_body = stripped[new_start : new_start + new_size]
+        if old_body == new_body:
+            continue
+        if not old_body.startswith(ELF_MAGIC):
+            raise ElfVerificationError("a non-ELF archive member changed")
+        verify_stripped(old_body, new_body)
+
+
+def section_names(data: bytes) -> list[str]:
+    """The section names of an ELF file, in index order (for tests and reports)."""
+    _, layout = _parse(data)
+    return [s.name for s in layout.sections[1:]]
