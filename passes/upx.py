@@ -1,4 +1,4 @@
-"""Detect UPX-packed executables (ELF, PE, Mach-O) from their head and tail, and the ``upx`` pass.
+"""Pass ``upx``: find UPX-packed executables, warn about them (or fail, or unpack them); and the UPX detector.
 
 UPX leaves two records in every file it packs (see upx ``src/packhead.cpp`` and ``src/p_lx_elf.cpp``):
 
@@ -17,17 +17,28 @@ times) is never flagged. Only the first ``HEAD_SIZE`` and last ``TAIL_SIZE`` byt
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import logging
+import os
 import re
+import shutil
 import struct
+import subprocess
+import tempfile
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
+from optimizer.errors import PolicyError, RequiredToolNotFound
 from optimizer.model import Content
+from optimizer.pipeline import PassContext
 
 __all__ = [
     "HEAD_SIZE",
     "TAIL_SIZE",
+    "Upx",
     "UpxInfo",
+    "UpxOptions",
     "detect_upx",
     "detect_upx_content",
     "detect_upx_parts",
@@ -42,7 +53,7 @@ _PACKHEADER_SIZE = 32
 
 # UPX executable formats (upx src/conf.h: UPX_F_*); >= 128 are big-endian formats.
 _ELF_FORMATS = {
-    10: "linux/i386",  # linux.exec (old i386 "exec" layout)
+    10: "linux.exec/i386",  # any program, scripts included, behind an i386 loader
     12: "linux/i386",
     13: "linux.sep/i386",
     14: "linux.sh/i386",
@@ -215,8 +226,32 @@ def _info(
     )
 
 
+def _elf_program_headers(head: bytes, is64: bool, order: str) -> tuple[int, int, int]:
+    if is64:
+        phoff = struct.unpack_from(order + "Q", head, 32)[0]
+        phentsize, phnum = struct.unpack_from(order + "HH", head, 54)
+    else:
+        phoff = struct.unpack_from(order + "I", head, 28)[0]
+        phentsize, phnum = struct.unpack_from(order + "HH", head, 42)
+    return int(phoff), int(phentsize), int(phnum)
+
+
+def _elf_architecture(head: bytes) -> str:
+    is64 = head[4] == 2
+    order = "<" if head[5] == 1 else ">"
+    machine = struct.unpack_from(order + "H", head, 18)[0]
+    arch = _ELF_MACHINES.get(machine, f"elf-machine-{machine}")
+    if order == ">" and arch == "arm":
+        return "armbe"
+    if order == "<" and arch in ("mips", "ppc64"):
+        arch += "le"
+    if is64 and arch in ("mips", "mipsle"):
+        arch = arch.replace("mips", "mips64")
+    return arch
+
+
 def _elf(head: bytes, tail: bytes, size: int) -> UpxInfo | None:
-    if len(head) < 52 or head[4] not in (1, 2) or head[5] not in (1, 2):
+    if len(head) < 64 or head[4] not in (1, 2) or head[5] not in (1, 2):
         return None
     is64 = head[4] == 2
     order = "<" if head[5] == 1 else ">"
@@ -225,13 +260,7 @@ def _elf(head: bytes, tail: bytes, size: int) -> UpxInfo | None:
     header = _pack_header(tail, len(tail) - 36)
     if header is None or header.format not in _ELF_FORMATS:
         return None
-    machine = struct.unpack_from(order + "H", head, 18)[0]
-    if is64:
-        phoff = struct.unpack_from(order + "Q", head, 32)[0]
-        phentsize, phnum = struct.unpack_from(order + "HH", head, 54)
-    else:
-        phoff = struct.unpack_from(order + "I", head, 28)[0]
-        phentsize, phnum = struct.unpack_from(order + "HH", head, 42)
+    phoff, phentsize, phnum = _elf_program_headers(head, is64, order)
     l_info = phoff + phentsize * phnum
     unpacked: int | None = None
     if l_info + 24 <= len(head) and head[l_info + 4 : l_info + 8] == MAGIC:
@@ -241,15 +270,7 @@ def _elf(head: bytes, tail: bytes, size: int) -> UpxInfo | None:
         unpacked = struct.unpack_from(order + "I", head, l_info + 16)[0]
     elif header.format not in _ELF_LOADER_FIRST or MAGIC not in head:
         return None
-    arch = _ELF_MACHINES.get(machine, f"elf-machine-{machine}")
-    if order == ">" and arch == "arm":
-        arch = "armbe"
-    elif order == "<" and arch in ("mips", "ppc64"):
-        arch += "le"
-    if arch == "mips" and is64:
-        arch = "mips64"
-    elif arch == "mipsle" and is64:
-        arch = "mips64le"
+    arch = _elf_architecture(head)
     return _info("elf", arch, header, _ELF_FORMATS, size, _version_string(tail, head), unpacked)
 
 
@@ -356,3 +377,207 @@ def detect_upx_content(content: Content) -> UpxInfo | None:
         return None
     tail = content.read_tail(TAIL_SIZE)
     return detect_upx_parts(head, tail, content.size)
+
+
+def executable_identity(head: bytes) -> tuple[str, str] | None:
+    """(format, architecture) of an ELF, PE or thin Mach-O executable from its first bytes; None otherwise."""
+    if head[:4] == b"\x7fELF" and len(head) >= 64 and head[4] in (1, 2) and head[5] in (1, 2):
+        return "elf", _elf_architecture(head)
+    if head[:2] == b"MZ" and len(head) >= 64:
+        pe = struct.unpack_from("<I", head, 0x3C)[0]
+        if pe + 24 <= len(head) and head[pe : pe + 4] == b"PE\x00\x00":
+            machine = struct.unpack_from("<H", head, pe + 4)[0]
+            return "pe", _PE_MACHINES.get(machine, f"pe-machine-{machine:#x}")
+    order = _MACHO_MAGICS.get(head[:4])
+    if order is not None and len(head) >= 32:
+        cputype = struct.unpack_from(order + "I", head, 4)[0]
+        arch = _MACHO_CPUS.get(cputype, f"macho-cpu-{cputype:#x}")
+        return "macho", "ppc64le" if arch == "ppc64" and order == "<" else arch
+    return None
+
+
+# -- the pass ----------------------------------------------------------------------------------------------
+
+log = logging.getLogger("oci_optimizer.passes.upx")
+
+COST = (
+    "UPX-packed executables decompress their whole program into private memory at every start (slower start, "
+    "no page sharing between processes, more RSS), and in an image layer that is compressed anyway packing "
+    "gains almost nothing"
+)
+UPX_PACKAGE = "upx-ucl"
+_UPX_TIMEOUT = 300
+
+
+@dataclass(frozen=True)
+class UpxOptions:
+    """mode: "warn" (report and stderr), "fail" (PolicyError: exit 5) or "unpack" (``upx -d``, verified)."""
+
+    mode: Literal["warn", "fail", "unpack"] = "warn"
+
+
+class UnpackFailed(Exception):
+    """``upx -d`` failed or produced something that is not the program it should be."""
+
+
+def unpack_upx(data: bytes, upx: str) -> bytes:
+    """Run ``upx -t`` then ``upx -d`` on a packed file in a private directory; the unpacked bytes.
+
+    A pure function of its input for the worker pool; ``verify_unpacked`` checks the result.
+    """
+    with tempfile.TemporaryDirectory(prefix="upx-") as work:
+        packed = os.path.join(work, "packed")
+        unpacked = os.path.join(work, "unpacked")
+        with open(packed, "wb") as out:
+            out.write(data)
+        for argv in ([upx, "-q", "-t", packed], [upx, "-q", "-d", "-o", unpacked, packed]):
+            try:
+                done = subprocess.run(argv, capture_output=True, timeout=_UPX_TIMEOUT, check=False)
+            except subprocess.TimeoutExpired as error:
+                raise UnpackFailed(f"upx {argv[2]} timed out after {_UPX_TIMEOUT} s") from error
+            if done.returncode != 0:
+                lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+                raise UnpackFailed(f"upx {argv[2]} failed: {lines[-1] if lines else done.returncode}")
+        with open(unpacked, "rb") as result:
+            return result.read()
+
+
+def verify_unpacked(info: UpxInfo, output: bytes) -> None:
+    """Raise ``UnpackFailed`` unless ``output`` is the program ``info`` describes, unpacked: no longer packed,
+    the same format and architecture, and exactly the unpacked size the PackHeader records."""
+    if detect_upx(output) is not None:
+        raise UnpackFailed("upx -d left a packed file")
+    identity = executable_identity(output[:HEAD_SIZE])
+    # The linux.exec/linux.sh formats wrap any program, shell scripts included: the size must still match.
+    wraps_any = info.upx_format is not None and info.upx_format.startswith(
+        ("linux/i386", "linux.s", "bsd.sh")
+    )
+    if identity != (info.format, info.architecture) and not (wraps_any and info.unpacked_size is not None):
+        shown = "/".join(identity) if identity else "an unknown file"
+        raise UnpackFailed(f"upx -d produced {shown}, expected {info.format}/{info.architecture}")
+    if info.unpacked_size is not None and len(output) != info.unpacked_size:
+        raise UnpackFailed(f"upx -d produced {len(output)} bytes, the header says {info.unpacked_size}")
+
+
+class Upx:
+    """Find UPX-packed executables (ELF, PE, Mach-O) and warn about them, fail the run, or unpack them.
+
+    Why: a packed program decompresses itself into private memory at every start (slower start, no page
+    sharing between processes, more RSS), and image layers are compressed already: packing saves little.
+
+    Detection reads only the first 4 KiB and last 8 KiB of files that start like an executable, and needs both
+    UPX records where UPX writes them with their checksum (see the module docstring): a file that merely
+    contains ``UPX!`` is never flagged. ``--upx warn`` (default) lists each packed file in the report and on
+    stderr; ``--upx fail`` raises ``PolicyError`` (exit 5, fatal even without ``--strict``); ``--upx unpack``
+    runs ``upx -d`` (Debian ``upx-ucl``; ``RequiredToolNotFound`` when absent) and replaces the file only when
+    ``upx -t`` accepted it and the output is the same kind of executable with the size the header records.
+
+    It never touches files in protected layers (reported as kept), never repacks, and changes nothing in
+    warn and fail modes.
+    """
+
+    name: ClassVar[str] = "upx"
+    summary: ClassVar[str] = "Warn about UPX-packed executables (or fail, or unpack them with upx -d)"
+    Options: ClassVar[type[UpxOptions]] = UpxOptions
+
+    def __init__(self, options: UpxOptions) -> None:
+        self.options = options
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--upx",
+            dest="upx_mode",
+            choices=("warn", "fail", "unpack"),
+            default=UpxOptions.mode,
+            help="UPX-packed executables: warn (default), fail (exit 5), unpack (upx -d; needs upx-ucl)",
+        )
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> UpxOptions:
+        return UpxOptions(mode=getattr(args, "upx_mode", UpxOptions.mode))
+
+    def run(self, ctx: PassContext) -> None:
+        packed: list[tuple[str, Content, UpxInfo]] = []
+        for path, node in ctx.fs.unique_files():
+            assert node.content is not None
+            info = detect_upx_content(node.content)
+            if info is not None:
+                packed.append((path, node.content, info))
+        if not packed:
+            return
+        if self.options.mode == "fail":
+            for path, _, info in packed:
+                ctx.note(
+                    path,
+                    "packed",
+                    "UPX-packed",
+                    info.packed_size,
+                    info.packed_size,
+                    **dataclasses.asdict(info),
+                )
+            listing = "; ".join(f"{self._where(ctx, path)} ({info.describe()})" for path, _, info in packed)
+            raise PolicyError(
+                f"{ctx.image.name}: {len(packed)} UPX-packed executable(s) (--upx fail): {listing}"
+            )
+        if self.options.mode == "warn":
+            for path, _, info in packed:
+                ctx.note(
+                    path,
+                    "warning",
+                    "UPX-packed",
+                    info.packed_size,
+                    info.packed_size,
+                    **dataclasses.asdict(info),
+                )
+                message = f"{self._where(ctx, path)}: UPX-packed ({info.describe()})"
+                ctx.warn(message)
+                log.warning("%s: %s", ctx.image.name, message)
+            log.warning("%s: %s; --upx unpack stores them unpacked", ctx.image.name, COST)
+            ctx.warn(COST + "; --upx unpack stores them unpacked")
+            return
+        self._unpack(ctx, packed)
+
+    def _where(self, ctx: PassContext, path: str) -> str:
+        node = ctx.fs.get(path)
+        layer = node.layer + 1 if node is not None else 0
+        return f"layer {layer}/{ctx.fs.layer_count} {path}"
+
+    def _unpack(self, ctx: PassContext, packed: list[tuple[str, Content, UpxInfo]]) -> None:
+        upx = shutil.which("upx") or shutil.which("upx-ucl")
+        if upx is None:
+            raise RequiredToolNotFound(
+                "upx", UPX_PACKAGE, f"unpack {len(packed)} UPX-packed file(s) (--upx unpack)"
+            )
+        jobs: list[tuple[tuple[str, UpxInfo], Content]] = []
+        for path, content, info in packed:
+            if ctx.fs.is_protected(path):
+                ctx.note(
+                    path,
+                    "kept",
+                    "protected layer",
+                    info.packed_size,
+                    info.packed_size,
+                    **dataclasses.asdict(info),
+                )
+                continue
+            jobs.append(((path, info), content))
+        for (path, info), result in ctx.map(unpack_upx, jobs, upx):
+            if not isinstance(result, BaseException):
+                try:
+                    verify_unpacked(info, result)
+                except UnpackFailed as error:
+                    result = error
+            if isinstance(result, BaseException):
+                ctx.note(path, "kept", f"not unpacked: {result}", info.packed_size, info.packed_size)
+                ctx.warn(f"{self._where(ctx, path)}: UPX-packed, not unpacked: {result}")
+                continue
+            ctx.changes.replace(path, result, "unpacked with upx -d")
+            ctx.note(
+                path,
+                "replaced",
+                "unpacked with upx -d",
+                info.packed_size,
+                len(result),
+                **dataclasses.asdict(info),
+            )

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
 
 import pytest
 
-from passes.upx import HEAD_SIZE, MAGIC, TAIL_SIZE, detect_upx, detect_upx_parts, looks_like_upx
+from optimizer.changes import Changes
+from optimizer.errors import PolicyError, RequiredToolNotFound
+from optimizer.filesystem import build_filesystem
+from optimizer.layer import IndexedEntry
+from optimizer.model import Entry, EntryKind
+from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
+from optimizer.report import PassReport
+from optimizer.spool import Spool
+from passes.upx import (
+    HEAD_SIZE,
+    MAGIC,
+    TAIL_SIZE,
+    UnpackFailed,
+    Upx,
+    UpxOptions,
+    detect_upx,
+    detect_upx_parts,
+    looks_like_upx,
+    unpack_upx,
+    verify_unpacked,
+)
+from tests.conftest import require_tool
 
 # What `upx -l` (Debian upx-ucl 4.2.2) says about each packed fixture (fixtures/upx/NOTES.md): the OCI
 # architecture of its "linux/amd64"-style format and the unpacked size.
@@ -143,3 +165,150 @@ def test_not_executables() -> None:
         b"\xca\xfe\xba\xbe\x00\x00\x00\x34" + bytes(64),
     ):
         assert detect_upx(data) is None
+
+
+# -- the pass ----------------------------------------------------------------------------------------------
+
+
+def _context(
+    tmp_path: Path, layers: list[dict[str, bytes]], protected: frozenset[int] = frozenset()
+) -> PassContext:
+    spool = Spool(str(tmp_path / "layers.pack"))
+    indexed = [
+        [
+            IndexedEntry(Entry(path, EntryKind.FILE, mode=0o755, size=len(data)), spool.store(data))
+            for path, data in files.items()
+        ]
+        for files in layers
+    ]
+    fs = build_filesystem(indexed, protected)
+    info = ImageInfo(
+        "test-image", "sha256:" + "0" * 64, None, {}, [f"sha256:{n:064x}" for n in range(len(layers))]
+    )
+    return PassContext(
+        fs,
+        Changes(fs, Upx.name, Spool(str(tmp_path / "new.pack"))),
+        info,
+        PassReport(Upx.name),
+        WorkerPool(2),
+    )
+
+
+def _packed(fixtures: Path, name: str = "amd64-linux.elf__upx-3.95") -> bytes:
+    return (fixtures / "upx" / "packed" / name).read_bytes()
+
+
+def _trap(fixtures: Path) -> bytes:
+    return (fixtures / "upx" / "unpacked" / "amd64-linux.elf__upx-3.95.unpacked").read_bytes()
+
+
+def test_warn_reports_each_packed_file(
+    fixtures: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = _context(
+        tmp_path,
+        [
+            {"usr/bin/packed": _packed(fixtures), "usr/bin/upx-itself": _trap(fixtures)},
+            {"app/server.exe": _packed(fixtures, "i386-win32.pe__upx-3.95.exe"), "app/readme": b"UPX!" * 40},
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="oci_optimizer.passes.upx"):
+        Upx(UpxOptions()).run(ctx)
+    flagged = sorted(
+        (f.path, f.action, f.details["format"], f.details["architecture"]) for f in ctx.report.findings
+    )
+    assert flagged == [
+        ("app/server.exe", "warning", "pe", "386"),
+        ("usr/bin/packed", "warning", "elf", "amd64"),
+    ]
+    assert len(ctx.changes) == 0
+    assert any("layer 1/2 usr/bin/packed" in w for w in ctx.report.warnings)
+    assert any("decompress" in w for w in ctx.report.warnings)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "test-image" in logged and "usr/bin/packed" in logged and "app/server.exe" in logged
+    ctx.pool.close()
+
+
+def test_clean_image_has_no_findings(fixtures: Path, tmp_path: Path) -> None:
+    elf = fixtures / "elf"
+    files = {
+        f"bin/{p.name}": p.read_bytes() for p in sorted(elf.rglob("*")) if p.is_file() and not p.is_symlink()
+    }
+    ctx = _context(tmp_path, [files, {"usr/bin/upx": _trap(fixtures)}])
+    Upx(UpxOptions()).run(ctx)
+    assert ctx.report.findings == [] and ctx.report.warnings == []
+
+
+def test_fail_raises_policy_error(fixtures: Path, tmp_path: Path) -> None:
+    ctx = _context(tmp_path, [{"usr/bin/packed": _packed(fixtures)}])
+    with pytest.raises(PolicyError, match=r"test-image: .*layer 1/1 usr/bin/packed \(elf/amd64, UPX 3.95"):
+        Upx(UpxOptions(mode="fail")).run(ctx)
+
+
+def test_fail_passes_a_clean_image(fixtures: Path, tmp_path: Path) -> None:
+    ctx = _context(tmp_path, [{"usr/bin/upx": _trap(fixtures)}])
+    Upx(UpxOptions(mode="fail")).run(ctx)
+    assert ctx.report.findings == []
+
+
+def test_unpack_without_upx_names_the_package(
+    fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    ctx = _context(tmp_path, [{"usr/bin/packed": _packed(fixtures)}])
+    with pytest.raises(RequiredToolNotFound, match="upx-ucl"):
+        Upx(UpxOptions(mode="unpack")).run(ctx)
+
+
+def test_unpack_matches_upx_d(fixtures: Path, tmp_path: Path) -> None:
+    require_tool("upx", "upx-ucl")
+    packed = _packed(fixtures)
+    ctx = _context(
+        tmp_path,
+        [{"usr/bin/base": _packed(fixtures, "arm64-linux.elf__upx-3.95")}, {"usr/bin/app": packed}],
+        frozenset({0}),
+    )
+    Upx(UpxOptions(mode="unpack")).run(ctx)
+    changes = list(ctx.changes)
+    assert [(c.path, c.layer) for c in changes] == [("usr/bin/app", 1)]
+    assert changes[0].content is not None
+    # The fixture's unpacked file was made with upx -d (NOTES.md): the same bytes.
+    assert changes[0].content.read_bytes() == _trap(fixtures)
+    actions = sorted((f.path, f.action, f.reason) for f in ctx.report.findings)
+    assert actions == [
+        ("usr/bin/app", "replaced", "unpacked with upx -d"),
+        ("usr/bin/base", "kept", "protected layer"),
+    ]
+    ctx.pool.close()
+
+
+def test_unpack_every_fixture_verifies(fixtures: Path, tmp_path: Path) -> None:
+    upx = require_tool("upx", "upx-ucl")
+    for name in ("armeb-linux.elf__upx-3.95", "i386-win32.pe__upx-3.95.exe", "test.sh.compressed"):
+        data = _packed(fixtures, name)
+        info = detect_upx(data)
+        assert info is not None
+        output = unpack_upx(data, upx)
+        verify_unpacked(info, output)
+        assert len(output) == PACKED[name][2]
+    # The shell script wrapped in an ELF comes back as the original script.
+    original = (fixtures / "upx" / "original" / "test.sh").read_bytes()
+    assert unpack_upx(_packed(fixtures, "test.sh.compressed"), upx) == original
+    arm64 = detect_upx(_packed(fixtures, "arm64-linux.elf__upx-3.95"))
+    assert arm64 is not None
+    with pytest.raises(UnpackFailed, match="expected elf/arm64"):
+        verify_unpacked(arm64, _trap(fixtures))
+    with pytest.raises(UnpackFailed, match="left a packed file"):
+        verify_unpacked(arm64, _packed(fixtures, "arm64-linux.elf__upx-3.95"))
+
+
+def test_unpack_keeps_a_damaged_file(fixtures: Path, tmp_path: Path) -> None:
+    require_tool("upx", "upx-ucl")
+    packed = _packed(fixtures)
+    damaged = _corrupt(packed, len(packed) // 2)
+    assert detect_upx(damaged) is not None  # head and tail intact: still detected
+    ctx = _context(tmp_path, [{"usr/bin/app": damaged}])
+    Upx(UpxOptions(mode="unpack")).run(ctx)
+    assert len(ctx.changes) == 0
+    assert [(f.action, f.reason.split(":")[0]) for f in ctx.report.findings] == [("kept", "not unpacked")]
+    assert any("not unpacked" in w for w in ctx.report.warnings)
