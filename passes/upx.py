@@ -450,7 +450,7 @@ def verify_unpacked(info: UpxInfo, output: bytes) -> None:
     identity = executable_identity(output[:HEAD_SIZE])
     # The linux.exec/linux.sh formats wrap any program, shell scripts included: the size must still match.
     wraps_any = info.upx_format is not None and info.upx_format.startswith(
-        ("linux/i386", "linux.s", "bsd.sh")
+        ("linux.exec/", "linux.sh/", "bsd.sh/")
     )
     if identity != (info.format, info.architecture) and not (wraps_any and info.unpacked_size is not None):
         shown = "/".join(identity) if identity else "an unknown file"
