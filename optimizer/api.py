@@ -67,14 +67,15 @@ def select_passes(options: Options) -> list[tuple[type[Pass], Any]]:
     """The passes to run, in pipeline order, each with its options."""
     from passes import PASSES
 
-    known = {p.name: p for p in PASSES}
+    pipeline = options.pass_classes if options.pass_classes is not None else PASSES
+    known = {p.name: p for p in pipeline}
     for name in [*(options.passes or ()), *options.skip, *options.pass_options]:
         if name not in known:
             raise UsageError(f"unknown pass {name!r}; known passes: {', '.join(known) or '(none)'}")
     wanted = set(known) if options.passes is None else set(options.passes)
     wanted -= set(options.skip)
     selected = []
-    for cls in PASSES:
+    for cls in pipeline:
         if cls.name in wanted:
             pass_options = options.pass_options.get(cls.name)
             selected.append((cls, pass_options if pass_options is not None else cls.Options()))

@@ -31,6 +31,7 @@ class Options:
     recompress: also recompress layers no pass changed (except protected ones) with ``compression``.
     workers: processes for per-file work and compression (default: every core).
     workdir: where temporary files go (default: the system's temporary directory).
+    pass_classes: the pipeline to choose from, in order (default ``passes.PASSES``); for your own passes.
     """
 
     passes: tuple[str, ...] | None = None
@@ -47,6 +48,7 @@ class Options:
     workers: int | None = None
     workdir: str | None = None
     progress: Progress | None = field(default=None, compare=False)
+    pass_classes: tuple[type[Any], ...] | None = field(default=None, compare=False)
 
     def describe(self) -> dict[str, Any]:
         """The options as they go in the report (and so in byte-identity comparisons of reports)."""

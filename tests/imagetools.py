@@ -1,0 +1,197 @@
+"""Helpers for tests: build small OCI images from entry lists, read outputs independently of the library."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from optimizer.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
+from optimizer.model import Entry, EntryKind
+from optimizer.output import CompressionSpec, LayerWriter, canonical_json, write_oci_archive
+
+LayerSpec = Sequence[tuple[Entry, bytes | None]]
+
+
+def entry(path: str, kind: EntryKind = EntryKind.FILE, data: bytes = b"", **fields: Any) -> tuple[Entry, bytes | None]:
+    defaults: dict[str, Any] = {"mode": 0o755 if kind is EntryKind.DIR else 0o644, "mtime": 1_600_000_000}
+    defaults.update(fields)
+    size = len(data) if kind is EntryKind.FILE else 0
+    return Entry(path, kind, size=size, **defaults), (data if kind is EntryKind.FILE else None)
+
+
+def build_image(
+    path: Path,
+    layers: Sequence[LayerSpec],
+    config_extra: dict[str, Any] | None = None,
+    manifest_annotations: dict[str, str] | None = None,
+) -> Path:
+    """Write an OCI archive with the given layers (gzip), one linux/amd64 image, tag ``test:latest``."""
+    workdir = path.parent / (path.name + ".parts")
+    workdir.mkdir(parents=True, exist_ok=True)
+    blobs: dict[str, Any] = {}
+    descriptors = []
+    diff_ids = []
+    for number, files in enumerate(layers):
+        layer_path = str(workdir / f"layer{number}")
+        writer = LayerWriter(layer_path, CompressionSpec(), None)
+        for item, data in files:
+            writer.add(item, io.BytesIO(data) if data is not None else None)
+        blob = writer.close()
+        blobs[blob.digest] = (blob.digest, blob.size, (lambda p=layer_path: open(p, "rb")))  # noqa: SIM115
+        descriptors.append({"mediaType": OCI_LAYER_GZIP, "digest": blob.digest, "size": blob.size})
+        diff_ids.append(blob.diff_id)
+    config: dict[str, Any] = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"} for i in range(len(layers))],
+    }
+    config.update(config_extra or {})
+    config_bytes = canonical_json(config)
+    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+        "layers": descriptors,
+    }
+    if manifest_annotations:
+        manifest["annotations"] = manifest_annotations
+    manifest_bytes = canonical_json(manifest)
+    manifest_digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+    for data, digest in ((config_bytes, config_digest), (manifest_bytes, manifest_digest)):
+        blobs[digest] = (digest, len(data), (lambda d=data: io.BytesIO(d)))
+    index = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": manifest_digest,
+                    "size": len(manifest_bytes),
+                    "annotations": {"org.opencontainers.image.ref.name": "latest"},
+                }
+            ],
+        }
+    )
+    write_oci_archive(str(path), index, None, blobs)
+    return path
+
+
+class Layout:
+    """An OCI archive or layout directory read with tarfile/json only (not with the library under test)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: dict[str, bytes] = {}
+        if path.is_dir():
+            for root, _dirs, names in os.walk(path):
+                for name in names:
+                    full = Path(root) / name
+                    self.files[str(full.relative_to(path))] = full.read_bytes()
+        else:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if member.isfile():
+                        reader = tar.extractfile(member)
+                        assert reader is not None
+                        name = member.name[2:] if member.name.startswith("./") else member.name
+                        self.files[name] = reader.read()
+
+    def blob(self, digest: str) -> bytes:
+        return self.files["blobs/" + digest.replace(":", "/")]
+
+    def json(self, digest: str) -> Any:
+        return json.loads(self.blob(digest))
+
+    @property
+    def index(self) -> Any:
+        return json.loads(self.files["index.json"])
+
+    def manifests(self) -> list[tuple[str, Any]]:
+        """Every image manifest reachable from index.json whose blob is present: (digest, manifest)."""
+        out: list[tuple[str, Any]] = []
+        pending = [d for d in self.index.get("manifests") or []]
+        seen = set()
+        while pending:
+            descriptor = pending.pop(0)
+            digest = descriptor["digest"]
+            if digest in seen or "blobs/" + digest.replace(":", "/") not in self.files:
+                continue
+            seen.add(digest)
+            document = self.json(digest)
+            if "manifests" in document:
+                pending.extend(document["manifests"])
+            elif "layers" in document:
+                out.append((digest, document))
+        return out
+
+    def layer_digests(self) -> list[list[str]]:
+        return [[layer["digest"] for layer in manifest["layers"]] for _, manifest in self.manifests()]
+
+
+def oci_layout_of(archive: Path, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(directory, filter="data")
+    return directory
+
+
+def tree_of(rootfs: Path) -> dict[str, tuple[Any, ...]]:
+    """path -> (type, mode, uid, gid, content digest or link target) for every path under rootfs."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for root, dirs, files in os.walk(rootfs):
+        for name in [*dirs, *files]:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, rootfs)
+            info = os.lstat(full)
+            if os.path.islink(full):
+                out[rel] = ("link", info.st_uid, info.st_gid, os.readlink(full))
+            elif os.path.isdir(full):
+                out[rel] = ("dir", info.st_mode & 0o7777, info.st_uid, info.st_gid)
+            elif os.path.isfile(full):
+                with open(full, "rb") as handle:
+                    digest = hashlib.sha256(handle.read()).hexdigest()
+                out[rel] = ("file", info.st_mode & 0o7777, info.st_uid, info.st_gid, digest, info.st_nlink > 1)
+            else:
+                out[rel] = ("other", info.st_mode, info.st_uid, info.st_gid, info.st_rdev)
+    return out
+
+
+def umoci_unpack(archive: Path, workdir: Path, name: str) -> Path:
+    """Unpack the single image of an OCI archive with umoci; returns the rootfs."""
+    layout = oci_layout_of(archive, workdir / f"{name}-layout")
+    index = json.loads((layout / "index.json").read_text())
+    descriptor = index["manifests"][0]
+    tag = (descriptor.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+    if not tag:
+        tag = "sel"
+        index["manifests"][0] = dict(descriptor, annotations={"org.opencontainers.image.ref.name": tag})
+        (layout / "index.json").write_text(json.dumps(index))
+    bundle = workdir / f"{name}-bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)], check=True, capture_output=True, text=True
+    )
+    return bundle / "rootfs"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_in(directory: Path) -> Iterable[Path]:
+    return sorted(p for p in directory.rglob("*"))

@@ -1,0 +1,339 @@
+"""Every image in ../shared/fixtures/images/: the valid ones round-trip, the broken ones give the documented error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from optimizer import Options, optimize
+from optimizer.errors import DigestMismatchError, FormatError, InputError, LayerError, MissingBlobError
+
+from .conftest import ROOT, fixtures_dir, require_tool
+from .imagetools import Layout, sha256_file, tree_of, umoci_unpack
+
+# Inputs that are images (tar or layout directory), relative to fixtures/images.
+VALID = [
+    "containers-image/almostempty.tar",
+    "containers-image/oci-layout-shared-blobs-dir",
+    "dive/test-docker-image.tar",
+    "dive/test-kaniko-image.tar",
+    "dive/test-oci-estargz-image.tar",
+    "dive/test-oci-gzip-image.tar",
+    "dive/test-oci-uncompressed-image.tar",
+    "dive/test-oci-zstd-image.tar",
+    "ggcr/hello-world-v25.tar",
+    "ggcr/oci-layout-test_gc_image_unknown_mediatype",
+    "ggcr/oci-layout-test_index",
+    "ggcr/oci-layout-test_index_media_type",
+    "ggcr/oci-layout-test_index_one_image",
+    "ggcr/overwritten_file.tar",
+    "ggcr/source_image_with_empty_layer_history.tar",
+    "ggcr/test_bundle.tar",
+    "ggcr/test_image_1.tar",
+    "ggcr/test_image_2.tar",
+    "ggcr/test_link.tar",
+    "ggcr/whiteout_dir.tar",
+    "ggcr/whiteout_image.tar",
+    "imgutil/oci-layout-busybox",
+    "imgutil/oci-layout-busybox-multi-platform",
+    "imgutil/oci-layout-index-docker-media-type",
+    "oras/hello-world-prefixed-path.tar",
+    "oras/hello-world.tar",
+    "osv-scalibr/overwrite-file.tar",
+    "osv-scalibr/permissions.tar",
+    "osv-scalibr/symlink-attack.tar",
+    "osv-scalibr/symlink-cycle.tar",
+    "osv-scalibr/symlink-dangling.tar",
+    "osv-scalibr/symlink-depth-exceeded.tar",
+    "osv-scalibr/symlinks.tar",
+    "regclient/oci-layout-external",
+    "regclient/oci-layout-testrepo",
+    "stereoscope/oci-layout-multiplatform",
+    "stereoscope/valid-oci.tar",
+    "sylabs-oci-tools/hard-link-1",
+    "sylabs-oci-tools/hard-link-2",
+    "sylabs-oci-tools/hard-link-delete-1",
+    "sylabs-oci-tools/hard-link-delete-2",
+    "sylabs-oci-tools/hard-link-delete-3",
+    "sylabs-oci-tools/hard-link-delete-4",
+    "sylabs-oci-tools/hard-link-delete-xattr",
+    "sylabs-oci-tools/hello-world-cosign-manifest",
+    "sylabs-oci-tools/hello-world-cosign-manifest-list",
+    "sylabs-oci-tools/hello-world-docker-v2-manifest",
+    "sylabs-oci-tools/hello-world-docker-v2-manifest-list",
+    "sylabs-oci-tools/many-layers",
+    "sylabs-oci-tools/overlayfs-docker-v2-manifest",
+    "sylabs-oci-tools/root-dir-entry",
+    "sylabs-oci-tools/whiteout-explicit-dir",
+    "sylabs-oci-tools/whiteout-explicit-file",
+    "sylabs-oci-tools/whiteout-opaque",
+    "sylabs-oci-tools/whiteout-opaque-end",
+]
+
+# Valid for a pure repack, but their layer blobs are placeholders, not tars: any run that reads layers fails.
+PLACEHOLDER_LAYERS = ["containers-image/oci-layout-two-identical-refs"]
+
+# input -> (exception, words the message must contain)
+BROKEN = {
+    "distroless/static-debian11-rootfs.tar.gz": (FormatError, "neither index.json"),
+    "ggcr/layer-content.tar": (FormatError, "neither index.json"),
+    "ggcr/layer-content.tar.zst": (FormatError, "neither index.json"),
+    "ggcr/no_manifest.tar": (FormatError, "neither index.json"),
+    "ggcr/null_manifest.tar": (FormatError, "manifest.json must be a non-empty list"),
+    "osv-scalibr/escape-layer.tar": (FormatError, "neither index.json"),
+    "regclient/layer-wh.tar": (FormatError, "neither index.json"),
+    "regclient/layer.tar": (FormatError, "neither index.json"),
+    "sylabs-oci-tools/aufs-docker-v2-manifest": (DigestMismatchError, "sha256:6c9c1b8d1adb"),
+    "imgutil/oci-layout-busybox-sparse": (MissingBlobError, "sha256:405fecb6a2fa"),
+    # its config blob has 584 bytes where the manifest says 585
+    "containers-image/oci-layout-multiple-images": (DigestMismatchError, "has 584 bytes, its descriptor says 585"),
+}
+
+# Single-image outputs with OCI media types at the top: what skopeo's oci-archive transport reads.
+SKOPEO_READABLE = [
+    "dive/test-docker-image.tar",
+    "dive/test-kaniko-image.tar",
+    "dive/test-oci-zstd-image.tar",
+    "dive/test-oci-estargz-image.tar",
+    "ggcr/hello-world-v25.tar",
+    "ggcr/whiteout_dir.tar",
+    "osv-scalibr/symlinks.tar",
+    "stereoscope/valid-oci.tar",
+    "stereoscope/oci-layout-multiplatform",
+]
+
+# Images whose trees umoci 0.4.7 unpacks (OCI manifests, gzip or plain tar layers: it reads neither Docker
+# manifests nor zstd), for tree comparisons. The sylabs hardlink/whiteout cases have Docker manifests; their
+# semantics are checked against umoci with images built in tests/test_filesystem.py.
+UNPACKABLE = [
+    "dive/test-docker-image.tar",
+    "dive/test-kaniko-image.tar",
+    "ggcr/whiteout_dir.tar",
+    "ggcr/whiteout_image.tar",
+    "ggcr/overwritten_file.tar",
+    "osv-scalibr/symlinks.tar",
+    "osv-scalibr/permissions.tar",
+    "stereoscope/valid-oci.tar",
+]
+
+
+def image(name: str) -> Path:
+    path = fixtures_dir() / "images" / name
+    if not path.exists():
+        pytest.fail(f"fixture {path} is missing") if os.environ.get("CI") else pytest.skip(f"{path} missing")
+    return path
+
+
+def test_every_fixture_is_classified(fixtures: Path) -> None:
+    images = fixtures / "images"
+    present = {
+        str(p.relative_to(images))
+        for p in images.glob("*/*")
+        if (p.is_dir() and (p / "index.json").exists()) or p.suffix in (".tar", ".gz", ".zst")
+    }
+    classified = set(VALID) | set(PLACEHOLDER_LAYERS) | set(BROKEN)
+    assert present - classified == set()
+
+
+@pytest.mark.parametrize("name", VALID + PLACEHOLDER_LAYERS)
+def test_empty_pipeline_keeps_every_layer_digest(name: str, tmp_path: Path) -> None:
+    source = image(name)
+    out = tmp_path / "out.tar"
+    report = optimize(str(source), str(out), Options(passes=()))
+    assert out.exists()
+    before = _layers_of_input(source, tmp_path)
+    after = Layout(out).layer_digests()
+    assert sorted(map(tuple, before)) == sorted(map(tuple, after))
+    assert all(layer.status in ("unchanged", "kept") for i in report.images for layer in i.layers)
+    if Path(source).is_dir() or "index.json" in Layout(source).files:
+        # An OCI input with nothing to change keeps its index.json byte for byte.
+        assert report.index_digest_before == report.index_digest_after
+
+
+def _layers_of_input(source: Path, tmp_path: Path) -> list[list[str]]:
+    layout = Layout(source)
+    if "index.json" in layout.files and json.loads(layout.files["index.json"]).get("manifests"):
+        return layout.layer_digests()
+    # docker save: layers are the files manifest.json names, their digest is their sha256
+    import hashlib
+
+    out = []
+    for entry in json.loads(layout.files["manifest.json"]):
+        digests = []
+        for name in entry["Layers"]:
+            data = layout.files.get(name)
+            if data is None:  # de-duplicated through a symlink member
+                import tarfile
+
+                with tarfile.open(source) as tar:
+                    member = tar.getmember(name)
+                    target = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
+                    data = layout.files[target]
+            digests.append("sha256:" + hashlib.sha256(data).hexdigest())
+        out.append(digests)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_inputs_give_the_documented_error(name: str, tmp_path: Path) -> None:
+    error_type, words = BROKEN[name]
+    out = tmp_path / "out.tar"
+    with pytest.raises(error_type) as caught:
+        optimize(str(image(name)), str(out), Options(passes=()))
+    assert words in str(caught.value)
+    assert name.split("/")[-1] in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", PLACEHOLDER_LAYERS)
+def test_placeholder_layers_fail_clearly_when_read(name: str, tmp_path: Path) -> None:
+    with pytest.raises(LayerError, match=r"layer 1/1 sha256:[0-9a-f]{12}: corrupt tar stream"):
+        optimize(str(image(name)), str(tmp_path / "out.tar"), Options(passes=(), normalize=True))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_broken_input_exit_code_and_no_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.tar"
+    result = subprocess.run(
+        [sys.executable, "-m", "optimizer", str(image("sylabs-oci-tools/aufs-docker-v2-manifest")), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == InputError.exit_code
+    assert "does not match" in result.stderr or "larger than its declared size" in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _run_cli(args: list[str], env: dict[str, str], umask: int) -> subprocess.CompletedProcess[str]:
+    def set_umask() -> None:
+        os.umask(umask)
+
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer", *args], capture_output=True, text=True, env=env, preexec_fn=set_umask, cwd=ROOT
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["dive/test-docker-image.tar", "stereoscope/oci-layout-multiplatform", "sylabs-oci-tools/hard-link-delete-4"]
+)
+def test_two_runs_are_byte_identical_under_any_tz_umask_locale(name: str, tmp_path: Path) -> None:
+    outputs = []
+    for number, (tz, umask, lang) in enumerate((("UTC", 0o022, "C.UTF-8"), ("Asia/Kathmandu", 0o077, "C"))):
+        env = dict(os.environ, TZ=tz, LANG=lang, LC_ALL=lang)
+        out = tmp_path / f"out{number}.tar"
+        result = _run_cli([str(image(name)), str(out), "--normalize", "-q"], env, umask)
+        assert result.returncode == 0, result.stderr
+        outputs.append(sha256_file(out))
+    assert outputs[0] == outputs[1]
+
+
+def test_source_date_epoch_clamps_and_is_recorded(tmp_path: Path) -> None:
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1000000000")
+    out = tmp_path / "out.tar"
+    result = _run_cli([str(image("dive/test-docker-image.tar")), str(out), "--normalize", "-q"], env, 0o022)
+    assert result.returncode == 0, result.stderr
+    import tarfile
+
+    layout = Layout(out)
+    for _, manifest in layout.manifests():
+        config = layout.json(manifest["config"]["digest"])
+        assert config["created"] == "2001-09-09T01:46:40Z"
+        for layer in manifest["layers"]:
+            import io
+
+            with tarfile.open(fileobj=io.BytesIO(layout.blob(layer["digest"]))) as tar:
+                assert all(member.mtime <= 1_000_000_000 for member in tar)
+
+
+def _schema_validators(fixtures: Path) -> dict[str, object]:
+    from jsonschema import Draft4Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+
+    directory = fixtures / "oci-schema" / "v1.1.1"
+    registry: Registry = Registry()
+    schemas = {}
+    for file in directory.glob("*.json"):
+        schema = json.loads(file.read_text())
+        schemas[file.name] = schema
+        resource = Resource.from_contents(schema, default_specification=DRAFT4)
+        for base in ("https://opencontainers.org/schema/", "https://opencontainers.org/schema/image/"):
+            registry = registry.with_resource(base + file.name, resource)
+    return {name: Draft4Validator(schema, registry=registry) for name, schema in schemas.items()}
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_output_validates_against_the_oci_schemas(name: str, tmp_path: Path, fixtures: Path) -> None:
+    validators = _schema_validators(fixtures)
+    out = tmp_path / "out.tar"
+    optimize(str(image(name)), str(out), Options(normalize=True))
+    layout = Layout(out)
+    original = Layout(image(name))
+    validators["image-layout-schema.json"].validate(json.loads(layout.files["oci-layout"]))  # type: ignore[attr-defined]
+    validators["image-index-schema.json"].validate(layout.index)  # type: ignore[attr-defined]
+    for _, manifest in layout.manifests():
+        validators["image-manifest-schema.json"].validate(manifest)  # type: ignore[attr-defined]
+        if manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json":
+            config_blob = "blobs/" + manifest["config"]["digest"].replace(":", "/")
+            if config_blob in layout.files and config_blob not in original.files:  # one we wrote
+                validators["config-schema.json"].validate(json.loads(layout.files[config_blob]))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", SKOPEO_READABLE)
+def test_skopeo_inspects_and_copies_the_output(name: str, tmp_path: Path) -> None:
+    skopeo = require_tool("skopeo", "skopeo")
+    out = tmp_path / "out.tar"
+    optimize(str(image(name)), str(out), Options(normalize=True))
+    inspected = subprocess.run([skopeo, "inspect", f"oci-archive:{out}"], capture_output=True, text=True)
+    assert inspected.returncode == 0, inspected.stderr
+    layers = json.loads(inspected.stdout)["Layers"]
+    assert layers == Layout(out).layer_digests()[0] or len(Layout(out).layer_digests()) > 1
+    copied = subprocess.run(
+        [skopeo, "copy", "-q", f"oci-archive:{out}", f"oci:{tmp_path / 'copy'}:x"], capture_output=True, text=True
+    )
+    assert copied.returncode == 0, copied.stderr
+
+
+@pytest.mark.parametrize("name", UNPACKABLE)
+def test_umoci_unpacks_the_same_tree_before_and_after(name: str, tmp_path: Path) -> None:
+    require_tool("umoci", "umoci")
+    repacked = tmp_path / "repacked.tar"  # same layer bytes as the input, in an OCI archive umoci can open
+    optimize(str(image(name)), str(repacked), Options(passes=()))
+    normalized = tmp_path / "normalized.tar"
+    optimize(str(image(name)), str(normalized), Options(passes=(), normalize=True))
+    before = tree_of(umoci_unpack(repacked, tmp_path, "before"))
+    after = tree_of(umoci_unpack(normalized, tmp_path, "after"))
+    assert before == after
+
+
+def test_hybrid_docker_25_archive_keeps_repo_tags(tmp_path: Path) -> None:
+    out = tmp_path / "out.tar"
+    optimize(str(image("ggcr/test_bundle.tar")), str(out), Options(passes=()))
+    docker = json.loads(Layout(out).files["manifest.json"])
+    tags = sorted(tag for entry in docker for tag in entry["RepoTags"])
+    assert len(docker) == 2 and len(tags) >= 2
+
+
+def test_partial_multi_platform_export_warns_for_each_missing_manifest(tmp_path: Path) -> None:
+    report = optimize(str(image("oras/hello-world.tar")), str(tmp_path / "out.tar"), Options(passes=()))
+    missing = [w for w in report.warnings if "missing from the input" in w]
+    assert len(missing) == 10 and any("linux/arm64" in w for w in missing)
+
+
+def test_artifacts_and_signatures_are_carried_untouched(tmp_path: Path) -> None:
+    source = image("sylabs-oci-tools/hello-world-cosign-manifest-list")
+    out = tmp_path / "out.tar"
+    report = optimize(str(source), str(out), Options(passes=(), normalize=True))
+    assert report.carried, "cosign signatures and attestations are carried over"
+    layout = Layout(out)
+    original = Layout(source)
+    for name, data in original.files.items():
+        if name.startswith("blobs/") and b"cosign" in data[:4096] and b"layers" in data:
+            assert layout.files[name] == data
+    assert any("signature" in w for w in report.warnings)
