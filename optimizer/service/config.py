@@ -114,9 +114,7 @@ class Destination:
     registry: str  # a configured registry name
     repository: str  # template: {repository}, {name}, {tag}
     tag: str  # template: {repository}, {name}, {tag}
-    tag_suffix: str = (
-        ""  # set when given as the ``tag_suffix`` shorthand: source tags ending with it are skipped
-    )
+    tag_suffix: str = ""  # from the ``tag_suffix`` shorthand: source tags ending with it are skipped
 
     def render(self, repository: str, tag: str) -> tuple[str, str]:
         values = {"repository": repository, "name": repository.rsplit("/", 1)[-1], "tag": tag}
@@ -223,7 +221,7 @@ class _Reader:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.raw(key)
         if value is None:
             if required or default is None:
@@ -234,9 +232,9 @@ class _Reader:
         return value
 
     def opt_str(self, key: str) -> str | None:
-        return self.str(key) if self.raw(key) is not None else None
+        return self.text(key) if self.raw(key) is not None else None
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.raw(key)
         if value is None:
             return default
@@ -244,7 +242,7 @@ class _Reader:
             raise UsageError(f"{self._at(key)}: expected true or false, got {_kind(value)}")
         return value
 
-    def int(self, key: str, default: int, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
         value = self.raw(key)
         if value is None:
             return default
@@ -252,7 +250,7 @@ class _Reader:
             raise UsageError(f"{self._at(key)}: expected an integer >= {minimum}, got {value!r}")
         return value
 
-    def float(self, key: str, default: float, minimum: float = 0.0) -> float:
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
         value = self.raw(key)
         if value is None:
             return default
@@ -286,14 +284,14 @@ class _Reader:
         if len(keys) != 1:
             raise UsageError(f"{at}: give exactly one of value, env or file")
         if keys[0] == "value":
-            secret = Secret(sub.str("value"), "inline")
+            secret = Secret(sub.text("value"), "inline")
         elif keys[0] == "env":
-            name = sub.str("env")
+            name = sub.text("env")
             if name not in os.environ:
                 raise UsageError(f"{at}: environment variable {name} is not set")
             secret = Secret(os.environ[name], f"env {name}")
         else:
-            file = sub.str("file")
+            file = sub.text("file")
             try:
                 text = Path(file).read_text(encoding="utf-8").strip()
             except OSError as error:
@@ -332,7 +330,7 @@ def _check_template(text: str, at: str) -> str:
 
 
 def _registry(name: str, r: _Reader) -> RegistryConfig:
-    url = r.str("url", required=True)
+    url = r.text("url", required=True)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
         raise UsageError(f"{r.path}.url: expected http://HOST[:PORT] or https://HOST[:PORT], got {url!r}")
@@ -342,21 +340,21 @@ def _registry(name: str, r: _Reader) -> RegistryConfig:
     password: Secret | None = None
     creds = r.mapping("credentials")
     if creds is not None:
-        username = creds.str("username", required=True)
+        username = creds.text("username", required=True)
         password = creds.secret("password")
         if password is None:
             raise UsageError(f"{creds.path}.password: required")
         creds.done()
-    timeout = r.float("timeout", 30.0, minimum=0.1)
+    timeout = r.number("timeout", 30.0, minimum=0.1)
     r.done()
     return RegistryConfig(name, parts.netloc, parts.scheme == "http", username, password, timeout)
 
 
 def _source(name: str, r: _Reader, registries: Mapping[str, RegistryConfig]) -> SourceConfig:
-    registry = r.str("registry", required=True)
+    registry = r.text("registry", required=True)
     if registry not in registries:
         raise UsageError(f"{r.path}.registry: no registry named {registry!r} is configured")
-    fmt = r.str("format", "auto")
+    fmt = r.text("format", "auto")
     if fmt not in EVENT_FORMATS:
         raise UsageError(f"{r.path}.format: expected one of {', '.join(EVENT_FORMATS)}, got {fmt!r}")
     bearer = r.secret("bearer_token")
@@ -374,12 +372,12 @@ def _destination(
 ) -> Destination:
     if r is None:
         raise UsageError(f"{at}: required (same_tag: true, tag_suffix: SUFFIX, or repository/tag templates)")
-    registry = r.str("registry", rule_registry)
+    registry = r.text("registry", rule_registry)
     if registry not in registries:
         raise UsageError(f"{r.path}.registry: no registry named {registry!r} is configured")
-    same_tag = r.bool("same_tag", False)
+    same_tag = r.flag("same_tag", False)
     suffix = r.opt_str("tag_suffix")
-    repository = _check_template(r.str("repository", "{repository}"), f"{r.path}.repository")
+    repository = _check_template(r.text("repository", "{repository}"), f"{r.path}.repository")
     tag = r.opt_str("tag")
     r.done()
     if sum((same_tag, suffix is not None, tag is not None)) > 1:
@@ -482,7 +480,7 @@ def _rule_options(r: _Reader | None, at: str) -> RuleOptions:
     for name in (passes or ()) + skip:
         if name not in classes:
             raise UsageError(f"{at}: unknown pass {name!r} (known: {', '.join(classes) or 'none'})")
-    strict = r.bool("strict", False)
+    strict = r.flag("strict", False)
     raw_pass_options = r.mapping("pass_options")
     pass_options: dict[str, Any] = {}
     if raw_pass_options is not None:
@@ -498,11 +496,11 @@ def _rule_options(r: _Reader | None, at: str) -> RuleOptions:
 def parse_config(data: Any, base: Path | None = None) -> Config:
     """Build a ``Config`` from parsed YAML; relative paths are taken from ``base`` (the file's folder)."""
     root = _Reader(data, "")
-    listen = root.str("listen", "127.0.0.1:8080")
+    listen = root.text("listen", "127.0.0.1:8080")
     host, sep, port_text = listen.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise UsageError(f"listen: expected HOST:PORT, got {listen!r}")
-    state_dir = Path(root.str("state_dir", required=True))
+    state_dir = Path(root.text("state_dir", required=True))
     if not state_dir.is_absolute() and base is not None:
         state_dir = base / state_dir
 
@@ -528,10 +526,10 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
     rules: list[Rule] = []
     for i, raw in enumerate(raw_rules):
         r = _Reader(raw, f"rules[{i}]")
-        name = r.str("name", required=True)
+        name = r.text("name", required=True)
         if any(rule.name == name for rule in rules):
             raise UsageError(f"rules[{i}].name: {name!r} is used twice")
-        registry = r.str("registry", required=True)
+        registry = r.text("registry", required=True)
         if registry not in registries:
             raise UsageError(f"rules[{i}].registry: no registry named {registry!r} is configured")
         rules.append(
@@ -553,13 +551,13 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
     section = root.mapping("retry")
     if section is not None:
         retry = RetryConfig(
-            attempts=section.int("attempts", retry.attempts, minimum=1),
-            backoff_seconds=section.float("backoff_seconds", retry.backoff_seconds),
-            max_backoff_seconds=section.float("max_backoff_seconds", retry.max_backoff_seconds),
+            attempts=section.integer("attempts", retry.attempts, minimum=1),
+            backoff_seconds=section.number("backoff_seconds", retry.backoff_seconds),
+            max_backoff_seconds=section.number("max_backoff_seconds", retry.max_backoff_seconds),
         )
         section.done()
 
-    log_level = root.str("log_level", "INFO").upper()
+    log_level = root.text("log_level", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
     config = Config(
@@ -569,13 +567,13 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
         registries=registries,
         sources=sources,
         rules=tuple(rules),
-        concurrency=root.int("concurrency", 2, minimum=1),
-        max_body_bytes=root.int("max_body_bytes", 1 << 20, minimum=1024),
+        concurrency=root.integer("concurrency", 2, minimum=1),
+        max_body_bytes=root.integer("max_body_bytes", 1 << 20, minimum=1024),
         retry=retry,
-        user_agent=root.str("user_agent", DEFAULT_USER_AGENT),
+        user_agent=root.text("user_agent", DEFAULT_USER_AGENT),
         admin_token=root.secret("admin_token"),
         log_level=log_level,
-        keep_workdirs=root.bool("keep_workdirs", False),
+        keep_workdirs=root.flag("keep_workdirs", False),
     )
     root.done()
     return config
