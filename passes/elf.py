@@ -80,6 +80,7 @@ class StripResult:
     data: bytes
     mode: str  # the mode applied (relocatable objects get ``debug`` at most)
     removed: tuple[str, ...]  # names of the removed sections (for an archive: member:section)
+    zeroed: int = 0  # bytes of removed sections that segments follow, zeroed in place (they compress away)
 
 
 def is_debug_section(name: str) -> bool:
@@ -467,14 +468,10 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
 
     if any(pinned(sections[i]) for i in drops):
         raise ElfSkipped("a section to remove lies inside a segment")
-    if layout.e_type != ET_REL:
-        last_alloc = max((s.index for s in sections if s.alloc), default=0)
-        if min(drops) < last_alloc:
-            raise ElfSkipped(
-                "a section to remove comes before allocated sections (their indices would change)"
-            )
     kept = [s for s in sections if s.index not in drops]
     index_map = {s.index: new for new, s in enumerate(kept)}
+    if layout.e_type != ET_REL:
+        _check_dynamic_symbols(data, layout, index_map)
 
     rewriter = _Rewriter(data, layout, index_map, drops)
     renumbered = any(old != new for old, new in index_map.items())
@@ -498,13 +495,6 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
         if pinned(sections[index]):
             raise ElfSkipped(f"{sections[index].name}: would need rewriting but lies inside a segment")
 
-    shstrtab = sections[layout.shstrndx]
-    shared_names = any(s.link == layout.shstrndx for s in kept if s.index != layout.shstrndx)
-    if shared_names or pinned(shstrtab):
-        names_table, name_offsets = None, {s.name: s.sh_name for s in kept}
-    else:
-        names_table, name_offsets = _string_table(s.name for s in kept)
-
     fixed_end = layout.ehsize
     if layout.phnum:
         fixed_end = max(fixed_end, layout.phoff + layout.phnum * layout.phentsize)
@@ -513,30 +503,59 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
     for s in kept:
         if pinned(s) and s.index not in rewriter.contents:
             fixed_end = max(fixed_end, s.offset + s.file_size)
-    out = bytearray(data[:fixed_end])
+
+    def below(s: _Section) -> bool:  # copied verbatim with everything up to the last segment anyway
+        return s.file_size > 0 and s.offset + s.file_size <= fixed_end
+
+    shstrtab = sections[layout.shstrndx]
+    shared_names = any(s.link == layout.shstrndx for s in kept if s.index != layout.shstrndx)
+    if shared_names or pinned(shstrtab) or below(shstrtab):
+        names_table, name_offsets = None, {s.name: s.sh_name for s in kept}
+    else:
+        names_table, name_offsets = _string_table(s.name for s in kept)
+    protected = [(0, layout.ehsize), *ranges]
+    if layout.phnum:
+        protected.append((layout.phoff, layout.phoff + layout.phnum * layout.phentsize))
+    protected += [(s.offset, s.offset + s.file_size) for s in kept if s.file_size]
+    dead = _subtract(
+        [(sections[i].offset, min(fixed_end, sections[i].offset + sections[i].file_size)) for i in drops
+         if below(sections[i]) or sections[i].offset < fixed_end],
+        protected,
+    )  # fmt: skip
+    zeroed = sum(end - start for start, end in dead)
+    view = memoryview(data)
+    head = bytearray(data[: layout.ehsize])  # the ELF header gets the new section table fields below
+    pieces: list[bytes | bytearray | memoryview] = [head]
+    middle = bytearray()
+    if dead:  # removed sections that segments follow: their bytes cannot go, they become zeros
+        middle = bytearray(view[layout.ehsize : fixed_end])
+        for start, end in dead:
+            middle[start - layout.ehsize : end - layout.ehsize] = bytes(end - start)
+        pieces.append(middle)
+    else:
+        pieces.append(view[layout.ehsize : fixed_end])
+    length = max(fixed_end, layout.ehsize)
     headers: list[_Section] = []
 
     def stays(s: _Section) -> bool:
         if s.index in rewriter.contents:
             return False
-        return pinned(s) or (s.alloc and layout.e_type != ET_REL)
+        return pinned(s) or (s.alloc and layout.e_type != ET_REL) or below(s)
 
-    moving = sorted(
-        (s for s in kept if s.index and not stays(s)),
-        key=lambda s: (s.offset, s.index),
-    )
+    moving = sorted((s for s in kept if s.index and not stays(s)), key=lambda s: (s.offset, s.index))
     new_offsets: dict[int, tuple[int, int]] = {}
     for s in moving:
+        if s.type == SHT_NOBITS:
+            new_offsets[s.index] = (_align(length, s.addralign), s.size)
+            continue
+        content: bytes | memoryview
         if s.index == layout.shstrndx and names_table is not None:
             content = names_table
         else:
-            content = rewriter.contents.get(s.index, data[s.offset : s.offset + s.file_size])
-        if s.type == SHT_NOBITS:
-            new_offsets[s.index] = (_align(len(out), s.addralign), s.size)
-            continue
-        at = _align(len(out), s.addralign)
-        out += b"\0" * (at - len(out))
-        out += content
+            content = rewriter.contents.get(s.index, view[s.offset : s.offset + s.file_size])
+        at = _align(length, s.addralign)
+        pieces += [bytes(at - length), content]
+        length = at + len(content)
         new_offsets[s.index] = (at, len(content))
     for s in kept:
         new = _Section(**vars(s))
@@ -560,26 +579,70 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
         headers[0].link = shstrndx
     elif sections[0].link == layout.shstrndx and layout.shstrndx >= SHN_LORESERVE:
         headers[0].link = 0
-    shoff = _align(len(out), 8 if layout.is64 else 4)
-    out += b"\0" * (shoff - len(out))
-    fmt = layout.shdr_format
-    for h in headers:
-        out += struct.pack(fmt, *h.fields())
-    e = layout.endian
-    if layout.is64:
-        struct.pack_into(e + "Q", out, 40, shoff)
-        struct.pack_into(e + "HH", out, 60, 0 if count >= SHN_LORESERVE else count,
-                         SHN_XINDEX if shstrndx >= SHN_LORESERVE else shstrndx)  # fmt: skip
+    table = b"".join(struct.pack(layout.shdr_format, *h.fields()) for h in headers)
+    word = 8 if layout.is64 else 4
+    shoff = _align(length, word)
+    for start, end in sorted(dead, key=lambda span: span[0] - span[1]):
+        if _align(start, word) + len(table) <= end:  # a dead span can hold the section table
+            shoff = _align(start, word)
+            middle[shoff - layout.ehsize : shoff - layout.ehsize + len(table)] = table
+            zeroed -= len(table)
+            break
     else:
-        struct.pack_into(e + "I", out, 32, shoff)
-        struct.pack_into(e + "HH", out, 48, 0 if count >= SHN_LORESERVE else count,
-                         SHN_XINDEX if shstrndx >= SHN_LORESERVE else shstrndx)  # fmt: skip
-    result = bytes(out)
-    if len(result) >= len(data):
-        return None
+        if shoff + len(table) > len(data) or (shoff + len(table) == len(data) and not zeroed):
+            return None  # no smaller: keep the original
+        pieces += [bytes(shoff - length), table]
+    e = layout.endian
+    at_shoff, at_count = (40, 60) if layout.is64 else (32, 48)
+    struct.pack_into(e + ("Q" if layout.is64 else "I"), head, at_shoff, shoff)
+    struct.pack_into(
+        e + "HH", head, at_count, 0 if count >= SHN_LORESERVE else count,
+        SHN_XINDEX if shstrndx >= SHN_LORESERVE else shstrndx,
+    )  # fmt: skip
+    result = b"".join(pieces)
+    del pieces, view
     removed = tuple(sections[i].name for i in sorted(drops))
     verify_stripped(data, result, layout, {s.index for s in kept if s.index not in rewriter.contents})
-    return StripResult(result, mode, removed)
+    return StripResult(result, mode, removed, zeroed)
+
+
+def _subtract(spans: Iterable[tuple[int, int]], holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``spans`` outside every hole (half-open byte ranges)."""
+    ordered = sorted((a, b) for a, b in holes if b > a)
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        at = start
+        for hole_start, hole_end in ordered:
+            if hole_end <= at or hole_start >= end:
+                continue
+            if hole_start > at:
+                out.append((at, hole_start))
+            at = max(at, hole_end)
+            if at >= end:
+                break
+        if at < end:
+            out.append((at, end))
+    return out
+
+
+def _check_dynamic_symbols(data: bytes, layout: _Layout, index_map: dict[int, int]) -> None:
+    """The dynamic symbol table lies in a segment and is never rewritten: refuse when its section indices
+    would point elsewhere after sections are removed (GNU strip would rewrite mapped bytes there)."""
+    changed = {old for old, new in index_map.items() if old != new}
+    first_change = min(changed | {i for i in range(len(layout.sections)) if i not in index_map}, default=None)
+    if first_change is None:
+        return
+    fmt = layout.endian + ("IBBHQQ" if layout.is64 else "IIIBBH")
+    shndx_at = 3 if layout.is64 else 5
+    for s in layout.sections:
+        if s.type != 11 or s.entsize != struct.calcsize(fmt) or s.size % s.entsize:  # SHT_DYNSYM
+            continue
+        for symbol in struct.iter_unpack(fmt, data[s.offset : s.offset + s.size]):
+            shndx = symbol[shndx_at]
+            if first_change <= shndx < SHN_LORESERVE:
+                raise ElfSkipped(
+                    f"{s.name} names section {shndx}, whose index would change (it lies in a segment)"
+                )
 
 
 def verify_stripped(

@@ -37,7 +37,7 @@ class StripElfOptions:
 
 @dataclass(frozen=True)
 class StripOutcome:
-    """What happened to one file, as returned by a worker. ``data`` is set only when ``action`` is "stripped"."""
+    """What happened to one file, from a worker; ``data`` is set only when ``action`` is "stripped"."""
 
     action: Literal["stripped", "kept", "unchanged"]
     reason: str = ""
@@ -48,7 +48,7 @@ class StripOutcome:
 
 
 def strip_file(data: bytes, options: StripElfOptions) -> StripOutcome:
-    """Strip one ELF file or static archive (a pure function for the worker pool; never raises on bad input)."""
+    """Strip one ELF file or static archive: a pure function for the worker pool, silent on bad input."""
     try:
         result: StripResult | None
         if data.startswith(AR_MAGIC):
