@@ -210,7 +210,7 @@ def build_filesystem(layers: Sequence[Sequence[IndexedEntry]], protected: frozen
                 continue
             previous = nodes.get(entry.path)
             if previous is not None and previous.entry.kind is EntryKind.DIR and entry.kind is not EntryKind.DIR:
-                _delete_tree(nodes, entry.path + "/")
+                _delete_tree(nodes, entry.path)
             if entry.kind is EntryKind.FILE:
                 inode = next_inode
                 next_inode += 1

@@ -270,7 +270,7 @@ def to_tarinfo(entry: Entry, clamp: int | None) -> tarfile.TarInfo:
     pax: dict[str, str] = {}
     if nanos:
         pax["mtime"] = f"{mtime}.{nanos:09d}".rstrip("0")
-    if mtime < 0 or mtime >= 8**11:
+    elif mtime < 0 or mtime >= 8**11:
         pax["mtime"] = str(mtime)
     for key in sorted(entry.xattrs):
         pax["SCHILY.xattr." + key] = entry.xattrs[key].decode("utf-8", "surrogateescape")
