@@ -1,0 +1,191 @@
+"""The ``strip-elf`` pass: on a hand-built filesystem, and end to end through ``optimizer.optimize``."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from optimizer import Options, optimize
+from optimizer.changes import Changes, Op
+from optimizer.filesystem import build_filesystem
+from optimizer.layer import IndexedEntry
+from optimizer.model import Entry, EntryKind
+from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
+from optimizer.report import PassReport
+from optimizer.spool import Spool
+from passes import PASSES
+from passes.elf import is_debug_section, section_names
+from passes.strip_elf import StripElf, StripElfOptions
+from tests.conftest import missing, require_tool
+from tests.imagetools import Layout, build_image, entry
+
+PROGRAM = r"""
+#include <stdio.h>
+int main(void) { puts("hello from a stripped binary"); return 0; }
+"""
+
+
+@pytest.fixture(scope="module")
+def debug_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    require_tool("gcc", "gcc")
+    work = tmp_path_factory.mktemp("gcc")
+    (work / "hello.c").write_text(PROGRAM)
+    subprocess.run(["gcc", "-g", "-O0", "-o", "hello", "hello.c"], cwd=work, check=True, capture_output=True)
+    return (work / "hello").read_bytes()
+
+
+def context(
+    tmp_path: Path, layers: list[list[tuple[Entry, bytes | None]]], protected: frozenset[int] = frozenset()
+) -> PassContext:
+    spool = Spool(str(tmp_path / "layers.pack"))
+    indexed = [
+        [IndexedEntry(item, spool.store(data) if data is not None else None) for item, data in layer]
+        for layer in layers
+    ]
+    fs = build_filesystem(indexed, protected)
+    info = ImageInfo(
+        "test-image", "sha256:" + "0" * 64, None, {}, [f"sha256:{n:064x}" for n in range(len(layers))]
+    )
+    return PassContext(
+        fs,
+        Changes(fs, StripElf.name, Spool(str(tmp_path / "new.pack"))),
+        info,
+        PassReport(StripElf.name),
+        WorkerPool(2),
+    )
+
+
+def file(path: str, data: bytes) -> tuple[Entry, bytes]:
+    return Entry(path, EntryKind.FILE, mode=0o755, size=len(data)), data
+
+
+def test_pass_is_registered_first() -> None:
+    assert PASSES[0] is StripElf
+
+
+def test_pass_strips_once_per_inode_and_says_why_it_left_files_alone(
+    tmp_path: Path, debug_binary: bytes, fixtures: Path
+) -> None:
+    elf = fixtures / "elf"
+    core = (elf / "core_linux64.elf").read_bytes()
+    corrupt = (elf / "corrupt_sh.elf").read_bytes()
+    packed = fixtures / "upx" / "packed" / "amd64-linux.elf__upx-3.95"
+    if not packed.exists():
+        missing(f"{packed} not found")
+    ctx = context(
+        tmp_path,
+        [
+            [file("usr/bin/protected", debug_binary)],
+            [
+                file("usr/bin/hello", debug_binary),
+                (Entry("usr/bin/hello-again", EntryKind.HARDLINK, link="usr/bin/hello"), None),
+                file("usr/lib/debug/.build-id/ab/cdef.debug", (elf / "debuglink.debug").read_bytes()),
+                file("core", core),
+                file("usr/bin/corrupt", corrupt),
+                file("usr/bin/packed", packed.read_bytes()),
+                file("usr/bin/selfextract", debug_binary + b"PAYLOAD" * 10),
+                file("usr/bin/already-stripped", (elf / "debian" / "hello.amd64").read_bytes()),
+                file("usr/bin/script", b"#!/bin/sh\necho not an ELF file at all\n"),
+                file("usr/lib/s390x.o", (elf / "s390x-relocs.o.elf").read_bytes()),
+            ],
+        ],
+        protected=frozenset({0}),
+    )
+    StripElf(StripElfOptions()).run(ctx)
+    changes = {c.visible_path: c for c in ctx.changes}
+    assert sorted(changes) == ["usr/bin/hello", "usr/lib/s390x.o"]
+    assert all(c.op is Op.REPLACE for c in changes.values())
+    hello = changes["usr/bin/hello"]
+    assert hello.content is not None and hello.bytes_after < hello.bytes_before == len(debug_binary)
+    names = section_names(hello.content.read_bytes())
+    assert ".symtab" not in names and not [n for n in names if is_debug_section(n)]
+    reasons = {f.path: (f.action, f.reason) for f in ctx.report.findings}
+    assert reasons["usr/bin/hello"][0] == "stripped"
+    assert reasons["usr/bin/protected"] == ("kept", "protected layer")
+    assert "usr/lib/debug" in reasons["usr/lib/debug/.build-id/ab/cdef.debug"][1]
+    assert reasons["core"] == ("kept", "core dump")
+    assert "headers do not parse" in reasons["usr/bin/corrupt"][1]
+    assert "UPX" in reasons["usr/bin/packed"][1]
+    assert "appended" in reasons["usr/bin/selfextract"][1]
+    assert "usr/bin/already-stripped" not in reasons and "usr/bin/script" not in reasons
+    assert "usr/bin/hello-again" not in reasons  # one path per inode; the change reaches every link
+
+
+def test_debug_mode_keeps_symbols(tmp_path: Path, debug_binary: bytes) -> None:
+    ctx = context(tmp_path, [[file("app", debug_binary)]])
+    StripElf(StripElfOptions(mode="debug")).run(ctx)
+    (change,) = list(ctx.changes)
+    assert change.content is not None
+    names = section_names(change.content.read_bytes())
+    assert ".symtab" in names and ".debug_info" not in names
+
+
+def test_cli_flags_round_trip() -> None:
+    parser = argparse.ArgumentParser()
+    StripElf.add_arguments(parser)
+    assert StripElf.options_from_args(parser.parse_args([])) == StripElfOptions()
+    options = StripElf.options_from_args(
+        parser.parse_args(["--strip-mode", "all", "--strip-drop-debuglink", "--strip-no-archives"])
+    )
+    assert options == StripElfOptions(mode="all", keep_debuglink=False, archives=False)
+    with pytest.raises(ValueError, match="unknown mode"):
+        StripElf(StripElfOptions(mode="everything"))  # type: ignore[arg-type]
+
+
+def layer_files(layout: Layout, digest: str) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
+    raw = layout.blob(digest)
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    out: dict[str, tuple[tarfile.TarInfo, bytes | None]] = {}
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        for member in tar:
+            reader = tar.extractfile(member) if member.isfile() else None
+            out[member.name.lstrip("./")] = (member, reader.read() if reader else None)
+    return out
+
+
+def test_end_to_end_through_optimize(tmp_path: Path, debug_binary: bytes) -> None:
+    source = build_image(
+        tmp_path / "in.tar",
+        [
+            [
+                entry("usr", EntryKind.DIR),
+                entry("usr/bin", EntryKind.DIR),
+                entry("usr/bin/hello", data=debug_binary, mode=0o4711, uid=12, gid=34),
+                entry("usr/bin/hi", EntryKind.HARDLINK, link="usr/bin/hello"),
+                entry("etc", EntryKind.DIR),
+                entry("etc/motd", data=b"not an ELF\n"),
+            ]
+        ],
+    )
+    out = tmp_path / "out.tar"
+    report = optimize(str(source), str(out), Options(passes=("strip-elf",)))
+    (image,) = report.images
+    (strip_report,) = image.passes
+    assert strip_report.status.value == "ok" and strip_report.files_changed == 1
+    assert strip_report.bytes_after < strip_report.bytes_before
+    layout = Layout(out)
+    ((_, manifest),) = layout.manifests()
+    files = layer_files(layout, manifest["layers"][0]["digest"])
+    member, data = files["usr/bin/hello"]
+    assert data is not None and len(data) < len(debug_binary)
+    assert (member.mode, member.uid, member.gid) == (0o4711, 12, 34)
+    link, _ = files["usr/bin/hi"]
+    assert link.islnk() and link.linkname.lstrip("./") == "usr/bin/hello"
+    assert files["etc/motd"][1] == b"not an ELF\n"
+    binary = tmp_path / "hello"
+    binary.write_bytes(data)
+    os.chmod(binary, 0o755)
+    assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout == (
+        "hello from a stripped binary\n"
+    )
+    findings = json.loads(json.dumps(report.to_json()))["images"][0]["passes"][0]["findings"]
+    assert [f["path"] for f in findings if f["action"] == "stripped"] == ["usr/bin/hello"]
