@@ -27,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and key != "color_message":
                 data[key] = value
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)

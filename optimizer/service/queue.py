@@ -282,10 +282,9 @@ class Queue:
     def recover(self) -> int:
         """Put jobs a killed service left running back in the queue; returns how many."""
         with self._tx() as db:
+            # next_attempt_at is kept: interrupted jobs resume first, in their original order.
             cursor = db.execute(
-                "UPDATE jobs SET status = 'queued', updated_at = ?, next_attempt_at = ?"
-                " WHERE status = 'running'",
-                (time.time(), time.time()),
+                "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'", (time.time(),)
             )
             return cursor.rowcount
 
