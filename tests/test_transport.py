@@ -1,0 +1,138 @@
+"""``docker://`` inputs and outputs: pulled into a layout, optimized, pushed back, against a real registry."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from optimizer.api import optimize
+from optimizer.errors import UsageError
+from optimizer.options import Options
+from optimizer.registry import Credentials, Reference
+from optimizer.transport import (
+    TransportOptions,
+    add_arguments,
+    client_for,
+    fetch_input,
+    is_registry_ref,
+    options_from_args,
+    parse_registry_ref,
+    publish_output,
+)
+from tests.registry_fixtures import (
+    FaultProxy,
+    RunningRegistry,
+    push_layout,
+    registry,
+    skopeo_copy,
+    skopeo_inspect_raw,
+)
+
+__all__ = ["registry"]  # fixture imported for pytest
+
+
+def test_registry_refs_are_recognised() -> None:
+    assert is_registry_ref("docker://127.0.0.1:5000/a/b:v1")
+    assert not is_registry_ref("image.tar")
+    assert not is_registry_ref("./docker:/x")
+    assert not is_registry_ref("oci:dir")
+    assert parse_registry_ref("docker://127.0.0.1:5000/a/b:v1") == Reference("127.0.0.1:5000", "a/b", "v1")
+    assert parse_registry_ref("docker://busybox") == Reference("docker.io", "library/busybox")
+    with pytest.raises(UsageError):
+        parse_registry_ref("image.tar")
+    with pytest.raises(UsageError):
+        parse_registry_ref("docker://Host:5000/UPPER")
+
+
+def test_local_paths_pass_through(tmp_path: Path) -> None:
+    assert fetch_input("some/image.tar", str(tmp_path)) == "some/image.tar"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--src-tls-verify=false",
+            "--insecure-registry",
+            "a:5000",
+            "--insecure-registry",
+            "b:5000",
+            "--dest-creds",
+            "bob:pa:ss",
+            "--registry-timeout",
+            "5",
+            "--registry-retries",
+            "1",
+        ]
+    )
+    options = options_from_args(args)
+    assert options == TransportOptions(
+        src_insecure=True,
+        dest_insecure=False,
+        insecure_registries=frozenset({"a:5000", "b:5000"}),
+        src_credentials=None,
+        dest_credentials=Credentials("bob", "pa:ss"),
+        timeout=5.0,
+        retries=1,
+    )
+    assert options.insecure_for("a:5000", source=False) and not options.insecure_for("c:1", source=False)
+    assert options.insecure_for("c:1", source=True)
+    assert "pa:ss" not in repr(options)
+    defaults = options_from_args(parser.parse_args([]))
+    assert defaults == TransportOptions()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dest-tls-verify=maybe"])
+
+
+def test_docker_input_and_output_through_the_optimizer(
+    registry: RunningRegistry, fixtures: Path, tmp_path: Path
+) -> None:
+    """docker:// in, optimize (a pure repack keeps every blob), docker:// out: nothing uploaded again."""
+    source = push_layout(
+        fixtures / "images" / "stereoscope" / "oci-layout-multiplatform", registry, "tr/multi:v1"
+    )
+    layout = fetch_input(source, str(tmp_path / "work"), insecure=True)
+    assert Path(layout).parent == tmp_path / "work"
+    raw = skopeo_inspect_raw(source)
+    index = json.loads((Path(layout) / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
+
+    optimize(layout, str(tmp_path / "out"), Options(output_format="oci-dir", passes=()))
+    destination = f"docker://{registry.host}/tr/multi:v1-opt"
+    digest = publish_output(str(tmp_path / "out"), destination, insecure=True, source=source)
+    stats = client_for(registry.host, insecure=True).last_stats
+    assert stats.blobs_uploaded == 0  # unchanged layers are mounted from tr/multi, never sent
+    assert stats.blobs_mounted + stats.blobs_present > 0
+    pushed = skopeo_inspect_raw(destination)
+    assert digest == "sha256:" + hashlib.sha256(pushed).hexdigest()
+    platforms = sorted(
+        (m["platform"]["os"], m["platform"]["architecture"]) for m in json.loads(pushed)["manifests"]
+    )
+    assert platforms == sorted(
+        (m["platform"]["os"], m["platform"]["architecture"]) for m in json.loads(raw)["manifests"]
+    )
+
+
+def test_docker_archive_image_optimized_and_pushed_to_another_registry(
+    registry: RunningRegistry, fixtures: Path, tmp_path: Path
+) -> None:
+    """A docker-save image in one registry, optimized with the default passes, published through a proxy."""
+    source = f"docker://{registry.host}/tr/dive:v1"
+    skopeo_copy(f"docker-archive:{fixtures / 'images' / 'dive' / 'test-docker-image.tar'}", source)
+    layout = fetch_input(source, str(tmp_path / "work"), insecure=True)
+    report = optimize(layout, str(tmp_path / "out"), Options(output_format="oci-dir"))
+    with FaultProxy(registry.host) as proxy:
+        destination = f"docker://{proxy.host}/tr/dive-opt:v1"
+        digest = publish_output(str(tmp_path / "out"), destination, insecure=True, source=source)
+        uploads = proxy.count("PUT", "/blobs/uploads/", status=201)
+        stats = client_for(proxy.host, insecure=True).last_stats
+    assert uploads == stats.blobs_uploaded
+    raw = skopeo_inspect_raw(f"docker://{registry.host}/tr/dive-opt:v1")
+    assert digest == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert report.bytes_after <= report.bytes_before
