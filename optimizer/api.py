@@ -17,20 +17,18 @@ import contextlib
 import copy
 import hashlib
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import mediatypes as mt
 from .changes import Change, Changes
 from .digest import short
 from .errors import (
     FormatError,
-    MissingBlobError,
     OptimizerError,
     PassFailedError,
     PolicyError,
@@ -41,7 +39,6 @@ from .layer import LayerIndex, index_layer
 from .model import Descriptor
 from .options import Options
 from .output import (
-    CompressionSpec,
     OutputBlob,
     canonical_json,
     compressor_versions,
@@ -50,7 +47,15 @@ from .output import (
     write_oci_dir,
 )
 from .pipeline import ImageInfo, Pass, PassContext, WorkerPool
-from .rebuild import LayerPlan, apply_changes, build_plan, layer_entries, lower_paths_of, top_layer_entries, write_layer
+from .rebuild import (
+    LayerPlan,
+    apply_changes,
+    build_plan,
+    layer_entries,
+    lower_paths_of,
+    top_layer_entries,
+    write_layer,
+)
 from .report import ImageReport, LayerReport, PassReport, PassStatus, Report
 from .source import ANNOTATION_IMAGE_NAME, BlobStore, Source, open_source, parse_json
 from .spool import Spool
@@ -146,7 +151,11 @@ class _Run:
     def process(self, descriptor: Descriptor, where: str) -> Descriptor:
         if descriptor.digest in self.done:
             new = self.done[descriptor.digest]
-            return descriptor.replace(digest=new.digest, size=new.size) if new.digest != descriptor.digest else descriptor
+            return (
+                descriptor.replace(digest=new.digest, size=new.size)
+                if new.digest != descriptor.digest
+                else descriptor
+            )
         if not self.source.blobs.has(descriptor.digest):
             platform = f" ({descriptor.platform})" if descriptor.platform else ""
             self.report.warnings.append(
@@ -157,7 +166,11 @@ class _Run:
             return descriptor
         media_type = descriptor.media_type
         data, document = self.read_json(descriptor, "manifest")
-        media_type = media_type if media_type in mt.INDEX_TYPES | mt.MANIFEST_TYPES else str(document.get("mediaType", ""))
+        media_type = (
+            media_type
+            if media_type in mt.INDEX_TYPES | mt.MANIFEST_TYPES
+            else str(document.get("mediaType", ""))
+        )
         if media_type in mt.INDEX_TYPES or (not media_type and "manifests" in document):
             new = self.process_index(descriptor, data, document, where)
         elif media_type in mt.MANIFEST_TYPES or (not media_type and "layers" in document):
@@ -172,14 +185,20 @@ class _Run:
         self.done[descriptor.digest] = new
         return new
 
-    def process_index(self, descriptor: Descriptor, data: bytes, document: dict[str, Any], where: str) -> Descriptor:
+    def process_index(
+        self, descriptor: Descriptor, data: bytes, document: dict[str, Any], where: str
+    ) -> Descriptor:
         children = document.get("manifests")
         if not isinstance(children, list):
-            raise FormatError(f"{self.source.name}: index {short(descriptor.digest)}: 'manifests' is not a list")
+            raise FormatError(
+                f"{self.source.name}: index {short(descriptor.digest)}: 'manifests' is not a list"
+            )
         new_children = []
         for number, child in enumerate(children):
             if not isinstance(child, dict) or "digest" not in child:
-                raise FormatError(f"{self.source.name}: index {short(descriptor.digest)}: manifests[{number}] is invalid")
+                raise FormatError(
+                    f"{self.source.name}: index {short(descriptor.digest)}: manifests[{number}] is invalid"
+                )
             old = Descriptor.from_json(child)
             new = self.process(old, f"{where} > {short(descriptor.digest)}[{number}]")
             new_children.append(new.to_json() if new.digest != old.digest else child)
@@ -193,7 +212,9 @@ class _Run:
         self.changed.add(descriptor.digest)
         return descriptor.replace(digest=digest, size=len(new_data))
 
-    def process_manifest(self, descriptor: Descriptor, data: bytes, document: dict[str, Any], where: str) -> Descriptor:
+    def process_manifest(
+        self, descriptor: Descriptor, data: bytes, document: dict[str, Any], where: str
+    ) -> Descriptor:
         config = document.get("config")
         layers = document.get("layers")
         if not isinstance(config, dict) or not isinstance(layers, list):
@@ -205,7 +226,9 @@ class _Run:
         name = self.image_name(descriptor)
         if not is_image or not all(tar_layers):
             if is_image:
-                odd = sorted({d.media_type for d, ok in zip(layer_descriptors, tar_layers, strict=True) if not ok})
+                odd = sorted(
+                    {d.media_type for d, ok in zip(layer_descriptors, tar_layers, strict=True) if not ok}
+                )
                 self.report.warnings.append(
                     f"{name}: layers of unknown media type {', '.join(odd)}: the image passes through untouched"
                 )
@@ -235,14 +258,18 @@ class _Run:
             if self.source.blobs.has(blob.digest):
                 self.blobs.from_source(self.source.blobs, blob, "blob")
             elif not blob.raw.get("data"):
-                self.report.warnings.append(f"{name}: blob {short(blob.digest)} ({blob.media_type}) is missing from the input")
+                self.report.warnings.append(
+                    f"{name}: blob {short(blob.digest)} ({blob.media_type}) is missing from the input"
+                )
         subject = document.get("subject")
         if isinstance(subject, dict):
             self.signature_subjects.append((descriptor, str(subject.get("digest", ""))))
 
     # -- one image --------------------------------------------------------------------------------------
 
-    def protected_count(self, descriptor: Descriptor, document: Mapping[str, Any], layers: Sequence[Descriptor], name: str) -> int:
+    def protected_count(
+        self, descriptor: Descriptor, document: Mapping[str, Any], layers: Sequence[Descriptor], name: str
+    ) -> int:
         count = min(self.options.keep_layers, len(layers))
         digests = [d.digest for d in layers]
         bases = list(self.base_layers)
@@ -286,7 +313,9 @@ class _Run:
             indexes.append(cached)
         return indexes
 
-    def run_passes(self, fs: FileSystem, info: ImageInfo, image_report: ImageReport) -> tuple[list[Change], FileSystem]:
+    def run_passes(
+        self, fs: FileSystem, info: ImageInfo, image_report: ImageReport
+    ) -> tuple[list[Change], FileSystem]:
         accepted: list[Change] = []
         for cls, pass_options in self.passes:
             pass_report = PassReport(cls.name)
@@ -324,9 +353,11 @@ class _Run:
         layers: list[Descriptor],
         name: str,
     ) -> Descriptor:
-        config_bytes, config = self.read_json(config_descriptor, "config")
+        _, config = self.read_json(config_descriptor, "config")
         docker_family = mt.is_docker(descriptor.media_type or str(document.get("mediaType", "")))
-        image_report = ImageReport(name, str(descriptor.platform or _config_platform(config)), descriptor.digest, descriptor.digest)
+        image_report = ImageReport(
+            name, str(descriptor.platform or _config_platform(config)), descriptor.digest, descriptor.digest
+        )
         self.report.images.append(image_report)
         protected = self.protected_count(descriptor, document, layers, name)
         rewrite_all = self.options.normalize or self.options.recompress
@@ -336,8 +367,16 @@ class _Run:
             indexes = self.index_layers(layers, name)
             for index in indexes:
                 image_report.warnings.extend(index.warnings)
-            fs = build_filesystem([i.entries for i in indexes], frozenset(range(protected)) | non_distributable)
-            info = ImageInfo(name, descriptor.digest, descriptor.platform or _config_platform(config), config, [d.digest for d in layers])
+            fs = build_filesystem(
+                [i.entries for i in indexes], frozenset(range(protected)) | non_distributable
+            )
+            info = ImageInfo(
+                name,
+                descriptor.digest,
+                descriptor.platform or _config_platform(config),
+                config,
+                [d.digest for d in layers],
+            )
             changes, final_fs = self.run_passes(fs, info, image_report)
         else:
             indexes, changes, final_fs = [], [], None
@@ -350,24 +389,46 @@ class _Run:
         dropped: list[int] = []
         for number, layer in enumerate(layers):
             layer_plan = plan.layers.get(number)
-            must_write = bool(layer_plan) or (rewrite_all and number >= protected and number not in non_distributable)
+            must_write = bool(layer_plan) or (
+                rewrite_all and number >= protected and number not in non_distributable
+            )
             if self.options.recompress and not self.options.normalize and not layer_plan:
                 current = mt.layer_compression(layer.media_type)
-                must_write = must_write and current is not None and (
-                    current is not self.options.compression.codec
+                must_write = (
+                    must_write and current is not None and (current is not self.options.compression.codec)
                 )
             if not must_write:
                 self.blobs.from_source(self.source.blobs, layer, "layer")
                 new_layers.append(layer)
                 new_diff_ids.append(diff_ids[number])
                 status = "kept" if number < protected else "unchanged"
-                image_report.layers.append(LayerReport(number, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type))
+                image_report.layers.append(
+                    LayerReport(
+                        number, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type
+                    )
+                )
                 continue
             assert indexes
-            items = layer_entries(indexes[number], layer_plan or _EMPTY_PLAN, lower_paths_of(indexes, number), self.options.normalize)
+            items = layer_entries(
+                indexes[number],
+                layer_plan or _EMPTY_PLAN,
+                lower_paths_of(indexes, number),
+                self.options.normalize,
+            )
             if not items:
                 dropped.append(number)
-                image_report.layers.append(LayerReport(number, layer.digest, "", layer.size, 0, "dropped", layer.media_type, layer_plan.changes if layer_plan else 0))
+                image_report.layers.append(
+                    LayerReport(
+                        number,
+                        layer.digest,
+                        "",
+                        layer.size,
+                        0,
+                        "dropped",
+                        layer.media_type,
+                        layer_plan.changes if layer_plan else 0,
+                    )
+                )
                 continue
             spec = self.options.compression
             self.progress(f"writing layer {number + 1}/{len(layers)}", number, len(layers))
@@ -378,7 +439,17 @@ class _Run:
                 os.unlink(path)
                 new_layers.append(layer)
                 new_diff_ids.append(diff_ids[number])
-                image_report.layers.append(LayerReport(number, layer.digest, layer.digest, layer.size, layer.size, "unchanged", layer.media_type))
+                image_report.layers.append(
+                    LayerReport(
+                        number,
+                        layer.digest,
+                        layer.digest,
+                        layer.size,
+                        layer.size,
+                        "unchanged",
+                        layer.media_type,
+                    )
+                )
                 continue
             self.blobs.from_file(blob.path, blob.digest, blob.size)
             media_type = mt.layer_media_type(docker_family, spec.codec)
@@ -387,7 +458,16 @@ class _Run:
             new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
             new_diff_ids.append(blob.diff_id)
             image_report.layers.append(
-                LayerReport(number, layer.digest, blob.digest, layer.size, blob.size, "rewritten", media_type, layer_plan.changes if layer_plan else 0)
+                LayerReport(
+                    number,
+                    layer.digest,
+                    blob.digest,
+                    layer.size,
+                    blob.size,
+                    "rewritten",
+                    media_type,
+                    layer_plan.changes if layer_plan else 0,
+                )
             )
         added_layer = False
         if plan.added:
@@ -402,7 +482,9 @@ class _Run:
             new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
             new_diff_ids.append(blob.diff_id)
             added_layer = True
-            image_report.layers.append(LayerReport(len(layers), "", blob.digest, 0, blob.size, "added", media_type, len(plan.added)))
+            image_report.layers.append(
+                LayerReport(len(layers), "", blob.digest, 0, blob.size, "added", media_type, len(plan.added))
+            )
         if [d.digest for d in new_layers] == [d.digest for d in layers]:
             self.blobs.from_source(self.source.blobs, config_descriptor, "config")
             self.blobs.from_source(self.source.blobs, descriptor, "manifest")
@@ -414,7 +496,9 @@ class _Run:
         new_config_bytes = canonical_json(new_config)
         new_config_digest = "sha256:" + hashlib.sha256(new_config_bytes).hexdigest()
         self.blobs.from_bytes(new_config_bytes, new_config_digest)
-        new_config_descriptor = config_descriptor.replace(digest=new_config_digest, size=len(new_config_bytes))
+        new_config_descriptor = config_descriptor.replace(
+            digest=new_config_digest, size=len(new_config_bytes)
+        )
         manifest = dict(document)
         manifest["config"] = new_config_descriptor.to_json()
         manifest["layers"] = [d.to_json() for d in new_layers]
@@ -427,7 +511,9 @@ class _Run:
         new_descriptor = descriptor.replace(digest=digest, size=len(manifest_bytes))
         image_report.manifest_after = digest
         self.changed.add(descriptor.digest)
-        self.record_docker_entry(descriptor, new_descriptor, new_config_descriptor, new_layers, config_descriptor)
+        self.record_docker_entry(
+            descriptor, new_descriptor, new_config_descriptor, new_layers, config_descriptor
+        )
         return new_descriptor
 
     def record_docker_entry(
@@ -600,7 +686,9 @@ def optimize(src: str, dst: str | None, options: Options | None = None) -> Repor
     if dst is not None and os.path.abspath(src) == os.path.abspath(dst):
         raise UsageError("the output must not be the input: nothing the user had is overwritten")
     started = time.monotonic()
-    report = Report(src, dst or "", options.dry_run, compressors=compressor_versions(), options=options.describe())
+    report = Report(
+        src, dst or "", options.dry_run, compressors=compressor_versions(), options=options.describe()
+    )
     with tempfile.TemporaryDirectory(prefix="oci-optimizer-", dir=options.workdir) as workdir:
         source = open_source(src, workdir)
         report.warnings.extend(source.warnings)

@@ -114,7 +114,9 @@ class Changes:
                         f"{self._pass}: {target}: hardlinked from other layers ({sorted(other_layers)}); not deleted"
                     )
             size = current.size if current.entry.kind is not EntryKind.HARDLINK else 0
-            self._items.append(Change(Op.DELETE, target, current.layer, self._pass, reason, size, 0, visible_path=target))
+            self._items.append(
+                Change(Op.DELETE, target, current.layer, self._pass, reason, size, 0, visible_path=target)
+            )
 
     def add(self, entry: Entry, data: bytes | Content | None = None, reason: str = "") -> None:
         """A new path in the new top layer. Regular files need ``data``; parents are created as needed."""

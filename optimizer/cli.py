@@ -34,25 +34,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", nargs="?", help="OCI archive, OCI layout directory, docker save tarball")
     parser.add_argument("output", nargs="?", help="where to write the optimized image")
-    parser.add_argument("--list-passes", action="store_true", help="print every pass and what it does, then exit")
+    parser.add_argument(
+        "--list-passes", action="store_true", help="print every pass and what it does, then exit"
+    )
     parser.add_argument("--passes", help="comma-separated passes to run ('none' for a pure repack)")
     parser.add_argument("--skip", default="", help="comma-separated passes not to run")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report to FILE ('-' for stdout)")
     parser.add_argument("--dry-run", action="store_true", help="do everything but write the output")
     parser.add_argument("--strict", action="store_true", help="a failing pass fails the run")
     parser.add_argument(
-        "--format", dest="output_format", choices=("oci-archive", "oci-dir"), default="oci-archive",
+        "--format",
+        dest="output_format",
+        choices=("oci-archive", "oci-dir"),
+        default="oci-archive",
         help="output form (default: an OCI archive that docker load also takes)",
     )
-    parser.add_argument("--normalize", action="store_true", help="rewrite every layer canonically (reproducible digests)")
-    parser.add_argument("--keep-layers", type=int, default=0, metavar="N", help="keep the first N layers byte-identical")
+    parser.add_argument(
+        "--normalize", action="store_true", help="rewrite every layer canonically (reproducible digests)"
+    )
+    parser.add_argument(
+        "--keep-layers", type=int, default=0, metavar="N", help="keep the first N layers byte-identical"
+    )
     parser.add_argument("--base", metavar="IMAGE", help="keep the layers of this base image byte-identical")
     parser.add_argument(
-        "--compression", default="gzip", metavar="CODEC[:LEVEL]",
+        "--compression",
+        default="gzip",
+        metavar="CODEC[:LEVEL]",
         help="codec of rewritten layers: gzip[:1-9] (default gzip:6), zstd[:1-22] (default 3), none",
     )
-    parser.add_argument("--recompress", action="store_true", help="recompress unchanged layers with --compression too")
-    parser.add_argument("--workers", type=int, metavar="N", help="processes for per-file work (default: all cores)")
+    parser.add_argument(
+        "--recompress", action="store_true", help="recompress unchanged layers with --compression too"
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="processes for per-file work (default: all cores)"
+    )
     parser.add_argument("--workdir", metavar="DIR", help="directory for temporary files")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -119,7 +134,9 @@ def print_summary(report: Report, out: TextIO, verbose: bool = False) -> None:
                         f"    {finding.action:<9} {finding.path} {finding.reason} "
                         f"({_size(finding.bytes_before)} -> {_size(finding.bytes_after)})\n"
                     )
-        out.write(f"  {'layer':<8}{'status':<11}{'digest before':<22}{'digest after':<22}{'before':>12}{'after':>12}\n")
+        out.write(
+            f"  {'layer':<8}{'status':<11}{'digest before':<22}{'digest after':<22}{'before':>12}{'after':>12}\n"
+        )
         for layer in image.layers:
             out.write(
                 f"  {layer.index + 1:<8}{layer.status:<11}{layer.digest_before[7:19] or '-':<22}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from typing import Any, BinaryIO
+from typing import Any
 
 from .errors import DigestMismatchError, FormatError
 
@@ -39,7 +39,7 @@ class VerifyingReader(io.RawIOBase):
     names ``what`` (the blob's role and where it was read from).
     """
 
-    def __init__(self, raw: BinaryIO, digest: str, size: int | None, what: str) -> None:
+    def __init__(self, raw: io.RawIOBase | io.BufferedReader, digest: str, size: int | None, what: str) -> None:
         algorithm, self._hex = parse_digest(digest)
         self._raw = raw
         self._hash = hashlib.new(algorithm)
@@ -61,7 +61,7 @@ class VerifyingReader(io.RawIOBase):
         if want <= 0:
             self._check()
             return 0
-        got = self._raw.readinto(view[:want])
+        got = int(self._raw.readinto(view[:want]) or 0)
         if not got:
             self._check()
             return 0
@@ -89,12 +89,6 @@ class VerifyingReader(io.RawIOBase):
                 f"(actual {self._hash.name}:{self._hash.hexdigest()})",
                 self._digest,
             )
-
-    def drain(self) -> None:
-        """Read to the end (verifying) without keeping the bytes."""
-        buffer = bytearray(1 << 20)
-        while self.readinto(buffer):
-            pass
 
     def close(self) -> None:
         self._raw.close()

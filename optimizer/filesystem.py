@@ -184,7 +184,9 @@ def _delete_tree(nodes: dict[str, Node], path: str, keep_layer: int | None = Non
             del nodes[existing]
 
 
-def build_filesystem(layers: Sequence[Sequence[IndexedEntry]], protected: frozenset[int] = frozenset()) -> FileSystem:
+def build_filesystem(
+    layers: Sequence[Sequence[IndexedEntry]], protected: frozenset[int] = frozenset()
+) -> FileSystem:
     """Apply layers in order (index 0 at the bottom) and return the merged view."""
     nodes: dict[str, Node] = {"": Node(Entry("", EntryKind.DIR, mode=0o755), -1, None, 0)}
     holders: dict[int, Holder] = {}
@@ -209,7 +211,11 @@ def build_filesystem(layers: Sequence[Sequence[IndexedEntry]], protected: frozen
             if opaque_directory(entry.path) is not None or whiteout_target(entry.path) is not None:
                 continue
             previous = nodes.get(entry.path)
-            if previous is not None and previous.entry.kind is EntryKind.DIR and entry.kind is not EntryKind.DIR:
+            if (
+                previous is not None
+                and previous.entry.kind is EntryKind.DIR
+                and entry.kind is not EntryKind.DIR
+            ):
                 _delete_tree(nodes, entry.path)
             if entry.kind is EntryKind.FILE:
                 inode = next_inode
@@ -219,6 +225,7 @@ def build_filesystem(layers: Sequence[Sequence[IndexedEntry]], protected: frozen
                 nodes[entry.path] = Node(entry, number, item.content, inode)
             elif entry.kind is EntryKind.HARDLINK:
                 target_node = nodes.get(entry.link)
+                content: Content | None
                 if target_node is not None and target_node.content is not None:
                     inode = target_node.inode
                     content = target_node.content

@@ -69,11 +69,11 @@ def _is_hostile(raw: str) -> bool:
 
 
 def _bind(name: str, argtypes: list[object], restype: object) -> object | None:
-    function = getattr(ffi.libarchive, "archive_" + name, None)
+    function: object | None = getattr(ffi.libarchive, "archive_" + name, None)
     if function is None:
         return None
-    function.argtypes = argtypes
-    function.restype = restype
+    function.argtypes = argtypes  # type: ignore[attr-defined]
+    function.restype = restype  # type: ignore[attr-defined]
     return function
 
 
@@ -86,7 +86,12 @@ _gname_utf8 = _bind("entry_gname_utf8", [_c_entry], ctypes.c_char_p)
 _xattr_reset = _bind("entry_xattr_reset", [_c_entry], ctypes.c_int)
 _xattr_next = _bind(
     "entry_xattr_next",
-    [_c_entry, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)],
+    [
+        _c_entry,
+        ctypes.POINTER(ctypes.c_char_p),
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.POINTER(ctypes.c_size_t),
+    ],
     ctypes.c_int,
 )
 
@@ -168,9 +173,7 @@ def _to_entry(item: libarchive.ArchiveEntry, warnings: list[str], where: str) ->
     )
 
 
-def index_layer(
-    blobs: BlobStore, descriptor: Descriptor, spool_path: str, where: str
-) -> LayerIndex:
+def index_layer(blobs: BlobStore, descriptor: Descriptor, spool_path: str, where: str) -> LayerIndex:
     """Decode a layer once: its entries, and every regular file's bytes appended to ``spool_path``.
 
     ``where`` names the image and layer for messages (``image sha256:ab12, layer 3/7 sha256:cd34``).
@@ -181,9 +184,11 @@ def index_layer(
     reader = blobs.open(descriptor, "layer")
     buffer = ctypes.create_string_buffer(_READ_BLOCK)
     try:
-        with reader, open(spool_path, "ab") as spool, libarchive.stream_reader(
-            reader, format_name="tar", block_size=_READ_BLOCK
-        ) as archive:
+        with (
+            reader,
+            open(spool_path, "ab") as spool,
+            libarchive.stream_reader(reader, format_name="tar", block_size=_READ_BLOCK) as archive,
+        ):
             offset = spool.tell()
             for item in archive:
                 entry = _to_entry(item, warnings, where)
@@ -203,7 +208,8 @@ def index_layer(
                     content = Content(spool_path, offset, size, digest.hexdigest())
                     offset += size
                 entries.append(IndexedEntry(entry, content))
-            reader.drain()
+            while reader.read(1 << 20):  # the tail after the end-of-archive blocks: verify the digest
+                pass
     except ArchiveError as error:
         at = f" after {last}" if last else ""
         raise LayerError(f"{where}: corrupt tar stream{at}: {error.msg}") from error

@@ -102,7 +102,7 @@ class Content:
     def open(self) -> BinaryIO:
         handle = open(self.path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
         handle.seek(self.offset)
-        return _Slice(handle, self.size)
+        return io.BufferedReader(_Slice(handle, self.size), 1 << 16)
 
     def read_bytes(self) -> bytes:
         with open(self.path, "rb") as handle:
@@ -127,7 +127,7 @@ class Content:
 class _Slice(io.RawIOBase):
     """A read-only window of ``size`` bytes on an open file, starting at its current position."""
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(self, handle: io.BufferedReader, size: int) -> None:
         self._handle = handle
         self._left = size
 
@@ -139,7 +139,7 @@ class _Slice(io.RawIOBase):
             return 0
         view = memoryview(buffer)
         want = min(len(view), self._left)
-        got = self._handle.readinto(view[:want])
+        got = int(self._handle.readinto(view[:want]))
         if not got:
             return 0
         self._left -= got

@@ -87,7 +87,11 @@ class CompressionSpec:
         return DEFAULT_ZSTD_LEVEL if self.codec is Compression.ZSTD else DEFAULT_GZIP_LEVEL
 
     def __str__(self) -> str:
-        return self.codec.value if self.codec is Compression.NONE else f"{self.codec.value}:{self.effective_level}"
+        return (
+            self.codec.value
+            if self.codec is Compression.NONE
+            else f"{self.codec.value}:{self.effective_level}"
+        )
 
     @classmethod
     def parse(cls, text: str) -> CompressionSpec:
@@ -97,7 +101,9 @@ class CompressionSpec:
         try:
             codec = Compression(name)
         except ValueError as error:
-            raise UsageError(f"unknown compression {name!r}: use gzip[:LEVEL], zstd[:LEVEL] or none") from error
+            raise UsageError(
+                f"unknown compression {name!r}: use gzip[:LEVEL], zstd[:LEVEL] or none"
+            ) from error
         if not level:
             return cls(codec)
         if codec is Compression.NONE:
@@ -180,9 +186,9 @@ class LayerWriter:
 
     def __init__(self, path: str, spec: CompressionSpec, clamp_mtime: int | None) -> None:
         self._path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close() or abort()
         self._compressor = _Compressor(self._file, spec)
-        self._tar = tarfile.open(fileobj=self._compressor, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8")  # type: ignore[call-overload]
+        self._tar = tarfile.TarFile(fileobj=self._compressor, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8")  # type: ignore[arg-type]
         self._clamp = clamp_mtime
         self.count = 0
 
@@ -312,7 +318,10 @@ def write_oci_archive(
     except OSError as error:
         raise OutputError(f"cannot write in {directory}: {error}") from error
     try:
-        with os.fdopen(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        with (
+            os.fdopen(handle, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+        ):
             for name, size, content in _layout_members(index_bytes, docker_manifest, blobs):
                 info = tarfile.TarInfo(name)
                 info.mtime = mtime

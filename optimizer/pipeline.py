@@ -92,7 +92,9 @@ class WorkerPool:
         if self._executor is None:
             import multiprocessing
 
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("forkserver")
+            )
         chunk = max(1, min(16, len(items) // (self.workers * 8)))
         results = self._executor.map(
             _call, [fn] * len(items), [c for _, c in items], [arg] * len(items), chunksize=chunk
@@ -114,7 +116,9 @@ class PassContext:
     report: PassReport
     pool: WorkerPool
     dry_run: bool = False
-    shared: dict[str, Any] = field(default_factory=dict)  # run-wide facts passes may share, keyed by pass name
+    shared: dict[str, Any] = field(
+        default_factory=dict
+    )  # run-wide facts passes may share, keyed by pass name
 
     def map(
         self, fn: Callable[[bytes, A], R], items: Sequence[tuple[K, Content]], arg: A

@@ -77,14 +77,18 @@ def apply_changes(fs: FileSystem, changes: Iterable[Change]) -> FileSystem:
             target = nodes[change.visible_path]
             for path, node in list(nodes.items()):
                 if (node.inode == target.inode and target.inode) or path == change.visible_path:
-                    nodes[path] = Node(node.entry.with_size(change.bytes_after), node.layer, change.content, node.inode)
+                    nodes[path] = Node(
+                        node.entry.with_size(change.bytes_after), node.layer, change.content, node.inode
+                    )
         elif change.op is Op.DELETE:
             prefix = change.visible_path + "/"
             for path in [p for p in nodes if p == change.visible_path or p.startswith(prefix)]:
                 del nodes[path]
         else:
             assert change.entry is not None
-            nodes[change.path] = Node(change.entry, fs.layer_count, change.content, next_inode if change.content else 0)
+            nodes[change.path] = Node(
+                change.entry, fs.layer_count, change.content, next_inode if change.content else 0
+            )
             next_inode += 1
     return FileSystem(
         nodes,
@@ -141,8 +145,20 @@ def layer_entries(
                 content = holders[target]
                 promoted[target] = entry.path
                 entry = Entry(
-                    entry.path, EntryKind.FILE, entry.mode, entry.uid, entry.gid, entry.uname, entry.gname,
-                    entry.mtime, entry.mtime_ns, content.size if content else 0, "", 0, 0, entry.xattrs,
+                    entry.path,
+                    EntryKind.FILE,
+                    entry.mode,
+                    entry.uid,
+                    entry.gid,
+                    entry.uname,
+                    entry.gname,
+                    entry.mtime,
+                    entry.mtime_ns,
+                    content.size if content else 0,
+                    "",
+                    0,
+                    0,
+                    entry.xattrs,
                 )
                 holders[entry.path] = content
         out.append((entry, content if entry.kind is EntryKind.FILE else None))
@@ -155,8 +171,20 @@ def layer_entries(
 
 def _relink(entry: Entry, target: str) -> Entry:
     return Entry(
-        entry.path, EntryKind.HARDLINK, entry.mode, entry.uid, entry.gid, entry.uname, entry.gname,
-        entry.mtime, entry.mtime_ns, 0, target, 0, 0, entry.xattrs,
+        entry.path,
+        EntryKind.HARDLINK,
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        entry.uname,
+        entry.gname,
+        entry.mtime,
+        entry.mtime_ns,
+        0,
+        target,
+        0,
+        0,
+        entry.xattrs,
     )
 
 
@@ -166,7 +194,11 @@ def _canonical_order(items: list[tuple[Entry, Content | None]]) -> list[tuple[En
     ordered = sorted(by_path.values(), key=lambda item: _sort_key(item[0]))
     groups: dict[str, list[str]] = {}
     for entry, _ in ordered:
-        if entry.kind is EntryKind.HARDLINK and entry.link in by_path and by_path[entry.link][0].kind is EntryKind.FILE:
+        if (
+            entry.kind is EntryKind.HARDLINK
+            and entry.link in by_path
+            and by_path[entry.link][0].kind is EntryKind.FILE
+        ):
             groups.setdefault(entry.link, []).append(entry.path)
     if not groups:
         return ordered
@@ -180,8 +212,19 @@ def _canonical_order(items: list[tuple[Entry, Content | None]]) -> list[tuple[En
         link_entry, _ = by_path[first]
         result_by_path[first] = (
             Entry(
-                first, EntryKind.FILE, link_entry.mode, link_entry.uid, link_entry.gid, link_entry.uname,
-                link_entry.gname, link_entry.mtime, link_entry.mtime_ns, holder_entry.size, "", 0, 0,
+                first,
+                EntryKind.FILE,
+                link_entry.mode,
+                link_entry.uid,
+                link_entry.gid,
+                link_entry.uname,
+                link_entry.gname,
+                link_entry.mtime,
+                link_entry.mtime_ns,
+                holder_entry.size,
+                "",
+                0,
+                0,
                 link_entry.xattrs,
             ),
             content,
@@ -206,12 +249,28 @@ def top_layer_entries(
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
             node = final_fs.get(parent)
-            if parent not in added and parent not in items and (node is None or node.layer >= final_fs.layer_count):
+            if (
+                parent not in added
+                and parent not in items
+                and (node is None or node.layer >= final_fs.layer_count)
+            ):
                 items[parent] = (Entry(parent, EntryKind.DIR, mode=0o755, mtime=mtime), None)
         items[path] = (
             Entry(
-                path, entry.kind, entry.mode, entry.uid, entry.gid, entry.uname, entry.gname, mtime, 0,
-                content.size if content else 0, entry.link, entry.devmajor, entry.devminor, entry.xattrs,
+                path,
+                entry.kind,
+                entry.mode,
+                entry.uid,
+                entry.gid,
+                entry.uname,
+                entry.gname,
+                mtime,
+                0,
+                content.size if content else 0,
+                entry.link,
+                entry.devmajor,
+                entry.devminor,
+                entry.xattrs,
             ),
             content,
         )

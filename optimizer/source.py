@@ -11,6 +11,7 @@ any of these tars gzip- or zstd-compressed. Member names may start with ``./``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -78,23 +79,21 @@ class BlobStore:
             return self._slices[digest][2]
         return None
 
-    def open(self, descriptor: Descriptor, role: str = "blob") -> VerifyingReader:
-        """A reader over the blob that raises at the end if its digest or size is wrong."""
+    def open(self, descriptor: Descriptor, role: str = "blob") -> BinaryIO:
+        """A reader over the blob that raises ``DigestMismatchError`` at the end if its digest or size is wrong."""
         digest = descriptor.digest
         what = f"{self.name}: {role} {short(digest)}"
+        raw: io.RawIOBase | io.BufferedReader
         if digest in self._memory:
-            import io
-
-            raw: BinaryIO = io.BytesIO(self._memory[digest])
+            raw = io.BufferedReader(io.BytesIO(self._memory[digest]))  # type: ignore[arg-type,unused-ignore]
         elif digest in self._slices:
             path, offset, size = self._slices[digest]
-            handle = open(path, "rb")  # noqa: SIM115 - owned by the VerifyingReader
+            handle = open(path, "rb")  # noqa: SIM115 - owned by the returned reader
             handle.seek(offset)
-            # Give the reader one byte more than stored when the descriptor claims more, so short blobs show.
             raw = _Window(handle, size)
         else:
             raise MissingBlobError(f"{what} is missing from the input ({descriptor.media_type})", digest)
-        return VerifyingReader(raw, digest, descriptor.size, what)
+        return io.BufferedReader(VerifyingReader(raw, digest, descriptor.size, what), 1 << 20)
 
     def read(self, descriptor: Descriptor, role: str = "blob", limit: int = 64 << 20) -> bytes:
         """The whole blob, verified. Only for small documents (manifests, configs)."""
@@ -114,30 +113,27 @@ class BlobStore:
         yield from self._memory
 
 
-class _Window:
+class _Window(io.RawIOBase):
     """A file handle limited to ``size`` bytes from its current position (a tar member's data)."""
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(self, handle: io.BufferedReader, size: int) -> None:
         self._handle = handle
         self._left = size
+
+    def readable(self) -> bool:
+        return True
 
     def readinto(self, buffer: Any) -> int:
         if self._left <= 0:
             return 0
         view = memoryview(buffer)
-        got = self._handle.readinto(view[: min(len(view), self._left)])
+        got = int(self._handle.readinto(view[: min(len(view), self._left)]))
         self._left -= got
         return got
 
-    def read(self, size: int = -1) -> bytes:
-        if size < 0 or size > self._left:
-            size = self._left
-        data = self._handle.read(size)
-        self._left -= len(data)
-        return data
-
     def close(self) -> None:
         self._handle.close()
+        super().close()
 
 
 @dataclass
@@ -167,7 +163,12 @@ def open_source(path: str, workdir: str, name: str | None = None) -> Source:
         raise InputError(f"{label}: no such file or directory")
     with open(p, "rb") as handle:
         head = handle.read(6)
-    if head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00":
+    if (
+        head[:2] == b"\x1f\x8b"
+        or head[:4] == b"\x28\xb5\x2f\xfd"
+        or head[:3] == b"BZh"
+        or head[:6] == b"\xfd7zXZ\x00"
+    ):
         plain = os.path.join(workdir, "input.tar")
         _decompress_file(p, plain, label)
         return _open_tar(plain, label)
@@ -345,7 +346,9 @@ def _open_layout_dir(root: Path, label: str) -> Source:
 def _read_repo_tags(path: str, members: dict[str, _Member], label: str, source: Source) -> None:
     """Keep docker's RepoTags from a hybrid archive's manifest.json, so the output's manifest.json has them."""
     try:
-        entries = parse_json(_read_member(path, _resolve_member(members, "manifest.json", label)), "manifest.json")
+        entries = parse_json(
+            _read_member(path, _resolve_member(members, "manifest.json", label)), "manifest.json"
+        )
     except (FormatError, InputError):
         return
     if not isinstance(entries, list):
@@ -399,7 +402,9 @@ def _open_docker_archive(path: str, members: dict[str, _Member], blobs: BlobStor
     data = _read_member(path, _resolve_member(members, "manifest.json", label))
     entries = parse_json(data, f"{label}: manifest.json")
     if not isinstance(entries, list) or not entries:
-        raise FormatError(f"{label}: manifest.json must be a non-empty list of images, found {type(entries).__name__}")
+        raise FormatError(
+            f"{label}: manifest.json must be a non-empty list of images, found {type(entries).__name__}"
+        )
     descriptors: list[dict[str, Any]] = []
     repo_tags: dict[str, list[str]] = {}
     for number, entry in enumerate(entries):
@@ -412,10 +417,13 @@ def _open_docker_archive(path: str, members: dict[str, _Member], blobs: BlobStor
         config_member = _resolve_member(members, entry["Config"], label)
         config_bytes = _read_member(path, config_member)
         config_digest = sha256_digest(config_bytes)
-        named = _digest_from_name(entry["Config"]) if entry["Config"].lstrip("./").startswith("blobs/") else ""
+        named = (
+            _digest_from_name(entry["Config"]) if entry["Config"].lstrip("./").startswith("blobs/") else ""
+        )
         if named and named != config_digest:
             raise DigestMismatchError(
-                f"{label}: config {entry['Config']} does not match the digest in its name ({config_digest})", named
+                f"{label}: config {entry['Config']} does not match the digest in its name ({config_digest})",
+                named,
             )
         config = parse_json(config_bytes, f"{what}: config {entry['Config']}")
         if not isinstance(config, dict):
@@ -459,7 +467,11 @@ def _open_docker_archive(path: str, members: dict[str, _Member], blobs: BlobStor
         manifest_digest = blobs.add_bytes(manifest_bytes)
         tags = [str(t) for t in entry.get("RepoTags") or []]
         repo_tags["config:" + config_digest] = tags
-        base: dict[str, Any] = {"mediaType": mt.OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes)}
+        base: dict[str, Any] = {
+            "mediaType": mt.OCI_MANIFEST,
+            "digest": manifest_digest,
+            "size": len(manifest_bytes),
+        }
         platform = {k: config[k] for k in ("os", "architecture", "variant") if isinstance(config.get(k), str)}
         if platform.get("os") and platform.get("architecture"):
             base["platform"] = platform
@@ -467,7 +479,10 @@ def _open_docker_archive(path: str, members: dict[str, _Member], blobs: BlobStor
             descriptors.append(base)
         for tag in tags:
             descriptors.append(
-                dict(base, annotations={ANNOTATION_IMAGE_NAME: _full_name(tag), ANNOTATION_REF_NAME: _tag_of(tag)})
+                dict(
+                    base,
+                    annotations={ANNOTATION_IMAGE_NAME: _full_name(tag), ANNOTATION_REF_NAME: _tag_of(tag)},
+                )
             )
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
     from .output import canonical_json

@@ -45,14 +45,19 @@ def _png() -> bytes:
     from PIL import Image
 
     image = Image.new("RGB", (256, 256))
-    image.putdata([((x * 3) % 256, (y * 5) % 256, ((x ^ y) * 7) % 256) for y in range(256) for x in range(256)])
+    image.putdata(
+        [((x * 3) % 256, (y * 5) % 256, ((x ^ y) * 7) % 256) for y in range(256) for x in range(256)]
+    )
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=0)
     return out.getvalue()
 
 
 def _javascript() -> bytes:
-    lines = [f"export function handler{i}(event) {{ return {{ id: {i}, body: event.body }}; }}\n" for i in range(400)]
+    lines = [
+        f"export function handler{i}(event) {{ return {{ id: {i}, body: event.body }}; }}\n"
+        for i in range(400)
+    ]
     return "".join(lines).encode()
 
 
@@ -96,7 +101,10 @@ def build(output: Path) -> None:
         binary = _binary(workdir)
         if binary is not None:
             layer1.insert(1, _file("app/hello", binary, 0o755))
-        layer2 = [_file("app/config.json", b'{"greeting": "hello", "port": 8080}\n'), _file("app/NOTE.txt", b"demo\n")]
+        layer2 = [
+            _file("app/config.json", b'{"greeting": "hello", "port": 8080}\n'),
+            _file("app/NOTE.txt", b"demo\n"),
+        ]
         blobs = {}
         layers = []
         diff_ids = []
@@ -108,7 +116,9 @@ def build(output: Path) -> None:
             diff_ids.append(diff_id)
         config = canonical_json(
             {
-                "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine),
+                "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(
+                    os.uname().machine, os.uname().machine
+                ),
                 "os": "linux",
                 "created": "2023-11-14T22:13:20Z",
                 "config": {"Entrypoint": ["/app/hello"], "Env": ["TZ=Europe/Paris"], "User": "nobody"},

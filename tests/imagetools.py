@@ -19,7 +19,9 @@ from optimizer.output import CompressionSpec, LayerWriter, canonical_json, write
 LayerSpec = Sequence[tuple[Entry, bytes | None]]
 
 
-def entry(path: str, kind: EntryKind = EntryKind.FILE, data: bytes = b"", **fields: Any) -> tuple[Entry, bytes | None]:
+def entry(
+    path: str, kind: EntryKind = EntryKind.FILE, data: bytes = b"", **fields: Any
+) -> tuple[Entry, bytes | None]:
     defaults: dict[str, Any] = {"mode": 0o755 if kind is EntryKind.DIR else 0o644, "mtime": 1_600_000_000}
     defaults.update(fields)
     size = len(data) if kind is EntryKind.FILE else 0
@@ -53,7 +55,9 @@ def build_image(
         "created": "2024-01-01T00:00:00Z",
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"} for i in range(len(layers))],
+        "history": [
+            {"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"} for i in range(len(layers))
+        ],
     }
     config.update(config_extra or {})
     config_bytes = canonical_json(config)
@@ -162,7 +166,14 @@ def tree_of(rootfs: Path) -> dict[str, tuple[Any, ...]]:
             elif os.path.isfile(full):
                 with open(full, "rb") as handle:
                     digest = hashlib.sha256(handle.read()).hexdigest()
-                out[rel] = ("file", info.st_mode & 0o7777, info.st_uid, info.st_gid, digest, info.st_nlink > 1)
+                out[rel] = (
+                    "file",
+                    info.st_mode & 0o7777,
+                    info.st_uid,
+                    info.st_gid,
+                    digest,
+                    info.st_nlink > 1,
+                )
             else:
                 out[rel] = ("other", info.st_mode, info.st_uid, info.st_gid, info.st_rdev)
     return out
@@ -180,7 +191,10 @@ def umoci_unpack(archive: Path, workdir: Path, name: str) -> Path:
         (layout / "index.json").write_text(json.dumps(index))
     bundle = workdir / f"{name}-bundle"
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)], check=True, capture_output=True, text=True
+        ["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return bundle / "rootfs"
 

@@ -53,7 +53,9 @@ def layer_stack(draw: st.DrawFn) -> list[list[tuple[Entry, bytes | None]]]:
                     continue
                 ensure_parents(path)
                 parent, _, name = path.rpartition("/")
-                layer.append((Entry(f"{parent}/.wh.{name}" if parent else f".wh.{name}", EntryKind.FILE), b""))
+                layer.append(
+                    (Entry(f"{parent}/.wh.{name}" if parent else f".wh.{name}", EntryKind.FILE), b"")
+                )
                 for gone in [p for p in existing if p == path or p.startswith(path + "/")]:
                     del existing[gone]
                 here.add(path)
@@ -66,7 +68,9 @@ def layer_stack(draw: st.DrawFn) -> list[list[tuple[Entry, bytes | None]]]:
                 layer.append((Entry(path, EntryKind.DIR, mode=0o750), None))
                 # the marker may stand anywhere in the layer's stream: put it at the end or right here
                 marker = (Entry(f"{path}/.wh..wh..opq", EntryKind.FILE), b"")
-                layer.insert(draw(st.integers(0, len(layer))), marker) if draw(st.booleans()) else layer.append(marker)
+                layer.insert(draw(st.integers(0, len(layer))), marker) if draw(
+                    st.booleans()
+                ) else layer.append(marker)
                 for gone in [p for p in existing if p.startswith(path + "/")]:
                     del existing[gone]
                 continue
@@ -76,14 +80,34 @@ def layer_stack(draw: st.DrawFn) -> list[list[tuple[Entry, bytes | None]]]:
             here.add(path)
             if op == "file":
                 data = draw(st.binary(min_size=0, max_size=64))
-                layer.append((Entry(path, EntryKind.FILE, mode=draw(st.sampled_from([0o644, 0o755, 0o600])), size=len(data), uid=draw(st.sampled_from([0, 1000]))), data))
+                layer.append(
+                    (
+                        Entry(
+                            path,
+                            EntryKind.FILE,
+                            mode=draw(st.sampled_from([0o644, 0o755, 0o600])),
+                            size=len(data),
+                            uid=draw(st.sampled_from([0, 1000])),
+                        ),
+                        data,
+                    )
+                )
                 existing[path] = "file"
                 files_here.append(path)
             elif op == "dir":
                 layer.append((Entry(path, EntryKind.DIR, mode=draw(st.sampled_from([0o755, 0o700]))), None))
                 existing[path] = "dir"
             elif op == "symlink":
-                layer.append((Entry(path, EntryKind.SYMLINK, link=draw(st.sampled_from(["a", "../b", "/c/a", "nowhere"]))), None))
+                layer.append(
+                    (
+                        Entry(
+                            path,
+                            EntryKind.SYMLINK,
+                            link=draw(st.sampled_from(["a", "../b", "/c/a", "nowhere"])),
+                        ),
+                        None,
+                    )
+                )
                 existing[path] = "link"
             elif op == "hardlink" and files_here:
                 layer.append((Entry(path, EntryKind.HARDLINK, link=draw(st.sampled_from(files_here))), None))
@@ -115,9 +139,11 @@ def merged_tree(fs: FileSystem) -> dict[str, tuple[Any, ...]]:
             mode, uid, gid = entry.mode, entry.uid, entry.gid
             if entry.kind is EntryKind.HARDLINK and holder is not None:
                 # a hardlink shares the inode: its metadata is the file's
-                target = next(p for p, n in fs.files() if n.inode == node.inode and n.entry.kind is EntryKind.FILE) if any(
-                    n.inode == node.inode and n.entry.kind is EntryKind.FILE for _, n in fs.files()
-                ) else None
+                target = (
+                    next(p for p, n in fs.files() if n.inode == node.inode and n.entry.kind is EntryKind.FILE)
+                    if any(n.inode == node.inode and n.entry.kind is EntryKind.FILE for _, n in fs.files())
+                    else None
+                )
                 if target is not None:
                     file_entry = fs.get(target)
                     assert file_entry is not None
@@ -138,9 +164,15 @@ def indexed(layers: list[list[tuple[Entry, bytes | None]]], spool: Spool) -> lis
     return out
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(layers=layer_stack())
-def test_merged_view_equals_umoci_unpack(layers: list[list[tuple[Entry, bytes | None]]], tmp_path_factory: Any) -> None:
+def test_merged_view_equals_umoci_unpack(
+    layers: list[list[tuple[Entry, bytes | None]]], tmp_path_factory: Any
+) -> None:
     require_tool("umoci", "umoci")
     tmp = tmp_path_factory.mktemp("fs")
     archive = build_image(tmp / "image.tar", layers)
@@ -162,7 +194,10 @@ def d(path: str) -> tuple[Entry, bytes | None]:
 
 
 def test_hardlink_survives_the_whiteout_of_its_target(tmp_path: Path) -> None:
-    fs = _fs([[f("foo", b"data"), (Entry("bar", EntryKind.HARDLINK, link="foo"), None)], [f(".wh.foo", b"")]], tmp_path)
+    fs = _fs(
+        [[f("foo", b"data"), (Entry("bar", EntryKind.HARDLINK, link="foo"), None)], [f(".wh.foo", b"")]],
+        tmp_path,
+    )
     assert fs.get("foo") is None
     bar = fs.get("bar")
     assert bar is not None and bar.content is not None and bar.content.read_bytes() == b"data"
@@ -182,8 +217,15 @@ def test_a_file_replacing_a_directory_hides_its_children(tmp_path: Path) -> None
 
 def test_symlinks_resolve_inside_the_root(tmp_path: Path) -> None:
     fs = _fs(
-        [[d("etc"), f("etc/real"), (Entry("etc/up", EntryKind.SYMLINK, link="../../../etc/real"), None),
-          (Entry("loop", EntryKind.SYMLINK, link="loop"), None), (Entry("abs", EntryKind.SYMLINK, link="/etc/up"), None)]],
+        [
+            [
+                d("etc"),
+                f("etc/real"),
+                (Entry("etc/up", EntryKind.SYMLINK, link="../../../etc/real"), None),
+                (Entry("loop", EntryKind.SYMLINK, link="loop"), None),
+                (Entry("abs", EntryKind.SYMLINK, link="/etc/up"), None),
+            ]
+        ],
         tmp_path,
     )
     assert fs.resolve("etc/up") == "etc/real"

@@ -91,7 +91,10 @@ BROKEN = {
     "sylabs-oci-tools/aufs-docker-v2-manifest": (DigestMismatchError, "sha256:6c9c1b8d1adb"),
     "imgutil/oci-layout-busybox-sparse": (MissingBlobError, "sha256:405fecb6a2fa"),
     # its config blob has 584 bytes where the manifest says 585
-    "containers-image/oci-layout-multiple-images": (DigestMismatchError, "has 584 bytes, its descriptor says 585"),
+    "containers-image/oci-layout-multiple-images": (
+        DigestMismatchError,
+        "has 584 bytes, its descriptor says 585",
+    ),
 }
 
 # Single-image outputs with OCI media types at the top: what skopeo's oci-archive transport reads.
@@ -215,12 +218,22 @@ def _run_cli(args: list[str], env: dict[str, str], umask: int) -> subprocess.Com
         os.umask(umask)
 
     return subprocess.run(
-        [sys.executable, "-m", "optimizer", *args], capture_output=True, text=True, env=env, preexec_fn=set_umask, cwd=ROOT
+        [sys.executable, "-m", "optimizer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=set_umask,
+        cwd=ROOT,
     )
 
 
 @pytest.mark.parametrize(
-    "name", ["dive/test-docker-image.tar", "stereoscope/oci-layout-multiplatform", "sylabs-oci-tools/hard-link-delete-4"]
+    "name",
+    [
+        "dive/test-docker-image.tar",
+        "stereoscope/oci-layout-multiplatform",
+        "sylabs-oci-tools/hard-link-delete-4",
+    ],
 )
 def test_two_runs_are_byte_identical_under_any_tz_umask_locale(name: str, tmp_path: Path) -> None:
     outputs = []
@@ -295,7 +308,9 @@ def test_skopeo_inspects_and_copies_the_output(name: str, tmp_path: Path) -> Non
     layers = json.loads(inspected.stdout)["Layers"]
     assert layers == Layout(out).layer_digests()[0] or len(Layout(out).layer_digests()) > 1
     copied = subprocess.run(
-        [skopeo, "copy", "-q", f"oci-archive:{out}", f"oci:{tmp_path / 'copy'}:x"], capture_output=True, text=True
+        [skopeo, "copy", "-q", f"oci-archive:{out}", f"oci:{tmp_path / 'copy'}:x"],
+        capture_output=True,
+        text=True,
     )
     assert copied.returncode == 0, copied.stderr
 

@@ -18,7 +18,9 @@ from optimizer.output import CompressionSpec, LayerWriter
 from optimizer.source import BlobStore
 
 names = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\x00"), min_size=1, max_size=12
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\x00"),
+    min_size=1,
+    max_size=12,
 ).filter(lambda n: n not in (".", "..") and not n.startswith(".wh."))
 
 
@@ -29,7 +31,11 @@ def layer_entries(draw: st.DrawFn) -> list[tuple[Entry, bytes | None]]:
     out: list[tuple[Entry, bytes | None]] = []
     files: list[str] = []
     for path in paths:
-        kind = draw(st.sampled_from([EntryKind.FILE, EntryKind.FILE, EntryKind.DIR, EntryKind.SYMLINK, EntryKind.HARDLINK]))
+        kind = draw(
+            st.sampled_from(
+                [EntryKind.FILE, EntryKind.FILE, EntryKind.DIR, EntryKind.SYMLINK, EntryKind.HARDLINK]
+            )
+        )
         if kind is EntryKind.HARDLINK and not files:
             kind = EntryKind.FILE
         data = draw(st.binary(max_size=3000)) if kind is EntryKind.FILE else None
@@ -43,11 +49,17 @@ def layer_entries(draw: st.DrawFn) -> list[tuple[Entry, bytes | None]]:
             "mtime_ns": draw(st.sampled_from([0, 0, 500_000_000, 123_456_789])),
         }
         if kind is EntryKind.SYMLINK:
-            entry = Entry(path, kind, link=draw(st.sampled_from(["../x", "/etc/passwd", "target", "a b/ç"])), **common)
+            entry = Entry(
+                path, kind, link=draw(st.sampled_from(["../x", "/etc/passwd", "target", "a b/ç"])), **common
+            )
         elif kind is EntryKind.HARDLINK:
             entry = Entry(path, kind, link=draw(st.sampled_from(files)), **common)
         else:
-            xattrs = draw(st.dictionaries(st.sampled_from(["user.a", "security.capability"]), st.binary(max_size=20), max_size=2))
+            xattrs = draw(
+                st.dictionaries(
+                    st.sampled_from(["user.a", "security.capability"]), st.binary(max_size=20), max_size=2
+                )
+            )
             entry = Entry(path, kind, size=len(data or b""), xattrs=xattrs, **common)
             if kind is EntryKind.FILE:
                 files.append(path)
@@ -72,7 +84,9 @@ def read(path: Path, descriptor: Descriptor, spool: Path) -> list[tuple[Entry, b
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entries=layer_entries(), codec=st.sampled_from(list(Compression)))
-def test_read_of_write_is_identity(entries: list[tuple[Entry, bytes | None]], codec: Compression, tmp_path: Path) -> None:
+def test_read_of_write_is_identity(
+    entries: list[tuple[Entry, bytes | None]], codec: Compression, tmp_path: Path
+) -> None:
     blob = tmp_path / f"layer-{codec.value}"
     spool = tmp_path / f"spool-{codec.value}"
     spool.unlink(missing_ok=True)
@@ -81,7 +95,10 @@ def test_read_of_write_is_identity(entries: list[tuple[Entry, bytes | None]], co
 
 
 def test_writing_twice_gives_the_same_bytes(tmp_path: Path) -> None:
-    entries = [(Entry("a", EntryKind.FILE, size=3, mtime=5), b"abc"), (Entry("d", EntryKind.DIR, mode=0o755), None)]
+    entries = [
+        (Entry("a", EntryKind.FILE, size=3, mtime=5), b"abc"),
+        (Entry("d", EntryKind.DIR, mode=0o755), None),
+    ]
     for codec in Compression:
         first = write(tmp_path / "one", entries, codec)
         second = write(tmp_path / "two", entries, codec)
@@ -107,7 +124,14 @@ def test_mtime_is_clamped_when_asked(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
-    [("/etc/passwd", "etc/passwd"), ("./a/./b", "a/b"), ("../../x", "x"), ("a/../../b", "b"), ("/", ""), ("a//b/", "a/b")],
+    [
+        ("/etc/passwd", "etc/passwd"),
+        ("./a/./b", "a/b"),
+        ("../../x", "x"),
+        ("a/../../b", "b"),
+        ("/", ""),
+        ("a//b/", "a/b"),
+    ],
 )
 def test_clean_path_stays_inside_the_root(raw: str, clean: str) -> None:
     assert clean_path(raw) == clean
@@ -118,11 +142,15 @@ def test_hostile_layer_names_are_neutralised_and_reported(fixtures: Path, tmp_pa
     import hashlib
 
     data = layer.read_bytes()
-    descriptor = Descriptor("application/vnd.oci.image.layer.v1.tar", "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    descriptor = Descriptor(
+        "application/vnd.oci.image.layer.v1.tar", "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
+    )
     store = BlobStore("escape")
     store.add_slice(descriptor.digest, str(layer), 0, len(data))
     index = index_layer(store, descriptor, str(tmp_path / "spool"), "escape layer 1/1")
-    assert all(not e.entry.path.startswith("/") and ".." not in e.entry.path.split("/") for e in index.entries)
+    assert all(
+        not e.entry.path.startswith("/") and ".." not in e.entry.path.split("/") for e in index.entries
+    )
     assert any("unsafe member name neutralised" in w for w in index.warnings)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spool"]
 

@@ -104,8 +104,16 @@ def image(tmp_path: Path) -> Path:
     return build_image(
         tmp_path / "in.tar",
         [
-            [entry("base", EntryKind.DIR), entry("base/readme.txt", data=b"base layer\n"), entry("base/bin", data=b"\x7fELF...")],
-            [entry("app", EntryKind.DIR), entry("app/a.txt", data=b"hello\n"), entry("app/debug.log", data=b"x" * 5000)],
+            [
+                entry("base", EntryKind.DIR),
+                entry("base/readme.txt", data=b"base layer\n"),
+                entry("base/bin", data=b"\x7fELF..."),
+            ],
+            [
+                entry("app", EntryKind.DIR),
+                entry("app/a.txt", data=b"hello\n"),
+                entry("app/debug.log", data=b"x" * 5000),
+            ],
             [entry("app/c.bin", data=b"binary")],
         ],
     )
@@ -126,7 +134,7 @@ def test_config_and_manifest_stay_consistent(image: Path, tmp_path: Path) -> Non
     out = tmp_path / "out.tar"
     optimize(str(image), str(out), opts("upcase", "add-motd"))
     layout = Layout(out)
-    (digest, manifest), = layout.manifests()
+    ((digest, manifest),) = layout.manifests()
     config = layout.json(manifest["config"]["digest"])
     assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"]) == 4
     assert len([h for h in config["history"] if not h.get("empty_layer")]) == 4
@@ -169,7 +177,7 @@ def test_a_layer_left_empty_is_dropped_and_history_says_so(tmp_path: Path) -> No
     out = tmp_path / "out.tar"
     report = optimize(str(image), str(out), opts("delete-logs"))
     layout = Layout(out)
-    (_, manifest), = layout.manifests()
+    ((_, manifest),) = layout.manifests()
     config = layout.json(manifest["config"]["digest"])
     assert len(manifest["layers"]) == 1 == len(config["rootfs"]["diff_ids"])
     assert config["history"][1]["empty_layer"] is True
@@ -178,7 +186,10 @@ def test_a_layer_left_empty_is_dropped_and_history_says_so(tmp_path: Path) -> No
 
 def test_deleting_a_path_a_lower_layer_also_has_leaves_a_whiteout(tmp_path: Path) -> None:
     require_tool("umoci", "umoci")
-    image = build_image(tmp_path / "in.tar", [[entry("x.log", data=b"old")], [entry("x.log", data=b"new"), entry("y", data=b"y")]])
+    image = build_image(
+        tmp_path / "in.tar",
+        [[entry("x.log", data=b"old")], [entry("x.log", data=b"new"), entry("y", data=b"y")]],
+    )
     out = tmp_path / "out.tar"
     optimize(str(image), str(out), opts("delete-logs"))
     assert not (umoci_unpack(out, tmp_path, "after") / "x.log").exists()
@@ -251,8 +262,12 @@ def test_optimizing_an_optimized_image_changes_nothing(image: Path, tmp_path: Pa
 
 
 def test_normalize_gives_equal_digests_for_equal_content(tmp_path: Path) -> None:
-    one = build_image(tmp_path / "one.tar", [[entry("b", data=b"2", mtime=100), entry("a", data=b"1", mtime=50)]])
-    two = build_image(tmp_path / "two.tar", [[entry("a", data=b"1", mtime=999), entry("b", data=b"2", mtime=7)]])
+    one = build_image(
+        tmp_path / "one.tar", [[entry("b", data=b"2", mtime=100), entry("a", data=b"1", mtime=50)]]
+    )
+    two = build_image(
+        tmp_path / "two.tar", [[entry("a", data=b"1", mtime=999), entry("b", data=b"2", mtime=7)]]
+    )
     assert Layout(one).layer_digests() != Layout(two).layer_digests()
     outs = []
     for source in (one, two):
