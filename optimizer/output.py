@@ -159,6 +159,10 @@ class _Compressor:
             self._emit(bytes(data))
         return len(data)
 
+    def tell(self) -> int:
+        """Bytes of tar written so far (tarfile asks, to keep its offsets)."""
+        return self.raw_size
+
     def finish(self) -> None:
         if self._zlib is not None:
             self._emit(self._zlib.flush())
