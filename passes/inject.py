@@ -35,6 +35,7 @@ import importlib.resources
 import posixpath
 import re
 import ssl
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,7 @@ import certifi
 import tzdata
 
 from optimizer.errors import OptimizerError, UsageError
-from optimizer.filesystem import FileSystem
+from optimizer.filesystem import FileSystem, Node
 from optimizer.model import Entry, EntryKind
 from optimizer.pipeline import PassContext
 
@@ -369,12 +370,11 @@ class _Plan:
         real = ""
         for number, part in enumerate(parts[:-1]):
             candidate = f"{real}/{part}" if real else part
-            if self._fs.get(candidate) is None:
+            if self._fs.get(candidate) is None and not implied_directory(self._fs, candidate):
                 real = "/".join([candidate, *parts[number + 1 : -1]])
                 break
-            resolved = self._fs.resolve(candidate)
-            node = None if resolved is None else self._fs.get(resolved)
-            if resolved is None or node is None or node.entry.kind is not EntryKind.DIR:
+            resolved = resolve(self._fs, candidate)
+            if resolved is None or not _is_dir(self._fs, resolved):
                 return None
             real = resolved
         final = f"{real}/{parts[-1]}" if real else parts[-1]
@@ -415,8 +415,70 @@ class _Plan:
             self._ctx.note(path, "added", item.reason, 0, size, **details)
 
 
+_IMPLIED: weakref.WeakKeyDictionary[FileSystem, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def implied_directory(fs: FileSystem, path: str) -> bool:
+    """True when ``path`` has no entry of its own but paths below it exist: a directory a layer never
+    listed (``etc/passwd`` without an ``etc`` entry, as some image builders write)."""
+    implied = _IMPLIED.get(fs)
+    if implied is None:
+        ancestors: set[str] = set()
+        for existing in fs:
+            parts = existing.split("/")
+            ancestors.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        implied = _IMPLIED[fs] = frozenset(ancestors)
+    return path in implied
+
+
+def resolve(fs: FileSystem, path: str, depth: int = 40) -> str | None:
+    """Like ``FileSystem.resolve`` (symlinks followed lexically inside the root), but a directory that a layer
+    never listed (``etc/passwd`` without an ``etc`` entry, as some image builders write) still counts as a
+    directory, so nothing is injected over files that are there."""
+    pending = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        if part == ".":
+            continue
+        candidate = "/".join([*resolved, part])
+        node = fs.get(candidate)
+        if node is None:
+            if not implied_directory(fs, candidate):
+                return None
+        elif node.entry.kind is EntryKind.SYMLINK:
+            hops += 1
+            if hops > depth:
+                return None
+            target = node.entry.link
+            pending = [p for p in target.split("/") if p] + pending
+            if target.startswith("/"):
+                resolved = []
+            continue
+        resolved.append(part)
+    return "/".join(resolved)
+
+
+def lookup(fs: FileSystem, path: str) -> Node | None:
+    resolved = resolve(fs, path)
+    return None if resolved is None else fs.get(resolved)
+
+
+def _is_dir(fs: FileSystem, path: str) -> bool:
+    resolved = resolve(fs, path)
+    if resolved is None:
+        return False
+    node = fs.get(resolved)
+    return (node.entry.kind is EntryKind.DIR) if node is not None else implied_directory(fs, resolved)
+
+
 def _pem_file(fs: FileSystem, path: str) -> bool:
-    node = fs.lookup(path)
+    node = lookup(fs, path)
     return node is not None and node.content is not None and _PEM_MARK in node.content.read_head(_HEAD)
 
 
@@ -428,9 +490,8 @@ def find_ca_certificates(fs: FileSystem, env: Mapping[str, str]) -> str | None:
             return path
     directories = [d.lstrip("/") for d in env.get("SSL_CERT_DIR", "").split(":") if d.strip("/")]
     for directory in (*directories, *CA_DIRECTORIES):
-        resolved = fs.resolve(directory)
-        node = None if resolved is None else fs.get(resolved)
-        if resolved is None or node is None or node.entry.kind is not EntryKind.DIR:
+        resolved = resolve(fs, directory)
+        if resolved is None or not _is_dir(fs, resolved):
             continue
         for child in fs.children(resolved):
             if _pem_file(fs, child):
@@ -439,7 +500,7 @@ def find_ca_certificates(fs: FileSystem, env: Mapping[str, str]) -> str | None:
 
 
 def _is_file(fs: FileSystem, path: str) -> bool:
-    node = fs.lookup(path)
+    node = lookup(fs, path)
     return node is not None and node.content is not None
 
 
@@ -509,7 +570,7 @@ class _Accounts:
         if any(u.name == user for u in self.users):
             return
         used_uids = {u.uid for u in self.users}
-        home = fs.lookup(f"home/{user}")
+        home = lookup(fs, f"home/{user}")
         owner = home.entry if home is not None and home.entry.kind is EntryKind.DIR else None
         if owner is not None and owner.uid != 0 and owner.uid not in used_uids:
             uid, origin = owner.uid, f"the owner of /home/{user}"
@@ -576,36 +637,35 @@ class Inject:
             self._bundle, self._bundle_source = data, f"{count} certificates from {options.ca_bundle}"
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("inject", cls.summary)
-        group.add_argument(
+    def add_arguments(cls, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        parser.add_argument(
             "--inject",
             dest="inject",
             default="all",
             metavar="LIST",
-            help="what to add when missing: a comma list of certs, zoneinfo, passwd; all (default) or none",
+            help="inject: add when missing: a comma list of certs, zoneinfo, passwd; all (default); none",
         )
         for kind in KINDS:
-            group.add_argument(
+            parser.add_argument(
                 f"--no-inject-{kind}",
                 dest=f"inject_no_{kind}",
                 action="store_true",
-                help=f"never add {kind}",
+                help=f"inject: never add {kind}",
             )
-        group.add_argument(
+        parser.add_argument(
             "--ca-bundle",
             dest="inject_ca_bundle",
             default="",
             metavar="FILE",
-            help="PEM certificates to add instead of Mozilla's bundle from certifi",
+            help="inject: PEM certificates to add instead of Mozilla's bundle from certifi",
         )
-        group.add_argument(
+        parser.add_argument(
             "--zoneinfo",
             dest="inject_zoneinfo",
             default="default",
             metavar="default|all|LIST",
-            help="zones to add when /usr/share/zoneinfo is missing: default (UTC, Etc/*, the config's TZ), "
-            "all, or a comma list of zones added to the default ones",
+            help="inject: zones to add when /usr/share/zoneinfo is missing: default (UTC, Etc/*, the "
+            "config's TZ), all, or a comma list of zones added to the default ones",
         )
 
     @classmethod
@@ -614,15 +674,15 @@ class Inject:
         for kind in KINDS:
             if getattr(args, f"inject_no_{kind}", False):
                 kinds.discard(kind)
-        zones = str(getattr(args, "inject_zoneinfo", "default"))
-        parse_zone_choice(zones, tzdata_zones())  # a usage error now rather than when the pass runs
-        return InjectOptions(
+        options = InjectOptions(
             certs="certs" in kinds,
             zoneinfo="zoneinfo" in kinds,
             passwd="passwd" in kinds,
             ca_bundle=str(getattr(args, "inject_ca_bundle", "") or ""),
-            zones=zones,
+            zones=str(getattr(args, "inject_zoneinfo", "default")),
         )
+        cls(options)  # a bad zone or --ca-bundle is a usage error now, not a failed pass later
+        return options
 
     def run(self, ctx: PassContext) -> None:
         plan = _Plan(ctx)
@@ -639,7 +699,7 @@ class Inject:
     @staticmethod
     def _os_release(fs: FileSystem) -> dict[str, str]:
         for path in ("etc/os-release", "usr/lib/os-release"):
-            node = fs.lookup(path)
+            node = lookup(fs, path)
             if node is not None and node.content is not None:
                 return parse_os_release(node.content.read_head(_HEAD))
         return {}
@@ -668,8 +728,7 @@ class Inject:
             return
         links = dict(layout.links)
         for directory in _OPENSSL_DIRS:
-            node = ctx.fs.lookup(directory)
-            if node is not None and node.entry.kind is EntryKind.DIR:
+            if _is_dir(ctx.fs, directory):
                 links.setdefault(f"{directory}/cert.pem", layout.bundle)
         for link in sorted(links):
             if ctx.fs.get(link) is None and link not in plan:
@@ -688,8 +747,7 @@ class Inject:
                 )
             tz_zone = ""
         named = sorted({*self._extra_zones, *([tz_zone] if tz_zone else [])})
-        directory = ctx.fs.lookup(ZONEINFO_DIR)
-        if directory is not None and directory.entry.kind is EntryKind.DIR:
+        if _is_dir(ctx.fs, ZONEINFO_DIR):
             wanted = [z for z in named if not _is_file(ctx.fs, f"{ZONEINFO_DIR}/{z}")]
             if not wanted:
                 ctx.note(ZONEINFO_DIR, "kept", "zoneinfo present")
@@ -770,7 +828,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
 
 def _table(fs: FileSystem, path: str) -> tuple[str, str | None, int]:
     """(where it really is, its text or None when missing, its mode) for /etc/passwd or /etc/group."""
-    resolved = fs.resolve(path)
+    resolved = resolve(fs, path)
     node = None if resolved is None else fs.get(resolved)
     if resolved is None or node is None or node.content is None:
         return path, None, 0o644
