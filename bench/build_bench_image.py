@@ -1,0 +1,398 @@
+"""Build the bench images from real Debian packages, packed with umoci, cached under ``bench/out/``.
+
+``bench/out/bench-image.tar`` (the realistic image, a few hundred MB uncompressed), built like a Dockerfile:
+
+  1. ``debootstrap --variant=minbase bookworm``, cleaned like the Debian base images (no .debs, no apt lists,
+     no device nodes, an empty resolv.conf);
+  2. ``apt-get update``: tens of MB of apt lists, which layer 6 deletes (dead data for the ``dead-data`` pass);
+  3. python3, perl, curl, git, openssl;
+  4. gcc, g++, binutils, make, libc6-dev: many large ELF files;
+  5. python3-numpy (OpenBLAS), vim-tiny, procps, iproute2, file, xz-utils, zstd;
+  6. ``rm -rf /var/lib/apt/lists/*``: whiteouts over layer 2.
+
+Each step runs in a chroot of the unpacked rootfs (``/proc``, ``/dev`` and ``/etc/resolv.conf`` are mounted
+for the step and unmounted before packing) and becomes one layer with ``umoci repack``.
+
+``bench/out/small-image.tar`` (a few MB, for service benchmarks): busybox-static with its applet links and
+``/etc`` files, then a second layer with a small app (a script, a config, 1 MiB of text).
+
+Both are OCI archives (the layout tarred with sorted members, mtime 0). An image that exists is not rebuilt
+unless ``--force``; the debootstrap tree is cached in ``bench/out/cache/``. Package versions follow the
+mirror (``--mirror`` a snapshot.debian.org URL to pin them); the installed versions are listed in
+``bench/out/bench-image.packages.txt``. File mtimes are those of the build, so two builds differ in digest but
+not in content: which is what ``--normalize`` is for.
+
+Needs root and the Debian packages debootstrap, umoci and busybox-static (for ``apt-get download``).
+
+Usage: python bench/build_bench_image.py [--only big|small] [--force] [--mirror URL] [--suite bookworm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BENCH_IMAGE, OUT, SMALL_IMAGE, human, image_layers, open_member, raw_stream
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SUITE = "bookworm"
+CREATED = "2024-01-01T00:00:00Z"  # history and config times: fixed, so only file mtimes vary between builds
+TAG = "bench"
+PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+APT_INSTALL = "apt-get install -y --no-install-recommends"
+STEPS: tuple[tuple[str, str], ...] = (
+    ("apt-get update", "apt-get update"),
+    (
+        "python3, perl, curl, git",
+        f"{APT_INSTALL} python3 perl ca-certificates openssl curl git && apt-get clean",
+    ),
+    (
+        "gcc, g++, binutils",
+        f"{APT_INSTALL} gcc g++ make binutils libc6-dev && apt-get clean",
+    ),
+    (
+        "numpy and tools",
+        f"{APT_INSTALL} python3-numpy vim-tiny less procps iproute2 file xz-utils zstd && apt-get clean",
+    ),
+    ("drop the apt lists", "rm -rf /var/lib/apt/lists/*"),
+)
+
+
+class BuildError(Exception):
+    """A step of the build failed; the message says which and why."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(command: Sequence[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    try:
+        result = subprocess.run(list(command), check=False, capture_output=True, text=True, env=env, cwd=cwd)
+    except FileNotFoundError as error:
+        raise BuildError(f"{what}: {command[0]} not found") from error
+    if result.returncode != 0:
+        tail = "\n".join(((result.stdout or "") + (result.stderr or "")).splitlines()[-25:])
+        raise BuildError(f"{what}: `{' '.join(command)}` exited with {result.returncode}\n{tail}")
+    return result.stdout or ""
+
+
+def require(program: str, package: str) -> None:
+    if shutil.which(program) is None:
+        raise BuildError(f"{program} not found: apt-get install {package}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The debootstrap cache.
+
+
+def debootstrap(cache: Path, suite: str, mirror: str, force: bool) -> Path:
+    """A minbase tree of ``suite``, built once and kept in ``cache``."""
+    tree = cache / f"debootstrap-{suite}-minbase"
+    stamp = cache / f"debootstrap-{suite}-minbase.complete"
+    if tree.is_dir() and stamp.is_file() and not force:
+        log(f"debootstrap tree cached: {tree}")
+        return tree
+    require("debootstrap", "debootstrap")
+    temporary = cache / f"debootstrap-{suite}-minbase.tmp"
+    for stale in (temporary, tree):
+        if stale.exists():
+            shutil.rmtree(stale)
+    stamp.unlink(missing_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    log(f"debootstrap --variant=minbase {suite} from {mirror} (about 30 s)")
+    run(["debootstrap", "--variant=minbase", suite, str(temporary), mirror], f"debootstrap {suite}")
+    temporary.rename(tree)
+    stamp.write_text(f"debootstrap --variant=minbase {suite} {mirror}\n")
+    return tree
+
+
+def _clear(directory: Path) -> None:
+    if not directory.is_dir():
+        return
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def clean_base(rootfs: Path) -> None:
+    """What the Debian base images drop: downloaded .debs, apt lists and caches, device nodes, resolv.conf."""
+    for directory in ("var/cache/apt/archives", "var/lib/apt/lists", "dev", "tmp", "var/log/apt"):
+        _clear(rootfs / directory)
+    (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+    (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+    for cache in (rootfs / "var/cache/apt").glob("*.bin"):
+        cache.unlink()
+    for name in ("debootstrap",):
+        target = rootfs / name
+        if target.exists():
+            shutil.rmtree(target)
+    resolv = rootfs / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.write_text("")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# umoci and the chroot.
+
+
+def _mounted_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/mounts") as handle:
+        points = [line.split()[1] for line in handle]
+    return [p for p in points if p.startswith(prefix)]
+
+
+@contextlib.contextmanager
+def chroot_mounts(rootfs: Path) -> Iterator[None]:
+    """/proc, /dev and the host's resolv.conf inside ``rootfs`` for one step; nothing of them is packed."""
+    mounted: list[Path] = []
+    try:
+        for source, target, options in (
+            ("proc", rootfs / "proc", ["-t", "proc"]),
+            ("/dev", rootfs / "dev", ["--bind"]),
+            ("/etc/resolv.conf", rootfs / "etc/resolv.conf", ["--bind"]),
+        ):
+            if target.is_symlink():
+                raise BuildError(f"{target} is a symlink: refusing to mount over it")
+            run(["mount", *options, source, str(target)], f"mounting {source} in the chroot")
+            mounted.append(target)
+        yield
+    finally:
+        for target in reversed(mounted):
+            with contextlib.suppress(BuildError):
+                run(["umount", str(target)], f"unmounting {target}")
+        left = _mounted_under(rootfs)
+        if left:
+            raise BuildError(f"still mounted under {rootfs}: {', '.join(left)}: unmount them before packing")
+
+
+def chroot_run(rootfs: Path, script: str, what: str) -> None:
+    env = {
+        "PATH": PATH_ENV,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+    }
+    with chroot_mounts(rootfs):
+        run(["chroot", str(rootfs), "/bin/sh", "-ec", script], what, env=env)
+
+
+def umoci(*args: str, what: str) -> None:
+    run(["umoci", *args], what)
+
+
+def repack(layout: Path, bundle: Path, created_by: str, comment: str = "") -> None:
+    if _mounted_under(bundle):
+        raise BuildError(f"{bundle} has mounts: refusing to pack them")
+    args = ["repack", "--refresh-bundle", "--history.created", CREATED, "--history.created_by", created_by]
+    if comment:
+        args += ["--history.comment", comment]
+    umoci(*args, "--image", f"{layout}:{TAG}", str(bundle), what=f"packing layer '{created_by}'")
+
+
+def new_image(layout: Path, bundle: Path, cmd: str) -> Path:
+    """An empty image in ``layout`` and its bundle; returns the bundle's rootfs."""
+    umoci("init", "--layout", str(layout), what="umoci init")
+    umoci("new", "--image", f"{layout}:{TAG}", what="umoci new")
+    umoci(
+        "config",
+        "--image",
+        f"{layout}:{TAG}",
+        "--created",
+        CREATED,
+        "--history.created",
+        CREATED,
+        "--config.cmd",
+        cmd,
+        "--config.env",
+        f"PATH={PATH_ENV}",
+        "--os",
+        "linux",
+        "--architecture",
+        "amd64",
+        what="umoci config",
+    )
+    umoci("unpack", "--image", f"{layout}:{TAG}", str(bundle), what="umoci unpack")
+    return bundle / "rootfs"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The OCI archive.
+
+
+def write_archive(layout: Path, destination: Path) -> None:
+    """Tar the layout: members sorted, mtime 0, owner root; written beside ``destination`` and renamed."""
+    temporary = destination.with_name(destination.name + ".tmp")
+    paths = sorted(p for p in layout.rglob("*"))
+    with tarfile.open(temporary, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in paths:
+            name = path.relative_to(layout).as_posix()
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            info.uid = info.gid = 0
+            if path.is_dir():
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+            else:
+                info.size = path.stat().st_size
+                info.mode = 0o644
+                with open(path, "rb") as handle:
+                    tar.addfile(info, handle)
+    temporary.replace(destination)
+
+
+def describe(archive: Path) -> None:
+    """Print each layer's compressed and uncompressed size."""
+    layers = image_layers(archive)
+    total_raw = 0
+    print(f"{archive} ({human(archive.stat().st_size)}): {len(layers)} layers")
+    print(f"  {'#':<3}{'compressed':>12}{'uncompressed':>14}  created_by")
+    for number, layer in enumerate(layers, 1):
+        with open_member(archive, layer.member) as reader:
+            raw = sum(len(chunk) for chunk in raw_stream(reader, layer.codec))
+        total_raw += raw
+        print(f"  {number:<3}{human(layer.size):>12}{human(raw):>14}  {layer.created_by[:70]}")
+    total = sum(layer.size for layer in layers)
+    print(f"  {'all':<3}{human(total):>12}{human(total_raw):>14}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two images.
+
+
+def build_big(out: Path, suite: str, mirror: str, force: bool) -> None:
+    if BENCH_IMAGE.is_file() and not force:
+        log(f"{BENCH_IMAGE} exists (use --force to rebuild)")
+        describe(BENCH_IMAGE)
+        return
+    tree = debootstrap(out / "cache", suite, mirror, force=False)
+    work = out / "work-big"
+    if work.exists():
+        if _mounted_under(work):
+            raise BuildError(f"{work} has mounts left by an interrupted build: unmount them first")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    layout, bundle = work / "layout", work / "bundle"
+    rootfs = new_image(layout, bundle, "/bin/bash")
+    log("layer 1: the debootstrap tree")
+    run(["cp", "-a", f"{tree}/.", str(rootfs)], "copying the debootstrap tree")
+    clean_base(rootfs)
+    repack(layout, bundle, f"debootstrap --variant=minbase {suite} {mirror}", "base layer")
+    for number, (label, script) in enumerate(STEPS, 2):
+        log(f"layer {number}: {label}")
+        chroot_run(rootfs, script, f"layer {number} ({label})")
+        repack(layout, bundle, f"/bin/sh -c {script}")
+    packages = run(
+        ["chroot", str(rootfs), "dpkg-query", "-W", "-f", "${Package} ${Version}\n"], "listing packages"
+    )
+    umoci("gc", "--layout", str(layout), what="umoci gc")
+    write_archive(layout, BENCH_IMAGE)
+    BENCH_IMAGE.with_suffix(".packages.txt").write_text(packages)
+    shutil.rmtree(work)
+    log(f"wrote {BENCH_IMAGE}")
+    describe(BENCH_IMAGE)
+
+
+SMALL_APPLETS = ("sh", "ls", "cat", "echo", "cp", "mv", "rm", "mkdir", "grep", "sed", "wget", "sleep", "env")
+
+
+def build_small(out: Path, force: bool) -> None:
+    if SMALL_IMAGE.is_file() and not force:
+        log(f"{SMALL_IMAGE} exists (use --force to rebuild)")
+        describe(SMALL_IMAGE)
+        return
+    work = out / "work-small"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(dir=work) as download:
+        log("apt-get download busybox-static")
+        run(
+            ["apt-get", "download", "busybox-static"],
+            "apt-get download busybox-static (run apt-get update?)",
+            cwd=Path(download),
+        )
+        debs = sorted(Path(download).glob("busybox-static_*.deb"))
+        if not debs:
+            raise BuildError("apt-get download busybox-static produced no .deb")
+        deb = debs[-1]
+        extracted = Path(download) / "x"
+        run(["dpkg-deb", "-x", str(deb), str(extracted)], f"dpkg-deb -x {deb.name}")
+        busybox = extracted / "bin/busybox"
+        if not busybox.is_file():
+            raise BuildError(f"{deb.name} has no bin/busybox")
+        layout, bundle = work / "layout", work / "bundle"
+        rootfs = new_image(layout, bundle, "/bin/sh")
+        (rootfs / "bin").mkdir(mode=0o755)
+        shutil.copy2(busybox, rootfs / "bin/busybox")
+        for applet in SMALL_APPLETS:
+            (rootfs / "bin" / applet).symlink_to("busybox")
+        (rootfs / "etc").mkdir(mode=0o755)
+        (rootfs / "etc/passwd").write_text(
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+        )
+        (rootfs / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+        for directory in ("tmp", "root"):
+            (rootfs / directory).mkdir(mode=0o755)
+        repack(layout, bundle, "busybox-static", "busybox and /etc")
+        app = rootfs / "app"
+        app.mkdir(mode=0o755)
+        (app / "run.sh").write_text('#!/bin/sh\necho "hello from $(cat /app/config.json)"\nsleep 1\n')
+        (app / "run.sh").chmod(0o755)
+        (app / "config.json").write_text(json.dumps({"name": "small", "workers": 2}, sort_keys=True) + "\n")
+        words = [
+            f"line {i}: the quick brown fox jumps over the lazy dog {i * 7919 % 10007}\n"
+            for i in range(16000)
+        ]
+        (app / "data.txt").write_text("".join(words))
+        repack(layout, bundle, "COPY app /app", "the app")
+        umoci("gc", "--layout", str(layout), what="umoci gc")
+        write_archive(layout, SMALL_IMAGE)
+    shutil.rmtree(work)
+    log(f"wrote {SMALL_IMAGE}")
+    describe(SMALL_IMAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--only", choices=("big", "small"), help="build only one of the two images")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help=f"Debian mirror (default {DEFAULT_MIRROR})")
+    parser.add_argument("--suite", default=DEFAULT_SUITE, help=f"Debian suite (default {DEFAULT_SUITE})")
+    args = parser.parse_args(argv)
+    try:
+        if os.geteuid() != 0:
+            raise BuildError("run as root: debootstrap, chroot and mount need it")
+        require("umoci", "umoci")
+        OUT.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        if args.only in (None, "small"):
+            build_small(OUT, args.force)
+        if args.only in (None, "big"):
+            build_big(OUT, args.suite, args.mirror, args.force)
+        log(f"done in {time.monotonic() - started:.0f} s")
+    except BuildError as error:
+        print(f"build_bench_image: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
