@@ -7,12 +7,14 @@ writing its module and adding one line here; nothing registers itself on import.
 from __future__ import annotations
 
 from optimizer.pipeline import Pass
+from passes.compressed_duplicates import CompressedDuplicates
 from passes.inject import Inject
 from passes.strip_elf import StripElf
 from passes.upx import Upx
 
 PASSES: tuple[type[Pass], ...] = (
     StripElf,
+    CompressedDuplicates,
     Upx,
     Inject,
 )
