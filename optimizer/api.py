@@ -321,7 +321,7 @@ class _Run:
             pass_report = PassReport(cls.name)
             image_report.passes.append(pass_report)
             changes = Changes(fs, cls.name, self.spool)
-            ctx = PassContext(fs, changes, info, pass_report, self.pool, self.options.dry_run)
+            ctx = PassContext(fs, changes, info, pass_report, self.pool, self.options.dry_run, layers)
             started = time.monotonic()
             try:
                 cls(pass_options).run(ctx)
@@ -377,7 +377,7 @@ class _Run:
                 config,
                 [d.digest for d in layers],
             )
-            changes, final_fs = self.run_passes(fs, info, image_report)
+            changes, final_fs = self.run_passes(fs, info, image_report, indexes)
         else:
             indexes, changes, final_fs = [], [], None
         plan = build_plan(changes, len(layers))

@@ -30,6 +30,7 @@ class Op(str, Enum):
     REPLACE = "replace"
     DELETE = "delete"
     ADD = "add"
+    DROP = "drop"  # an entry no container can see, removed from the layer that carries it
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,22 @@ class Changes:
             self._items.append(
                 Change(Op.DELETE, target, current.layer, self._pass, reason, size, 0, visible_path=target)
             )
+
+    def drop(self, layer: int, path: str, size: int, reason: str = "") -> None:
+        """Remove an entry of ``layer`` that the merged view no longer shows (dead data, stale whiteouts).
+
+        The caller (the dead-data pass) decides what is dead; this only refuses protected layers and paths that
+        are visible from ``layer`` itself.
+        """
+        path = clean_path(path)
+        if not 0 <= layer < self._fs.layer_count:
+            raise ChangeRefused(f"{self._pass}: layer {layer} does not exist")
+        if layer in self._fs.protected_layers:
+            raise ChangeRefused(f"{self._pass}: {path}: lives in a layer kept byte-identical")
+        node = self._fs.get(path)
+        if node is not None and node.layer == layer:
+            raise ChangeRefused(f"{self._pass}: {path}: visible from layer {layer}; use delete()")
+        self._items.append(Change(Op.DROP, path, layer, self._pass, reason, size, 0, visible_path=path))
 
     def add(self, entry: Entry, data: bytes | Content | None = None, reason: str = "") -> None:
         """A new path in the new top layer. Regular files need ``data``; parents are created as needed."""

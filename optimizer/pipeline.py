@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from .changes import Changes
 from .filesystem import FileSystem
+from .layer import LayerIndex
 from .model import Content, Platform
 from .report import Finding, PassReport
 

@@ -24,10 +24,11 @@ __all__ = ["LayerPlan", "Plan", "apply_changes", "build_plan", "top_layer_entrie
 class LayerPlan:
     replace: dict[str, Content] = field(default_factory=dict)
     delete: set[str] = field(default_factory=set)
+    drop: set[str] = field(default_factory=set)  # dead entries: removed, never replaced by a whiteout
     changes: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.replace or self.delete)
+        return bool(self.replace or self.delete or self.drop)
 
 
 @dataclass
@@ -65,6 +66,9 @@ def build_plan(changes: Iterable[Change], layer_count: int) -> Plan:
         elif change.op is Op.DELETE:
             layer.delete.add(change.path)
             layer.replace.pop(change.path, None)
+        elif change.op is Op.DROP:
+            layer.drop.add(change.path)
+            layer.replace.pop(change.path, None)
     return plan
 
 
@@ -84,6 +88,8 @@ def apply_changes(fs: FileSystem, changes: Iterable[Change]) -> FileSystem:
             prefix = change.visible_path + "/"
             for path in [p for p in nodes if p == change.visible_path or p.startswith(prefix)]:
                 del nodes[path]
+        elif change.op is Op.DROP:
+            continue  # not visible: the merged view does not change
         else:
             assert change.entry is not None
             nodes[change.path] = Node(
@@ -113,7 +119,7 @@ def layer_entries(
     index: LayerIndex, plan: LayerPlan, lower_paths: set[str], normalize: bool
 ) -> list[tuple[Entry, Content | None]]:
     """The entries a rewritten layer holds, in write order, with their bytes."""
-    deleted = plan.delete
+    deleted = plan.delete | plan.drop
 
     def is_deleted(path: str) -> bool:
         if path in deleted:
@@ -133,7 +139,7 @@ def layer_entries(
         if entry.kind is EntryKind.FILE:
             holders[entry.path] = content
         if is_deleted(entry.path):
-            if entry.path in lower_paths and entry.path not in emitted_whiteouts and entry.path in deleted:
+            if entry.path in lower_paths and entry.path not in emitted_whiteouts and entry.path in plan.delete:
                 emitted_whiteouts.add(entry.path)
                 out.append((_whiteout(entry), None))
             continue
