@@ -314,7 +314,7 @@ class _Run:
         return indexes
 
     def run_passes(
-        self, fs: FileSystem, info: ImageInfo, image_report: ImageReport
+        self, fs: FileSystem, info: ImageInfo, image_report: ImageReport, layers: Sequence[LayerIndex]
     ) -> tuple[list[Change], FileSystem]:
         accepted: list[Change] = []
         for cls, pass_options in self.passes:

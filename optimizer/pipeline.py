@@ -117,9 +117,10 @@ class PassContext:
     report: PassReport
     pool: WorkerPool
     dry_run: bool = False
-    shared: dict[str, Any] = field(
-        default_factory=dict
-    )  # run-wide facts passes may share, keyed by pass name
+    # every layer's own entries, bottom first (for passes about dead data)
+    layers: Sequence[LayerIndex] = ()
+    # run-wide facts passes may share, keyed by pass name
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def map(
         self, fn: Callable[[bytes, A], R], items: Sequence[tuple[K, Content]], arg: A
