@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from optimizer import Options, optimize
 from optimizer.changes import Changes
 from optimizer.errors import PolicyError, RequiredToolNotFound
 from optimizer.filesystem import build_filesystem
@@ -29,7 +30,7 @@ from passes.upx import (
     unpack_upx,
     verify_unpacked,
 )
-from tests.conftest import require_tool
+from tests.conftest import missing, require_tool
 
 # What `upx -l` (Debian upx-ucl 4.2.2) says about each packed fixture (fixtures/upx/NOTES.md): the OCI
 # architecture of its "linux/amd64"-style format and the unpacked size.
@@ -312,3 +313,69 @@ def test_unpack_keeps_a_damaged_file(fixtures: Path, tmp_path: Path) -> None:
     assert len(ctx.changes) == 0
     assert [(f.action, f.reason.split(":")[0]) for f in ctx.report.findings] == [("kept", "not unpacked")]
     assert any("not unpacked" in w for w in ctx.report.warnings)
+
+
+# -- end to end ----------------------------------------------------------------------------------------------
+
+FIXTURE_IMAGES = (
+    "imgutil/oci-layout-busybox",
+    "dive/test-docker-image.tar",
+    "dive/test-kaniko-image.tar",
+    "stereoscope/oci-layout-multiplatform",
+    "ggcr/test_bundle.tar",
+)
+
+
+@pytest.mark.parametrize("image", FIXTURE_IMAGES)
+def test_no_false_positive_in_fixture_images(fixtures: Path, image: str) -> None:
+    path = fixtures / "images" / image
+    if not path.exists():
+        missing(f"fixture image {path}")
+    report = optimize(
+        str(path), None, Options(passes=("upx",), dry_run=True, pass_options={"upx": UpxOptions("fail")})
+    )
+    runs = [p for i in report.images for p in i.passes if p.name == "upx"]
+    assert runs and all(p.status.value == "ok" and p.findings == [] for p in runs)
+
+
+def _image_with(fixtures: Path, root: Path) -> Path:
+    from tests.passes.test_compressed_duplicates import _oci_layout
+
+    return _oci_layout(
+        root,
+        [
+            {"etc/hostname": b"box\n"},
+            {"usr/local/bin/app": _packed(fixtures), "usr/local/bin/upx": _trap(fixtures)},
+        ],
+    )
+
+
+def test_end_to_end_unpack(fixtures: Path, tmp_path: Path) -> None:
+    require_tool("upx", "upx-ucl")
+    from tests.passes.test_compressed_duplicates import _output_files
+
+    src = _image_with(fixtures, tmp_path / "in")
+    options = Options(passes=("upx",), output_format="oci-dir", pass_options={"upx": UpxOptions("unpack")})
+    report = optimize(str(src), str(tmp_path / "out"), options)
+    result = report.images[0].passes[0]
+    assert (result.status.value, result.files_changed) == ("ok", 1)
+    files = _output_files(tmp_path / "out")
+    assert files["usr/local/bin/app"] == _trap(fixtures)  # what upx -d gives (fixtures/upx/NOTES.md)
+    assert files["usr/local/bin/upx"] == _trap(fixtures)
+    assert detect_upx(files["usr/local/bin/app"]) is None
+
+
+def test_cli_fail_exits_5_and_warn_exits_0(
+    fixtures: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from optimizer.cli import main
+
+    src = _image_with(fixtures, tmp_path / "in")
+    assert (
+        main([str(src), str(tmp_path / "out.tar"), "--passes", "upx", "--upx", "fail"])
+        == PolicyError.exit_code
+    )
+    assert "usr/local/bin/app" in capsys.readouterr().err
+    assert main([str(src), str(tmp_path / "out2.tar"), "--passes", "upx", "-v"]) == 0
+    out = capsys.readouterr()
+    assert "usr/local/bin/app: UPX-packed (elf/amd64, UPX 3.95, lzma" in out.out + out.err
