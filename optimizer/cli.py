@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from . import transport
 from .errors import OptimizerError, UsageError
 from .options import Options
 from .output import CompressionSpec
@@ -32,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a smaller copy of a container image that still works.",
         epilog="Subcommand: 'optimize serve --config service.yaml' runs the registry webhook service.",
     )
-    parser.add_argument("input", nargs="?", help="OCI archive, OCI layout directory, docker save tarball")
-    parser.add_argument("output", nargs="?", help="where to write the optimized image")
+    parser.add_argument(
+        "input",
+        nargs="?",
+        help="OCI archive, OCI layout directory, docker save tarball, or docker://HOST/REPO:TAG",
+    )
+    parser.add_argument(
+        "output", nargs="?", help="where to write the optimized image (a path or docker://...)"
+    )
     parser.add_argument(
         "--list-passes", action="store_true", help="print every pass and what it does, then exit"
     )
@@ -69,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, metavar="N", help="processes for per-file work (default: all cores)"
     )
     parser.add_argument("--workdir", metavar="DIR", help="directory for temporary files")
+    transport.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every finding")
@@ -146,6 +154,8 @@ def print_summary(report: Report, out: TextIO, verbose: bool = False) -> None:
             out.write(f"  warning: {warning}\n")
     for warning in report.warnings:
         out.write(f"warning: {warning}\n")
+    if report.pushed_digest:
+        out.write(f"pushed {report.output}@{report.pushed_digest}\n")
     saved = report.bytes_before - report.bytes_after
     percent = (100.0 * saved / report.bytes_before) if report.bytes_before else 0.0
     out.write(
@@ -191,10 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dataclasses import replace
 
         options = replace(options, progress=progress)
-    from .api import optimize
-
     try:
-        report = optimize(args.input, args.output, options)
+        report = optimize_any(args.input, args.output, options, transport.options_from_args(args))
     except OptimizerError as error:
         if progress is not None:
             progress.clear()
@@ -217,6 +225,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet and args.report != "-":
         print_summary(report, sys.stdout, args.verbose)
     return EXIT_OK
+
+
+def optimize_any(
+    source: str, destination: str | None, options: Options, reach: transport.TransportOptions
+) -> Report:
+    """``optimize`` with skopeo-style ``docker://`` transports on either side (mixed with local paths)."""
+    import tempfile
+    from dataclasses import replace
+
+    from .api import optimize
+
+    if not transport.is_registry_ref(source) and (
+        destination is None or not transport.is_registry_ref(destination)
+    ):
+        return optimize(source, destination, options)
+    with tempfile.TemporaryDirectory(prefix="oci-optimizer-io-", dir=options.workdir) as workdir:
+        local_source = source
+        if transport.is_registry_ref(source):
+            ref = transport.parse_registry_ref(source)
+            local_source = transport.fetch_input(
+                source,
+                workdir,
+                insecure=reach.insecure_for(ref.registry, source=True),
+                credentials=reach.src_credentials,
+                timeout=reach.timeout,
+                retries=reach.retries,
+            )
+        if destination is None or not transport.is_registry_ref(destination):
+            return optimize(local_source, destination, options)
+        layout = os.path.join(workdir, "optimized")
+        report = optimize(local_source, layout, replace(options, output_format="oci-dir"))
+        report.output = destination
+        if not options.dry_run:
+            ref = transport.parse_registry_ref(destination)
+            digest = transport.publish_output(
+                layout,
+                destination,
+                insecure=reach.insecure_for(ref.registry, source=False),
+                credentials=reach.dest_credentials,
+                timeout=reach.timeout,
+                retries=reach.retries,
+                source=source,
+            )
+            report.pushed_digest = digest
+        return report
 
 
 def _serve(argv: Sequence[str]) -> int:

@@ -88,6 +88,7 @@ class Report:
     bytes_before: int = 0  # sum of distinct blob sizes in the input's images
     bytes_after: int = 0
     seconds: float = 0.0
+    pushed_digest: str = ""  # the manifest digest pushed, when the output is a registry reference
 
     @property
     def changed(self) -> bool:
