@@ -13,7 +13,8 @@ One job, in order (``Runner.run``):
    registry notifies us of our own push before the manifest PUT returns), with our User-Agent.
 
 Errors: ``RegistryError`` and ``OSError`` (registry down, disk full) are retried with exponential backoff up
-to ``retry.attempts``; any other error (a corrupt image, a policy, a bug) fails the job at once. The job's
+to ``retry.attempts``; any other error (refused credentials, a corrupt image, a policy, a bug) fails the job
+at once. The job's
 error names the image and the phase.
 """
 
@@ -34,6 +35,7 @@ from ..errors import OptimizerError, RegistryError
 from ..mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from ..options import Options
 from ..registry import Credentials, Reference, RegistryClient
+from ..registry_auth import RegistryAuthError
 from ..report import Report
 from .config import Config, RuleOptions
 from .logs import log
@@ -204,6 +206,8 @@ class Runner:
                 raise RegistryError(f"pushing {dest_ref}: pushed {pushed}, expected {result}")
             self.metrics.bytes_saved.inc(max(0, report.bytes_before - report.bytes_after))
             return self._done(job, JobOutcome.PUSHED, timings, started, report, result, fields)
+        except RegistryAuthError as error:  # wrong credentials do not heal with time: fail now, say why
+            return self._failed(job, phase, error, timings, started, report, fields, retry=False)
         except RETRYABLE as error:
             return self._failed(job, phase, error, timings, started, report, fields, retry=True)
         except Exception as error:
