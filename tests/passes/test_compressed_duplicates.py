@@ -451,3 +451,24 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
         "srv/words.zst",
         "usr/share/doc/a/NEWS.gz",
     ]
+
+
+def test_command_line_options() -> None:
+    from optimizer.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["in.tar", "out.tar", "--duplicates", "any-path", "--keep", "*.svgz", "--keep", "/srv/**"]
+    )
+    assert CompressedDuplicates.options_from_args(args) == CompressedDuplicatesOptions(
+        match="any-path", keep=("*.svgz", "/srv/**")
+    )
+    args = parser.parse_args(
+        ["in.tar", "out.tar", "--duplicates-ignore-nginx", "--duplicates-max-ratio", "50"]
+    )
+    assert CompressedDuplicates.options_from_args(args) == CompressedDuplicatesOptions(
+        nginx=False, max_ratio=50
+    )
+    assert (
+        CompressedDuplicates.options_from_args(parser.parse_args(["a", "b"])) == CompressedDuplicatesOptions()
+    )
