@@ -1,0 +1,240 @@
+"""The ``media`` pass: re-encode PNG, JPEG, GIF and WebP files losslessly, proven pixel-identical."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+from optimizer.changes import ChangeRefused
+from optimizer.errors import UsageError
+from optimizer.filesystem import Node
+from optimizer.pipeline import PassContext
+
+from .media_codecs import FORMATS, MediaResult, optimize, sniff
+
+__all__ = ["Media", "MediaOptions"]
+
+_MAX_FILE_BYTES = 256 << 20  # larger image files are left alone without being read
+
+
+@dataclass(frozen=True)
+class MediaOptions:
+    strip_metadata: bool = False  # drop text/time chunks, EXIF (unless it rotates), XMP, IPTC, comments
+    png_interlace: str = "keep"  # "keep" or "off"
+    png_level: int = 2  # oxipng optimisation level 0-6
+    png_engine: str = "auto"  # "auto" (oxipng, Pillow when oxipng is absent or fails), "oxipng", "pillow"
+    lossy: bool = False  # allow lossy JPEG re-encoding at jpeg_quality
+    jpeg_quality: int = 85
+    ssim_floor: float = 0.98  # lowest mean SSIM (luma, 7x7 window) a lossy JPEG may have against the original
+    max_pixels: int = 40_000_000  # pixels decoded per file, every frame counted; more is left alone
+    formats: tuple[str, ...] = FORMATS
+
+    def __post_init__(self) -> None:
+        if self.png_interlace not in ("keep", "off"):
+            raise UsageError(f"media: --media-png-interlace must be keep or off, not {self.png_interlace!r}")
+        if self.png_engine not in ("auto", "oxipng", "pillow"):
+            raise UsageError(
+                f"media: --media-png-engine must be auto, oxipng or pillow, not {self.png_engine!r}"
+            )
+        if not 0 <= self.png_level <= 6:
+            raise UsageError(f"media: --media-png-level must be 0 to 6, not {self.png_level}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UsageError(f"media: --jpeg-quality must be 1 to 100, not {self.jpeg_quality}")
+        if not 0.0 < self.ssim_floor <= 1.0:
+            raise UsageError(f"media: --media-ssim-floor must be in (0, 1], not {self.ssim_floor}")
+        if self.max_pixels < 1:
+            raise UsageError(f"media: --media-max-pixels must be positive, not {self.max_pixels}")
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown or not self.formats:
+            raise UsageError(
+                f"media: --media-formats takes some of {', '.join(FORMATS)}, not {unknown or 'nothing'}"
+            )
+
+
+@dataclass
+class _Group:
+    """Files with the same bytes: optimized once, replaced everywhere."""
+
+    format: str
+    nodes: list[tuple[str, Node]] = field(default_factory=list)
+
+
+class Media:
+    """Re-encode PNG, JPEG, GIF and WebP files losslessly, and keep a result only if it is proven identical.
+
+    What: PNG and APNG are recompressed by oxipng (Pillow when oxipng is absent or fails), JPEG by MozJPEG's
+    lossless transcoder (optimal Huffman tables, progressive scans), GIF and WebP re-encoded losslessly by
+    Pillow/libwebp. Files are found by their first bytes, not their names. A result replaces the file only if
+    it is smaller, decodes to the same pixels (every frame, palettes expanded, transparency, 16-bit samples
+    at full precision), keeps frame timing and loop count, and keeps the metadata the policy keeps: colour
+    information always (PNG iCCP/gAMA/cHRM/sRGB, JPEG ICC/JFIF/Adobe), and text, time, EXIF, XMP, IPTC and
+    comments unless ``--media-strip-metadata`` (EXIF that rotates the image is kept even then).
+    With ``--media-lossy``, a JPEG whose estimated quality is above ``--jpeg-quality`` is re-encoded at that
+    quality if the mean SSIM of its luma against the original stays at or above ``--media-ssim-floor``.
+
+    Why: web apps ship image assets that were never optimized; lossless recompression typically saves 10-30%.
+
+    Never: renames a file or changes its format; touches files in protected layers; changes interlacing unless
+    ``--media-png-interlace off``; keeps a result that is larger, differs by one pixel, or loses kept metadata.
+    Truncated, corrupt and oversized files (more than ``--media-max-pixels`` pixels over all frames; Pillow's
+    bomb check is held to the same cap) are left untouched with a warning; files with data after their end
+    marker, multi-picture JPEGs and animated 16-bit PNGs are left untouched with the reason.
+    Deterministic: the same input and library versions (listed in each finding's ``engine``) give the same bytes.
+
+    Needs: Pillow and numpy; pyoxipng and mozjpeg-lossless-optimization (PyPI); no external programs.
+    """
+
+    name = "media"
+    summary = (
+        "Recompress PNG/JPEG/GIF/WebP losslessly (oxipng, MozJPEG), proven pixel-identical; lossy JPEG opt-in"
+    )
+    Options = MediaOptions
+
+    def __init__(self, options: MediaOptions) -> None:
+        self.options = options
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("media pass")
+        defaults = MediaOptions()
+        group.add_argument(
+            "--media-strip-metadata",
+            action="store_true",
+            help="drop text/time chunks, EXIF (unless it rotates the image), XMP, IPTC and comments",
+        )
+        group.add_argument(
+            "--media-png-interlace",
+            choices=("keep", "off"),
+            default=defaults.png_interlace,
+            help="keep PNG interlacing (default) or write non-interlaced PNGs",
+        )
+        group.add_argument(
+            "--media-png-level",
+            type=int,
+            default=defaults.png_level,
+            metavar="0-6",
+            help=f"oxipng optimisation level (default {defaults.png_level})",
+        )
+        group.add_argument(
+            "--media-png-engine",
+            choices=("auto", "oxipng", "pillow"),
+            default=defaults.png_engine,
+            help="PNG encoder (default auto: oxipng, Pillow when oxipng is absent or fails)",
+        )
+        group.add_argument(
+            "--media-lossy",
+            action="store_true",
+            help="allow lossy JPEG re-encoding at --jpeg-quality when the SSIM floor holds",
+        )
+        group.add_argument(
+            "--jpeg-quality",
+            "--media-jpeg-quality",
+            dest="media_jpeg_quality",
+            type=int,
+            default=defaults.jpeg_quality,
+            metavar="Q",
+            help=f"target JPEG quality for --media-lossy (default {defaults.jpeg_quality})",
+        )
+        group.add_argument(
+            "--media-ssim-floor",
+            type=float,
+            default=defaults.ssim_floor,
+            metavar="S",
+            help=f"lowest mean SSIM a lossy JPEG may have (default {defaults.ssim_floor})",
+        )
+        group.add_argument(
+            "--media-max-pixels",
+            type=int,
+            default=defaults.max_pixels,
+            metavar="N",
+            help=f"leave files with more decoded pixels (all frames) alone (default {defaults.max_pixels})",
+        )
+        group.add_argument(
+            "--media-formats",
+            default=",".join(defaults.formats),
+            metavar="LIST",
+            help=f"formats to optimize (default {','.join(defaults.formats)})",
+        )
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> MediaOptions:
+        return MediaOptions(
+            strip_metadata=bool(args.media_strip_metadata),
+            png_interlace=str(args.media_png_interlace),
+            png_level=int(args.media_png_level),
+            png_engine=str(args.media_png_engine),
+            lossy=bool(args.media_lossy),
+            jpeg_quality=int(args.media_jpeg_quality),
+            ssim_floor=float(args.media_ssim_floor),
+            max_pixels=int(args.media_max_pixels),
+            formats=tuple(f.strip() for f in str(args.media_formats).split(",") if f.strip()),
+        )
+
+    def run(self, ctx: PassContext) -> None:
+        groups = self._candidates(ctx)
+        items = []
+        for digest, group in groups.items():
+            content = group.nodes[0][1].content
+            assert content is not None
+            items.append((digest, content))
+        for digest, result in ctx.map(optimize, items, self.options):
+            group = groups[digest]
+            for path, node in group.nodes:
+                self._record(ctx, path, node, group.format, result)
+
+    def _candidates(self, ctx: PassContext) -> dict[str, _Group]:
+        groups: dict[str, _Group] = {}
+        for path, node in ctx.fs.unique_files():
+            content = node.content
+            if content is None or content.size < 16:
+                continue
+            kind = sniff(content.read_head(16))
+            if kind is None or kind not in self.options.formats:
+                continue
+            if ctx.fs.is_protected(path):
+                ctx.note(path, "kept", "protected layer", content.size, content.size, format=kind)
+                continue
+            if content.size > _MAX_FILE_BYTES:
+                ctx.note(
+                    path,
+                    "kept",
+                    f"larger than {_MAX_FILE_BYTES} bytes",
+                    content.size,
+                    content.size,
+                    format=kind,
+                )
+                continue
+            groups.setdefault(content.sha256, _Group(kind)).nodes.append((path, node))
+        return groups
+
+    def _record(
+        self, ctx: PassContext, path: str, node: Node, kind: str, result: MediaResult | BaseException
+    ) -> None:
+        size = node.size
+        where = self._where(ctx, path, node)
+        if isinstance(result, BaseException):
+            ctx.warn(f"{where}: media: {type(result).__name__}: {result}")
+            ctx.note(path, "kept", f"error: {type(result).__name__}: {result}", size, size, format=kind)
+            return
+        details: dict[str, Any] = {"format": kind, **result.details}
+        if result.data is not None and len(result.data) < size:
+            try:
+                ctx.changes.replace(path, result.data, result.reason)
+            except ChangeRefused as error:
+                ctx.warn(f"{where}: media: {error}")
+                ctx.note(path, "kept", str(error), size, size, **details)
+                return
+            ctx.note(path, "replaced", result.reason, size, len(result.data), **details)
+            return
+        if result.warning:
+            ctx.warn(f"{where}: media: left untouched: {result.reason}")
+        ctx.note(path, "kept", result.reason, size, size, **details)
+
+    @staticmethod
+    def _where(ctx: PassContext, path: str, node: Node) -> str:
+        digests = ctx.image.layer_digests
+        layer = f"layer {node.layer + 1}/{len(digests)}"
+        if 0 <= node.layer < len(digests):
+            layer += f" {digests[node.layer][:19]}"
+        return f"{ctx.image.name}, {layer}: {path}"
