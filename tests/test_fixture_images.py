@@ -352,3 +352,89 @@ def test_artifacts_and_signatures_are_carried_untouched(tmp_path: Path) -> None:
         if name.startswith("blobs/") and b"cosign" in data[:4096] and b"layers" in data:
             assert layout.files[name] == data
     assert any("signature" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "osv-scalibr/symlink-attack.tar",
+        "osv-scalibr/symlinks.tar",
+        "osv-scalibr/symlink-cycle.tar",
+        "osv-scalibr/symlink-depth-exceeded.tar",
+        "osv-scalibr/symlink-dangling.tar",
+        "osv-scalibr/permissions.tar",
+    ],
+)
+def test_hostile_images_write_nothing_outside_the_work_directory(name: str, tmp_path: Path) -> None:
+    sandbox = tmp_path / "sandbox"
+    work = sandbox / "work"
+    work.mkdir(parents=True)
+    outside_before = sorted(p.name for p in tmp_path.parent.iterdir())
+    out = sandbox / "out.tar"
+    optimize(str(image(name)), str(out), Options(normalize=True, workdir=str(work)))
+    assert sorted(str(p.relative_to(sandbox)) for p in sandbox.rglob("*")) == ["out.tar", "work"]
+    assert sorted(p.name for p in tmp_path.parent.iterdir()) == outside_before
+    for suspicious in (Path("/secret.txt"), Path("/tmp/secret.txt"), tmp_path.parent / "secret.txt"):
+        assert not suspicious.exists()
+
+
+def test_escape_layer_inside_an_image_is_neutralised(tmp_path: Path, fixtures: Path) -> None:
+    import hashlib
+
+    from optimizer.output import canonical_json
+
+    layer = (fixtures / "images/osv-scalibr/escape-layer.tar").read_bytes()
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = canonical_json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [digest]},
+            "config": {},
+        }
+    )
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": len(layer)}
+            ],
+        }
+    )
+    layout = tmp_path / "layout"
+    (layout / "blobs/sha256").mkdir(parents=True)
+    for data in (layer, config, manifest):
+        (layout / "blobs/sha256" / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+                        "size": len(manifest),
+                    }
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out.tar"
+    report = optimize(str(layout), str(out), Options(normalize=True, workdir=str(tmp_path)))
+    assert any("neutralised" in w for i in report.images for w in i.warnings)
+    import io
+    import tarfile
+
+    written = Layout(out)
+    ((_, new_manifest),) = written.manifests()
+    with tarfile.open(fileobj=io.BytesIO(written.blob(new_manifest["layers"][0]["digest"]))) as tar:
+        for member in tar:
+            assert not member.name.startswith("/") and ".." not in member.name.split("/")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layout", "out.tar"]
