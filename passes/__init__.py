@@ -9,11 +9,13 @@ from __future__ import annotations
 from optimizer.pipeline import Pass
 from passes.compressed_duplicates import CompressedDuplicates
 from passes.inject import Inject
+from passes.media import Media
 from passes.strip_elf import StripElf
 from passes.upx import Upx
 
 PASSES: tuple[type[Pass], ...] = (
     StripElf,
+    Media,
     CompressedDuplicates,
     Upx,
     Inject,
