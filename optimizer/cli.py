@@ -157,10 +157,11 @@ def print_summary(report: Report, out: TextIO, verbose: bool = False) -> None:
     if report.pushed_digest:
         out.write(f"pushed {report.output}@{report.pushed_digest}\n")
     saved = report.bytes_before - report.bytes_after
-    percent = (100.0 * saved / report.bytes_before) if report.bytes_before else 0.0
+    percent = (100.0 * abs(saved) / report.bytes_before) if report.bytes_before else 0.0
+    change = f"{percent:.1f}% smaller" if saved >= 0 else f"{percent:.1f}% larger: files were added"
     out.write(
-        f"total: {_size(report.bytes_before)} -> {_size(report.bytes_after)} compressed layers "
-        f"({percent:.1f}% saved) in {report.seconds:.2f} s{' (dry run: nothing written)' if report.dry_run else ''}\n"
+        f"total: {_size(report.bytes_before)} -> {_size(report.bytes_after)} compressed layers ({change}) "
+        f"in {report.seconds:.2f} s{' (dry run: nothing written)' if report.dry_run else ''}\n"
     )
 
 
