@@ -161,7 +161,8 @@ def parse_os_release(data: bytes) -> dict[str, str]:
 
 
 def distribution_family(os_release: Mapping[str, str]) -> str:
-    """ "debian", "alpine", "rhel", "suse", or "" (scratch or unknown) from ID and ID_LIKE."""
+    """The family whose CA layout an image follows, from ID and ID_LIKE: debian, alpine, rhel, suse, or ""
+    (scratch or unknown)."""
     ids = [os_release.get("ID", "").lower(), *os_release.get("ID_LIKE", "").lower().split()]
     for name in ids:
         if name in ("debian", "ubuntu", "arch", "gentoo"):
@@ -259,7 +260,8 @@ def extended(old: str, lines: Sequence[str]) -> str:
     return old + "".join(lines)
 
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
+# A user or group name we may write into passwd/group (useradd's rule, digits first allowed for uids).
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
 
 
 def split_user(user: str) -> tuple[str, str]:
@@ -572,13 +574,14 @@ class _Accounts:
         used_uids = {u.uid for u in self.users}
         home = lookup(fs, f"home/{user}")
         owner = home.entry if home is not None and home.entry.kind is EntryKind.DIR else None
-        if owner is not None and owner.uid != 0 and owner.uid not in used_uids:
+        from_home = owner is not None and owner.uid != 0 and owner.uid not in used_uids
+        if owner is not None and from_home:
             uid, origin = owner.uid, f"the owner of /home/{user}"
         else:
             uid, origin = _free_id(used_uids), "the first free uid"
         if gid is None:
             gids = {g.gid for g in self.groups}
-            if owner is not None and owner.gid != 0 and origin != "the first free uid":
+            if owner is not None and from_home and owner.gid != 0:
                 gid = owner.gid
             else:
                 gid = uid if uid not in gids else _free_id(gids)
@@ -685,6 +688,10 @@ class Inject:
         return options
 
     def run(self, ctx: PassContext) -> None:
+        system = str(ctx.image.config.get("os") or "linux")
+        if system != "linux":
+            ctx.note("", "kept", f"a {system} image: nothing to inject")
+            return
         plan = _Plan(ctx)
         family = distribution_family(self._os_release(ctx.fs))
         env = config_env(ctx.image.config)
@@ -821,9 +828,6 @@ class Inject:
             else:
                 reason = f"{path.rsplit('/', 1)[-1]}: /{path} extended (a copy) for {', '.join(what)}"
             plan.file(path, new.encode("utf-8"), reason, mode=mode)
-
-
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
 
 
 def _table(fs: FileSystem, path: str) -> tuple[str, str | None, int]:

@@ -126,11 +126,13 @@ def run_inject(
     fs: FileSystem,
     options: InjectOptions | None = None,
     config: Mapping[str, Any] | None = None,
+    system: str = "linux",
 ) -> Run:
     spool = Spool(str(tmp_path / f"new-{len(list(tmp_path.iterdir()))}.pack"))
     report = PassReport(Inject.name)
     changes = Changes(fs, Inject.name, spool)
-    info = ImageInfo("test-image", "sha256:" + "0" * 64, None, {"config": dict(config or {})}, [])
+    image_config = {"os": system, "config": dict(config or {})}
+    info = ImageInfo("test-image", "sha256:" + "0" * 64, None, image_config, [])
     ctx = PassContext(fs, changes, info, report, WorkerPool(1))
     Inject(options or InjectOptions()).run(ctx)
     return Run(fs, list(changes), report)
@@ -195,6 +197,14 @@ def test_root_shell_is_bin_sh_when_the_image_has_one(tmp_path: Path) -> None:
         ),
     )
     assert run.text("etc/passwd").startswith("root:x:0:0:root:/root:/bin/sh\n")
+
+
+def test_windows_images_are_left_alone(tmp_path: Path) -> None:
+    run = run_inject(tmp_path, make_fs(tmp_path, [f("Files/hello.exe", b"MZ")]), system="windows")
+    assert run.changes == []
+    assert [(f.action, f.reason) for f in run.report.findings] == [
+        ("kept", "a windows image: nothing to inject")
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -629,6 +639,13 @@ def test_scratch_fixtures_end_to_end(tmp_path: Path, fixtures: Path, name: str) 
     # The pass's cost: well under the 2 MB and 1 s.
     assert image.layers[-1].size_after < 2_000_000
     assert image.passes[0].seconds < 1.0
+    # skopeo copies it and umoci unpacks it: the files are where the runtimes look.
+    rootfs = skopeo_umoci_rootfs(out, tmp_path)
+    assert (rootfs / "etc/ssl/cert.pem").read_bytes() == CERTIFI
+    assert os.readlink(rootfs / "etc/ssl/cert.pem") == "certs/ca-certificates.crt"
+    assert (rootfs / ZONEINFO_DIR / "UTC").read_bytes().startswith(b"TZif")
+    assert (rootfs / "etc/passwd").read_text() == contents["etc/passwd"].decode()
+    assert (rootfs / "hello").is_file()
     # Optimizing the output again injects nothing: the image has it now.
     again = optimize(str(out), str(tmp_path / "again.tar"), Options(passes=("inject",)))
     assert not again.changed
@@ -677,13 +694,12 @@ def skopeo_umoci_rootfs(archive: Path, workdir: Path) -> Path:
     skopeo = require_tool("skopeo", "skopeo")
     umoci = require_tool("umoci", "umoci")
     layout = workdir / "copied"
-    subprocess.run(
-        [skopeo, "copy", "--quiet", f"oci-archive:{archive}", f"oci:{layout}:copied"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    command = [skopeo, "copy", "--quiet", f"oci-archive:{archive}", f"oci:{layout}:copied"]
+    subprocess.run(command, check=True, capture_output=True, text=True)
     bundle = workdir / "bundle"
+    rootless = [] if os.geteuid() == 0 else ["--rootless"]
     subprocess.run(
-        [umoci, "unpack", "--image", f"{layout}:copied", str(bundle)],
+        [umoci, "unpack", *rootless, "--image", f"{layout}:copied", str(bundle)],
         check=True,
         capture_output=True,
         text=True,
