@@ -45,13 +45,15 @@ import requests.adapters
 
 from . import mediatypes as mt
 from .errors import RegistryError, UsageError
-from .registry_auth import Authenticator, Credentials, credentials_for
+from .registry_auth import Authenticator, Credentials, RegistryAuthError, RegistryUnavailable, credentials_for
 
 __all__ = [
     "MANIFEST_MEDIA_TYPES",
     "Credentials",
     "Reference",
+    "RegistryAuthError",
     "RegistryClient",
+    "RegistryUnavailable",
     "TransferStats",
     "credentials_for",
 ]
@@ -280,7 +282,8 @@ class RegistryClient:
                 try:
                     probe = self._session.get(
                         f"https://{self.api_host}/v2/",
-                        timeout=self.timeout,
+                        # A plain HTTP server may sit on a TLS hello without answering: do not wait long.
+                        timeout=min(self.timeout, 5.0),
                         verify=False,
                         headers={"User-Agent": self.user_agent},
                     )
@@ -336,7 +339,7 @@ class RegistryClient:
                         asked = None
                 if asked is not None:
                     if asked > self.max_retry_wait:
-                        raise RegistryError(
+                        raise RegistryUnavailable(
                             f"{what}: HTTP {response.status_code}, the registry asks to retry after "
                             f"{asked:.0f} s "
                             f"(more than the {self.max_retry_wait:.0f} s we wait)"
@@ -397,7 +400,9 @@ class RegistryClient:
                     else "connection failed"
                 )
                 if not retry or attempt >= self.retries:
-                    raise RegistryError(f"{what}: {kind} after {attempt + 1} attempt(s): {error}") from error
+                    raise RegistryUnavailable(
+                        f"{what}: {kind} after {attempt + 1} attempt(s): {error}"
+                    ) from error
                 wait = self._delay(attempt, None, what)
                 log.info("%s %s: %s, retrying in %.1f s", method, url, kind, wait)
                 time.sleep(wait)
@@ -406,7 +411,9 @@ class RegistryClient:
             if response.status_code == 401:
                 response.close()
                 if auth_rounds >= 1:
-                    raise RegistryError(f"{what}: authentication failed (HTTP 401 with fresh credentials)")
+                    raise RegistryAuthError(
+                        f"{what}: authentication failed (HTTP 401 with fresh credentials)"
+                    )
                 self._auth.on_unauthorized(response, scope, authorization, what)
                 auth_rounds += 1
                 continue
@@ -414,7 +421,7 @@ class RegistryClient:
                 if attempt >= self.retries:
                     message = _error_text(response)
                     response.close()
-                    raise RegistryError(
+                    raise RegistryUnavailable(
                         f"{what}: HTTP {response.status_code} after {attempt + 1} attempt(s){message}"
                     )
                 wait = self._delay(attempt, response, what)
@@ -457,7 +464,7 @@ class RegistryClient:
             if response.status_code == 404:
                 raise RegistryError(f"pulling {where}: manifest not found")
             if response.status_code != 200:
-                raise RegistryError(f"pulling {where}: HTTP {response.status_code}{_error_text(response)}")
+                raise _status_error(f"pulling {where}", response)
             data = _read_limited(response, _MAX_MANIFEST, f"pulling {where}")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if expected is not None and digest != expected:
@@ -492,7 +499,7 @@ class RegistryClient:
             if response.status_code == 404:
                 return None
             if response.status_code != 200:
-                raise RegistryError(f"checking {ref}: HTTP {response.status_code}")
+                raise _status_error(f"checking {ref}", response)
             digest = response.headers.get("Docker-Content-Digest")
         if digest is None:
             # Not every registry sends it on HEAD: fetch the bytes and hash them.
@@ -602,7 +609,7 @@ class RegistryClient:
                 return digest, size
             except _TransientError as error:
                 if attempt >= self.retries:
-                    raise RegistryError(f"{where}: {error} after {attempt + 1} attempt(s)") from error
+                    raise RegistryUnavailable(f"{where}: {error} after {attempt + 1} attempt(s)") from error
                 time.sleep(self._delay(attempt, None, where))
                 attempt += 1
 
@@ -613,7 +620,7 @@ class RegistryClient:
             if response.status_code == 404:
                 raise RegistryError(f"{where}: blob not found")
             if response.status_code != 200:
-                raise RegistryError(f"{where}: HTTP {response.status_code}{_error_text(response)}")
+                raise _status_error(f"{where}", response)
             hasher = hashlib.sha256()
             seen = 0
             handle, temporary = tempfile.mkstemp(prefix=".pull-", dir=os.path.dirname(final))
@@ -740,7 +747,7 @@ class RegistryClient:
         )
         with response:
             if response.status_code not in (200, 201):
-                raise RegistryError(f"{where}: HTTP {response.status_code}{_error_text(response)}")
+                raise _status_error(f"{where}", response)
             served = response.headers.get("Docker-Content-Digest")
         if served and served != manifest.digest:
             raise RegistryError(f"{where}: the registry stored it as {served}")
@@ -780,7 +787,7 @@ class RegistryClient:
                 break
             except _TransientError as error:
                 if attempt >= self.retries:
-                    raise RegistryError(f"{where}: {error} after {attempt + 1} attempt(s)") from error
+                    raise RegistryUnavailable(f"{where}: {error} after {attempt + 1} attempt(s)") from error
                 time.sleep(self._delay(attempt, None, where))
                 attempt += 1
         with self._known_lock:
@@ -812,24 +819,28 @@ class RegistryClient:
         location = urljoin(url, location)
         location += ("&" if "?" in location else "?") + f"digest={digest}"
         with open(path, "rb") as body:
+            stream = _StreamingFile(body, size)
             try:
                 response = self._request(
                     "PUT",
                     location,
-                    data=_StreamingFile(body, size),
+                    data=stream,
                     headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
                     what=where,
                     retry=False,  # an upload session does not survive a failed PUT: start again from the POST
                 )
+            except RegistryAuthError:
+                raise
             except RegistryError as error:
-                if "authentication" in str(error):
-                    raise
                 raise _TransientError(str(error)) from error
+        sent = stream.digest()
         with response:
+            if sent != (digest, size) and sent[1] == size:
+                raise RegistryError(f"{where}: {path} does not match its digest (it hashes to {sent[0]})")
             if response.status_code in _RETRY_STATUSES or response.status_code == 404:
                 raise _TransientError(f"HTTP {response.status_code}{_error_text(response)}")
             if response.status_code != 201:
-                raise RegistryError(f"{where}: HTTP {response.status_code}{_error_text(response)}")
+                raise _status_error(f"{where}", response)
             served = response.headers.get("Docker-Content-Digest")
         if served and served != digest:
             raise RegistryError(f"{where}: the registry stored the blob as {served}")
@@ -837,29 +848,40 @@ class RegistryClient:
 
 
 class _StreamingFile:
-    """A file object for requests' ``data=``: read in pieces (never whole), known length, rewindable."""
+    """A file object for requests' ``data=``: read in pieces (never whole), known length, rewindable.
+
+    It hashes what it sends, so the layout's blob is verified by the upload itself (no second read).
+    """
 
     def __init__(self, handle: IO[bytes], size: int) -> None:
         self._handle = handle
         self._start = handle.tell()
         self.len = size  # requests uses it for Content-Length
+        self._hash = hashlib.sha256()
+        self._sent = 0
 
     def read(self, amount: int = -1) -> bytes:
-        return self._handle.read(_CHUNK if amount is None or amount < 0 else amount)
+        piece = self._handle.read(_CHUNK if amount is None or amount < 0 else amount)
+        self._hash.update(piece)
+        self._sent += len(piece)
+        return piece
 
     def tell(self) -> int:
         return self._handle.tell() - self._start
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 0:
-            return self._handle.seek(self._start + offset) - self._start
-        return self._handle.seek(offset, whence) - self._start
+        if whence == 0 and offset == 0:
+            self._hash = hashlib.sha256()
+            self._sent = 0
+            return self._handle.seek(self._start) - self._start
+        raise OSError("only a rewind to the start is supported")
+
+    def digest(self) -> tuple[str, int]:
+        """(sha256 digest, bytes) of what was read since the last rewind."""
+        return "sha256:" + self._hash.hexdigest(), self._sent
 
     def __iter__(self) -> Iterator[bytes]:
-        while True:
-            piece = self._handle.read(_CHUNK)
-            if not piece:
-                return
+        while piece := self.read(_CHUNK):
             yield piece
 
 
@@ -868,8 +890,6 @@ class _Layout:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._verified: set[str] = set()
-        self._lock = threading.Lock()
 
     def root(self) -> dict[str, Any]:
         index_path = os.path.join(self.path, "index.json")
@@ -890,25 +910,30 @@ class _Layout:
         return os.path.exists(os.path.join(self.path, "blobs", *digest.split(":", 1)))
 
     def blob_path(self, digest: str, size: int, what: str) -> str:
+        """The blob's file, checked for its size (its digest is checked as it is uploaded)."""
         path = os.path.join(self.path, "blobs", *digest.split(":", 1))
-        with self._lock:
-            if digest in self._verified:
-                return path
-        if not os.path.exists(path):
-            raise RegistryError(f"{what}: {path} is missing from the layout")
-        if _file_digest(path) != (digest, size):
-            raise RegistryError(f"{what}: {path} does not match its digest and size {size}")
-        with self._lock:
-            self._verified.add(digest)
+        try:
+            actual = os.stat(path).st_size
+        except FileNotFoundError:
+            raise RegistryError(f"{what}: {path} is missing from the layout") from None
+        if actual != size:
+            raise RegistryError(f"{what}: {path} has {actual} bytes, its descriptor says {size}")
         return path
+
+    def read_manifest(self, digest: str, size: int, what: str) -> bytes:
+        with open(self.blob_path(digest, size, what), "rb") as handle:
+            data = handle.read()
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise RegistryError(
+                f"{what}: {self.path}/blobs/{digest.replace(':', '/')} does not match its digest"
+            )
+        return data
 
     def manifest(self, descriptor: dict[str, Any]) -> _Manifest:
         digest, size = descriptor["digest"], descriptor["size"]
         if size > _MAX_MANIFEST:
             raise RegistryError(f"{self.path}: manifest {digest} is {size} bytes, over the 4 MiB limit")
-        path = self.blob_path(digest, size, f"{self.path}: manifest")
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = self.read_manifest(digest, size, f"{self.path}: manifest")
         try:
             document = json.loads(data)
         except ValueError as error:
@@ -957,6 +982,16 @@ def _children(manifest: _Manifest, where: str) -> list[dict[str, Any]]:
         _check_descriptor(layer, where)
         out.append({**layer, "_kind": f"layer {number}/{len(layers)}"})
     return out
+
+
+def _status_error(where: str, response: requests.Response) -> RegistryError:
+    """The error for an unexpected answer: 401/403 are authentication failures, 429/5xx unavailability."""
+    message = f"{where}: HTTP {response.status_code}{_error_text(response)}"
+    if response.status_code in (401, 403):
+        return RegistryAuthError(message)
+    if response.status_code in _RETRY_STATUSES:
+        return RegistryUnavailable(message)
+    return RegistryError(message)
 
 
 def _error_text(response: requests.Response) -> str:

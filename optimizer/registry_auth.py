@@ -48,6 +48,8 @@ __all__ = [
     "Authenticator",
     "Challenge",
     "Credentials",
+    "RegistryAuthError",
+    "RegistryUnavailable",
     "credentials_for",
     "parse_challenge",
 ]
@@ -59,6 +61,15 @@ ENV_HOSTS = "OCI_OPTIMIZER_REGISTRY_HOSTS"
 # Docker's own convention: an identity token is stored with this user name.
 IDENTITY_TOKEN_USER = "<token>"
 DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
+
+
+class RegistryAuthError(RegistryError):
+    """Authentication failed (missing or wrong credentials, a refused token): retrying will not help."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry (or its token service) could not be reached or kept failing (network, timeout, 429,
+    5xx) through every retry: a job may try again later."""
 
 
 @dataclass(frozen=True)
@@ -329,23 +340,25 @@ class Authenticator:
         challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
         creds = self._credentials
         if challenge is None:
-            raise RegistryError(f"{what}: 401 Unauthorized without a WWW-Authenticate challenge")
+            raise RegistryAuthError(f"{what}: 401 Unauthorized without a WWW-Authenticate challenge")
         if challenge.scheme == "basic":
             if creds is None or creds.is_bearer_token or creds.is_identity_token:
-                raise RegistryError(
+                raise RegistryAuthError(
                     f"{what}: the registry asks for a user name and password and none is configured"
                 )
             if sent is not None and sent.startswith("Basic "):
-                raise RegistryError(
+                raise RegistryAuthError(
                     f"{what}: authentication failed: the registry rejected user {creds.username!r}"
                 )
             with self._lock:
                 self._basic = True
             return
         if challenge.scheme != "bearer":
-            raise RegistryError(f"{what}: unsupported authentication scheme {challenge.scheme!r}")
+            raise RegistryAuthError(f"{what}: unsupported authentication scheme {challenge.scheme!r}")
         if creds is not None and creds.is_bearer_token:
-            raise RegistryError(f"{what}: authentication failed: the registry rejected the configured token")
+            raise RegistryAuthError(
+                f"{what}: authentication failed: the registry rejected the configured token"
+            )
         key = scope or challenge.params.get("scope") or ""
         with self._lock:
             self._bearer_challenge = challenge
@@ -358,7 +371,7 @@ class Authenticator:
     def _fetch_token(self, challenge: Challenge, scope: str, challenge_scope: str | None = None) -> str:
         realm = challenge.realm
         if not realm:
-            raise RegistryError(f"{self.registry}: the registry's Bearer challenge names no token realm")
+            raise RegistryAuthError(f"{self.registry}: the registry's Bearer challenge names no token realm")
         scopes = sorted(set(scope.split()) | set((challenge_scope or "").split()))
         params: list[tuple[str, str]] = []
         if challenge.params.get("service"):
@@ -387,15 +400,17 @@ class Authenticator:
                     realm, params=params, headers=headers, timeout=self._timeout, verify=self._verify
                 )
         except requests.RequestException as error:
-            raise RegistryError(f"{self.registry}: token request to {realm} failed: {error}") from error
+            raise RegistryUnavailable(f"{self.registry}: token request to {realm} failed: {error}") from error
         if answer.status_code in (401, 403):
             who = f"user {creds.username!r}" if creds is not None else "anonymous access"
-            raise RegistryError(
+            raise RegistryAuthError(
                 f"{self.registry}: authentication failed: the token service {realm} refused {who} "
                 f"for scope {' '.join(scopes) or '(none)'} (HTTP {answer.status_code})"
             )
         if answer.status_code != 200:
-            raise RegistryError(f"{self.registry}: token service {realm} answered HTTP {answer.status_code}")
+            raise RegistryUnavailable(
+                f"{self.registry}: token service {realm} answered HTTP {answer.status_code}"
+            )
         try:
             payload = answer.json()
         except ValueError as error:

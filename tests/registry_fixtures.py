@@ -342,6 +342,11 @@ class FaultProxy:
 
             def handle_one_request(self) -> None:
                 try:
+                    if (
+                        self.rfile.peek(1)[:1] == b"\x16"
+                    ):  # a TLS ClientHello: like a plain HTTP server, refuse
+                        self.close_connection = True
+                        return
                     super().handle_one_request()
                 except (ConnectionError, TimeoutError):
                     self.close_connection = True
@@ -431,6 +436,7 @@ class FaultProxy:
     ) -> None:
         for _ in self._read_body(handler):
             pass
+        self._record(handler, status)  # before the answer, so that the client never sees it unrecorded
         handler.send_response(status)
         for key, value in (headers or {}).items():
             handler.send_header(key, value)
@@ -438,7 +444,6 @@ class FaultProxy:
         handler.end_headers()
         if handler.command != "HEAD":
             handler.wfile.write(body)
-        self._record(handler, status)
 
     def _scope(self, method: str, path: str) -> str:
         parts = path.split("?", 1)[0].split("/")
@@ -530,6 +535,7 @@ class FaultProxy:
             if body_length is None and handler.command != "HEAD" and response.status not in (204, 304):
                 body = response.read()
                 body_length = str(len(body))
+            self._record(handler, response.status)
             handler.send_response(response.status)
             for key, value in response.getheaders():
                 if key.lower() in _HOP_BY_HOP or key.lower() == "content-length":
@@ -544,7 +550,6 @@ class FaultProxy:
                 else:
                     while piece := response.read(1 << 20):
                         handler.wfile.write(piece)
-            self._record(handler, response.status)
         finally:
             connection.close()
 

@@ -119,20 +119,33 @@ def test_docker_input_and_output_through_the_optimizer(
     )
 
 
-def test_docker_archive_image_optimized_and_pushed_to_another_registry(
+def test_docker_archive_image_optimized_and_pushed_to_another_repository(
     registry: RunningRegistry, fixtures: Path, tmp_path: Path
 ) -> None:
-    """A docker-save image in one registry, optimized with the default passes, published through a proxy."""
+    """A docker-save image in the registry, optimized with the default passes and published: exactly the blobs
+    the optimizer wrote anew are uploaded; the ones it kept are mounted from the source repository."""
     source = f"docker://{registry.host}/tr/dive:v1"
     skopeo_copy(f"docker-archive:{fixtures / 'images' / 'dive' / 'test-docker-image.tar'}", source)
-    layout = fetch_input(source, str(tmp_path / "work"), insecure=True)
-    report = optimize(layout, str(tmp_path / "out"), Options(output_format="oci-dir"))
+    layout = Path(fetch_input(source, str(tmp_path / "work"), insecure=True))
+    optimize(str(layout), str(tmp_path / "out"), Options(output_format="oci-dir"))
+    kept = {p.name for p in (layout / "blobs" / "sha256").iterdir()}
+    written = {p.name for p in (tmp_path / "out" / "blobs" / "sha256").iterdir()}
+    out_index = json.loads((tmp_path / "out" / "index.json").read_text())
+    manifests = {d["digest"][7:] for d in out_index["manifests"]}
     with FaultProxy(registry.host) as proxy:
         destination = f"docker://{proxy.host}/tr/dive-opt:v1"
-        digest = publish_output(str(tmp_path / "out"), destination, insecure=True, source=source)
-        uploads = proxy.count("PUT", "/blobs/uploads/", status=201)
+        digest = publish_output(
+            str(tmp_path / "out"), destination, insecure=True, source=f"docker://{proxy.host}/tr/dive:v1"
+        )
+        uploads = [r.path for r in proxy.requests if r.method == "PUT" and "/blobs/uploads/" in r.path]
+        mounts = proxy.count("POST", "mount=", status=201)
         stats = client_for(proxy.host, insecure=True).last_stats
-    assert uploads == stats.blobs_uploaded
+    new_blobs = written - kept - manifests
+    assert len(uploads) == len(new_blobs) == stats.blobs_uploaded
+    assert sorted(u.split("digest=sha256%3A")[-1].split("digest=sha256:")[-1] for u in uploads) == sorted(
+        new_blobs
+    )
+    assert mounts == len((written & kept) - manifests) == stats.blobs_mounted
     raw = skopeo_inspect_raw(f"docker://{registry.host}/tr/dive-opt:v1")
     assert digest == "sha256:" + hashlib.sha256(raw).hexdigest()
-    assert report.bytes_after <= report.bytes_before
+    assert digest[7:] in manifests
