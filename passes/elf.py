@@ -142,25 +142,26 @@ class _Layout:
 _EHDR_FIELDS_CHANGED = ("e_shoff", "e_shnum", "e_shstrndx")
 
 
-def _parse(data: bytes) -> tuple[ELFFile, _Layout]:
-    """Parse and sanity-check the headers; ``ElfSkipped`` when they do not make sense."""
+def _parse(data: bytes) -> _Layout:
+    """Read and sanity-check the headers with ``struct`` (fast: most files have nothing to strip and are only
+    read this far); ``ElfSkipped`` when they do not make sense. ``_parse_with_pyelftools`` cross-checks."""
     if len(data) < 52 or data[:4] != ELF_MAGIC:
         raise ElfSkipped("not an ELF file")
+    if data[4] not in (1, 2) or data[5] not in (1, 2) or data[6] != 1:
+        raise ElfSkipped("headers do not parse: unknown ELF class, byte order or version")
+    is64 = data[4] == 2
+    endian = "<" if data[5] == 1 else ">"
     try:
-        elf = ELFFile(io.BytesIO(data))
-        header = elf.header
-        is64 = elf.elfclass == 64
-        endian = "<" if elf.little_endian else ">"
         ehdr = struct.unpack_from(endian + ("16sHHIQQQIHHHHHH" if is64 else "16sHHIIIIIHHHHHH"), data, 0)
-    except (ELFError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
+    except struct.error as error:
         raise ElfSkipped(f"headers do not parse: {error}") from error
     e_type, machine = ehdr[1], ehdr[2]
     phoff, shoff = ehdr[5], ehdr[6]
     ehsize, phentsize, phnum, shentsize, shnum, shstrndx = ehdr[8:14]
     size = len(data)
     expected_eh, expected_ph, expected_sh = (64, 56, 64) if is64 else (52, 32, 40)
-    if ehsize != expected_eh or header["e_ident"]["EI_VERSION"] != "EV_CURRENT":
-        raise ElfSkipped("headers do not parse: unexpected ELF header size or version")
+    if ehsize != expected_eh:
+        raise ElfSkipped("headers do not parse: unexpected ELF header size")
     segments: list[tuple[int, int, int]] = []
     if phnum:
         if phentsize != expected_ph or phoff + phnum * phentsize > size:
@@ -201,13 +202,42 @@ def _parse(data: bytes) -> tuple[ELFFile, _Layout]:
             end = names.find(b"\0", sh_name)
             name = names[sh_name : end if end >= 0 else len(names)].decode("utf-8", "surrogateescape")
             sections.append(_Section(number, name if number else "", *f))
-        if len(sections) != elf.num_sections() or elf.get_section(shstrndx).name != sections[shstrndx].name:
-            raise ElfSkipped("headers do not parse: section table disagrees with pyelftools")
-    layout = _Layout(
+    return _Layout(
         is64, endian, e_type, machine, ehsize, phoff, phnum, phentsize, shoff, shentsize, shstrndx,
         tuple(segments), tuple(sections),
     )  # fmt: skip
-    return elf, layout
+
+
+def _parse_with_pyelftools(data: bytes, layout: _Layout, read_all: bool) -> None:
+    """pyelftools must read the file as ``_parse`` did: same class, byte order, type, machine, segments and
+    sections (names, types, offsets); with ``read_all``, every section's data and every segment too."""
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        header = elf.header
+        agree = (
+            (elf.elfclass == 64) == layout.is64
+            and elf.little_endian == (layout.endian == "<")
+            and elf.num_segments() == layout.phnum
+            and elf.num_sections() == len(layout.sections)
+            and header["e_phoff"] == layout.phoff
+        )
+        if not agree:
+            raise ElfSkipped("headers do not parse: pyelftools reads them differently")
+        for number, section in enumerate(elf.iter_sections()):
+            mine = layout.sections[number]
+            if (section.name, section["sh_offset"], section["sh_size"]) != (
+                mine.name,
+                mine.offset,
+                mine.size,
+            ):
+                raise ElfSkipped(f"headers do not parse: pyelftools reads section {number} differently")
+            if read_all and number and section["sh_type"] != "SHT_NOBITS":
+                section.data()
+        for number, segment in enumerate(elf.iter_segments()):
+            if (segment["p_offset"], segment["p_filesz"]) != layout.segments[number][1:]:
+                raise ElfSkipped(f"headers do not parse: pyelftools reads segment {number} differently")
+    except (ELFError, struct.error, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ElfSkipped(f"headers do not parse: {error}") from error
 
 
 def _known_end(layout: _Layout) -> int:
@@ -447,7 +477,7 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
     """Strip one ELF file; ``None`` when nothing would be removed; ``ElfSkipped`` for files left alone."""
     if mode not in MODES:
         raise ValueError(f"unknown strip mode {mode!r} (expected one of {', '.join(MODES)})")
-    _, layout = _parse(data)
+    layout = _parse(data)
     _check_strippable(data, layout)
     if not layout.sections:
         return None  # no section headers: nothing a section stripper can remove
@@ -457,6 +487,7 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
     drops = _wanted_drops(data, layout, mode, keep_debuglink)
     if not drops:
         return None
+    _parse_with_pyelftools(data, layout, read_all=False)
     ranges = _segment_ranges(layout)
 
     def pinned(s: _Section) -> bool:
@@ -655,14 +686,11 @@ def verify_stripped(
     every allocated section's header and bytes, and be no larger.
     """
     if layout is None:
-        _, layout = _parse(original)
+        layout = _parse(original)
     try:
-        elf, new = _parse(stripped)
-        for section in elf.iter_sections():
-            section.data()
-        for _segment in elf.iter_segments():
-            pass
-    except (ElfSkipped, ELFError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
+        new = _parse(stripped)
+        _parse_with_pyelftools(stripped, new, read_all=True)
+    except ElfSkipped as error:
         raise ElfVerificationError(f"stripped result does not parse: {error}") from error
     if len(stripped) > len(original):
         raise ElfVerificationError("stripped result is larger than the original")
@@ -864,5 +892,5 @@ def _verify_archive(original: bytes, stripped: bytes) -> None:
 
 def section_names(data: bytes) -> list[str]:
     """The section names of an ELF file, in index order (for tests and reports)."""
-    _, layout = _parse(data)
+    layout = _parse(data)
     return [s.name for s in layout.sections[1:]]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,9 +23,10 @@ from passes.elf import (
 )
 from passes.upx import detect_upx
 
-__all__ = ["StripElf", "StripElfOptions", "StripOutcome", "strip_file"]
+__all__ = ["StripElf", "StripElfOptions", "StripJob", "StripOutcome", "strip_file"]
 
 DEBUG_DIRECTORY = "usr/lib/debug/"
+SPILL_BYTES = 4 * 1024 * 1024  # larger results go back through a file, not a pickle (one copy less per side)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,14 @@ class StripElfOptions:
 
 
 @dataclass(frozen=True)
+class StripJob:
+    """What a worker needs besides the bytes: the options, and where to leave large results."""
+
+    options: StripElfOptions = StripElfOptions()
+    spill_dir: str = ""
+
+
+@dataclass(frozen=True)
 class StripOutcome:
     """What happened to one file, from a worker; ``data`` is set only when ``action`` is "stripped"."""
 
@@ -45,10 +57,14 @@ class StripOutcome:
     mode: str = ""
     removed: tuple[str, ...] = ()
     failed_verification: bool = False
+    spilled: str = (
+        ""  # a large result left in this file (the caller reads and removes it) instead of ``data``
+    )
 
 
-def strip_file(data: bytes, options: StripElfOptions) -> StripOutcome:
+def strip_file(data: bytes, job: StripJob) -> StripOutcome:
     """Strip one ELF file or static archive: a pure function for the worker pool, silent on bad input."""
+    options = job.options
     try:
         result: StripResult | None
         if data.startswith(AR_MAGIC):
@@ -66,7 +82,15 @@ def strip_file(data: bytes, options: StripElfOptions) -> StripOutcome:
         return StripOutcome("kept", str(error))
     if result is None:
         return StripOutcome("unchanged", "nothing to strip")
-    return StripOutcome("stripped", f"strip {result.mode}", result.data, result.mode, result.removed)
+    reason = f"strip {result.mode}"
+    if result.zeroed:
+        reason += f" ({result.zeroed} bytes of removed sections zeroed in place: segments follow them)"
+    if job.spill_dir and len(result.data) > SPILL_BYTES:
+        handle, spilled = tempfile.mkstemp(dir=job.spill_dir, suffix=".elf")
+        with os.fdopen(handle, "wb") as out:
+            out.write(result.data)
+        return StripOutcome("stripped", reason, None, result.mode, result.removed, spilled=spilled)
+    return StripOutcome("stripped", reason, result.data, result.mode, result.removed)
 
 
 class StripElf:
@@ -143,25 +167,37 @@ class StripElf:
                 ctx.note(path, "kept", "protected layer", content.size, content.size)
             else:
                 items.append((path, content))
-        for (path, content), (_, outcome) in zip(
-            items, ctx.map(strip_file, items, self.options), strict=True
-        ):
+        spill_dir = tempfile.mkdtemp(prefix="strip-elf-")
+        try:
+            self._collect(ctx, items, StripJob(self.options, spill_dir))
+        finally:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+
+    def _collect(self, ctx: PassContext, items: list[tuple[str, Content]], job: StripJob) -> None:
+        for (path, content), (_, outcome) in zip(items, ctx.map(strip_file, items, job), strict=True):
             size = content.size
             if isinstance(outcome, BaseException):
                 message = f"{type(outcome).__name__}: {outcome}"
                 ctx.warn(f"{ctx.image.name}: {path}: strip-elf failed, original kept: {message}")
                 ctx.note(path, "kept", f"error, original kept: {message}", size, size)
-            elif outcome.action == "stripped" and outcome.data is not None:
-                ctx.changes.replace(path, outcome.data, outcome.reason)
+            elif outcome.action == "stripped":
+                data = outcome.data
+                if outcome.spilled:
+                    with open(outcome.spilled, "rb") as spilled:
+                        data = spilled.read()
+                    os.unlink(outcome.spilled)
+                assert data is not None
+                ctx.changes.replace(path, data, outcome.reason)
                 ctx.note(
                     path,
                     "stripped",
                     outcome.reason,
                     size,
-                    len(outcome.data),
+                    len(data),
                     mode=outcome.mode,
                     removed=list(outcome.removed),
                 )
+                del data
             elif outcome.action == "kept":
                 if outcome.failed_verification:
                     ctx.warn(f"{ctx.image.name}: {path}: {outcome.reason}")

@@ -25,7 +25,7 @@ from passes.elf import (
     strip_elf,
     verify_stripped,
 )
-from passes.strip_elf import StripElfOptions, strip_file
+from passes.strip_elf import StripJob, strip_file
 from tests.conftest import missing, require_tool
 
 ANNOTATIONS = (".comment", ".gnu.build.attributes", ".GCC.command.line")
@@ -347,7 +347,7 @@ def _seed(fixtures_root: Path, name: str) -> bytes:
 @given(junk=st.binary(max_size=512), keep_magic=st.booleans())
 def test_arbitrary_bytes_never_crash(junk: bytes, keep_magic: bool) -> None:
     data = (b"\x7fELF" + junk) if keep_magic else junk
-    outcome = strip_file(data, StripElfOptions())
+    outcome = strip_file(data, StripJob())
     assert outcome.action in ("kept", "unchanged")
     assert outcome.data is None
 
@@ -368,7 +368,7 @@ def test_truncated_or_corrupted_files_never_crash(
     for at, value in flips:
         if at < len(data):
             data[at] ^= value
-    outcome = strip_file(bytes(data), StripElfOptions())
+    outcome = strip_file(bytes(data), StripJob())
     assert outcome.action in ("kept", "unchanged", "stripped")
     if outcome.action == "stripped":
         assert outcome.data is not None and len(outcome.data) <= len(data)
@@ -381,5 +381,5 @@ def test_upx_packed_files_are_left_alone(fixtures: Path) -> None:
     packed = fixtures / "upx" / "packed" / "amd64-linux.elf__upx-3.95"
     if not packed.exists():
         missing(f"{packed} not found")
-    outcome = strip_file(packed.read_bytes(), StripElfOptions())
+    outcome = strip_file(packed.read_bytes(), StripJob())
     assert outcome.action == "kept" and "UPX" in outcome.reason

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from optimizer.report import PassReport
 from optimizer.spool import Spool
 from passes import PASSES
 from passes.elf import is_debug_section, section_names
-from passes.strip_elf import StripElf, StripElfOptions
+from passes.strip_elf import SPILL_BYTES, StripElf, StripElfOptions
 from tests.conftest import missing, require_tool
 from tests.imagetools import Layout, build_image, entry
 
@@ -189,3 +190,23 @@ def test_end_to_end_through_optimize(tmp_path: Path, debug_binary: bytes) -> Non
     )
     findings = json.loads(json.dumps(report.to_json()))["images"][0]["passes"][0]["findings"]
     assert [f["path"] for f in findings if f["action"] == "stripped"] == ["usr/bin/hello"]
+
+
+def test_large_results_come_back_through_a_file(tmp_path: Path) -> None:
+    require_tool("gcc", "gcc")
+    (tmp_path / "big.c").write_text(
+        '#include <stdio.h>\nchar big[6 << 20] = {1};\nint main(void) { printf("%d\\n", big[0]); return 0; }\n'
+    )
+    subprocess.run(["gcc", "-g", "-o", "big", "big.c"], cwd=tmp_path, check=True, capture_output=True)
+    data = (tmp_path / "big").read_bytes()
+    assert len(data) > SPILL_BYTES
+    before = set(os.listdir(tempfile.gettempdir()))
+    ctx = context(tmp_path, [[file("big", data)], [file("big2", data + b"\0")]])
+    StripElf(StripElfOptions()).run(ctx)
+    changes = sorted(ctx.changes, key=lambda c: c.visible_path)
+    assert [c.visible_path for c in changes] == ["big", "big2"]
+    for change in changes:
+        assert change.content is not None
+        stripped = change.content.read_bytes()
+        assert SPILL_BYTES < len(stripped) < len(data) and ".symtab" not in section_names(stripped)
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("strip-elf-")]

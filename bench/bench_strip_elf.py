@@ -1,0 +1,224 @@
+"""Benchmark of the ``strip-elf`` pass against GNU strip, on a corpus of real Debian ELF files.
+
+    .venv/bin/python bench/bench_strip_elf.py [--root DIR ...] [--limit N] [--workers 2]
+
+The corpus is every regular ELF file and static archive under the given roots (default: the host's
+``/usr/bin``, ``/usr/sbin``, ``/usr/libexec``, ``/usr/lib/x86_64-linux-gnu`` and ``/usr/lib/gcc``, i.e. the
+files of the installed Debian packages), one path per inode. Files are spooled once, as the layer indexer
+would (not timed). Then:
+
+* ours: the ``strip-elf`` pass (default options) over a FileSystem holding the corpus, on ``--workers``
+  processes; wall time, total bytes after, and the peak RSS of the process tree (sampled from /proc);
+* GNU: ``strip --strip-unneeded`` (``--strip-debug`` for relocatable objects and archives, which the pass gives
+  ``debug`` at most) run once per file, one after the other and also two at a time; wall time and total bytes.
+
+Targets (issue 3): total bytes within 1% of GNU strip, wall time no more than GNU strip once per file, peak
+memory within the foundation's bound (300 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from optimizer.changes import Changes
+from optimizer.filesystem import build_filesystem
+from optimizer.layer import IndexedEntry
+from optimizer.model import Entry, EntryKind
+from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
+from optimizer.report import PassReport
+from optimizer.spool import Spool
+from passes.strip_elf import StripElf, StripElfOptions
+
+DEFAULT_ROOTS = ["/usr/bin", "/usr/sbin", "/usr/libexec", "/usr/lib/x86_64-linux-gnu", "/usr/lib/gcc"]
+MB = 1024 * 1024
+
+
+def corpus(roots: list[str], limit: int) -> list[str]:
+    seen: set[tuple[int, int]] = set()
+    found: list[str] = []
+    for root in roots:
+        for directory, _dirs, names in os.walk(root):
+            for name in sorted(names):
+                path = os.path.join(directory, name)
+                try:
+                    info = os.lstat(path)
+                    if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) in seen:
+                        continue
+                    with open(path, "rb") as handle:
+                        head = handle.read(8)
+                except OSError:
+                    continue
+                if head[:4] == b"\x7fELF" or head == b"!<arch>\n":
+                    seen.add((info.st_dev, info.st_ino))
+                    found.append(path)
+                    if len(found) >= limit:
+                        return found
+    return found
+
+
+class TreeMemory:
+    """Samples the RSS of this process and all its descendants from /proc."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_total = 0
+        self.peak_process = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def _sample(self) -> None:
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        fields = handle.read().rsplit(")", 1)[1].split()
+                    parents[int(entry)] = int(fields[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        tree = {os.getpid()}
+        changed = True
+        while changed:
+            changed = False
+            for pid, parent in parents.items():
+                if parent in tree and pid not in tree:
+                    tree.add(pid)
+                    changed = True
+        total = 0
+        for pid in tree:
+            rss = hwm = 0
+            try:
+                with open(f"/proc/{pid}/status") as handle:
+                    for line in handle:
+                        if line.startswith("VmRSS:"):
+                            rss = int(line.split()[1]) * 1024
+                        elif line.startswith("VmHWM:"):
+                            hwm = int(line.split()[1]) * 1024
+            except OSError:
+                continue
+            total += rss
+            self.peak_process = max(self.peak_process, hwm)
+        self.peak_total = max(self.peak_total, total)
+
+
+def run_ours(paths: list[str], workdir: str, workers: int) -> tuple[float, int, Counter[str], TreeMemory]:
+    spool = Spool(os.path.join(workdir, "layer.pack"))
+    entries = []
+    for path in paths:
+        content = spool.store_file(path)
+        entries.append(IndexedEntry(Entry(path.lstrip("/"), EntryKind.FILE, size=content.size), content))
+    fs = build_filesystem([entries])
+    ctx = PassContext(
+        fs,
+        Changes(fs, StripElf.name, Spool(os.path.join(workdir, "new.pack"))),
+        ImageInfo("bench", "sha256:" + "0" * 64, None, {}, ["sha256:" + "1" * 64]),
+        PassReport(StripElf.name),
+        WorkerPool(workers),
+    )
+    with TreeMemory() as memory:
+        started = time.monotonic()
+        StripElf(StripElfOptions()).run(ctx)
+        seconds = time.monotonic() - started
+        ctx.pool.close()
+    after = {c.visible_path: c.bytes_after for c in ctx.changes}
+    total = sum(after.get(path.lstrip("/"), os.path.getsize(path)) for path in paths)
+    outcomes: Counter[str] = Counter()
+    for finding in ctx.report.findings:
+        outcomes[finding.action if finding.action != "kept" else f"kept: {finding.reason[:50]}"] += 1
+    outcomes["unchanged (nothing to strip)"] = len(paths) - len(ctx.report.findings)
+    return seconds, total, outcomes, memory
+
+
+def gnu_flag(path: str) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(18)
+    if head[:8] == b"!<arch>\n":
+        return "--strip-debug"
+    e_type = int.from_bytes(head[16:18], "little" if head[5:6] == b"\x01" else "big")
+    return "--strip-debug" if e_type == 1 else "--strip-unneeded"
+
+
+def gnu_one(strip: str, path: str, out: str) -> int:
+    done = subprocess.run([strip, gnu_flag(path), "-o", out, path], capture_output=True, check=False)
+    size = os.path.getsize(out) if done.returncode == 0 and os.path.exists(out) else os.path.getsize(path)
+    if os.path.exists(out):
+        os.unlink(out)
+    return size
+
+
+def run_gnu(strip: str, paths: list[str], workdir: str, parallel: int) -> tuple[float, int]:
+    started = time.monotonic()
+    if parallel <= 1:
+        sizes = [gnu_one(strip, path, os.path.join(workdir, "gnu.out")) for path in paths]
+    else:
+        with ThreadPoolExecutor(parallel) as pool:
+            sizes = list(
+                pool.map(
+                    lambda item: gnu_one(strip, item[1], os.path.join(workdir, f"gnu{item[0]}.out")),
+                    enumerate(paths),
+                )  # fmt: skip
+            )
+    return time.monotonic() - started, sum(sizes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", action="append", help="directory to take ELF files from (repeatable)")
+    parser.add_argument("--limit", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    strip = shutil.which("strip")
+    if strip is None:
+        print("strip not found (Debian package binutils or binutils-multiarch)", file=sys.stderr)
+        return 1
+    paths = corpus(args.root or DEFAULT_ROOTS, args.limit)
+    size_in = sum(os.path.getsize(p) for p in paths)
+    print(
+        f"corpus: {len(paths)} ELF files and archives, {size_in / MB:.1f} MiB ({', '.join(args.root or DEFAULT_ROOTS)})"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-strip-elf-") as workdir:
+        ours_seconds, ours_total, outcomes, memory = run_ours(paths, workdir, args.workers)
+        gnu_seconds, gnu_total = run_gnu(strip, paths, workdir, 1)
+        gnu2_seconds, _ = run_gnu(strip, paths, workdir, 2)
+    print(f"outcomes: {dict(outcomes.most_common())}")
+    print(f"bytes after: ours {ours_total / MB:.2f} MiB, GNU strip {gnu_total / MB:.2f} MiB "
+          f"(saved: ours {(size_in - ours_total) / MB:.2f} MiB, GNU {(size_in - gnu_total) / MB:.2f} MiB); "
+          f"ours/GNU = {ours_total / gnu_total:.5f} (target <= 1.01)")  # fmt: skip
+    print(f"wall time: ours {ours_seconds:.2f} s on {args.workers} workers; GNU strip once per file "
+          f"{gnu_seconds:.2f} s sequential, {gnu2_seconds:.2f} s two at a time (target: ours <= GNU)")  # fmt: skip
+    print(f"peak RSS: largest process {memory.peak_process / MB:.0f} MiB, whole process tree "
+          f"{memory.peak_total / MB:.0f} MiB (target < 300 MB)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
