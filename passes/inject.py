@@ -739,7 +739,7 @@ class Inject:
                 links.setdefault(f"{directory}/cert.pem", layout.bundle)
         for link in sorted(links):
             if ctx.fs.get(link) is None and link not in plan:
-                plan.symlink(link, bundle, reason)
+                plan.symlink(link, bundle, f"CA certificates: link to /{bundle}")
 
     # --- zoneinfo
 
