@@ -6,9 +6,9 @@
    detector time per file and in total, against reading every byte of the same files (what a naive detector
    searching for "UPX!" would at least do). Page cache warm in both cases.
 2. The bench image (``bench/out/bench-image.tar``, from ``bench/build_bench_image.py``): ``optimize --passes upx``
-   as a subprocess; the report gives the pass's own seconds, and the run's wall time is compared with the
-   foundation run that reads and rewrites every layer (``--normalize --passes none``). Target: the pass adds
-   under 5% to the foundation run. Also: files flagged on the bench image (must be 0).
+   as a subprocess; the report gives the pass's own seconds, compared with the foundation run that reads and
+   rewrites every layer (``--normalize --passes none``) and with the rest of the same run (reading and indexing
+   every layer, which any pass needs). Target: under 5% of either. Also: files flagged on the bench image (0).
 3. With ``--full``: the default pipeline with and without the upx pass (``--skip upx``), wall time.
 
 Usage: python bench/bench_upx.py [--image PATH] [--repeat N] [--full] [--roots DIR ...]
@@ -142,13 +142,16 @@ def bench_image(image: Path, repeat: int, full: bool) -> bool:
         for _ in p["findings"]
     )
     share = best_pass / foundation
+    indexing = best_wall - best_pass  # the same run without the pass: read and index every layer
+    share_of_indexing = best_pass / indexing
     print(f"  foundation run (--normalize --passes none): {foundation:.2f} s")
     print(
-        f"  --passes upx: {best_wall:.2f} s wall (index every layer + pass); the upx pass itself: {best_pass:.3f} s"
+        f"  --passes upx: {best_wall:.2f} s wall (index every layer, then the pass); the upx pass: {best_pass:.3f} s"
     )
     print(f"  upx pass / foundation run: {100 * share:.2f}% (target < {100 * TARGET:.0f}%)")
+    print(f"  upx pass / the indexing that any pass needs ({indexing:.2f} s): {100 * share_of_indexing:.2f}%")
     print(f"  files flagged on the bench image: {files} (must be 0)")
-    ok = share < TARGET and files == 0
+    ok = max(share, share_of_indexing) < TARGET and files == 0
     if full:
         with_upx = min(run(image, [])[0] for _ in range(repeat))
         without = min(run(image, ["--skip", "upx"])[0] for _ in range(repeat))
