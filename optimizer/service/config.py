@@ -129,6 +129,10 @@ class RuleOptions:
     skip: tuple[str, ...] = ()
     strict: bool = False
     pass_options: Mapping[str, Any] = field(default_factory=dict)
+    normalize: bool = False
+    recompress: bool = False
+    compression: str | None = None  # "gzip[:LEVEL]", "zstd[:LEVEL]" or "none"; None: the optimizer's default
+    keep_layers: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +140,10 @@ class RuleOptions:
             "skip": list(self.skip),
             "strict": self.strict,
             "pass_options": {k: dataclasses.asdict(v) for k, v in sorted(self.pass_options.items())},
+            "normalize": self.normalize,
+            "recompress": self.recompress,
+            "compression": self.compression,
+            "keep_layers": self.keep_layers,
         }
 
 
@@ -481,6 +489,17 @@ def _rule_options(r: _Reader | None, at: str) -> RuleOptions:
         if name not in classes:
             raise UsageError(f"{at}: unknown pass {name!r} (known: {', '.join(classes) or 'none'})")
     strict = r.flag("strict", False)
+    normalize = r.flag("normalize", False)
+    recompress = r.flag("recompress", False)
+    keep_layers = r.integer("keep_layers", 0)
+    compression = r.opt_str("compression")
+    if compression is not None:
+        from ..output import CompressionSpec
+
+        try:
+            CompressionSpec.parse(compression)
+        except UsageError as error:
+            raise UsageError(f"{at}.compression: {error}") from error
     raw_pass_options = r.mapping("pass_options")
     pass_options: dict[str, Any] = {}
     if raw_pass_options is not None:
@@ -490,7 +509,7 @@ def _rule_options(r: _Reader | None, at: str) -> RuleOptions:
             )
         raw_pass_options.done()
     r.done()
-    return RuleOptions(passes, skip, strict, pass_options)
+    return RuleOptions(passes, skip, strict, pass_options, normalize, recompress, compression, keep_layers)
 
 
 def parse_config(data: Any, base: Path | None = None) -> Config:

@@ -34,6 +34,7 @@ from ..api import ANNOTATION_SOURCE_DIGEST, optimize
 from ..errors import OptimizerError, RegistryError
 from ..mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from ..options import Options
+from ..output import CompressionSpec
 from ..registry import Credentials, Reference, RegistryClient
 from ..registry_auth import RegistryAuthError
 from ..report import Report
@@ -55,14 +56,21 @@ class JobOutcome:
 
 
 def options_for(rule: RuleOptions, workdir: Path, workers: int | None) -> Options:
+    extra: dict[str, Any] = {}
+    if rule.compression is not None:
+        extra["compression"] = CompressionSpec.parse(rule.compression)
     return Options(
         passes=rule.passes,
         skip=rule.skip,
         pass_options=dict(rule.pass_options),
         strict=rule.strict,
+        normalize=rule.normalize,
+        recompress=rule.recompress,
+        keep_layers=rule.keep_layers,
         output_format="oci-dir",
         workdir=str(workdir),
         workers=workers,
+        **extra,
     )
 
 

@@ -188,3 +188,32 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(UsageError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_run_options_of_a_rule() -> None:
+    rule = {
+        "name": "r",
+        "registry": "local",
+        "destination": {"tag_suffix": "-o"},
+        "options": {"compression": "zstd:19", "recompress": True, "normalize": True, "keep_layers": 2},
+    }
+    options = parse_config(config_with(rules=[rule])).rules[0].options
+    assert (options.compression, options.recompress, options.normalize, options.keep_layers) == (
+        "zstd:19",
+        True,
+        True,
+        2,
+    )
+    from optimizer.service.worker import options_for
+
+    built = options_for(options, Path("/tmp"), None)
+    assert (str(built.compression), built.recompress, built.normalize, built.keep_layers) == (
+        "zstd:19",
+        True,
+        True,
+        2,
+    )
+    assert built.output_format == "oci-dir"
+    rule["options"] = {"compression": "brotli"}
+    with pytest.raises(UsageError, match=r"rules\[0\].options.compression: unknown compression"):
+        parse_config(config_with(rules=[rule]))

@@ -371,7 +371,9 @@ def test_refused_registry_credentials_fail_at_once(
     )
     local = {"url": registry.url, "credentials": {"username": "bot", "password": "wrong-password"}}
     service = service_factory(service_config(tmp_path / "state", {"local": local}, [RULE], port=port))
-    push_layout(single_layout(fixtures, tmp_path / "image"), registry, "team/app:v1", creds="bot:right-password")
+    push_layout(
+        single_layout(fixtures, tmp_path / "image"), registry, "team/app:v1", creds="bot:right-password"
+    )
     (job,) = service.settled(1)
     assert (job["status"], job["attempts"]) == ("failed", 1)
     assert job["error"].startswith("pull ") and "RegistryAuthError" in job["error"]
