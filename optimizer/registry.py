@@ -279,22 +279,7 @@ class RegistryClient:
             return
         with self._setup_lock:
             if self._scheme is None:
-                try:
-                    probe = self._session.get(
-                        f"https://{self.api_host}/v2/",
-                        # A plain HTTP server may sit on a TLS hello without answering: do not wait long.
-                        timeout=min(self.timeout, 5.0),
-                        verify=False,
-                        headers={"User-Agent": self.user_agent},
-                    )
-                except requests.RequestException:
-                    self._scheme = "http"
-                else:
-                    self._scheme = "https"
-                    self._pinged = True
-                    if probe.status_code == 401:
-                        self._auth.learn(probe)
-                    probe.close()
+                self._scheme = self._probe_scheme()
                 self._oras.prefix = self._scheme
             if not self._pinged and self._auth.has_credentials:
                 self._pinged = True
@@ -310,6 +295,49 @@ class RegistryClient:
                 if probe.status_code == 401:
                     self._auth.learn(probe)
                 probe.close()
+
+    def _probe_scheme(self) -> str:
+        """Insecure mode: HTTPS (unverified) if the registry speaks it, else plain HTTP; retried while down."""
+        attempt = 0
+        while True:
+            try:
+                probe = self._session.get(
+                    f"https://{self.api_host}/v2/",
+                    # A plain HTTP server may sit on a TLS hello without answering: do not wait long.
+                    timeout=min(self.timeout, 5.0),
+                    verify=False,
+                    headers={"User-Agent": self.user_agent},
+                )
+            except requests.exceptions.SSLError:
+                return "http"  # something answered, and not in TLS
+            except requests.RequestException as https_error:
+                try:
+                    probe = self._session.get(
+                        f"http://{self.api_host}/v2/",
+                        timeout=self.timeout,
+                        headers={"User-Agent": self.user_agent},
+                    )
+                except requests.RequestException as error:
+                    if attempt >= self.retries:
+                        kind = (
+                            "timed out"
+                            if "timed out" in f"{https_error} {error}".lower()
+                            else "connection failed"
+                        )
+                        raise RegistryUnavailable(
+                            f"{self.registry}: {kind} after {attempt + 1} attempt(s) (HTTPS and HTTP): {error}"
+                        ) from error
+                    time.sleep(self._delay(attempt, None, self.registry))
+                    attempt += 1
+                    continue
+                scheme = "http"
+            else:
+                scheme = "https"
+            with probe:
+                self._pinged = True
+                if probe.status_code == 401:
+                    self._auth.learn(probe)
+            return scheme
 
     def _scope(self, url: str, method: str) -> str | None:
         match = re.search(r"/v2/(.+?)/(?:blobs|manifests|tags|referrers)/", url)

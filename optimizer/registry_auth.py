@@ -288,6 +288,7 @@ class Authenticator:
         self._lock = threading.Lock()
         self._basic = False  # the registry asked for Basic: send it on every request
         self._tokens: dict[str, _Token] = {}
+        self._flights: dict[str, threading.Lock] = {}
         self._bearer_challenge: Challenge | None = None
 
     @property
@@ -305,18 +306,29 @@ class Authenticator:
         with self._lock:
             if self._basic and creds is not None:
                 return creds.basic_header()
-            if scope is not None:
-                token = self._tokens.get(scope)
-                if token is not None and token.expires > time.monotonic():
-                    return f"Bearer {token.value}"
-                if self._bearer_challenge is not None:
-                    challenge = self._bearer_challenge
-                else:
-                    return None
-            else:
+            if scope is None or (self._bearer_challenge is None and scope not in self._tokens):
                 return None
-        # A Bearer registry and no valid token for this scope yet: get one now rather than after a 401.
-        return f"Bearer {self._fetch_token(challenge, scope)}"
+            cached = self._cached(scope)
+            if cached is not None:
+                return f"Bearer {cached}"
+            challenge = self._bearer_challenge
+            flight = self._flights.setdefault(scope, threading.Lock())
+        # A Bearer registry and no valid token for this scope yet: get one now rather than after a 401, once
+        # for all the threads that want it.
+        with flight:
+            with self._lock:
+                cached = self._cached(scope)
+            if cached is not None:
+                return f"Bearer {cached}"
+            if challenge is None:
+                return None
+            return f"Bearer {self._fetch_token(challenge, scope)}"
+
+    def _cached(self, scope: str) -> str | None:
+        token = self._tokens.get(scope)
+        if token is not None and token.expires > time.monotonic():
+            return token.value
+        return None
 
     def learn(self, response: requests.Response) -> None:
         """Record the scheme from an unauthenticated ``GET /v2/`` answer."""
@@ -362,11 +374,19 @@ class Authenticator:
         key = scope or challenge.params.get("scope") or ""
         with self._lock:
             self._bearer_challenge = challenge
-            cached = self._tokens.get(key)
-            # A token we sent was refused (expired, revoked, or too narrow): forget it and fetch a new one.
-            if cached is not None and sent == f"Bearer {cached.value}":
-                del self._tokens[key]
-        self._fetch_token(challenge, key, challenge_scope=challenge.params.get("scope"))
+            flight = self._flights.setdefault(key, threading.Lock())
+        with flight:
+            with self._lock:
+                cached = self._tokens.get(key)
+                if (
+                    cached is not None
+                    and sent != f"Bearer {cached.value}"
+                    and cached.expires > time.monotonic()
+                ):
+                    return  # another thread has fetched a new token since this request went out
+                # The token we sent was refused (expired, revoked, or too narrow): forget it, fetch a new one.
+                self._tokens.pop(key, None)
+            self._fetch_token(challenge, key, challenge_scope=challenge.params.get("scope"))
 
     def _fetch_token(self, challenge: Challenge, scope: str, challenge_scope: str | None = None) -> str:
         realm = challenge.realm

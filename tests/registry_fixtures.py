@@ -18,6 +18,7 @@ The registry needs ``docker-registry``; pushing fixtures needs ``skopeo``; htpas
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import http.server
 import json
@@ -46,6 +47,7 @@ __all__ = [
     "RecordedRequest",
     "RunningRegistry",
     "StallServer",
+    "TokenServer",
     "free_port",
     "push_layout",
     "registry",
@@ -552,6 +554,162 @@ class FaultProxy:
                         handler.wfile.write(piece)
         finally:
             connection.close()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class TokenServer:
+    """A Docker token service (the ``auth.token`` protocol) for Debian's registry, on 127.0.0.1.
+
+    It makes an RSA key and a self-signed certificate with ``openssl`` (the registry's ``rootcertbundle``) and
+    issues RS256 JWTs whose header ``kid`` is the key's libtrust ID, granting every action asked for in the
+    ``scope`` parameters (after checking ``users`` with Basic auth, when given). ``lifetime`` is the real
+    validity of a token (the registry adds 60 s of leeway to ``exp``, which is allowed for here);
+    ``advertised`` is the ``expires_in`` it tells clients, so a test can make tokens die before clients expect.
+    Start the registry with ``extra_config=server.registry_config()``.
+    """
+
+    service = "test-registry"
+    issuer = "test-token-issuer"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        users: dict[str, str] | None = None,
+        lifetime: float = 300,
+        advertised: int = 300,
+    ) -> None:
+        program = require_tool("openssl", "openssl")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.key = workdir / "token.key"
+        self.cert = workdir / "token.crt"
+        subprocess.run(
+            [
+                program,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(self.key),
+                "-out",
+                str(self.cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test-token-issuer",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        public = subprocess.run(
+            [program, "x509", "-in", str(self.cert), "-pubkey", "-noout"], check=True, capture_output=True
+        ).stdout
+        der = subprocess.run(
+            [program, "pkey", "-pubin", "-outform", "DER"], input=public, check=True, capture_output=True
+        ).stdout
+        encoded = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode("ascii")
+        self.kid = ":".join(encoded[i : i + 4] for i in range(0, 48, 4))
+        self.users = dict(users or {})
+        self.lifetime = lifetime
+        self.advertised = advertised
+        self.requests: list[dict[str, list[str]]] = []
+        self._openssl = program
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner._issue(self)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def registry_config(self) -> dict[str, Any]:
+        return {
+            "auth": {
+                "token": {
+                    "realm": self.url,
+                    "service": self.service,
+                    "issuer": self.issuer,
+                    "rootcertbundle": str(self.cert),
+                }
+            }
+        }
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> TokenServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.kid}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(
+            [self._openssl, "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
+        ).stdout
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def _issue(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        query = parse_qs(urlsplit(handler.path).query)
+        self.requests.append(query)
+        subject = ""
+        if self.users:
+            authorization = handler.headers.get("Authorization", "")
+            try:
+                user, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
+            except Exception:
+                user, password = "", ""
+            if not authorization.startswith("Basic ") or self.users.get(user) != password:
+                handler.send_response(401)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
+            subject = user
+        access = []
+        for scope in " ".join(query.get("scope", [])).split():
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,
+            # The registry accepts a token up to 60 s after its exp: take that leeway off.
+            "exp": now + int(self.lifetime) - 60,
+            "nbf": now - 5,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        token = self._sign(claims)
+        issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        body = json.dumps({"token": token, "expires_in": self.advertised, "issued_at": issued}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
 
 class StallServer:

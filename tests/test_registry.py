@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -23,12 +24,20 @@ from referencing.jsonschema import DRAFT4
 
 from optimizer import mediatypes as mt
 from optimizer.errors import RegistryError, UsageError
-from optimizer.registry import Credentials, Reference, RegistryClient, credentials_for
+from optimizer.registry import (
+    Credentials,
+    Reference,
+    RegistryAuthError,
+    RegistryClient,
+    RegistryUnavailable,
+    credentials_for,
+)
 from tests.conftest import fixtures_dir
 from tests.registry_fixtures import (
     FaultProxy,
     RunningRegistry,
     StallServer,
+    TokenServer,
     push_layout,
     registry,
     registry_factory,
@@ -365,6 +374,38 @@ def test_token_auth_refreshes_a_refused_token(
         assert len(proxy.requests) - before <= 3
 
 
+def test_real_token_auth_refreshes_expired_tokens(
+    registry_factory: Any, fixtures: Path, tmp_path: Path
+) -> None:
+    """Debian's registry with ``auth.token``: JWTs that die before the client expects are fetched again."""
+    with TokenServer(tmp_path / "token", users={"bob": "pw"}, lifetime=2, advertised=300) as tokens:
+        protected = registry_factory(extra_config=tokens.registry_config())
+        source = push_layout(
+            fixtures / "images" / "sylabs-oci-tools" / "hello-world-docker-v2-manifest",
+            protected,
+            "jwt/x:v1",
+            creds="bob:pw",
+        )
+        ref = Reference.parse(source.removeprefix("docker://"))
+        client = RegistryClient(protected.host, insecure=True, credentials=Credentials("bob", "pw"))
+        digest = client.pull(ref, str(tmp_path / "pulled"))
+        issued = len(tokens.requests)
+        time.sleep(2.5)  # every token issued so far is now refused by the registry
+        assert client.manifest_digest(ref) == digest
+        assert len(tokens.requests) == issued + 1
+        assert client.push(str(tmp_path / "pulled"), Reference.parse(f"{protected.host}/jwt/y:v1")) == digest
+        assert client.last_stats.blobs_mounted == 2  # the token covered the mount's source repository too
+        assert tokens.requests[-1]["scope"] == ["repository:jwt/x:pull", "repository:jwt/y:pull,push"]
+        log = protected.log_text()
+        assert "oci-optimizer/" in log and "invalid token" in log  # the registry did refuse the stale token
+
+        bad = RegistryClient(protected.host, insecure=True, credentials=Credentials("bob", "wrong"))
+        started = time.monotonic()
+        with pytest.raises(RegistryAuthError, match="refused user 'bob'"):
+            bad.pull(ref, str(tmp_path / "never"))
+        assert time.monotonic() - started < 2
+
+
 def test_anonymous_token_and_registry_token(
     registry: RunningRegistry, fixtures: Path, tmp_path: Path
 ) -> None:
@@ -554,3 +595,36 @@ def test_credentials_from_docker_config(tmp_path: Path, monkeypatch: pytest.Monk
         "127.0.0.1:5000", {"auths": {"http://127.0.0.1:5000": {"auth": "YTpi"}}}
     ) == Credentials("a", "b")
     assert "svcpw" not in repr(credentials_for("127.0.0.1:5000", explicit))
+
+
+def test_registry_down_then_back_is_retried(registry_factory: Any, fixtures: Path, tmp_path: Path) -> None:
+    """The registry stops (connection refused) and comes back a moment later: the pull waits and succeeds."""
+    first = registry_factory()
+    ref = _pushed(first, fixtures, "stereoscope/oci-layout-multiplatform", None, "down/x:v1")
+    expected = "sha256:" + hashlib.sha256(skopeo_inspect_raw(f"docker://{ref}")).hexdigest()
+    first.stop()
+    restarted: list[RunningRegistry] = []
+
+    def restart() -> None:
+        time.sleep(1.0)
+        restarted.append(registry_factory(port=first.port, storage=first.root / "storage"))
+
+    client = RegistryClient(first.host, insecure=True, anonymous=True, retries=6, backoff=0.25)
+    thread = threading.Thread(target=restart)
+    thread.start()
+    try:
+        started = time.monotonic()
+        assert client.pull(ref, str(tmp_path / "pulled")) == expected
+        assert time.monotonic() - started >= 0.9
+    finally:
+        thread.join()
+    check_layout(tmp_path / "pulled", fixtures)
+
+    restarted[0].stop()
+    quick = RegistryClient(first.host, insecure=True, anonymous=True, retries=2, backoff=0.01, timeout=1)
+    with pytest.raises(RegistryUnavailable, match=r"connection failed after 3 attempt"):
+        quick.pull(ref, str(tmp_path / "never"))
+    # Known to be up once, then down: the requests themselves retry and give up the same way.
+    client.retries, client.backoff = 2, 0.01
+    with pytest.raises(RegistryUnavailable, match=r"connection failed after 3 attempt"):
+        client.pull(ref, str(tmp_path / "never"))
