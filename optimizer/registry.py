@@ -774,7 +774,7 @@ class RegistryClient:
             "PUT", url, data=manifest.data, headers={"Content-Type": manifest.media_type}, what=where
         )
         with response:
-            if response.status_code not in (200, 201):
+            if not 200 <= response.status_code < 300:
                 raise _status_error(f"{where}", response)
             served = response.headers.get("Docker-Content-Digest")
         if served and served != manifest.digest:
@@ -867,7 +867,7 @@ class RegistryClient:
                 raise RegistryError(f"{where}: {path} does not match its digest (it hashes to {sent[0]})")
             if response.status_code in _RETRY_STATUSES or response.status_code == 404:
                 raise _TransientError(f"HTTP {response.status_code}{_error_text(response)}")
-            if response.status_code != 201:
+            if not 200 <= response.status_code < 300:
                 raise _status_error(f"{where}", response)
             served = response.headers.get("Docker-Content-Digest")
         if served and served != digest:

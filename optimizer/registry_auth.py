@@ -176,7 +176,10 @@ def _from_docker_config(registry: str, config: Mapping[str, Any]) -> Credentials
                     return found
     store = config.get("credsStore")
     if isinstance(store, str) and store:
-        return _credential_helper(store, registry)
+        # Helpers know Docker Hub by its historical URL.
+        return _credential_helper(
+            store, DOCKER_HUB_KEYS[0] if registry.lower() in DOCKER_HUB_KEYS else registry
+        )
     return None
 
 

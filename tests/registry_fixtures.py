@@ -568,6 +568,8 @@ class TokenServer:
     ``scope`` parameters (after checking ``users`` with Basic auth, when given). ``lifetime`` is the real
     validity of a token (the registry adds 60 s of leeway to ``exp``, which is allowed for here);
     ``advertised`` is the ``expires_in`` it tells clients, so a test can make tokens die before clients expect.
+    ``refresh_tokens`` (identity token -> user) are accepted in the OAuth2 ``POST`` form
+    (``grant_type=refresh_token``), as Docker Hub does for ``identitytoken`` credentials.
     Start the registry with ``extra_config=server.registry_config()``.
     """
 
@@ -579,6 +581,7 @@ class TokenServer:
         workdir: Path,
         *,
         users: dict[str, str] | None = None,
+        refresh_tokens: dict[str, str] | None = None,
         lifetime: float = 300,
         advertised: int = 300,
     ) -> None:
@@ -615,6 +618,7 @@ class TokenServer:
         encoded = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode("ascii")
         self.kid = ":".join(encoded[i : i + 4] for i in range(0, 48, 4))
         self.users = dict(users or {})
+        self.refresh_tokens = dict(refresh_tokens or {})  # identity token -> user
         self.lifetime = lifetime
         self.advertised = advertised
         self.requests: list[dict[str, list[str]]] = []
@@ -626,6 +630,9 @@ class TokenServer:
                 pass
 
             def do_GET(self) -> None:
+                owner._issue(self)
+
+            def do_POST(self) -> None:
                 owner._issue(self)
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -671,9 +678,22 @@ class TokenServer:
         from urllib.parse import parse_qs, urlsplit
 
         query = parse_qs(urlsplit(handler.path).query)
+        if handler.command == "POST":  # the OAuth2 form: an identity (refresh) token exchanged for a token
+            length = int(handler.headers.get("Content-Length") or 0)
+            query = parse_qs(handler.rfile.read(length).decode())
+            query["scope"] = " ".join(query.get("scope", [])).split()
         self.requests.append(query)
         subject = ""
-        if self.users:
+        if handler.command == "POST":
+            if query.get("grant_type") != ["refresh_token"] or query.get("refresh_token", [""])[0] not in (
+                self.refresh_tokens
+            ):
+                handler.send_response(401)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
+            subject = self.refresh_tokens[query["refresh_token"][0]]
+        elif self.users:
             authorization = handler.headers.get("Authorization", "")
             try:
                 user, _, password = base64.b64decode(authorization[6:]).decode().partition(":")

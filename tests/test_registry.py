@@ -378,7 +378,9 @@ def test_real_token_auth_refreshes_expired_tokens(
     registry_factory: Any, fixtures: Path, tmp_path: Path
 ) -> None:
     """Debian's registry with ``auth.token``: JWTs that die before the client expects are fetched again."""
-    with TokenServer(tmp_path / "token", users={"bob": "pw"}, lifetime=2, advertised=300) as tokens:
+    with TokenServer(
+        tmp_path / "token", users={"bob": "pw"}, refresh_tokens={"idtok": "bob"}, lifetime=2, advertised=300
+    ) as tokens:
         protected = registry_factory(extra_config=tokens.registry_config())
         source = push_layout(
             fixtures / "images" / "sylabs-oci-tools" / "hello-world-docker-v2-manifest",
@@ -398,6 +400,11 @@ def test_real_token_auth_refreshes_expired_tokens(
         assert tokens.requests[-1]["scope"] == ["repository:jwt/x:pull", "repository:jwt/y:pull,push"]
         log = protected.log_text()
         assert "oci-optimizer/" in log and "invalid token" in log  # the registry did refuse the stale token
+
+        identity = RegistryClient(protected.host, insecure=True, credentials=Credentials("<token>", "idtok"))
+        assert identity.manifest_digest(ref) == digest
+        assert tokens.requests[-1]["grant_type"] == ["refresh_token"]
+        assert tokens.requests[-1]["scope"] == ["repository:jwt/x:pull"]
 
         bad = RegistryClient(protected.host, insecure=True, credentials=Credentials("bob", "wrong"))
         started = time.monotonic()
@@ -628,3 +635,34 @@ def test_registry_down_then_back_is_retried(registry_factory: Any, fixtures: Pat
     client.retries, client.backoff = 2, 0.01
     with pytest.raises(RegistryUnavailable, match=r"connection failed after 3 attempt"):
         client.pull(ref, str(tmp_path / "never"))
+
+
+def test_credentials_from_a_credential_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``credHelpers``/``credsStore`` run ``docker-credential-NAME get`` with the server on stdin."""
+    for name in ("OCI_OPTIMIZER_REGISTRY_USER", "OCI_OPTIMIZER_REGISTRY_PASSWORD", "REGISTRY_AUTH_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
+    helper = tmp_path / "bin" / "docker-credential-fake"
+    helper.parent.mkdir()
+    helper.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = get ] || exit 2\n'
+        "read server\n"
+        'case "$server" in\n'
+        '  helper.example) echo \'{"ServerURL":"helper.example","Username":"hu","Secret":"hs"}\' ;;\n'
+        '  https://index.docker.io/v1/) echo \'{"Username":"<token>","Secret":"refresh"}\' ;;\n'
+        '  *) echo "credentials not found in native keychain"; exit 1 ;;\n'
+        "esac\n"
+    )
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"credHelpers": {"helper.example": "fake"}}))
+    assert credentials_for("helper.example") == Credentials("hu", "hs")
+    assert credentials_for("other.example") is None
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {"docker.io": {}}, "credsStore": "fake"}))
+    hub = credentials_for("docker.io")
+    assert hub is not None and hub.is_identity_token and hub.password == "refresh"
+    assert credentials_for("other.example") is None
+    (tmp_path / "config.json").write_text(json.dumps({"credsStore": "missing-helper"}))
+    assert credentials_for("helper.example") is None
