@@ -138,6 +138,9 @@ class FileSystem:
             candidate = "/".join([*resolved, part])
             node = self._nodes.get(candidate)
             if node is None:
+                if pending and self.children(candidate):
+                    resolved.append(part)  # a directory the layers imply without an entry of its own
+                    continue
                 return None
             if node.entry.kind is EntryKind.SYMLINK:
                 hops += 1

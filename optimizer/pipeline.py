@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .changes import Changes
 from .filesystem import FileSystem
@@ -43,9 +43,10 @@ R = TypeVar("R")
 
 
 class Pass(Protocol):
-    name: ClassVar[str]
-    summary: ClassVar[str]
-    Options: ClassVar[type[Any]]
+    # Plain annotations, not ClassVar: mypy does not accept classes as ``type[Pass]`` against ClassVar members.
+    name: str
+    summary: str
+    Options: type[Any]
 
     def __init__(self, options: Any) -> None: ...
 
