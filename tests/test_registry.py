@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from jsonschema import Draft4Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
@@ -32,7 +34,8 @@ from optimizer.registry import (
     RegistryUnavailable,
     credentials_for,
 )
-from tests.conftest import fixtures_dir
+from tests.conftest import fixtures_dir, require_tool
+from tests.imagetools import oci_layout_of, tree_of
 from tests.registry_fixtures import (
     FaultProxy,
     RunningRegistry,
@@ -41,6 +44,7 @@ from tests.registry_fixtures import (
     push_layout,
     registry,
     registry_factory,
+    skopeo_copy,
     skopeo_inspect_raw,
 )
 
@@ -178,8 +182,13 @@ def test_pull_then_push_round_trip(
     ]
     manifests = check_layout(tmp_path / "pulled", fixtures)
     assert manifests[digest] == raw  # the exact bytes served, not re-serialised
-    for child, data in manifests.items():  # every child manifest as the registry serves it
-        assert skopeo_inspect_raw(f"docker://{registry.host}/src/{name}@{child}") == data
+    for child, data in manifests.items():  # every child manifest as the registry serves it (plain HTTP GET)
+        served = requests.get(
+            f"{registry.url}/v2/src/{name}/manifests/{child}",
+            headers={"Accept": ", ".join(sorted(mt.INDEX_TYPES | mt.MANIFEST_TYPES))},
+            timeout=10,
+        )
+        assert served.status_code == 200 and served.content == data
     assert client.manifest_digest(ref) == digest
 
     # Push back to another repository and tag, with a fresh client (no mount knowledge): uploads.
@@ -666,3 +675,33 @@ def test_credentials_from_a_credential_helper(tmp_path: Path, monkeypatch: pytes
     assert credentials_for("other.example") is None
     (tmp_path / "config.json").write_text(json.dumps({"credsStore": "missing-helper"}))
     assert credentials_for("helper.example") is None
+
+
+def test_pulled_oci_image_unpacks_with_umoci(
+    registry: RunningRegistry, fixtures: Path, tmp_path: Path
+) -> None:
+    """The layout we write is one umoci accepts, and it unpacks to the same tree as the fixture itself."""
+    umoci = require_tool("umoci", "umoci")
+    archive = fixtures / "images" / "dive" / "test-oci-gzip-image.tar"
+    skopeo_copy(f"oci-archive:{archive}", f"docker://{registry.host}/umoci/x:v1")
+    client = RegistryClient(registry.host, insecure=True, anonymous=True)
+    client.pull(Reference.parse(f"{registry.host}/umoci/x:v1"), str(tmp_path / "pulled"))
+    for name, layout in (
+        ("pulled", tmp_path / "pulled"),
+        ("fixture", oci_layout_of(archive, tmp_path / "fx")),
+    ):
+        index = json.loads((layout / "index.json").read_text())
+        tag = index["manifests"][0].get("annotations", {}).get("org.opencontainers.image.ref.name")
+        if tag is None:
+            tag = "sel"
+            index["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": tag}
+            (layout / "index.json").write_text(json.dumps(index))
+        done = subprocess.run(
+            [umoci, "unpack", "--rootless", "--image", f"{layout}:{tag}", str(tmp_path / f"{name}-bundle")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    pulled = tree_of(tmp_path / "pulled-bundle" / "rootfs")
+    assert pulled and pulled == tree_of(tmp_path / "fixture-bundle" / "rootfs")
