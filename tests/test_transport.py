@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,16 +27,18 @@ from optimizer.transport import (
     parse_registry_ref,
     publish_output,
 )
+from tests.conftest import ROOT
 from tests.registry_fixtures import (
     FaultProxy,
     RunningRegistry,
     push_layout,
     registry,
+    registry_factory,
     skopeo_copy,
     skopeo_inspect_raw,
 )
 
-__all__ = ["registry"]  # fixture imported for pytest
+__all__ = ["registry", "registry_factory"]  # fixtures imported for pytest
 
 
 def test_registry_refs_are_recognised() -> None:
@@ -149,3 +155,76 @@ def test_docker_archive_image_optimized_and_pushed_to_another_repository(
     raw = skopeo_inspect_raw(f"docker://{registry.host}/tr/dive-opt:v1")
     assert digest == "sha256:" + hashlib.sha256(raw).hexdigest()
     assert digest[7:] in manifests
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer", *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+
+
+def test_cli_registry_to_registry_and_mixed_with_files(
+    registry_factory: Any, fixtures: Path, tmp_path: Path
+) -> None:
+    """``optimize docker://... docker://...``, ``docker://... FILE`` and ``FILE docker://...`` through the CLI,
+    against an htpasswd-protected registry (credentials from the flags, and from the environment)."""
+    protected = registry_factory(htpasswd={"carol": "c-pass"})
+    source = push_layout(
+        fixtures / "images" / "sylabs-oci-tools" / "hello-world-docker-v2-manifest-list",
+        protected,
+        "cli/src:v1",
+    )
+    flags = ["--src-tls-verify=false", "--dest-tls-verify=false", "--passes", "none", "-q"]
+    creds = ["--src-creds", "carol:c-pass", "--dest-creds", "carol:c-pass"]
+
+    done = _cli(
+        source,
+        f"docker://{protected.host}/cli/dst:v1-opt",
+        *flags,
+        *creds,
+        "--report",
+        str(tmp_path / "r.json"),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    pushed = skopeo_inspect_raw(f"docker://{protected.host}/cli/dst:v1-opt", creds=protected.creds())
+    assert "sha256:" + hashlib.sha256(pushed).hexdigest() in json.dumps(report)
+    assert len(json.loads(pushed)["manifests"]) == 9  # every platform kept
+
+    done = _cli(source, str(tmp_path / "out.tar"), *flags, *creds)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.tar").stat().st_size > 0
+
+    # FILE -> docker://, credentials from the environment; --insecure-registry instead of --dest-tls-verify.
+    env_run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optimizer",
+            str(tmp_path / "out.tar"),
+            f"docker://{protected.host}/cli/fromfile:v1",
+            "--insecure-registry",
+            protected.host,
+            "--passes",
+            "none",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        env={
+            **os.environ,
+            "OCI_OPTIMIZER_REGISTRY_USER": "carol",
+            "OCI_OPTIMIZER_REGISTRY_PASSWORD": "c-pass",
+        },
+    )
+    assert env_run.returncode == 0, env_run.stderr
+    assert json.loads(
+        skopeo_inspect_raw(f"docker://{protected.host}/cli/fromfile:v1", creds=protected.creds())
+    )
+
+    # Wrong credentials: exit code 8 (RegistryError), and the password is not printed.
+    done = _cli(source, str(tmp_path / "never.tar"), *flags, "--src-creds", "carol:WRONG-secret")
+    assert done.returncode == 8, done.stderr
+    assert "authentication failed" in done.stderr and "WRONG-secret" not in done.stderr + done.stdout
