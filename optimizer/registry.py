@@ -266,6 +266,16 @@ class RegistryClient:
     def __repr__(self) -> str:
         return f"RegistryClient({self.registry!r}, insecure={self.insecure})"
 
+    def close(self) -> None:
+        """Close the pooled connections (a long-running process that makes a client per job calls this)."""
+        self._session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---------------------------------------------------------------- HTTP plumbing
 
     @property

@@ -164,6 +164,10 @@ def client_for(
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
+            if len(_clients) >= 16:  # a long-lived process: do not keep every client ever made
+                for old in _clients.values():
+                    old.close()
+                _clients.clear()
             client = RegistryClient(
                 registry,
                 insecure=insecure,
