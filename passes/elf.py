@@ -231,7 +231,12 @@ def _parse_with_pyelftools(data: bytes, layout: _Layout, read_all: bool) -> None
                 mine.size,
             ):
                 raise ElfSkipped(f"headers do not parse: pyelftools reads section {number} differently")
-            if read_all and number and section["sh_type"] != "SHT_NOBITS":
+            if (
+                read_all
+                and number
+                and section["sh_type"] != "SHT_NOBITS"
+                and not section["sh_flags"] & SHF_ALLOC
+            ):
                 section.data()
         for number, segment in enumerate(elf.iter_segments()):
             if (segment["p_offset"], segment["p_filesz"]) != layout.segments[number][1:]:
@@ -637,6 +642,17 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
     return StripResult(result, mode, removed, zeroed)
 
 
+def _same(a: bytes, a_at: int, b: bytes, b_at: int, size: int, chunk: int = 1 << 20) -> bool:
+    """``a[a_at:a_at+size] == b[b_at:b_at+size]``, compared a chunk at a time (big files are not copied)."""
+    if a_at + size > len(a) or b_at + size > len(b):
+        return False
+    for at in range(0, size, chunk):
+        step = min(chunk, size - at)
+        if a[a_at + at : a_at + at + step] != b[b_at + at : b_at + at + step]:
+            return False
+    return True
+
+
 def _subtract(spans: Iterable[tuple[int, int]], holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """The parts of ``spans`` outside every hole (half-open byte ranges)."""
     ordered = sorted((a, b) for a, b in holes if b > a)
@@ -729,7 +745,7 @@ def verify_stripped(
         start = offset
         if start < ehsize:  # the ELF header itself was compared above, with its section fields masked
             start = min(ehsize, offset + filesz)
-        if original[start : offset + filesz] != stripped[start : offset + filesz]:
+        if not _same(original, start, stripped, start, offset + filesz - start):
             raise ElfVerificationError(
                 f"bytes mapped by segment type {p_type:#x} at offset {offset:#x} changed"
             )
@@ -746,10 +762,8 @@ def verify_stripped(
         if old.alloc and layout.e_type != ET_REL and (old.offset, old.size) != (s.offset, s.size):
             raise ElfVerificationError(f"allocated section {s.name!r} moved")
         compare = unchanged is not None and old.index in unchanged and old.index != layout.shstrndx
-        if (
-            compare
-            and original[old.offset : old.offset + old.file_size]
-            != stripped[s.offset : s.offset + s.file_size]
+        if compare and (
+            old.file_size != s.file_size or not _same(original, old.offset, stripped, s.offset, old.file_size)
         ):
             raise ElfVerificationError(f"section {s.name!r} contents changed")
     old_dynamic = [s for s in layout.sections if s.type == 6]

@@ -26,7 +26,7 @@ from passes.upx import detect_upx
 __all__ = ["StripElf", "StripElfOptions", "StripJob", "StripOutcome", "strip_file"]
 
 DEBUG_DIRECTORY = "usr/lib/debug/"
-SPILL_BYTES = 4 * 1024 * 1024  # larger results go back through a file, not a pickle (one copy less per side)
+SPILL_BYTES = 1024 * 1024  # larger results come back through a file, not a pickle (no copies held per chunk)
 
 
 @dataclass(frozen=True)
