@@ -26,12 +26,15 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import BinaryIO, ClassVar, Literal, TypeVar
 
 from optimizer.errors import PolicyError, RequiredToolNotFound
 from optimizer.model import Content
 from optimizer.pipeline import PassContext
+
+K = TypeVar("K")
 
 __all__ = [
     "HEAD_SIZE",
@@ -41,6 +44,7 @@ __all__ = [
     "UpxOptions",
     "detect_upx",
     "detect_upx_content",
+    "detect_upx_many",
     "detect_upx_parts",
     "looks_like_upx",
 ]
@@ -367,16 +371,43 @@ def detect_upx(data: bytes) -> UpxInfo | None:
     return detect_upx_parts(data[:HEAD_SIZE], data[-TAIL_SIZE:], len(data))
 
 
+def _is_executable_magic(magic: bytes) -> bool:
+    return magic == b"\x7fELF" or magic[:2] == b"MZ" or magic in _MACHO_MAGICS or magic == _FAT_MAGIC
+
+
 def detect_upx_content(content: Content) -> UpxInfo | None:
     """``detect_upx`` on spooled content, reading only its head and tail (and only the head of most files)."""
     if content.size < 64:
         return None
     head = content.read_head(HEAD_SIZE)
-    magic = head[:4]
-    if not (magic == b"\x7fELF" or magic[:2] == b"MZ" or magic in _MACHO_MAGICS or magic == _FAT_MAGIC):
+    if not _is_executable_magic(head[:4]):
         return None
     tail = content.read_tail(TAIL_SIZE)
     return detect_upx_parts(head, tail, content.size)
+
+
+def detect_upx_many(contents: Iterable[tuple[K, Content]]) -> Iterator[tuple[K, UpxInfo]]:
+    """``detect_upx_content`` over many files, keeping each spool file open once: the packed ones only."""
+    handles: dict[str, BinaryIO] = {}
+    try:
+        for key, content in contents:
+            if content.size < 64:
+                continue
+            handle = handles.get(content.path)
+            if handle is None:
+                handle = handles[content.path] = open(content.path, "rb")  # noqa: SIM115 - closed below
+            handle.seek(content.offset)
+            head = handle.read(min(HEAD_SIZE, content.size))
+            if not _is_executable_magic(head[:4]):
+                continue
+            tail_size = min(TAIL_SIZE, content.size)
+            handle.seek(content.offset + content.size - tail_size)
+            info = detect_upx_parts(head, handle.read(tail_size), content.size)
+            if info is not None:
+                yield key, info
+    finally:
+        for handle in handles.values():
+            handle.close()
 
 
 def executable_identity(head: bytes) -> tuple[str, str] | None:
@@ -498,12 +529,8 @@ class Upx:
         return UpxOptions(mode=getattr(args, "upx_mode", UpxOptions.mode))
 
     def run(self, ctx: PassContext) -> None:
-        packed: list[tuple[str, Content, UpxInfo]] = []
-        for path, node in ctx.fs.unique_files():
-            assert node.content is not None
-            info = detect_upx_content(node.content)
-            if info is not None:
-                packed.append((path, node.content, info))
+        files = {path: node.content for path, node in ctx.fs.unique_files() if node.content is not None}
+        packed = [(path, files[path], info) for path, info in detect_upx_many(files.items())]
         if not packed:
             return
         if self.options.mode == "fail":

@@ -25,6 +25,7 @@ from passes.upx import (
     Upx,
     UpxOptions,
     detect_upx,
+    detect_upx_many,
     detect_upx_parts,
     looks_like_upx,
     unpack_upx,
@@ -379,3 +380,12 @@ def test_cli_fail_exits_5_and_warn_exits_0(
     assert main([str(src), str(tmp_path / "out2.tar"), "--passes", "upx", "-v"]) == 0
     out = capsys.readouterr()
     assert "usr/local/bin/app: UPX-packed (elf/amd64, UPX 3.95, lzma" in out.out + out.err
+
+
+def test_detect_many_from_spool_matches_detect_upx(fixtures: Path, tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path / "files.pack"))
+    paths = sorted(p for p in (fixtures / "upx").rglob("*") if p.is_file() and p.name != "NOTES.md")
+    stored = [(p.name, spool.store(p.read_bytes())) for p in paths] + [("tiny", spool.store(b"\x7fELF"))]
+    expected = {p.name: info for p in paths if (info := detect_upx(p.read_bytes())) is not None}
+    assert dict(detect_upx_many(stored)) == expected
+    assert sorted(expected) == sorted(PACKED)
