@@ -87,6 +87,8 @@ def test_same_sections_as_gnu_strip_on_every_fixture(fixtures: Path, tmp_path: P
             continue
         ours = result.data if result else data
         assert len(ours) <= len(data), path.name
+        if result is not None:
+            verify_stripped(data, result.data, thorough=True)
         theirs = gnu_strip(strip, data, gnu_flag(mode, data), tmp_path)
         if theirs is None:
             continue  # GNU strip cannot read it (LoongArch in binutils 2.40, files without sections)
@@ -159,7 +161,7 @@ def test_verification_catches_a_changed_mapped_byte(fixtures: Path) -> None:
     data = (fixtures / "elf" / "sample_exe64.elf").read_bytes()
     result = strip_elf(data)
     assert result is not None
-    verify_stripped(data, result.data)
+    verify_stripped(data, result.data, thorough=True)
     tampered = bytearray(result.data)
     tampered[0x400] ^= 0xFF  # inside the first PT_LOAD (.text region)
     with pytest.raises(ElfSkipped, match=r"segment|section"):
@@ -241,6 +243,7 @@ def strip_in_place(path: Path, mode: str) -> None:
     names = section_names(result.data)
     assert not [n for n in names if is_debug_section(n)]
     assert (".symtab" in names) == (mode == "debug")
+    verify_stripped(data, result.data, thorough=True)
     path.write_bytes(result.data)
 
 
@@ -372,7 +375,7 @@ def test_truncated_or_corrupted_files_never_crash(
     assert outcome.action in ("kept", "unchanged", "stripped")
     if outcome.action == "stripped":
         assert outcome.data is not None and len(outcome.data) <= len(data)
-        verify_stripped(bytes(data), outcome.data)
+        verify_stripped(bytes(data), outcome.data, thorough=True)
     else:
         assert outcome.data is None
 

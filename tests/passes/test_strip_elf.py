@@ -68,8 +68,14 @@ def file(path: str, data: bytes) -> tuple[Entry, bytes]:
     return Entry(path, EntryKind.FILE, mode=0o755, size=len(data)), data
 
 
-def test_pass_is_registered_first() -> None:
-    assert PASSES[0] is StripElf
+def test_pass_is_registered_before_the_passes_that_follow_it() -> None:
+    names = [p.name for p in PASSES]
+    assert StripElf in PASSES
+    assert all(
+        names.index("strip-elf") < names.index(later)
+        for later in ("media", "upx", "inject")
+        if later in names
+    )
 
 
 def test_pass_strips_once_per_inode_and_says_why_it_left_files_alone(
