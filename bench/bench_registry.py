@@ -8,7 +8,9 @@ so that its peak RSS (``ru_maxrss``) is its own:
 - ``push``: a fresh push (every blob uploaded, streamed from disk);
 - ``push-again``: the same push to the same repository (every blob present: HEADs only);
 - ``push-mount``: the same image to another repository, ``mount_from`` the first (cross-repo mounts);
-- ``pull``: pull into a new layout (streamed to disk, digests verified).
+- ``pull``: pull into a new layout (streamed to disk, digests verified);
+- ``oras-upload``: for comparison only, oras-py's own ``upload_blob`` of the largest layer (it reads the
+  whole blob into memory: the defect the client wraps).
 
 The same runs at twice the size show that memory does not grow with the image (blobs are streamed).
 Figures: wall seconds, MB/s, peak RSS and its excess over the baseline.
@@ -86,13 +88,25 @@ def child(operation: str, host: str, layout: str, target: str, extra: str) -> No
     from optimizer.registry import Reference, RegistryClient
 
     client = RegistryClient(host, insecure=True, anonymous=True)
+    stats = client.last_stats
     started = time.perf_counter()
     if operation == "push":
         client.push(layout, Reference.parse(f"{host}/{target}"), mount_from=extra or None)
+        stats = client.last_stats
     elif operation == "pull":
         client.pull(Reference.parse(f"{host}/{target}"), layout)
+        stats = client.last_stats
+    elif operation == "oras-upload":
+        # For comparison: oras-py's own upload_blob (its put_upload reads the whole blob into memory).
+        import oras.provider
+
+        blob = max(Path(layout, "blobs", "sha256").iterdir(), key=lambda p: p.stat().st_size)
+        raw = oras.provider.Registry(hostname=host, insecure=True)
+        layer = {"digest": f"sha256:{blob.name}", "size": blob.stat().st_size}
+        answer = raw.upload_blob(str(blob), raw.get_container(f"{host}/{target}"), layer)
+        assert answer.status_code == 201, answer.status_code
+        stats.bytes_uploaded = blob.stat().st_size
     seconds = time.perf_counter() - started
-    stats = client.last_stats
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(
@@ -154,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                         "pull": run_child(
                             "pull", registry.host, str(work / f"pulled-{size}-{attempt}"), f"{repo}:v1", ""
                         ),
+                        "oras-upload": run_child(
+                            "oras-upload", registry.host, str(layout), f"{repo}-oras", ""
+                        ),
                     }
                     for name, figure in runs.items():
                         if name not in best or figure["seconds"] < best[name]["seconds"]:
@@ -167,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         (moved / (1 << 20)) / figure["seconds"] if moved and figure["seconds"] else 0.0
                     )
                     figures[name] = figure
-                    if name != "baseline":
+                    if name not in ("baseline", "oras-upload"):
                         worst_excess = max(worst_excess, figure["rss_over_baseline_mb"])
                 results[f"{size}MB"] = figures
                 print(f"image {size} MB ({total / (1 << 20):.1f} MiB of blobs), best of {args.repeat}:")
