@@ -233,7 +233,7 @@ class RegistryClient:
         if not _HOST.match(registry):
             raise UsageError(f"invalid registry host {registry!r} (want HOST[:PORT])")
         self.registry = registry
-        self.api_host = _DOCKER_HUB_API if registry == _DOCKER_HUB else registry
+        self.api_host = _DOCKER_HUB_API if registry in (_DOCKER_HUB, "index.docker.io") else registry
         self.insecure = insecure
         self.timeout = timeout
         self.retries = max(0, retries)
