@@ -96,38 +96,37 @@ class Media:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("media pass")
         defaults = MediaOptions()
-        group.add_argument(
+        parser.add_argument(
             "--media-strip-metadata",
             action="store_true",
             help="drop text/time chunks, EXIF (unless it rotates the image), XMP, IPTC and comments",
         )
-        group.add_argument(
+        parser.add_argument(
             "--media-png-interlace",
             choices=("keep", "off"),
             default=defaults.png_interlace,
             help="keep PNG interlacing (default) or write non-interlaced PNGs",
         )
-        group.add_argument(
+        parser.add_argument(
             "--media-png-level",
             type=int,
             default=defaults.png_level,
             metavar="0-6",
             help=f"oxipng optimisation level (default {defaults.png_level})",
         )
-        group.add_argument(
+        parser.add_argument(
             "--media-png-engine",
             choices=("auto", "oxipng", "pillow"),
             default=defaults.png_engine,
             help="PNG encoder (default auto: oxipng, Pillow when oxipng is absent or fails)",
         )
-        group.add_argument(
+        parser.add_argument(
             "--media-lossy",
             action="store_true",
             help="allow lossy JPEG re-encoding at --jpeg-quality when the SSIM floor holds",
         )
-        group.add_argument(
+        parser.add_argument(
             "--jpeg-quality",
             "--media-jpeg-quality",
             dest="media_jpeg_quality",
@@ -136,21 +135,21 @@ class Media:
             metavar="Q",
             help=f"target JPEG quality for --media-lossy (default {defaults.jpeg_quality})",
         )
-        group.add_argument(
+        parser.add_argument(
             "--media-ssim-floor",
             type=float,
             default=defaults.ssim_floor,
             metavar="S",
             help=f"lowest mean SSIM a lossy JPEG may have (default {defaults.ssim_floor})",
         )
-        group.add_argument(
+        parser.add_argument(
             "--media-max-pixels",
             type=int,
             default=defaults.max_pixels,
             metavar="N",
             help=f"leave files with more decoded pixels (all frames) alone (default {defaults.max_pixels})",
         )
-        group.add_argument(
+        parser.add_argument(
             "--media-formats",
             default=",".join(defaults.formats),
             metavar="LIST",

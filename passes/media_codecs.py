@@ -1319,6 +1319,9 @@ def _optimize_webp(data: bytes, options: CodecOptions) -> MediaResult:
         return MediaResult(
             "webp", None, f"{info.trailing} bytes after the RIFF chunk would be lost: left alone"
         )
+    if not info.lossless:
+        # The decoded pixels of a lossy (VP8) WebP, stored losslessly, take several times the bytes.
+        return MediaResult("webp", None, "lossy WebP: only lossless WebP is re-encoded")
     for _ in _frames_rgba(data, "webp", "original"):
         pass
     engine = f"libwebp {engine_versions()['libwebp']} lossless (Pillow {PILLOW_VERSION})"
