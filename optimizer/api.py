@@ -49,10 +49,12 @@ from .output import (
 from .pipeline import ImageInfo, Pass, PassContext, WorkerPool
 from .rebuild import (
     LayerPlan,
+    Plan,
     apply_changes,
     build_plan,
     layer_entries,
     lower_paths_of,
+    squash_entries,
     top_layer_entries,
     write_layer,
 )
@@ -361,7 +363,7 @@ class _Run:
         self.report.images.append(image_report)
         protected = self.protected_count(descriptor, document, layers, name)
         rewrite_all = self.options.normalize or self.options.recompress
-        needs_files = bool(self.passes) or rewrite_all
+        needs_files = bool(self.passes) or rewrite_all or self.options.squash
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
         if needs_files:
             indexes = self.index_layers(layers, name)
@@ -385,6 +387,27 @@ class _Run:
         diff_ids: list[str] = list((config.get("rootfs") or {}).get("diff_ids") or [])
         if len(diff_ids) != len(layers):
             raise FormatError(f"{name}: the config has {len(diff_ids)} diff_ids for {len(layers)} layers")
+        merged = range(protected, len(layers))
+        if self.options.squash and final_fs is not None and len(merged) >= 2:
+            if non_distributable & set(merged):
+                image_report.warnings.append(
+                    f"{name}: not squashed: layers above the base are non-distributable and stay as they are"
+                )
+            else:
+                return self.squash_image(
+                    descriptor,
+                    document,
+                    config_descriptor,
+                    config,
+                    layers,
+                    diff_ids,
+                    indexes,
+                    protected,
+                    plan,
+                    final_fs,
+                    image_report,
+                    docker_family,
+                )
         new_diff_ids: list[str] = []
         dropped: list[int] = []
         for number, layer in enumerate(layers):
@@ -412,7 +435,7 @@ class _Run:
             items = layer_entries(
                 indexes[number],
                 layer_plan or _EMPTY_PLAN,
-                lower_paths_of(indexes, number),
+                lower_paths_of(indexes, number, plan),
                 self.options.normalize,
             )
             if not items:
@@ -433,7 +456,7 @@ class _Run:
             spec = self.options.compression
             self.progress(f"writing layer {number + 1}/{len(layers)}", number, len(layers))
             path = os.path.join(self.workdir, f"out-{len(os.listdir(self.workdir))}.blob")
-            blob = write_layer(items, path, spec, self.clamp)
+            blob = write_layer(items, path, spec, self.clamp, self.pool.workers)
             if blob.digest == layer.digest:
                 self.blobs.from_source(self.source.blobs, layer, "layer")
                 os.unlink(path)
@@ -476,7 +499,7 @@ class _Run:
             items = top_layer_entries(plan.added, final_fs, mtime)
             path = os.path.join(self.workdir, f"out-{len(os.listdir(self.workdir))}.blob")
             spec = self.options.compression
-            blob = write_layer(items, path, spec, self.clamp)
+            blob = write_layer(items, path, spec, self.clamp, self.pool.workers)
             self.blobs.from_file(blob.path, blob.digest, blob.size)
             media_type = mt.layer_media_type(docker_family, spec.codec)
             new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
@@ -485,14 +508,91 @@ class _Run:
             image_report.layers.append(
                 LayerReport(len(layers), "", blob.digest, 0, blob.size, "added", media_type, len(plan.added))
             )
+        new_config = _update_config(
+            config, new_diff_ids, dropped, added_layer, plan.reasons, self.passes, self.config_clamp
+        )
+        return self.finish_image(
+            descriptor, document, config_descriptor, new_config, layers, new_layers, image_report
+        )
+
+    def squash_image(
+        self,
+        descriptor: Descriptor,
+        document: dict[str, Any],
+        config_descriptor: Descriptor,
+        config: dict[str, Any],
+        layers: Sequence[Descriptor],
+        diff_ids: Sequence[str],
+        indexes: Sequence[LayerIndex],
+        protected: int,
+        plan: Plan,
+        final_fs: FileSystem,
+        image_report: ImageReport,
+        docker_family: bool,
+    ) -> Descriptor:
+        """``--squash``: the base layers as they are, then one layer holding everything above them."""
+        new_layers = list(layers[:protected])
+        new_diff_ids = list(diff_ids[:protected])
+        for number, layer in enumerate(layers[:protected]):
+            self.blobs.from_source(self.source.blobs, layer, "layer")
+            image_report.layers.append(
+                LayerReport(
+                    number, layer.digest, layer.digest, layer.size, layer.size, "kept", layer.media_type
+                )
+            )
+        base_fs = build_filesystem([i.entries for i in indexes[:protected]]) if protected else None
+        mtime = self.config_clamp if self.config_clamp is not None else _created_epoch(config)
+        added = top_layer_entries(plan.added, final_fs, mtime) if plan.added else []
+        self.progress("squashing", protected, len(layers))
+        items = squash_entries(base_fs, final_fs, protected, added)
+        blob = None
+        media_type = mt.layer_media_type(docker_family, self.options.compression.codec)
+        if items:
+            path = os.path.join(self.workdir, f"out-{len(os.listdir(self.workdir))}.blob")
+            blob = write_layer(items, path, self.options.compression, self.clamp, self.pool.workers)
+            self.blobs.from_file(blob.path, blob.digest, blob.size)
+            new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
+            new_diff_ids.append(blob.diff_id)
+        for number in range(protected, len(layers)):
+            layer = layers[number]
+            layer_plan = plan.layers.get(number)
+            image_report.layers.append(
+                LayerReport(
+                    number,
+                    layer.digest,
+                    blob.digest if blob else "",
+                    layer.size,
+                    0,
+                    "merged",
+                    layer.media_type,
+                    layer_plan.changes if layer_plan else 0,
+                )
+            )
+        if blob is not None:
+            image_report.layers.append(
+                LayerReport(len(layers), "", blob.digest, 0, blob.size, "squashed", media_type, len(items))
+            )
+        new_config = _squash_config(config, new_diff_ids, protected, self.passes, self.config_clamp)
+        return self.finish_image(
+            descriptor, document, config_descriptor, new_config, layers, new_layers, image_report
+        )
+
+    def finish_image(
+        self,
+        descriptor: Descriptor,
+        document: dict[str, Any],
+        config_descriptor: Descriptor,
+        new_config: dict[str, Any],
+        layers: Sequence[Descriptor],
+        new_layers: list[Descriptor],
+        image_report: ImageReport,
+    ) -> Descriptor:
+        """Write the new config and manifest (unless every layer stayed the same) and return the manifest."""
         if [d.digest for d in new_layers] == [d.digest for d in layers]:
             self.blobs.from_source(self.source.blobs, config_descriptor, "config")
             self.blobs.from_source(self.source.blobs, descriptor, "manifest")
             self.record_docker_entry(descriptor, descriptor, config_descriptor, new_layers)
             return descriptor
-        new_config = _update_config(
-            config, new_diff_ids, dropped, added_layer, plan.reasons, self.passes, self.config_clamp
-        )
         new_config_bytes = canonical_json(new_config)
         new_config_digest = "sha256:" + hashlib.sha256(new_config_bytes).hexdigest()
         self.blobs.from_bytes(new_config_bytes, new_config_digest)
@@ -589,6 +689,53 @@ def _update_config(
     if clamp is not None and isinstance(new.get("history"), list):
         for item in new["history"]:
             if isinstance(item, dict) and "created" in item:
+                item["created"] = _min_iso(item["created"], clamp)
+    return new
+
+
+def _squash_config(
+    config: Mapping[str, Any],
+    diff_ids: list[str],
+    protected: int,
+    passes: Sequence[tuple[type[Pass], Any]],
+    clamp: int | None,
+) -> dict[str, Any]:
+    """The config of a squashed image: the base's history entries, then one entry listing what was merged."""
+    new = copy.deepcopy(dict(config))
+    rootfs = dict(new.get("rootfs") or {"type": "layers"})
+    rootfs["diff_ids"] = diff_ids
+    new["rootfs"] = rootfs
+    history = [h for h in new.get("history") or [] if isinstance(h, dict)]
+    kept: list[dict[str, Any]] = []
+    merged: list[dict[str, Any]] = []
+    seen_layers = 0
+    for item in history:
+        if seen_layers < protected:
+            kept.append(item)
+            if not item.get("empty_layer"):
+                seen_layers += 1
+        else:
+            merged.append(item)
+    created = new.get("created") if clamp is None else _iso(clamp)
+    for item in reversed(merged):
+        if item.get("created"):
+            created = item["created"] if clamp is None else _min_iso(item["created"], clamp)
+            break
+    steps = [str(item.get("created_by") or item.get("comment") or "(no description)") for item in merged]
+    entry: dict[str, Any] = {
+        "created_by": "oci-optimizer --squash"
+        + (": " + ",".join(cls.name for cls, _ in passes) if passes else ""),
+        "comment": f"{len(steps)} history entries merged into this layer: " + " | ".join(steps),
+    }
+    if created:
+        entry["created"] = created
+    if len(diff_ids) == protected:  # everything above the base was empty
+        entry["empty_layer"] = True
+    new["history"] = [*kept, entry]
+    if clamp is not None:
+        new["created"] = _iso(clamp)
+        for item in new["history"]:
+            if "created" in item:
                 item["created"] = _min_iso(item["created"], clamp)
     return new
 

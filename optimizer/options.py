@@ -29,6 +29,8 @@ class Options:
     output_format: "oci-archive" (a tar, with docker's manifest.json too) or "oci-dir".
     compression: the codec and level of rewritten and new layers.
     recompress: also recompress layers no pass changed (except protected ones) with ``compression``.
+    squash: merge every layer above the kept base (``keep_layers``/``base``) into one layer, canonically ordered;
+        the history keeps one entry listing what was merged.
     workers: processes for per-file work and compression (default: every core).
     workdir: where temporary files go (default: the system's temporary directory).
     pass_classes: the pipeline to choose from, in order (default ``passes.PASSES``); for your own passes.
@@ -45,6 +47,7 @@ class Options:
     output_format: Literal["oci-archive", "oci-dir"] = "oci-archive"
     compression: CompressionSpec = field(default_factory=CompressionSpec)
     recompress: bool = False
+    squash: bool = False
     workers: int | None = None
     workdir: str | None = None
     progress: Progress | None = field(default=None, compare=False)
@@ -63,4 +66,5 @@ class Options:
             "output_format": self.output_format,
             "compression": str(self.compression),
             "recompress": self.recompress,
+            "squash": self.squash,
         }

@@ -3,9 +3,10 @@
 - JSON: sorted keys, no spaces, UTF-8 (``canonical_json``).
 - Layer tars: PAX format, entries in the order given, no atime/ctime, mtimes clamped to ``SOURCE_DATE_EPOCH``
   when it is set, numeric ids and names exactly as decided by the caller (``LayerWriter``).
-- Compression: gzip with a fixed header (no name, mtime 0, OS 255) at a fixed level; zstd at a fixed level
-  without a content-size field; or none. The versions of zlib and zstd that byte identity depends on are in
-  ``compressor_versions()``.
+- Compression: gzip with a fixed header (no name, mtime 0, OS 255) at a fixed level, deflated in fixed-size
+  blocks on every core (``deflate_block``, pigz-style); zstd at a fixed level without a content-size field, in
+  libzstd's multi-threaded mode; or none. The bytes never depend on the number of workers. What byte identity
+  depends on (zlib and zstd versions, the block size) is in ``compressor_versions()``.
 - The outer OCI archive: members in a fixed order, mtime from ``SOURCE_DATE_EPOCH`` or 0, owner root, fixed modes
   (``write_oci_archive``); or a layout directory (``write_oci_dir``). Both are written beside the destination and
   renamed into place at the end, so a failed run leaves nothing behind.
@@ -22,7 +23,9 @@ import struct
 import tarfile
 import tempfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -72,6 +75,14 @@ def compressor_versions() -> dict[str, str]:
         "zstd": ".".join(str(x) for x in zstandard.ZSTD_VERSION),
         "python-zstandard": zstandard.__version__,
         "libarchive": str(libarchive.ffi.version_number()),
+        "gzip-mode": (
+            f"{GZIP_BLOCK}-byte deflate blocks, each primed with the previous {_DEFLATE_WINDOW} bytes and "
+            "sync-flushed, memLevel 9, CRC-32 over the whole stream: independent of the worker count"
+        ),
+        "zstd-mode": (
+            "libzstd multi-threaded mode (nbWorkers >= 1, default job size), checksum on, no content size: "
+            "independent of the worker count"
+        ),
     }
 
 
@@ -118,10 +129,38 @@ class CompressionSpec:
         return cls(codec, number)
 
 
-class _Compressor:
-    """Streams bytes into a compressed file, hashing both sides."""
+GZIP_BLOCK = 256 * 1024  # raw bytes per independently deflated block (part of what byte identity depends on)
+_DEFLATE_WINDOW = 32 * 1024
+_MEM_LEVEL = 9
 
-    def __init__(self, out: BinaryIO, spec: CompressionSpec) -> None:
+
+def deflate_block(block: bytes, dictionary: bytes, level: int, last: bool) -> bytes:
+    """One block of a gzip stream: raw deflate primed with the 32 KiB before it, ending byte-aligned.
+
+    Blocks that are not the last end with a sync flush (no BFINAL bit), so the concatenation of every block's
+    output, in order, is one valid deflate stream; matches may reach into the previous block through the
+    dictionary, as pigz does. The result depends on the block, its dictionary and the level only, never on
+    which thread ran it or how many ran: that is what makes parallel gzip byte-identical to serial gzip.
+    """
+    if dictionary:
+        compressor = zlib.compressobj(
+            level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY, dictionary
+        )
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL)
+    return compressor.compress(block) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+class _Compressor:
+    """Streams bytes into a compressed file, hashing both sides, compressing on ``workers`` threads.
+
+    gzip: the raw stream is cut into ``GZIP_BLOCK``-byte blocks deflated in a thread pool (zlib releases the
+    GIL) and written in order; the CRC-32 and the digests are computed serially over the stream meanwhile.
+    zstd: libzstd's own multi-threaded mode, always with at least one worker thread, whose output does not
+    depend on the number of workers. Either way the bytes are the same for 1 or N workers.
+    """
+
+    def __init__(self, out: BinaryIO, spec: CompressionSpec, workers: int = 1) -> None:
         self._out = out
         self.codec = spec.codec
         self.diff_hash = hashlib.sha256()
@@ -129,15 +168,22 @@ class _Compressor:
         self.blob_size = 0
         self.raw_size = 0
         self._crc = 0
-        self._zlib: Any = None
+        self._level = spec.effective_level
+        self._gzip = spec.codec is Compression.GZIP
+        self._pending = bytearray()
+        self._dictionary = b""
+        self._executor: ThreadPoolExecutor | None = None
+        self._inflight: deque[Future[bytes]] = deque()
+        self._limit = 2 * max(1, workers) + 1
         self._zstd: Any = None
-        if spec.codec is Compression.GZIP:
-            self._zlib = zlib.compressobj(spec.effective_level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+        if self._gzip:
+            if workers > 1:
+                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="deflate")
             # Fixed header: no FNAME, MTIME 0, XFL 0, OS 255 (unknown), so the host does not leak in.
             self._emit(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
         elif spec.codec is Compression.ZSTD:
             params = zstandard.ZstdCompressionParameters.from_level(
-                spec.effective_level, write_content_size=False, write_checksum=True
+                self._level, write_content_size=False, write_checksum=True, threads=max(1, workers)
             )
             self._zstd = zstandard.ZstdCompressor(compression_params=params).compressobj()
 
@@ -147,12 +193,27 @@ class _Compressor:
             self.blob_size += len(data)
             self._out.write(data)
 
+    def _submit(self, block: bytes, last: bool) -> None:
+        dictionary = self._dictionary
+        tail = block if len(block) >= _DEFLATE_WINDOW else dictionary + block
+        self._dictionary = tail[-_DEFLATE_WINDOW:]
+        if self._executor is None:
+            self._emit(deflate_block(block, dictionary, self._level, last))
+            return
+        self._inflight.append(self._executor.submit(deflate_block, block, dictionary, self._level, last))
+        while self._inflight and (len(self._inflight) >= self._limit or self._inflight[0].done()):
+            self._emit(self._inflight.popleft().result())
+
     def write(self, data: bytes | memoryview) -> int:
         self.diff_hash.update(data)
         self.raw_size += len(data)
-        if self._zlib is not None:
+        if self._gzip:
             self._crc = zlib.crc32(data, self._crc)
-            self._emit(self._zlib.compress(data))
+            self._pending += data
+            while len(self._pending) >= GZIP_BLOCK:
+                block = bytes(self._pending[:GZIP_BLOCK])
+                del self._pending[:GZIP_BLOCK]
+                self._submit(block, last=False)
         elif self._zstd is not None:
             self._emit(self._zstd.compress(data))
         else:
@@ -164,11 +225,20 @@ class _Compressor:
         return self.raw_size
 
     def finish(self) -> None:
-        if self._zlib is not None:
-            self._emit(self._zlib.flush())
+        if self._gzip:
+            self._submit(bytes(self._pending), last=True)
+            self._pending.clear()
+            while self._inflight:
+                self._emit(self._inflight.popleft().result())
             self._emit(struct.pack("<II", self._crc & 0xFFFFFFFF, self.raw_size & 0xFFFFFFFF))
         elif self._zstd is not None:
             self._emit(self._zstd.flush())
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
 
 @dataclass(frozen=True)
@@ -185,14 +255,20 @@ class LayerWriter:
     """Writes one layer tar, deterministically, compressed into ``path``.
 
     ``add(entry, reader)`` appends an entry; regular files take their bytes from ``reader`` (exactly
-    ``entry.size`` bytes). ``close()`` returns the blob's digest, size and diff_id.
+    ``entry.size`` bytes). ``close()`` returns the blob's digest, size and diff_id. ``workers`` threads
+    compress; the bytes written are the same for any number of them.
     """
 
-    def __init__(self, path: str, spec: CompressionSpec, clamp_mtime: int | None) -> None:
+    def __init__(self, path: str, spec: CompressionSpec, clamp_mtime: int | None, workers: int = 1) -> None:
         self._path = path
         self._file = open(path, "wb")  # noqa: SIM115 - closed in close() or abort()
-        self._compressor = _Compressor(self._file, spec)
-        self._tar = tarfile.TarFile(fileobj=self._compressor, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8")  # type: ignore[arg-type]
+        self._compressor = _Compressor(self._file, spec, workers)
+        self._tar = tarfile.TarFile(
+            fileobj=self._compressor,  # type: ignore[arg-type]
+            mode="w",
+            format=tarfile.PAX_FORMAT,
+            encoding="utf-8",
+        )
         self._clamp = clamp_mtime
         self.count = 0
 
@@ -218,6 +294,8 @@ class LayerWriter:
         )
 
     def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._compressor.close()
         with contextlib.suppress(Exception):
             self._file.close()
         with contextlib.suppress(FileNotFoundError):

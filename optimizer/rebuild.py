@@ -4,6 +4,9 @@ A layer no change touches is never rewritten (same bytes, same digest) unless th
 layers (``--normalize``) or recompression. A rewritten layer keeps its entries in their order (sorted when
 normalising), with deleted paths dropped (or replaced by a whiteout when a lower layer still carries the path),
 replaced files carrying their new bytes, and hardlinks whose holder was dropped promoted to regular files.
+
+Squashing (``squash_entries``) merges every layer above the kept base into one: the merged view's entries
+that those layers own, canonically ordered, after the whiteouts that delete from the base what they deleted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from .layer import WHITEOUT_PREFIX, LayerIndex
 from .model import Content, Entry, EntryKind
 from .output import BlobSpec, CompressionSpec, LayerWriter
 
-__all__ = ["LayerPlan", "Plan", "apply_changes", "build_plan", "top_layer_entries", "write_layer"]
+__all__ = [
+    "LayerPlan",
+    "Plan",
+    "apply_changes",
+    "build_plan",
+    "squash_entries",
+    "top_layer_entries",
+    "write_layer",
+]
 
 
 @dataclass
@@ -139,7 +150,11 @@ def layer_entries(
         if entry.kind is EntryKind.FILE:
             holders[entry.path] = content
         if is_deleted(entry.path):
-            if entry.path in lower_paths and entry.path not in emitted_whiteouts and entry.path in plan.delete:
+            if (
+                entry.path in lower_paths
+                and entry.path not in emitted_whiteouts
+                and entry.path in plan.delete
+            ):
                 emitted_whiteouts.add(entry.path)
                 out.append((_whiteout(entry), None))
             continue
@@ -283,10 +298,96 @@ def top_layer_entries(
     return sorted(items.values(), key=lambda item: _sort_key(item[0]))
 
 
+def _as_file(entry: Entry, content: Content) -> Entry:
+    return Entry(
+        entry.path,
+        EntryKind.FILE,
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        entry.uname,
+        entry.gname,
+        entry.mtime,
+        entry.mtime_ns,
+        content.size,
+        "",
+        0,
+        0,
+        entry.xattrs,
+    )
+
+
+def squash_entries(
+    base: FileSystem | None,
+    final: FileSystem,
+    first: int,
+    added: Sequence[tuple[Entry, Content | None]],
+) -> list[tuple[Entry, Content | None]]:
+    """One layer that, applied over the base layers (``base``: their merged view, None when there are none),
+    gives the ``final`` merged view: layers ``first`` and up merged, with ``added`` (the new top layer's
+    entries) on top.
+
+    Whiteouts come first (deletions apply before the entries of the same layer, whatever their names), then
+    every entry in path order. A base path gets a whiteout when the final view lacks it, or when an upper
+    layer turned a directory into a non-directory or the reverse; a whiteout under a whited-out directory is
+    redundant and left out. Hardlinked paths share one inode: its first path in this layer holds the bytes,
+    unless a visible base path has the inode already, which the others then link to.
+    """
+    upper_limit = final.layer_count
+    added_paths = {entry.path for entry, _ in added}
+    upper = {
+        path: node
+        for path, node in final.items()
+        if path and first <= node.layer < upper_limit and path not in added_paths
+    }
+    whiteouts: list[tuple[Entry, Content | None]] = []
+    if base is not None:
+        gone: set[str] = set()
+        for path, node in base.items():
+            if not path:
+                continue
+            now = final.get(path)
+            if now is not None and (
+                now.layer < first or (now.entry.kind is EntryKind.DIR) == (node.entry.kind is EntryKind.DIR)
+            ):
+                continue
+            parts = path.split("/")
+            if any("/".join(parts[:i]) in gone for i in range(1, len(parts))):
+                continue
+            gone.add(path)
+            whiteouts.append((_whiteout(node.entry), None))
+    in_base: dict[int, str] = {}  # inode -> its first visible path that a base layer owns
+    for path, node in final.items():
+        if node.inode and node.content is not None and node.layer < first and node.inode not in in_base:
+            in_base[node.inode] = path
+    items: dict[str, tuple[Entry, Content | None]] = {}
+    holder_of: dict[int, str] = {}
+    for path in sorted(upper, key=lambda p: _sort_key(Entry(p, EntryKind.FILE))):
+        node = upper[path]
+        entry = node.entry
+        if node.content is None or not node.inode:
+            items[path] = (entry, None)
+            continue
+        target = in_base.get(node.inode) or holder_of.get(node.inode)
+        if target is not None:
+            items[path] = (_relink(entry, target), None)
+        else:
+            holder_of[node.inode] = path
+            items[path] = (_as_file(entry, node.content), node.content)
+    for entry, content in added:
+        items[entry.path] = (entry, content)
+    ordered = sorted(items.values(), key=lambda item: _sort_key(item[0]))
+    return sorted(whiteouts, key=lambda item: _sort_key(item[0])) + ordered
+
+
 def write_layer(
-    items: Sequence[tuple[Entry, Content | None]], path: str, spec: CompressionSpec, clamp: int | None
+    items: Sequence[tuple[Entry, Content | None]],
+    path: str,
+    spec: CompressionSpec,
+    clamp: int | None,
+    workers: int = 1,
 ) -> BlobSpec:
-    writer = LayerWriter(path, spec, clamp)
+    writer = LayerWriter(path, spec, clamp, workers)
     try:
         for entry, content in items:
             if entry.kind is EntryKind.FILE:
@@ -307,10 +408,23 @@ def write_layer(
         raise
 
 
-def lower_paths_of(indexes: Sequence[LayerIndex], below: int) -> set[str]:
-    """Every path an entry of a layer under ``below`` carries (whiteout targets excluded)."""
+def lower_paths_of(indexes: Sequence[LayerIndex], below: int, plan: Plan | None = None) -> set[str]:
+    """Every path an entry of a layer under ``below`` carries (whiteout targets excluded), leaving out the
+    entries ``plan`` drops there: a deletion above them needs no whiteout."""
     paths: set[str] = set()
-    for index in indexes[:below]:
+    for number, index in enumerate(indexes[:below]):
+        layer_plan = plan.layers.get(number) if plan is not None else None
+        dropped = layer_plan.drop if layer_plan is not None else set()
         for item in index.entries:
-            paths.add(item.entry.path)
+            path = item.entry.path
+            if dropped and _under_any(path, dropped):
+                continue
+            paths.add(path)
     return paths
+
+
+def _under_any(path: str, paths: set[str]) -> bool:
+    if path in paths:
+        return True
+    parts = path.split("/")
+    return any("/".join(parts[:i]) in paths for i in range(1, len(parts)))

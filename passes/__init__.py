@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from optimizer.pipeline import Pass
 from passes.compressed_duplicates import CompressedDuplicates
+from passes.dead_data import DeadData
 from passes.inject import Inject
 from passes.media import Media
 from passes.strip_elf import StripElf
 from passes.upx import Upx
 
 PASSES: tuple[type[Pass], ...] = (
+    DeadData,
     StripElf,
     Media,
     CompressedDuplicates,
