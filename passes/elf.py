@@ -372,34 +372,50 @@ class _Rewriter:
         entry = struct.calcsize(fmt)
         if s.entsize != entry or s.size % entry:
             raise ElfSkipped(f"{s.name}: unexpected symbol entry size {s.entsize}")
-        if any(t.type == SHT_SYMTAB_SHNDX and t.link == s.index for t in self.layout.sections):
-            raise ElfSkipped(f"{s.name}: extended section indices (SHT_SYMTAB_SHNDX) are not rewritten")
+        count = s.size // entry
+        extended: list[int] | None = None  # SHT_SYMTAB_SHNDX: the real index of symbols marked SHN_XINDEX
+        table = next(
+            (t for t in self.layout.sections if t.type == SHT_SYMTAB_SHNDX and t.link == s.index), None
+        )
+        if table is not None:
+            if table.size != count * 4:
+                raise ElfSkipped(f"{table.name}: does not match {s.name}")
+            extended = list(struct.unpack(e + f"{count}I", self._bytes(table)))
         shndx_at = 3 if self.layout.is64 else 5
         out = bytearray()
+        new_extended: list[int] = []
         mapping: list[int] = []
         locals_kept = 0
         kept = 0
         for number, symbol in enumerate(struct.iter_unpack(fmt, self._bytes(s))):
             shndx = symbol[shndx_at]
-            if number and 0 < shndx < SHN_LORESERVE:
-                if shndx in self.drops:
+            real = extended[number] if extended is not None and shndx == SHN_XINDEX else shndx
+            x_value = extended[number] if extended is not None else 0
+            if number and (0 < shndx < SHN_LORESERVE or (shndx == SHN_XINDEX and extended is not None)):
+                if real in self.drops:
                     mapping.append(-1)
                     continue
-                new_index = self.index_map.get(shndx)
+                new_index = self.index_map.get(real)
                 if new_index is None:
                     raise ElfSkipped(f"{s.name}: symbol {number} names a section that does not exist")
-                if new_index != shndx:
+                if new_index >= SHN_LORESERVE and extended is None:
+                    raise ElfSkipped(f"{s.name}: would need an extended section index table")
+                stored, x_value = (SHN_XINDEX, new_index) if new_index >= SHN_LORESERVE else (new_index, 0)
+                if stored != shndx:
                     fields = list(symbol)
-                    fields[shndx_at] = new_index
+                    fields[shndx_at] = stored
                     symbol = tuple(fields)
             if number < s.info:
                 locals_kept += 1
             mapping.append(kept)
             kept += 1
             out += struct.pack(fmt, *symbol)
+            new_extended.append(x_value)
         self.contents[s.index] = bytes(out)
         self.infos[s.index] = locals_kept
         self.symbol_maps[s.index] = mapping
+        if table is not None:
+            self.contents[table.index] = struct.pack(e + f"{len(new_extended)}I", *new_extended)
 
     def _renumber(self, s: _Section, old: int) -> int:
         mapping = self.symbol_maps.get(s.link)

@@ -386,3 +386,29 @@ def test_upx_packed_files_are_left_alone(fixtures: Path) -> None:
         missing(f"{packed} not found")
     outcome = strip_file(packed.read_bytes(), StripJob())
     assert outcome.action == "kept" and "UPX" in outcome.reason
+
+
+def test_object_with_extended_section_numbering(tmp_path: Path) -> None:
+    """Over 65279 sections: e_shnum/e_shstrndx live in section 0 and symbols go through SHT_SYMTAB_SHNDX."""
+    count = 65400
+    source = "\n".join(f'.section .text.f{i},"ax",@progbits\n.globl f{i}\nf{i}: ret' for i in range(count))
+    (tmp_path / "many.s").write_text(source + '\n.section .debug_str,"MS",@progbits,1\n.string "debug"\n')
+    compile_c(tmp_path, "-c", "many.s")
+    data = (tmp_path / "many.o").read_bytes()
+    result = strip_elf(data, "debug")
+    assert result is not None and ".debug_str" in result.removed
+    assert all(is_debug_section(n.removeprefix(".rela")) for n in result.removed)
+    verify_stripped(data, result.data)
+    assert section_names(result.data) == [n for n in section_names(data) if n not in result.removed]
+    assert len(section_names(result.data)) > 0xFF00
+    stripped = tmp_path / "stripped.o"
+    stripped.write_bytes(result.data)
+    symbols = subprocess.run(
+        ["nm", str(tmp_path / "many.o")], capture_output=True, text=True, check=True
+    ).stdout
+    assert subprocess.run(["nm", str(stripped)], capture_output=True, text=True, check=True).stdout == symbols
+    (tmp_path / "main.c").write_text(
+        "extern void f65399(void), f7(void);\nint main(void) { f65399(); f7(); return 0; }\n"
+    )
+    compile_c(tmp_path, "-o", "prog", "main.c", "stripped.o", "-Wl,-z,noexecstack")
+    subprocess.run([str(tmp_path / "prog")], check=True)
