@@ -7,7 +7,9 @@ On ``bench/out/bench-image.tar`` (build it with ``bench/build_bench_image.py``) 
 - ``optimize --normalize --passes none`` (every layer rewritten canonically) as a subprocess: wall time, the
   peak RSS of its largest process (``wait4`` rusage) and of its whole process tree (sampled every 20 ms);
 - ``optimize --passes none`` (a pure repack: layers copied byte for byte);
-- the same two runs on ``bench/out/small-image.tar``, to show that peak memory does not grow with the image.
+- the same two runs on ``bench/out/small-image.tar``, and a ``--normalize`` run on
+  ``bench/out/many-files-image.tar`` (250,000 small files) when it was built, to show how peak memory
+  grows with the image (it should not, beyond the per-entry index).
 
 Targets (issue 2): normalize run <= 1.3x the floor; peak memory <= 300 MB whatever the image size.
 Each figure is the best of ``--repeat`` runs (the page cache is warmed first).
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BENCH_IMAGE,
     CHUNK,
+    MANY_FILES_IMAGE,
     OUT,
     ROOT,
     SMALL_IMAGE,
@@ -47,6 +50,7 @@ from common import (
 )
 
 OPTIMIZE = ROOT / ".venv" / "bin" / "optimize"
+PYTHON = ROOT / ".venv" / "bin" / "python"
 RATIO_TARGET = 1.3
 MEMORY_TARGET = 300 * 1000 * 1000  # "300 MB"
 GZIP_LEVEL = 6
@@ -99,11 +103,16 @@ class _Hashing:
         return data
 
 
-def run_optimize(image: Path, extra: list[str], workdir: Path) -> tuple[Measured, dict[str, Any]]:
+def run_optimize(
+    image: Path, extra: list[str], workdir: Path, tree: Path | None = None
+) -> tuple[Measured, dict[str, Any]]:
+    """One ``optimize`` run; ``tree`` runs another checkout's ``optimizer`` package (for A/B comparisons)."""
     output = workdir / "out.tar"
     report = workdir / "report.json"
+    program = [str(OPTIMIZE)] if tree is None else [str(PYTHON), "-m", "optimizer"]
+    env = None if tree is None else dict(os.environ, PYTHONPATH=str(tree))
     command = [
-        str(OPTIMIZE),
+        *program,
         str(image),
         str(output),
         "-q",
@@ -113,7 +122,7 @@ def run_optimize(image: Path, extra: list[str], workdir: Path) -> tuple[Measured
         str(workdir),
         *extra,
     ]
-    measured = measure(command)
+    measured = measure(command, env)
     if measured.returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed ({measured.returncode}):\n{measured.stderr[-3000:]}")
     data: dict[str, Any] = json.loads(report.read_text())
@@ -167,6 +176,7 @@ PLAN = (
     ("big: --passes none", "big", ["--passes", "none"]),
     ("small: --normalize --passes none", "small", ["--normalize", "--passes", "none"]),
     ("small: --passes none", "small", ["--passes", "none"]),
+    ("many: --normalize --passes none", "many", ["--normalize", "--passes", "none"]),
 )
 
 
@@ -174,10 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="foundation benchmark: repack vs zlib floor, peak memory")
     parser.add_argument("--image", type=Path, default=BENCH_IMAGE)
     parser.add_argument("--small", type=Path, default=SMALL_IMAGE)
+    parser.add_argument(
+        "--many", type=Path, default=MANY_FILES_IMAGE, help="the many-small-files image (memory), if built"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every measurement; best time kept")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        help="run the optimizer package found in this directory (e.g. a `git archive` of a commit)",
+    )
     args = parser.parse_args(argv)
     images = {"big": args.image, "small": args.small}
+    if args.many.is_file():
+        images["many"] = args.many
     for image in images.values():
         if not image.is_file():
             print(
@@ -200,15 +220,16 @@ def main(argv: list[str] | None = None) -> int:
 
     floors: list[Floor] = []
     hashed: list[Floor] = []
-    rows = {label: Row() for label, _, _ in PLAN}
+    plan = [(label, which, extra) for label, which, extra in PLAN if which in images]
+    rows = {label: Row() for label, _, _ in plan}
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-", dir=OUT) as scratch:
         # Rounds interleave the floor and the runs, so a busy machine slows them alike.
         for _ in range(args.repeat):
             floors.append(floor(args.image))
             hashed.append(floor(args.image, with_hashes=True))
-            for label, which, extra in PLAN:
-                rows[label].add(*run_optimize(images[which], extra, Path(scratch)))
+            for label, which, extra in plan:
+                rows[label].add(*run_optimize(images[which], extra, Path(scratch), args.tree))
     base = Floor(
         min(f.seconds for f in floors),
         min(f.cpu_seconds for f in floors),

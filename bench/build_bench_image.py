@@ -44,7 +44,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_IMAGE, OUT, SMALL_IMAGE, human, image_layers, open_member, raw_stream
+from common import (
+    BENCH_IMAGE,
+    MANY_FILES_IMAGE,
+    OUT,
+    SMALL_IMAGE,
+    human,
+    image_layers,
+    open_member,
+    raw_stream,
+)
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"
@@ -370,9 +379,123 @@ def build_small(out: Path, force: bool) -> None:
     describe(SMALL_IMAGE)
 
 
+MANY_FILES = 250_000
+MANY_FILES_PER_DIR = 500
+
+
+def build_many(force: bool, count: int = MANY_FILES) -> None:
+    """One layer of ``count`` small files (about 1 KiB each) in directories of 500: the memory bench.
+
+    Peak memory must not grow with the image; this is the image where the per-entry index costs the most
+    for its size. Written directly (no umoci: no Debian content is needed), deterministically.
+    """
+    if MANY_FILES_IMAGE.is_file() and not force:
+        log(f"{MANY_FILES_IMAGE} exists (use --force to rebuild)")
+        describe(MANY_FILES_IMAGE)
+        return
+    import gzip
+    import hashlib
+    import io
+
+    work = OUT / "work-many"
+    if work.exists():
+        shutil.rmtree(work)
+    blobs = work / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    log(f"writing {count} files in one layer")
+    raw = hashlib.sha256()
+    layer_path = work / "layer.tar.gz"
+
+    class Hashing:
+        def __init__(self, inner: gzip.GzipFile) -> None:
+            self.inner = inner
+
+        def write(self, data: bytes) -> int:
+            raw.update(data)
+            return self.inner.write(data)
+
+    with (
+        open(layer_path, "wb") as handle,
+        gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1, mtime=0, filename="") as packed,
+        tarfile.open(fileobj=Hashing(packed), mode="w|", format=tarfile.PAX_FORMAT) as tar,  # type: ignore[call-overload]
+    ):
+        for directory in range(0, count, MANY_FILES_PER_DIR):
+            info = tarfile.TarInfo(f"data/d{directory // MANY_FILES_PER_DIR:05d}")
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+            tar.addfile(info)
+            for number in range(directory, min(count, directory + MANY_FILES_PER_DIR)):
+                seed = hashlib.sha256(str(number).encode()).hexdigest()
+                body = (f"{number} {seed}\n" * 14).encode()
+                info = tarfile.TarInfo(f"data/d{directory // MANY_FILES_PER_DIR:05d}/f{number:07d}.txt")
+                info.size, info.mode, info.mtime = len(body), 0o644, 1_700_000_000
+                tar.addfile(info, io.BytesIO(body))
+
+    def store(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return "sha256:" + digest
+
+    layer_digest = "sha256:" + _file_sha256(layer_path)
+    layer_size = layer_path.stat().st_size
+    layer_path.rename(blobs / layer_digest.split(":", 1)[1])
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": CREATED,
+        "config": {"Env": [f"PATH={PATH_ENV}"]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + raw.hexdigest()]},
+        "history": [{"created": CREATED, "created_by": f"{count} small files"}],
+    }
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": store(config_bytes),
+            "size": len(config_bytes),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest,
+                "size": layer_size,
+            }
+        ],
+    }
+    manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": store(manifest_bytes),
+                "size": len(manifest_bytes),
+                "annotations": {"org.opencontainers.image.ref.name": "many"},
+            }
+        ],
+    }
+    (work / "index.json").write_text(json.dumps(index, sort_keys=True))
+    (work / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    write_archive(work, MANY_FILES_IMAGE)
+    shutil.rmtree(work)
+    log(f"wrote {MANY_FILES_IMAGE}")
+    describe(MANY_FILES_IMAGE)
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--only", choices=("big", "small"), help="build only one of the two images")
+    parser.add_argument("--only", choices=("big", "small", "many"), help="build only one of the two images")
     parser.add_argument("--force", action="store_true", help="rebuild even if the image exists")
     parser.add_argument("--mirror", default=DEFAULT_MIRROR, help=f"Debian mirror (default {DEFAULT_MIRROR})")
     parser.add_argument("--suite", default=DEFAULT_SUITE, help=f"Debian suite (default {DEFAULT_SUITE})")
@@ -385,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.monotonic()
         if args.only in (None, "small"):
             build_small(OUT, args.force)
+        if args.only in (None, "many"):
+            build_many(args.force)
         if args.only in (None, "big"):
             build_big(OUT, args.suite, args.mirror, args.force)
         log(f"done in {time.monotonic() - started:.0f} s")

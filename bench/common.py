@@ -24,11 +24,13 @@ ROOT = HERE.parent
 OUT = HERE / "out"
 BENCH_IMAGE = OUT / "bench-image.tar"
 SMALL_IMAGE = OUT / "small-image.tar"
+MANY_FILES_IMAGE = OUT / "many-files-image.tar"
 CHUNK = 1 << 20
 
 __all__ = [
     "BENCH_IMAGE",
     "CHUNK",
+    "MANY_FILES_IMAGE",
     "OUT",
     "ROOT",
     "SMALL_IMAGE",
