@@ -28,7 +28,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 
 
 class ServiceProcess:
-    """``python -m optimizer.service --config FILE`` on a free port; JSON-line logs go to a file."""
+    """``python -m optimizer serve --config FILE`` (the CLI) on a free port; JSON-line logs go to a file."""
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.workdir = workdir
@@ -44,7 +44,7 @@ class ServiceProcess:
     def start(self, timeout: float = 20.0) -> ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "optimizer.service", "--config", str(self.config_path)],
+                [sys.executable, "-m", "optimizer", "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -217,3 +217,20 @@ def test_run_options_of_a_rule() -> None:
     rule["options"] = {"compression": "brotli"}
     with pytest.raises(UsageError, match=r"rules\[0\].options.compression: unknown compression"):
         parse_config(config_with(rules=[rule]))
+
+
+def test_optimize_serve_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "service.yaml"
+    path.write_text(yaml.safe_dump(config_with(concurrency="many")))
+    done = subprocess.run(
+        [sys.executable, "-m", "optimizer", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"{path}: concurrency: expected an integer" in done.stderr
