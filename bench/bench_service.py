@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             digest = jobs[0]["digest"]
             media_type = jobs[0]["media_type"]
             samples: list[tuple[int, int, int]] = []
+            hook_seconds: list[float] = []
             base = args.runs
             for batch in range(0, args.jobs, 10):
                 events = [
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     for i in range(min(10, args.jobs - batch))
                 ]
+                posted = time.monotonic()
                 answer = requests.post(
                     f"{service}/hook",
                     data=json.dumps({"events": events}),
@@ -293,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     },
                     timeout=10,
                 )
+                hook_seconds.append(time.monotonic() - posted)
                 answer.raise_for_status()
                 base += len(events)
                 wait_done(service, base)
@@ -302,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             results["memory_jobs"] = len(finished) - args.runs
             results["memory_failed"] = sum(1 for j in finished if j["status"] != "done")
             results["rss_samples"] = samples
+            results["hook_answer_seconds"] = {
+                "median": statistics.median(hook_seconds),
+                "max": max(hook_seconds),
+            }
         finally:
             service_process.terminate()
             service_process.wait(timeout=30)
@@ -327,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     seen = results["skopeo_returned_to_tag_visible"]
     print(f"  {'skopeo returned -> tag visible':<34} {seen['median']:7.3f} / {seen['max']:7.3f}")
     print(f"  {'optimize() alone, fresh process':<34} {results['optimize_alone_seconds']:7.3f}")
+    answered = results["hook_answer_seconds"]
+    print(
+        f"POST /hook with 10 events, answered in (median / max): {answered['median'] * 1000:.1f} ms / "
+        f"{answered['max'] * 1000:.1f} ms"
+    )
     print(f"memory over {results['memory_jobs']} jobs (failed: {results['memory_failed']}):")
     for jobs_done, main_rss, all_rss in results["rss_samples"]:
         print(

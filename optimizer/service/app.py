@@ -242,15 +242,18 @@ def create_app(service: Service, lifespan: Any = None) -> Starlette:
 
 
 def _accept(service: Service, source: SourceConfig, events: list[Event]) -> list[dict[str, Any]]:
-    """Decide and record every event of one request (runs in a thread: SQLite calls block)."""
+    """Decide every event of one request and record them in one transaction (runs in a thread: SQLite blocks)."""
+    decisions = [plan_event(service.config, source, event, service.queue) for event in events]
+    wanted = [(source.name, d.event.event_id, d.specs) for d in decisions if d.reason is None]
+    results = iter(service.queue.submit_many(wanted) if wanted else [])
     answers: list[dict[str, Any]] = []
-    for event in events:
-        decision = plan_event(service.config, source, event, service.queue)
+    for decision in decisions:
+        event = decision.event
         answer: dict[str, Any] = {"id": event.event_id, "repository": event.repository, "tag": event.tag}
         if decision.reason is not None:
             answer.update(outcome="ignored", reason=decision.reason)
         else:
-            result = service.queue.submit(source.name, event.event_id, decision.specs)
+            result = next(results)
             if result.duplicate_event:
                 answer.update(outcome="duplicate", reason="event id seen before")
             elif result.created:

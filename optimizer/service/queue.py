@@ -224,57 +224,65 @@ class Queue:
 
     def submit(self, source: str, event_id: str | None, specs: Sequence[JobSpec]) -> SubmitResult:
         """Record an event and its jobs in one transaction."""
+        return self.submit_many([(source, event_id, specs)])[0]
+
+    def submit_many(self, items: Sequence[tuple[str, str | None, Sequence[JobSpec]]]) -> list[SubmitResult]:
+        """Record several events (those of one webhook request) in one transaction: one disk sync."""
+        with self._tx() as db:
+            return [self._submit(db, source, event_id, specs) for source, event_id, specs in items]
+
+    def _submit(
+        self, db: sqlite3.Connection, source: str, event_id: str | None, specs: Sequence[JobSpec]
+    ) -> SubmitResult:
         now = time.time()
         created: list[int] = []
         joined: list[int] = []
-        with self._tx() as db:
-            if event_id is not None:
-                key = f"{source}\x1f{event_id}"
-                if db.execute("SELECT 1 FROM events WHERE event_key = ?", (key,)).fetchone():
-                    return SubmitResult(True, (), ())
-                db.execute("INSERT INTO events (event_key, received_at) VALUES (?, ?)", (key, now))
-            for spec in specs:
-                row = db.execute(
-                    "SELECT id, event_ids FROM jobs WHERE dedupe_key = ? AND status IN ('queued', 'running')",
-                    (spec.dedupe_key,),
-                ).fetchone()
-                if row is not None:
-                    ids = json.loads(row["event_ids"])
-                    if event_id is not None and len(ids) < 50:
-                        ids.append(event_id)
-                    db.execute(
-                        "UPDATE jobs SET duplicates = duplicates + 1, event_ids = ?, updated_at = ?"
-                        " WHERE id = ?",
-                        (json.dumps(ids), now, row["id"]),
-                    )
-                    joined.append(row["id"])
-                    continue
-                cursor = db.execute(
-                    "INSERT INTO jobs (dedupe_key, rule, source, event_format, event_ids, registry,"
-                    " repository, tag, digest, media_type, dest_registry, dest_repository, dest_tag,"
-                    " created_at, updated_at, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        spec.dedupe_key,
-                        spec.rule,
-                        spec.source,
-                        spec.event_format,
-                        json.dumps([event_id] if event_id else []),
-                        spec.registry,
-                        spec.repository,
-                        spec.tag,
-                        spec.digest,
-                        spec.media_type,
-                        spec.dest_registry,
-                        spec.dest_repository,
-                        spec.dest_tag,
-                        now,
-                        now,
-                        now,
-                    ),
+        if event_id is not None:
+            key = f"{source}\x1f{event_id}"
+            if db.execute("SELECT 1 FROM events WHERE event_key = ?", (key,)).fetchone():
+                return SubmitResult(True, (), ())
+            db.execute("INSERT INTO events (event_key, received_at) VALUES (?, ?)", (key, now))
+        for spec in specs:
+            row = db.execute(
+                "SELECT id, event_ids FROM jobs WHERE dedupe_key = ? AND status IN ('queued', 'running')",
+                (spec.dedupe_key,),
+            ).fetchone()
+            if row is not None:
+                ids = json.loads(row["event_ids"])
+                if event_id is not None and len(ids) < 50:
+                    ids.append(event_id)
+                db.execute(
+                    "UPDATE jobs SET duplicates = duplicates + 1, event_ids = ?, updated_at = ? WHERE id = ?",
+                    (json.dumps(ids), now, row["id"]),
                 )
-                assert cursor.lastrowid is not None
-                created.append(cursor.lastrowid)
+                joined.append(row["id"])
+                continue
+            cursor = db.execute(
+                "INSERT INTO jobs (dedupe_key, rule, source, event_format, event_ids, registry,"
+                " repository, tag, digest, media_type, dest_registry, dest_repository, dest_tag,"
+                " created_at, updated_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    spec.dedupe_key,
+                    spec.rule,
+                    spec.source,
+                    spec.event_format,
+                    json.dumps([event_id] if event_id else []),
+                    spec.registry,
+                    spec.repository,
+                    spec.tag,
+                    spec.digest,
+                    spec.media_type,
+                    spec.dest_registry,
+                    spec.dest_repository,
+                    spec.dest_tag,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            created.append(cursor.lastrowid)
         return SubmitResult(False, tuple(created), tuple(joined))
 
     # --- the worker's side ------------------------------------------------------------------------------

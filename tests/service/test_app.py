@@ -245,3 +245,15 @@ def test_admin_token_guards_job_listing(tmp_path: Path) -> None:
         assert requests.get(f"{server.url}/jobs", headers={"Authorization": "Bearer admin-1"}, timeout=5).ok
         assert requests.get(f"{server.url}/healthz", timeout=5).ok
     service.queue.close()
+
+
+def test_an_envelope_of_several_events(served: tuple[Service, str], fixtures: Path) -> None:
+    service, url = served
+    blob = json.loads(body_of(fixtures, "push-blob.body.json"))["events"][0]
+    manifest = json.loads(body_of(fixtures, "push-oci-manifest-tag.body.json"))["events"][0]
+    again = dict(manifest, id="second-delivery-of-a-re-push")
+    answer = hook(url, {"events": [blob, manifest, again, manifest]})
+    assert answer.status_code == 202
+    outcomes = [e["outcome"] for e in answer.json()["events"]]
+    assert outcomes == ["ignored", "queued", "joined", "duplicate"]
+    assert service.queue.counts()["queued"] == 1
