@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS pushed (
 """
 
 ACTIVE = ("queued", "running")
+_SUMMARY_COLUMNS = (
+    "id, rule, source, event_format, event_ids, registry, repository, tag, digest, media_type, dest_registry,"
+    " dest_repository, dest_tag, status, attempts, duplicates, created_at, updated_at, started_at, finished_at,"
+    " next_attempt_at, error, outcome, result_digest, timings"
+)
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,7 @@ class SubmitResult:
     joined: tuple[int, ...]  # existing active jobs this event joined
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: sqlite3.Row, with_report: bool = True) -> Job:
     spec = JobSpec(
         rule=row["rule"],
         source=row["source"],
@@ -187,7 +192,7 @@ def _job(row: sqlite3.Row) -> Job:
         outcome=row["outcome"],
         result_digest=row["result_digest"],
         timings=json.loads(row["timings"]) if row["timings"] else {},
-        report=json.loads(row["report"]) if row["report"] else None,
+        report=json.loads(row["report"]) if with_report and row["report"] else None,
     )
 
 
@@ -387,7 +392,8 @@ class Queue:
         return None if row is None else _job(row)
 
     def jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
-        query = "SELECT * FROM jobs"
+        """The newest jobs first, without their reports (``get`` has them)."""
+        query = f"SELECT {_SUMMARY_COLUMNS} FROM jobs"
         args: list[Any] = []
         if status is not None:
             query += " WHERE status = ?"
@@ -396,7 +402,7 @@ class Queue:
         args += [limit, offset]
         with self._lock:
             rows = self._db.execute(query, args).fetchall()
-        return [_job(row) for row in rows]
+        return [_job(row, with_report=False) for row in rows]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
