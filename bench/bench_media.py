@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import shutil
 import subprocess
@@ -248,9 +247,11 @@ def bench_image_media(workdir: str) -> list[Item]:
     items: list[Item] = []
     seen: set[str] = set()
     for layer in image_layers(BENCH_IMAGE):
-        with open_member(BENCH_IMAGE, layer.member) as member:
-            data = b"".join(raw_stream(member, layer.codec))
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        layer_tar = os.path.join(workdir, "layer.tar")
+        with open_member(BENCH_IMAGE, layer.member) as member, open(layer_tar, "wb") as handle:
+            for chunk in raw_stream(member, layer.codec):
+                handle.write(chunk)
+        with tarfile.open(layer_tar) as tar:
             for entry in tar:
                 reader = tar.extractfile(entry) if entry.isfile() and entry.size >= 16 else None
                 if reader is None:

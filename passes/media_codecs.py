@@ -47,6 +47,7 @@ __all__ = [
     "optimize_jpeg",
     "optimize_png",
     "optimize_webp",
+    "png_pixels",
     "png_rgba16",
     "sniff",
     "ssim",
@@ -259,7 +260,13 @@ _PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt", b"tIME")  # kept unless --media-strip-me
 # Ancillary chunks an optimizer legitimately rewrites when it changes the colour encoding (checked by pixels).
 _PNG_ENCODING = (b"tRNS", b"bKGD", b"sBIT", b"hIST", b"sPLT", b"acTL", b"fcTL", b"fdAT")
 _PNG_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
-_PILLOW_MODES = {0: ("1", "L", "I;16"), 2: ("RGB",), 3: ("P",), 4: ("LA", "RGBA"), 6: ("RGBA",)}
+
+
+def _pillow_mode(colour: int, depth: int) -> tuple[str, ...]:
+    """The modes Pillow decodes a still PNG of this colour type and bit depth to (as ``_png_images`` asks)."""
+    if colour == 0:
+        return ("I;16",) if depth == 16 else ("1", "L")
+    return {2: ("RGB",), 3: ("P",), 4: ("RGBA",) if depth == 16 else ("LA",), 6: ("RGBA",)}[colour]
 
 
 @dataclass(frozen=True)
@@ -402,7 +409,7 @@ def png_rgba16(
     colour, depth = info.colour_type, info.bit_depth
     scale = np.uint16(257)
     samples: U16
-    if colour == 3 or part.mode not in _PILLOW_MODES[colour]:  # palettes; frames Pillow composited in RGBA
+    if colour == 3 or part.mode not in _pillow_mode(colour, depth):  # palettes; frames Pillow composited
         return _rgba16_from_pillow(part)
     if colour == 4 and depth == 16:
         raw = np.asarray(part, dtype=np.uint16)
@@ -419,6 +426,8 @@ def png_rgba16(
         high_bytes = np.asarray(part.convert(mode), dtype=np.uint16)[..., :channels]
         low_bytes = np.asarray(lows.convert(mode), dtype=np.uint16)[..., :channels]
         samples = high_bytes * np.uint16(256) + low_bytes
+        if colour == 6:
+            return samples
     elif colour == 6:
         return np.asarray(part.convert("RGBA"), dtype=np.uint16) * scale
     elif colour == 2:
@@ -436,6 +445,15 @@ def png_rgba16(
         matched = samples[..., 0] == key[0] if len(key) == 1 else np.all(samples == np.array(key), axis=-1)
         alpha = np.where(matched, 0, 0xFFFF).astype(np.uint16)
     return np.concatenate([samples[..., :3], alpha[..., None]], axis=-1)
+
+
+def png_pixels(data: bytes, max_pixels: int = 1 << 26) -> U16:
+    """The pixels of a still PNG as the verification sees them: RGBA, 16 bits a sample (for tests and tools)."""
+    info = png_structure(data, max_pixels)
+    if info.frames:
+        raise ValueError("png_pixels: an animated PNG")
+    image, low = _png_images(data, info)
+    return png_rgba16(info, image, low)
 
 
 def _png_frames(data: bytes, info: PngInfo, side: str) -> Iterator[tuple[U16, object]]:
