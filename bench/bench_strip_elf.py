@@ -1,6 +1,7 @@
 """Benchmark of the ``strip-elf`` pass against GNU strip, on a corpus of real Debian ELF files.
 
     .venv/bin/python bench/bench_strip_elf.py [--root DIR ...] [--limit N] [--workers 2]
+    .venv/bin/python bench/bench_strip_elf.py --image bench/out/bench-image.tar --chroot   # as root
 
 The corpus is every regular ELF file and static archive under the given roots (default: the host's
 ``/usr/bin``, ``/usr/sbin``, ``/usr/libexec``, ``/usr/lib/x86_64-linux-gnu`` and ``/usr/lib/gcc``, i.e. the
@@ -11,6 +12,11 @@ would (not timed). Then:
   processes; wall time, total bytes after, and the peak RSS of the process tree (sampled from /proc);
 * GNU: ``strip --strip-unneeded`` (``--strip-debug`` for relocatable objects and archives, which the pass gives
   ``debug`` at most) run once per file, one after the other and also two at a time; wall time and total bytes.
+
+With ``--image``, the corpus is the rootfs of that image (``umoci unpack``); ``--chroot`` also runs
+``optimize --passes strip-elf`` on the image, unpacks the result and runs real programs (bash, python3 with
+numpy, perl, coreutils, gcc and g++ compiling and running a program, git, openssl) in a chroot of each rootfs,
+comparing their output and exit status.
 
 Targets (issue 3): total bytes within 1% of GNU strip, wall time no more than GNU strip once per file, peak
 memory within the foundation's bound (300 MB).
@@ -135,13 +141,14 @@ class TreeMemory:
 
 
 def run_ours(
-    paths: list[str], workdir: str, workers: int
+    paths: list[str], workdir: str, workers: int, base: str = "/"
 ) -> tuple[float, float, int, Counter[str], TreeMemory]:
     spool = Spool(os.path.join(workdir, "layer.pack"))
     entries = []
     for path in paths:
         content = spool.store_file(path)
-        entries.append(IndexedEntry(Entry(path.lstrip("/"), EntryKind.FILE, size=content.size), content))
+        name = os.path.relpath(path, base)
+        entries.append(IndexedEntry(Entry(name, EntryKind.FILE, size=content.size), content))
     fs = build_filesystem([entries])
     ctx = PassContext(
         fs,
@@ -161,7 +168,7 @@ def run_ours(
         seconds = time.monotonic() - started
         ctx.pool.close()
     after = {c.visible_path: c.bytes_after for c in ctx.changes}
-    total = sum(after.get(path.lstrip("/"), os.path.getsize(path)) for path in paths)
+    total = sum(after.get(os.path.relpath(path, base), os.path.getsize(path)) for path in paths)
     outcomes: Counter[str] = Counter()
     for finding in ctx.report.findings:
         outcomes[finding.action if finding.action != "kept" else f"kept: {finding.reason[:50]}"] += 1
@@ -201,6 +208,70 @@ def run_gnu(strip: str, paths: list[str], workdir: str, parallel: int) -> tuple[
     return time.monotonic() - started, sum(sizes)
 
 
+CHROOT_COMMANDS = [
+    ["/bin/bash", "-c", "echo $((6 * 7)); type ls; ls / | sort | head -5"],
+    ["/usr/bin/python3", "-c", "import hashlib, json, ssl, sqlite3; print(hashlib.sha256(b'x').hexdigest(), "
+     "json.dumps({'a': 1}), ssl.OPENSSL_VERSION, sqlite3.sqlite_version)"],
+    ["/usr/bin/python3", "-c", "import numpy; a = numpy.arange(12.0).reshape(3, 4); print(a @ a.T, numpy.linalg.det("
+     "numpy.eye(3) * 2))"],
+    ["/usr/bin/perl", "-MDigest::MD5=md5_hex", "-e", "print md5_hex('x'), qq{\n}"],
+    ["/usr/bin/sha256sum", "/etc/os-release"],
+    ["/usr/bin/sort", "-r", "/etc/passwd"],
+    ["/usr/bin/gzip", "-c", "/etc/os-release"],
+    ["/usr/bin/xz", "-c", "/etc/os-release"],
+    ["/bin/sh", "-c", "printf 'int main(void){puts(\"compiled\");return 0;}' > /tmp/t.c && gcc -O1 -include stdio.h "
+     "-o /tmp/t /tmp/t.c && /tmp/t && printf 'int main(){std::puts(\"c++\");}' > /tmp/u.cc && "
+     "g++ -include cstdio -o /tmp/u /tmp/u.cc && /tmp/u"],
+    ["/usr/bin/git", "--version"],
+    ["/usr/bin/openssl", "dgst", "-sha256", "/etc/os-release"],
+]  # fmt: skip
+
+
+def unpack(archive: Path, workdir: Path, name: str) -> Path:
+    from tests.imagetools import umoci_unpack
+
+    return umoci_unpack(archive, workdir, name)
+
+
+def chroot_outputs(rootfs: Path) -> list[str]:
+    null = rootfs / "dev" / "null"  # perl and git open /dev/null; the image has no device nodes
+    if not null.exists():
+        null.parent.mkdir(exist_ok=True)
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    outputs = []
+    for command in CHROOT_COMMANDS:
+        done = subprocess.run(
+            [shutil.which("chroot") or "/usr/sbin/chroot", str(rootfs), *command], capture_output=True, check=False, timeout=300,
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C", "HOME": "/root"},
+        )  # fmt: skip
+        outputs.append(
+            f"{done.returncode}\n{done.stdout.decode(errors='replace')}{done.stderr.decode(errors='replace')}"
+        )
+    return outputs
+
+
+def check_in_chroot(image: Path, rootfs: Path, workdir: Path, workers: int) -> None:
+    """Optimize the image with strip-elf alone, unpack both and run real programs in each: same output."""
+    from optimizer import Options, optimize
+
+    out = workdir / "stripped.tar"
+    started = time.monotonic()
+    report = optimize(str(image), str(out), Options(passes=("strip-elf",), workers=workers))
+    seconds = time.monotonic() - started
+    (image_report,) = report.images
+    (strip_report,) = image_report.passes
+    print(f"optimize --passes strip-elf: {seconds:.1f} s, {strip_report.files_changed} files, "
+          f"{strip_report.bytes_saved / MB:.1f} MiB saved in files, image {image_report.size_before / MB:.1f} -> "
+          f"{image_report.size_after / MB:.1f} MiB compressed, pass status {strip_report.status.value}")  # fmt: skip
+    stripped = unpack(out, workdir, "stripped")
+    before, after = chroot_outputs(rootfs), chroot_outputs(stripped)
+    for command, old, new in zip(CHROOT_COMMANDS, before, after, strict=True):
+        verdict = "same" if old == new else "DIFFERENT"
+        print(f"  chroot {' '.join(command)[:70]!s}: {verdict} (exit {old.split(chr(10))[0]})")
+        if old != new:
+            print(f"    before: {old[:300]!r}\n    after:  {new[:300]!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -208,20 +279,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", action="append", help="directory to take ELF files from (repeatable)")
     parser.add_argument("--limit", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--image", type=Path, help="take the corpus from this image's rootfs (umoci unpack)")
+    parser.add_argument("--chroot", action="store_true", help="with --image: optimize it and run programs")
     args = parser.parse_args(argv)
     strip = shutil.which("strip")
     if strip is None:
         print("strip not found (Debian package binutils or binutils-multiarch)", file=sys.stderr)
         return 1
-    paths = corpus(args.root or DEFAULT_ROOTS, args.limit)
-    size_in = sum(os.path.getsize(p) for p in paths)
-    print(
-        f"corpus: {len(paths)} ELF files and archives, {size_in / MB:.1f} MiB ({', '.join(args.root or DEFAULT_ROOTS)})"
-    )
     with tempfile.TemporaryDirectory(prefix="bench-strip-elf-") as workdir:
-        warm_up, ours_seconds, ours_total, outcomes, memory = run_ours(paths, workdir, args.workers)
+        roots = args.root or DEFAULT_ROOTS
+        rootfs: Path | None = None
+        if args.image is not None:
+            rootfs = unpack(args.image, Path(workdir), "original")
+            roots = [str(rootfs)]
+        paths = corpus(roots, args.limit)
+        size_in = sum(os.path.getsize(p) for p in paths)
+        where = str(args.image) + " rootfs" if args.image else ", ".join(roots)
+        print(f"corpus: {len(paths)} ELF files and archives, {size_in / MB:.1f} MiB ({where})")
+        warm_up, ours_seconds, ours_total, outcomes, memory = run_ours(
+            paths, workdir, args.workers, str(rootfs or "/")
+        )
         gnu_seconds, gnu_total = run_gnu(strip, paths, workdir, 1)
         gnu2_seconds, _ = run_gnu(strip, paths, workdir, 2)
+        if args.chroot and rootfs is not None:
+            check_in_chroot(args.image, rootfs, Path(workdir), args.workers)
     print(f"outcomes: {dict(outcomes.most_common())}")
     print(f"bytes after: ours {ours_total / MB:.2f} MiB, GNU strip {gnu_total / MB:.2f} MiB "
           f"(saved: ours {(size_in - ours_total) / MB:.2f} MiB, GNU {(size_in - gnu_total) / MB:.2f} MiB); "
