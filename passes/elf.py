@@ -571,11 +571,13 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
     if layout.phnum:
         protected.append((layout.phoff, layout.phoff + layout.phnum * layout.phentsize))
     protected += [(s.offset, s.offset + s.file_size) for s in kept if s.file_size]
-    dead = _subtract(
-        [(sections[i].offset, min(fixed_end, sections[i].offset + sections[i].file_size)) for i in drops
-         if below(sections[i]) or sections[i].offset < fixed_end],
-        protected,
-    )  # fmt: skip
+    # Bytes that segments follow cannot go; those of removed sections (and of the old section header table)
+    # become zeros, which cost nothing in a compressed layer, and the new section table goes there if it fits.
+    spans = [(s.offset, min(fixed_end, s.offset + s.file_size)) for s in (sections[i] for i in drops)]
+    spans.append((layout.shoff, layout.shoff + len(sections) * layout.shentsize))
+    dead = _merge(
+        _subtract([(a, min(b, fixed_end)) for a, b in spans if a < fixed_end], protected), protected
+    )
     zeroed = sum(end - start for start, end in dead)
     view = memoryview(data)
     head = bytearray(data[: layout.ehsize])  # the ELF header gets the new section table fields below
@@ -669,6 +671,19 @@ def _same(a: bytes, a_at: int, b: bytes, b_at: int, size: int, chunk: int = 1 <<
         if a[a_at + at : a_at + at + step] != b[b_at + at : b_at + at + step]:
             return False
     return True
+
+
+def _merge(spans: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Join spans that overlap or are separated only by a little padding that no hole covers."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out:
+            gap = (out[-1][1], start)
+            if start <= out[-1][1] or (start - out[-1][1] <= 64 and _subtract([gap], holes) == [gap]):
+                out[-1] = (out[-1][0], max(end, out[-1][1]))
+                continue
+        out.append((start, end))
+    return out
 
 
 def _subtract(spans: Iterable[tuple[int, int]], holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def test_same_sections_as_gnu_strip_on_every_fixture(fixtures: Path, tmp_path: P
         assert len(ours) <= len(data), path.name
         if result is not None:
             verify_stripped(data, result.data, thorough=True)
+            assert strip_elf(result.data, mode) is None, path.name  # nothing left to do the second time
         theirs = gnu_strip(strip, data, gnu_flag(mode, data), tmp_path)
         if theirs is None:
             continue  # GNU strip cannot read it (LoongArch in binutils 2.40, files without sections)
@@ -271,6 +273,27 @@ def test_stripped_shared_library_and_its_user_still_run(tmp_path: Path, mode: st
     strip_in_place(tmp_path / "libtwice.so", mode)
     strip_in_place(binary, mode)
     assert run(binary) == before
+
+
+def test_sections_that_segments_follow_are_zeroed_in_place(tmp_path: Path) -> None:
+    """patchelf (auditwheel's manylinux wheels) appends a segment after the debug sections: they cannot go
+    without moving it, so their bytes become zeros (free in a compressed layer), and the program still runs."""
+    patchelf = require_tool("patchelf", "patchelf")
+    (tmp_path / "main.c").write_text(PROGRAM)
+    (tmp_path / "lib.c").write_text(LIBRARY)
+    compile_c(tmp_path, "-o", "prog", "main.c", "lib.c")
+    binary = tmp_path / "prog"
+    before = run(binary)
+    subprocess.run([patchelf, "--set-rpath", "/opt/" + "x" * 3000, str(binary)], check=True)
+    data = binary.read_bytes()
+    result = strip_elf(data)
+    assert result is not None and result.zeroed > 1000 and len(result.data) <= len(data)
+    assert ".debug_info" in result.removed and ".symtab" in result.removed
+    verify_stripped(data, result.data, thorough=True)
+    assert len(zlib.compress(result.data)) < len(zlib.compress(data)) * 0.9
+    binary.write_bytes(result.data)
+    assert run(binary) == before
+    assert strip_elf(result.data) is None
 
 
 def objdump_relocations(path: Path) -> list[str]:
