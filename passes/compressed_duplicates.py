@@ -33,7 +33,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import Literal, Protocol
 
 import brotli
 import lz4.frame
@@ -477,11 +477,9 @@ class CompressedDuplicates:
     kept; protected layers are reported, never changed.
     """
 
-    name: ClassVar[str] = "compressed-duplicates"
-    summary: ClassVar[str] = (
-        "Delete compressed files (.gz .bz2 .xz .zst .br .lz4) whose content is already in the image"
-    )
-    Options: ClassVar[type[CompressedDuplicatesOptions]] = CompressedDuplicatesOptions
+    name = "compressed-duplicates"
+    summary = "Delete compressed files (.gz .bz2 .xz .zst .br .lz4) whose content is already in the image"
+    Options = CompressedDuplicatesOptions
 
     def __init__(self, options: CompressedDuplicatesOptions) -> None:
         self.options = options

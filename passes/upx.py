@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, ClassVar, Literal, TypeVar
+from typing import BinaryIO, Literal, TypeVar
 
 from optimizer.errors import PolicyError, RequiredToolNotFound
 from optimizer.model import Content
@@ -507,9 +507,9 @@ class Upx:
     warn and fail modes.
     """
 
-    name: ClassVar[str] = "upx"
-    summary: ClassVar[str] = "Warn about UPX-packed executables (or fail, or unpack them with upx -d)"
-    Options: ClassVar[type[UpxOptions]] = UpxOptions
+    name = "upx"
+    summary = "Warn about UPX-packed executables (or fail, or unpack them with upx -d)"
+    Options = UpxOptions
 
     def __init__(self, options: UpxOptions) -> None:
         self.options = options
