@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,12 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from optimizer.changes import Changes
 from optimizer.filesystem import build_filesystem
 from optimizer.layer import IndexedEntry
-from optimizer.model import Entry, EntryKind
+from optimizer.model import Content, Entry, EntryKind
 from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
 from optimizer.report import PassReport
 from optimizer.spool import Spool
 from passes.strip_elf import StripElf, StripElfOptions, StripJob, strip_file
 
+OURS_OUTPUTS: dict[str, Content] = {}  # the pass's results, for --compressed
 DEFAULT_ROOTS = ["/usr/bin", "/usr/sbin", "/usr/libexec", "/usr/lib/x86_64-linux-gnu", "/usr/lib/gcc"]
 MB = 1024 * 1024
 
@@ -168,6 +170,8 @@ def run_ours(
         seconds = time.monotonic() - started
         ctx.pool.close()
     after = {c.visible_path: c.bytes_after for c in ctx.changes}
+    global OURS_OUTPUTS
+    OURS_OUTPUTS = {c.visible_path: c.content for c in ctx.changes if c.content is not None}
     total = sum(after.get(os.path.relpath(path, base), os.path.getsize(path)) for path in paths)
     outcomes: Counter[str] = Counter()
     for finding in ctx.report.findings:
@@ -191,6 +195,24 @@ def gnu_one(strip: str, path: str, out: str) -> int:
     if os.path.exists(out):
         os.unlink(out)
     return size
+
+
+def compressed_totals(strip: str, paths: list[str], workdir: str, base: str) -> tuple[int, int, int]:
+    """zlib level 6 (what a gzip layer costs) of every file: original, ours, GNU strip's."""
+    original = ours = gnu = 0
+    out = os.path.join(workdir, "gnu-compressed.out")
+    for path in paths:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        original += len(zlib.compress(data, 6))
+        content = OURS_OUTPUTS.get(os.path.relpath(path, base))
+        ours += len(zlib.compress(content.read_bytes() if content else data, 6))
+        done = subprocess.run([strip, gnu_flag(path), "-o", out, path], capture_output=True, check=False)
+        if done.returncode == 0:
+            with open(out, "rb") as handle:
+                data = handle.read()
+        gnu += len(zlib.compress(data, 6))
+    return original, ours, gnu
 
 
 def run_gnu(strip: str, paths: list[str], workdir: str, parallel: int) -> tuple[float, int]:
@@ -281,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--image", type=Path, help="take the corpus from this image's rootfs (umoci unpack)")
     parser.add_argument("--chroot", action="store_true", help="with --image: optimize it and run programs")
+    parser.add_argument("--compressed", action="store_true", help="also compare zlib-6 compressed totals")
     args = parser.parse_args(argv)
     strip = shutil.which("strip")
     if strip is None:
@@ -301,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         gnu_seconds, gnu_total = run_gnu(strip, paths, workdir, 1)
         gnu2_seconds, _ = run_gnu(strip, paths, workdir, 2)
+        if args.compressed:
+            original, ours_z, gnu_z = compressed_totals(strip, paths, workdir, str(rootfs or "/"))
+            print(f"compressed (zlib 6, as in a gzip layer): original {original / MB:.2f} MiB, ours "
+                  f"{ours_z / MB:.2f} MiB, GNU strip {gnu_z / MB:.2f} MiB; ours/GNU = {ours_z / gnu_z:.5f}")  # fmt: skip
         if args.chroot and rootfs is not None:
             check_in_chroot(args.image, rootfs, Path(workdir), args.workers)
     print(f"outcomes: {dict(outcomes.most_common())}")
