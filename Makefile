@@ -24,6 +24,7 @@ runtime-deps:
 
 test-deps:
 	@bash scripts/ensure-debs.sh $(TEST_DEBS)
+	@bash scripts/ensure-upx.sh
 
 demo: install
 	$(PY) testdata/make_demo_image.py testdata/demo/demo-image.tar

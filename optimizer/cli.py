@@ -197,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"optimize: {error}", file=sys.stderr)
         return error.exit_code
+    import logging
+
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else (logging.INFO if args.verbose else logging.WARNING),
+        format="optimize: %(message)s",
+        stream=sys.stderr,
+    )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
     if progress is not None:
         from dataclasses import replace
