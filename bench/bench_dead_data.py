@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     if not args.image.exists():
         print(f"{args.image} not found: run bench/build_bench_image.py first", file=sys.stderr)
         return 2
