@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--root", action="append", help="directory to take images from (repeatable)")
-    parser.add_argument("--limit", type=int, default=100_000)
+    parser.add_argument("--limit", type=int, default=1500, help="files per corpus at most (a spread sample)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--png-level", type=int, default=MediaOptions.png_level)
     parser.add_argument("--no-big", action="store_true", help="skip the pixel-cap measurements")

@@ -21,6 +21,8 @@ target and the structural similarity of the luma stays at or above the floor (``
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 import struct
 import warnings
 import zlib
@@ -184,6 +186,8 @@ def _run(kind: str, options: CodecOptions, body: Callable[[], MediaResult]) -> M
             return body()
     except Unreadable as error:
         return MediaResult(kind, None, str(error), warning=True)
+    except Rejected as error:
+        return MediaResult(kind, None, str(error))
 
 
 def _check_pixels(kind: str, width: int, height: int, frames: int, max_pixels: int) -> None:
@@ -527,6 +531,10 @@ def _png_policy(original: PngInfo, candidate: PngInfo, options: CodecOptions) ->
 
 
 def _png_oxipng(data: bytes, info: PngInfo, options: CodecOptions) -> bytes:
+    if multiprocessing.parent_process() is not None:
+        # In a pool worker the pool already keeps every core busy: oxipng's own thread pool (one thread per
+        # core, created on first use) would only make the workers fight. The output does not depend on it.
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")
     import oxipng
 
     strip = sorted(_png_strip(info, options))
@@ -943,7 +951,10 @@ def _optimize_jpeg(data: bytes, options: CodecOptions) -> MediaResult:
 def _jpeg_verify_lossless(
     original: Image.Image, candidate: bytes, keep: Sequence[bytes], options: CodecOptions
 ) -> str | None:
-    new_info = jpeg_structure(candidate, options.max_pixels)
+    try:
+        new_info = jpeg_structure(candidate, options.max_pixels)
+    except Unreadable as error:
+        return f"output does not parse: {error}"
     if new_info.metadata(candidate) != list(keep):
         return "metadata segments not kept"
     decoded = _jpeg_decode(candidate, "candidate")
@@ -979,7 +990,10 @@ def _jpeg_lossy(
         return None, f"lossy: {error}", facts
     except _DECODE_ERRORS as error:
         return None, f"lossy: Pillow JPEG encoder: {error}", facts
-    decoded = _jpeg_decode(candidate, "candidate")
+    try:
+        decoded = _jpeg_decode(candidate, "candidate")
+    except Rejected as error:
+        return None, f"lossy: {error}", facts
     if (decoded.mode, decoded.size) != (original.mode, original.size):
         return None, "lossy: re-encoded image changed mode or size", facts
     score = _ssim_bands(_luma(original), _luma(decoded), original.height, original.width)
