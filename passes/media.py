@@ -64,8 +64,8 @@ class Media:
     """Re-encode PNG, JPEG, GIF and WebP files losslessly, and keep a result only if it is proven identical.
 
     What: PNG and APNG are recompressed by oxipng (Pillow when oxipng is absent or fails), JPEG by MozJPEG's
-    lossless transcoder (optimal Huffman tables, progressive scans), GIF and WebP re-encoded losslessly by
-    Pillow/libwebp. Files are found by their first bytes, not their names. A result replaces the file only if
+    lossless transcoder (optimal Huffman tables, progressive scans), GIF and lossless WebP re-encoded losslessly
+    by Pillow/libwebp (lossy WebP is left alone: stored losslessly it would grow). Files are found by their first bytes, not their names. A result replaces the file only if
     it is smaller, decodes to the same pixels (every frame, palettes expanded, transparency, 16-bit samples
     at full precision), keeps frame timing and loop count, and keeps the metadata the policy keeps: colour
     information always (PNG iCCP/gAMA/cHRM/sRGB, JPEG ICC/JFIF/Adobe), and text, time, EXIF, XMP, IPTC and
@@ -73,7 +73,8 @@ class Media:
     With ``--media-lossy``, a JPEG whose estimated quality is above ``--jpeg-quality`` is re-encoded at that
     quality if the mean SSIM of its luma against the original stays at or above ``--media-ssim-floor``.
 
-    Why: web apps ship image assets that were never optimized; lossless recompression typically saves 10-30%.
+    Why: web apps ship image assets that were never optimized; on the corpora of ``bench/bench_media.py``
+    lossless recompression saves 20-30% of PNG bytes and a few percent of JPEG bytes.
 
     Never: renames a file or changes its format; touches files in protected layers; changes interlacing unless
     ``--media-png-interlace off``; keeps a result that is larger, differs by one pixel, or loses kept metadata.

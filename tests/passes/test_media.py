@@ -41,7 +41,7 @@ from passes.media_codecs import (
 from passes.media_codecs import (
     optimize as optimize_media,
 )
-from tests.conftest import fixtures_dir, require_tool
+from tests.conftest import fixtures_dir, missing, require_tool
 from tests.imagetools import Layout, build_image, entry
 
 MEDIA = fixtures_dir() / "media"
@@ -62,8 +62,13 @@ SLOW = {"pillow/iss634.webp"}  # an animated WebP: a lossless re-encode takes se
 def read(name: str) -> bytes:
     path = MEDIA / name
     if not path.is_file():
-        pytest.skip(f"fixture {path} not found")
+        missing(f"fixture {path} not found (set OCI_OPTIMIZER_FIXTURES)")
     return path.read_bytes()
+
+
+def test_the_media_fixtures_are_there() -> None:
+    if len(FILES) < 50:
+        missing(f"media fixtures not found under {MEDIA} (set OCI_OPTIMIZER_FIXTURES)")
 
 
 @cache
