@@ -8,6 +8,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -216,3 +217,18 @@ def test_large_results_come_back_through_a_file(tmp_path: Path) -> None:
         stripped = change.content.read_bytes()
         assert SPILL_BYTES < len(stripped) < len(data) and ".symtab" not in section_names(stripped)
     assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("strip-elf-")]
+
+
+def test_cli_strip_mode_debug(tmp_path: Path, debug_binary: bytes) -> None:
+    source = build_image(tmp_path / "in.tar", [[entry("app", data=debug_binary, mode=0o755)]])
+    out, report_path = tmp_path / "out.tar", tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "optimizer", str(source), str(out), "--passes", "strip-elf", "--strip-mode", "debug",
+         "--report", str(report_path)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    (finding,) = [f for f in report["images"][0]["passes"][0]["findings"] if f["action"] == "stripped"]
+    assert finding["path"] == "app" and finding["details"]["mode"] == "debug"
+    assert ".symtab" not in finding["details"]["removed"] and ".debug_info" in finding["details"]["removed"]
