@@ -1,10 +1,13 @@
 """Removing sections from ELF files, in pure Python, for every class, byte order and machine.
 
-pyelftools parses the file; the writer here drops sections, rebuilds the section header table and
-``.shstrtab``, and never moves or changes a byte that a segment maps: everything up to the end of the last
-segment (and every allocated section) is copied verbatim, the kept non-allocated sections are laid out after
-it in their original order and alignment, then the new ``.shstrtab`` and the section header table. Only the
-ELF header's ``e_shoff``/``e_shnum``/``e_shstrndx`` change in the mapped bytes, as with GNU strip.
+The writer drops sections, rebuilds the section header table and ``.shstrtab``, and never moves or changes a
+byte that a segment maps: everything up to the end of the last segment (and every allocated section) is
+copied verbatim, the kept non-allocated sections after it are laid out in their original order and alignment,
+then the new ``.shstrtab`` and the section header table. Only the ELF header's ``e_shoff``/``e_shnum``/
+``e_shstrndx`` change in the mapped bytes, as with GNU strip. Removed sections that a segment follows (files
+patchelf edited, as in manylinux wheels) cannot go without moving that segment: their bytes become zeros,
+which cost nothing in a compressed layer, and the new section table goes there when it fits. GNU strip
+moves such segments instead; we never do.
 
 Modes follow GNU ``strip``:
 
@@ -42,11 +45,14 @@ from elftools.elf.elffile import ELFFile
 from optimizer.errors import OptimizerError
 
 __all__ = [
+    "AR_MAGIC",
+    "ELF_MAGIC",
     "MODES",
     "ElfSkipped",
     "ElfVerificationError",
     "StripResult",
     "is_debug_section",
+    "section_names",
     "strip_archive",
     "strip_elf",
     "verify_stripped",
@@ -122,7 +128,7 @@ class _Section:
 
 @dataclass(frozen=True)
 class _Layout:
-    """The raw facts about one ELF file, read with pyelftools and checked for consistency."""
+    """The raw facts about one ELF file, read with ``struct`` and checked for consistency."""
 
     is64: bool
     endian: str  # "<" or ">"
@@ -141,9 +147,6 @@ class _Layout:
     @property
     def shdr_format(self) -> str:
         return self.endian + ("IIQQQQIIQQ" if self.is64 else "IIIIIIIIII")
-
-
-_EHDR_FIELDS_CHANGED = ("e_shoff", "e_shnum", "e_shstrndx")
 
 
 def _parse(data: bytes) -> _Layout:
