@@ -111,7 +111,10 @@ class StripElf:
     Never touched, each reported with its reason: files in protected layers, core dumps, files under
     ``/usr/lib/debug``, signed kernel modules, UPX-packed files (``passes.upx.detect_upx``), files with data
     appended after the last section or segment (self-extracting archives, PyInstaller, AppImage), files whose
-    headers do not parse, and any result that fails verification.
+    headers do not parse, and any result that fails verification. Removed sections that a segment follows
+    (patchelf-edited files, manylinux wheels) are zeroed in place instead, as segments never move.
+
+    Needs: nothing outside Python (pyelftools); no binutils, whatever the host's or the image's architecture.
     """
 
     name = "strip-elf"
@@ -167,6 +170,8 @@ class StripElf:
                 ctx.note(path, "kept", "protected layer", content.size, content.size)
             else:
                 items.append((path, content))
+        if not items:
+            return
         spill_dir = tempfile.mkdtemp(prefix="strip-elf-")
         try:
             self._collect(ctx, items, StripJob(self.options, spill_dir))
