@@ -3,12 +3,14 @@ stripped, static archives, and arbitrary bytes."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import shutil
 import struct
 import subprocess
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from passes.elf import (
     verify_stripped,
 )
 from passes.strip_elf import StripJob, strip_file
-from tests.conftest import missing, require_tool
+from tests.conftest import fixtures_dir, missing, require_tool
 
 ANNOTATIONS = (".comment", ".gnu.build.attributes", ".GCC.command.line")
 CORRUPT = {"corrupt_sh.elf", "x64_bad_sections.elf", "section_header_bogus_size.elf"}
@@ -437,3 +439,43 @@ def test_object_with_extended_section_numbering(tmp_path: Path) -> None:
     )
     compile_c(tmp_path, "-o", "prog", "main.c", "stripped.o", "-Wl,-z,noexecstack")
     subprocess.run([str(tmp_path / "prog")], check=True)
+
+
+@functools.cache
+def _archive_seed() -> bytes:
+    """A GNU archive (symbol index, long member names) of two fixture objects, built once."""
+    require_tool("ar", "binutils")
+    work = Path(tempfile.mkdtemp(prefix="test-elf-ar-"))
+    try:
+        folder = fixtures_dir() / "elf"
+        shutil.copy(folder / "s390x-relocs.o.elf", work / "a-member-with-a-long-name.o")
+        shutil.copy(folder / "compressed_64.o", work / "b.o")
+        subprocess.run(["ar", "rcs", "lib.a", "a-member-with-a-long-name.o", "b.o"], cwd=work, check=True)
+        return (work / "lib.a").read_bytes()
+    finally:
+        shutil.rmtree(work)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cut=st.integers(min_value=0, max_value=12000),
+    flips=st.lists(st.tuples(st.integers(min_value=0, max_value=12000), st.integers(1, 255)), max_size=4),
+)
+def test_corrupted_archives_never_crash(fixtures: Path, cut: int, flips: list[tuple[int, int]]) -> None:
+    original = _archive_seed()
+    data = bytearray(original[:cut] if cut < len(original) else original)
+    for at, value in flips:
+        if at < len(data):
+            data[at] ^= value
+    outcome = strip_file(bytes(data), StripJob())
+    assert outcome.action in ("kept", "unchanged", "stripped")
+    if outcome.action == "stripped":
+        assert outcome.data is not None and len(outcome.data) < len(data)
+
+
+def test_archive_seed_is_stripped(fixtures: Path) -> None:
+    outcome = strip_file(_archive_seed(), StripJob())
+    assert outcome.action == "stripped" and any(
+        n.startswith("b.o:.zdebug") or n.startswith("b.o:.debug") for n in outcome.removed
+    )
+    assert any(n.startswith("a-member-with-a-long-name.o:.debug") for n in outcome.removed)
