@@ -544,7 +544,7 @@ class _Run:
         mtime = self.config_clamp if self.config_clamp is not None else _created_epoch(config)
         added = top_layer_entries(plan.added, final_fs, mtime) if plan.added else []
         self.progress("squashing", protected, len(layers))
-        items = squash_entries(base_fs, final_fs, protected, added)
+        items = squash_entries(base_fs, final_fs, protected, added, indexes)
         blob = None
         media_type = mt.layer_media_type(docker_family, self.options.compression.codec)
         if items:

@@ -139,6 +139,7 @@ def layer_entries(
         return any("/".join(parts[:i]) in deleted for i in range(1, len(parts)))
 
     holders: dict[str, Content | None] = {}  # FILE path in this layer -> content (after replacement)
+    holder_entries: dict[str, Entry] = {}  # FILE path in this layer -> its entry (the inode's metadata)
     out: list[tuple[Entry, Content | None]] = []
     promoted: dict[str, str] = {}  # dropped holder path -> the link promoted in its place
     emitted_whiteouts: set[str] = set()
@@ -149,6 +150,7 @@ def layer_entries(
             entry = entry.with_size(content.size)
         if entry.kind is EntryKind.FILE:
             holders[entry.path] = content
+            holder_entries[entry.path] = entry
         if is_deleted(entry.path):
             if (
                 entry.path in lower_paths
@@ -165,23 +167,26 @@ def layer_entries(
             elif is_deleted(target) and target in holders:
                 content = holders[target]
                 promoted[target] = entry.path
+                # The link shared the file's inode, so it showed the file's metadata (as umoci extracts it).
+                source = holder_entries.get(target, entry)
                 entry = Entry(
                     entry.path,
                     EntryKind.FILE,
-                    entry.mode,
-                    entry.uid,
-                    entry.gid,
-                    entry.uname,
-                    entry.gname,
-                    entry.mtime,
-                    entry.mtime_ns,
+                    source.mode,
+                    source.uid,
+                    source.gid,
+                    source.uname,
+                    source.gname,
+                    source.mtime,
+                    source.mtime_ns,
                     content.size if content else 0,
                     "",
                     0,
                     0,
-                    entry.xattrs,
+                    source.xattrs,
                 )
                 holders[entry.path] = content
+                holder_entries[entry.path] = entry
         out.append((entry, content if entry.kind is EntryKind.FILE else None))
     # Deleted paths that this layer does not carry but a lower layer does (a pass deleting a file whose
     # owning entry is here as a directory's child, for instance) need no extra whiteout: the owner is here.
@@ -322,6 +327,7 @@ def squash_entries(
     final: FileSystem,
     first: int,
     added: Sequence[tuple[Entry, Content | None]],
+    layers: Sequence[LayerIndex] = (),
 ) -> list[tuple[Entry, Content | None]]:
     """One layer that, applied over the base layers (``base``: their merged view, None when there are none),
     gives the ``final`` merged view: layers ``first`` and up merged, with ``added`` (the new top layer's
@@ -331,7 +337,9 @@ def squash_entries(
     every entry in path order. A base path gets a whiteout when the final view lacks it, or when an upper
     layer turned a directory into a non-directory or the reverse; a whiteout under a whited-out directory is
     redundant and left out. Hardlinked paths share one inode: its first path in this layer holds the bytes,
-    unless a visible base path has the inode already, which the others then link to.
+    unless a visible base path has the inode already, which the others then link to. A path that was a
+    hardlink and now holds the bytes takes the metadata of the file entry it linked to (``layers``: each
+    layer's entries, where that entry is found), as extractors show the inode's metadata on every link.
     """
     upper_limit = final.layer_count
     added_paths = {entry.path for entry, _ in added}
@@ -373,11 +381,24 @@ def squash_entries(
             items[path] = (_relink(entry, target), None)
         else:
             holder_of[node.inode] = path
+            if entry.kind is EntryKind.HARDLINK:
+                entry = _holder_entry(final, layers, node.inode, entry).with_path(path)
             items[path] = (_as_file(entry, node.content), node.content)
     for entry, content in added:
         items[entry.path] = (entry, content)
     ordered = sorted(items.values(), key=lambda item: _sort_key(item[0]))
     return sorted(whiteouts, key=lambda item: _sort_key(item[0])) + ordered
+
+
+def _holder_entry(final: FileSystem, layers: Sequence[LayerIndex], inode: int, fallback: Entry) -> Entry:
+    """The FILE entry that holds an inode's bytes (its metadata is the inode's), or ``fallback``."""
+    holder = final.holder(inode)
+    if holder is None or not 0 <= holder.layer < len(layers):
+        return fallback
+    for item in layers[holder.layer].entries:
+        if item.entry.path == holder.path and item.entry.kind is EntryKind.FILE:
+            return item.entry
+    return fallback
 
 
 def write_layer(

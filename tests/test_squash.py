@@ -8,12 +8,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from optimizer import Options, optimize
-from optimizer.model import EntryKind
+from optimizer.model import Entry, EntryKind
 from tests.conftest import require_tool
 from tests.imagetools import LayerSpec, Layout, build_image, entry, tree_of, umoci_unpack
 from tests.passes.test_dead_data import scenario_layers
+from tests.test_filesystem import layer_stack
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +128,28 @@ def test_nothing_to_squash_above_the_base(scenario: Path, tmp_path: Path) -> Non
     report = optimize(str(scenario), str(out), Options(passes=(), squash=True, keep_layers=2))
     assert Layout(out).layer_digests() == Layout(scenario).layer_digests()
     assert not report.changed
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(layers=layer_stack(), keep=st.integers(0, 2), dead_data=st.booleans())
+def test_random_layer_stacks_squash_to_the_same_tree(
+    layers: list[list[tuple[Entry, bytes | None]]],
+    keep: int,
+    dead_data: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    require_tool("umoci", "umoci")
+    tmp = tmp_path_factory.mktemp("random")
+    image = build_image(tmp / "in.tar", layers)
+    out = tmp / "out.tar"
+    passes = ("dead-data",) if dead_data else ()
+    optimize(str(image), str(out), Options(passes=passes, squash=True, keep_layers=keep))
+    (before,) = Layout(image).layer_digests()
+    (after,) = Layout(out).layer_digests()
+    assert after[:keep] == before[:keep]
+    assert len(after) <= max(len(before), keep + 1)
+    assert tree_of(umoci_unpack(image, tmp, "before")) == tree_of(umoci_unpack(out, tmp, "after"))

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from optimizer import Options, optimize
 from optimizer.changes import Changes, Op
 from optimizer.filesystem import build_filesystem
 from optimizer.layer import IndexedEntry
-from optimizer.model import EntryKind
+from optimizer.model import Entry, EntryKind
 from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
 from optimizer.report import Finding, PassReport, Report
 from optimizer.spool import Spool
@@ -22,6 +24,7 @@ from passes import PASSES
 from passes.dead_data import DeadData, DeadDataOptions
 from tests.conftest import require_tool
 from tests.imagetools import LayerSpec, Layout, build_image, entry, tree_of, umoci_unpack
+from tests.test_filesystem import layer_stack
 
 BIG = bytes(range(256)) * 400  # 102400 bytes
 DIR = EntryKind.DIR
@@ -307,3 +310,20 @@ def test_no_whiteout_for_a_lower_copy_that_was_dropped(scenario: Path, tmp_path:
     assert "repl" not in middle and ".wh.repl" not in middle
     again = optimize(str(out), str(tmp_path / "again.tar"), Options(passes=("dead-data",)))
     assert not again.changed
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(layers=layer_stack(), keep=st.integers(0, 1))
+def test_random_layer_stacks_keep_the_tree_umoci_builds(
+    layers: list[list[tuple[Entry, bytes | None]]], keep: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    require_tool("umoci", "umoci")
+    tmp = tmp_path_factory.mktemp("random")
+    image = build_image(tmp / "in.tar", layers)
+    out = tmp / "out.tar"
+    optimize(str(image), str(out), Options(passes=("dead-data",), keep_layers=keep))
+    assert tree_of(umoci_unpack(image, tmp, "before")) == tree_of(umoci_unpack(out, tmp, "after"))
