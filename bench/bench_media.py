@@ -75,7 +75,7 @@ class Item:
 
 
 def collect(roots: list[str], limit: int) -> list[Item]:
-    """Every image file under the roots, one per distinct content, in path order (a spread sample if limited)."""
+    """Every image file under the roots, one per distinct content, in path order (PNGs sampled if limited)."""
     seen: set[str] = set()
     found: list[Item] = []
     for root in roots:
@@ -98,9 +98,13 @@ def collect(roots: list[str], limit: int) -> list[Item]:
                 if digest not in seen:
                     seen.add(digest)
                     found.append(Item(path, data, kind))
-    if len(found) > limit:
-        step = len(found) / limit
-        found = [found[int(i * step)] for i in range(limit)]
+    if len(found) > limit:  # every JPEG, GIF and WebP (they are few), a spread sample of the PNGs
+        others = [i for i in found if i.kind != "png"]
+        pngs = [i for i in found if i.kind == "png"]
+        room = max(0, limit - len(others))
+        step = len(pngs) / max(room, 1)
+        chosen = {id(pngs[int(n * step)]) for n in range(min(room, len(pngs)))}
+        found = [i for i in found if i.kind != "png" or id(i) in chosen]
     return found
 
 
