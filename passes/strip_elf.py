@@ -37,6 +37,7 @@ class StripElfOptions:
     mode: Literal["debug", "unneeded", "all"] = "unneeded"
     keep_debuglink: bool = True  # keep .gnu_debuglink / .gnu_debugaltlink (a debugger finds the debug file)
     archives: bool = True  # strip debugging sections from the members of static archives (.a)
+    max_size: int = 512 * 1024 * 1024  # larger files are left alone: a worker holds about twice a file's size
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,13 @@ class StripElf:
             help="strip-elf: also remove .gnu_debuglink/.gnu_debugaltlink (kept by default)",
         )
         parser.add_argument(
+            "--strip-max-size",
+            type=int,
+            default=StripElfOptions.max_size,
+            metavar="BYTES",
+            help="strip-elf: leave larger files alone (a worker holds about twice a file's size; default 512 MiB)",
+        )
+        parser.add_argument(
             "--strip-no-archives",
             action="store_true",
             help="strip-elf: leave static archives (.a) alone",
@@ -151,6 +159,7 @@ class StripElf:
             mode=getattr(args, "strip_mode", StripElfOptions.mode),
             keep_debuglink=not getattr(args, "strip_drop_debuglink", False),
             archives=not getattr(args, "strip_no_archives", False),
+            max_size=getattr(args, "strip_max_size", StripElfOptions.max_size),
         )
 
     def run(self, ctx: PassContext) -> None:
@@ -168,6 +177,9 @@ class StripElf:
                 )
             elif ctx.fs.is_protected(path):
                 ctx.note(path, "kept", "protected layer", content.size, content.size)
+            elif content.size > self.options.max_size:
+                reason = f"larger than --strip-max-size ({self.options.max_size} bytes)"
+                ctx.note(path, "kept", reason, content.size, content.size)
             else:
                 items.append((path, content))
         if not items:

@@ -127,6 +127,14 @@ def test_pass_strips_once_per_inode_and_says_why_it_left_files_alone(
     assert "usr/bin/hello-again" not in reasons  # one path per inode; the change reaches every link
 
 
+def test_files_over_the_size_limit_are_left_alone(tmp_path: Path, debug_binary: bytes) -> None:
+    ctx = context(tmp_path, [[file("app", debug_binary)]])
+    StripElf(StripElfOptions(max_size=len(debug_binary) - 1)).run(ctx)
+    assert not list(ctx.changes)
+    ((path, action, reason),) = [(f.path, f.action, f.reason) for f in ctx.report.findings]
+    assert (path, action) == ("app", "kept") and "--strip-max-size" in reason
+
+
 def test_debug_mode_keeps_symbols(tmp_path: Path, debug_binary: bytes) -> None:
     ctx = context(tmp_path, [[file("app", debug_binary)]])
     StripElf(StripElfOptions(mode="debug")).run(ctx)
@@ -141,9 +149,18 @@ def test_cli_flags_round_trip() -> None:
     StripElf.add_arguments(parser)
     assert StripElf.options_from_args(parser.parse_args([])) == StripElfOptions()
     options = StripElf.options_from_args(
-        parser.parse_args(["--strip-mode", "all", "--strip-drop-debuglink", "--strip-no-archives"])
+        parser.parse_args(
+            [
+                "--strip-mode",
+                "all",
+                "--strip-drop-debuglink",
+                "--strip-no-archives",
+                "--strip-max-size",
+                "1000",
+            ]
+        )
     )
-    assert options == StripElfOptions(mode="all", keep_debuglink=False, archives=False)
+    assert options == StripElfOptions(mode="all", keep_debuglink=False, archives=False, max_size=1000)
     with pytest.raises(ValueError, match="unknown mode"):
         StripElf(StripElfOptions(mode="everything"))  # type: ignore[arg-type]
 
