@@ -369,7 +369,10 @@ class _Rewriter:
     def _bytes(self, s: _Section) -> bytes:
         return self.data[s.offset : s.offset + s.file_size]
 
-    def symtab(self, s: _Section) -> None:
+    def symtab(self, s: _Section, debugging_symbols: bool = False) -> None:
+        """Renumber section indices and drop symbols defined in removed sections; with
+        ``debugging_symbols`` also drop local file and section symbols and rebuild ``.strtab`` (as GNU
+        ``strip --strip-debug`` does to executables and shared objects)."""
         e = self.layout.endian
         fmt = e + ("IBBHQQ" if self.layout.is64 else "IIIBBH")
         entry = struct.calcsize(fmt)
@@ -384,8 +387,8 @@ class _Rewriter:
             if table.size != count * 4:
                 raise ElfSkipped(f"{table.name}: does not match {s.name}")
             extended = list(struct.unpack(e + f"{count}I", self._bytes(table)))
-        shndx_at = 3 if self.layout.is64 else 5
-        out = bytearray()
+        shndx_at, info_at = (3, 1) if self.layout.is64 else (5, 3)
+        symbols: list[tuple[int, ...]] = []
         new_extended: list[int] = []
         mapping: list[int] = []
         locals_kept = 0
@@ -394,6 +397,9 @@ class _Rewriter:
             shndx = symbol[shndx_at]
             real = extended[number] if extended is not None and shndx == SHN_XINDEX else shndx
             x_value = extended[number] if extended is not None else 0
+            if debugging_symbols and number and symbol[info_at] >> 4 == 0 and symbol[info_at] & 0xF in (3, 4):
+                mapping.append(-1)  # STB_LOCAL STT_SECTION / STT_FILE
+                continue
             if number and (0 < shndx < SHN_LORESERVE or (shndx == SHN_XINDEX and extended is not None)):
                 if real in self.drops:
                     mapping.append(-1)
@@ -412,9 +418,28 @@ class _Rewriter:
                 locals_kept += 1
             mapping.append(kept)
             kept += 1
-            out += struct.pack(fmt, *symbol)
+            symbols.append(symbol)
             new_extended.append(x_value)
-        self.contents[s.index] = bytes(out)
+        strtab = self.layout.sections[s.link] if 0 < s.link < len(self.layout.sections) else None
+        users = [t for t in self.layout.sections if t.link == s.link and t.type != SHT_NULL]
+        if debugging_symbols and strtab is not None and strtab.type == SHT_STRTAB and users == [s]:
+            if s.link == self.layout.shstrndx:
+                raise ElfSkipped(f"{s.name}: its string table also names the sections")
+            old_names = self._bytes(strtab)
+
+            def name_of(offset: int) -> str:
+                if offset >= len(old_names):
+                    raise ElfSkipped(f"{s.name}: a symbol name lies outside {strtab.name}")
+                end = old_names.find(b"\0", offset)
+                return old_names[offset : end if end >= 0 else len(old_names)].decode(
+                    "utf-8", "surrogateescape"
+                )
+
+            names = [name_of(symbol[0]) for symbol in symbols]
+            new_names, offsets = _string_table(names)
+            symbols = [(offsets[name], *symbol[1:]) for name, symbol in zip(names, symbols, strict=True)]
+            self.contents[strtab.index] = new_names
+        self.contents[s.index] = b"".join(struct.pack(fmt, *symbol) for symbol in symbols)
         self.infos[s.index] = locals_kept
         self.symbol_maps[s.index] = mapping
         if table is not None:
@@ -450,6 +475,10 @@ class _Rewriter:
                 (info,) = struct.unpack_from(e + "I", raw, at)
                 new = self._renumber(s, info >> 8)
                 struct.pack_into(e + "I", raw, at, (new << 8) | (info & 0xFF))
+        if raw == self._bytes(s):
+            return  # e.g. IRELATIVE relocations of a static executable name no symbol
+        if s.alloc:
+            raise ElfSkipped(f"{s.name}: lies in a segment and names symbols whose indices would change")
         self.contents[s.index] = bytes(raw)
 
     def group(self, s: _Section) -> None:
@@ -532,13 +561,14 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
 
     rewriter = _Rewriter(data, layout, index_map, drops)
     renumbered = any(old != new for old, new in index_map.items())
+    debugging_symbols = mode == "debug" and layout.e_type != ET_REL
     for s in kept:
-        if s.type == SHT_SYMTAB and renumbered:
-            rewriter.symtab(s)
+        if s.type == SHT_SYMTAB and (renumbered or debugging_symbols):
+            rewriter.symtab(s, debugging_symbols)
     for s in kept:
         if s.index in rewriter.contents:
             continue
-        if s.type in (SHT_REL, SHT_RELA) and not s.alloc:
+        if s.type in (SHT_REL, SHT_RELA):
             rewriter.relocations(s)
         elif s.type == SHT_GROUP:
             rewriter.group(s)
@@ -667,6 +697,8 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
 
 def _same(a: bytes, a_at: int, b: bytes, b_at: int, size: int, chunk: int = 1 << 20) -> bool:
     """``a[a_at:a_at+size] == b[b_at:b_at+size]``, compared a chunk at a time (big files are not copied)."""
+    if size <= 0:
+        return True
     if a_at + size > len(a) or b_at + size > len(b):
         return False
     for at in range(0, size, chunk):

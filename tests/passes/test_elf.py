@@ -86,7 +86,8 @@ def test_same_sections_as_gnu_strip_on_every_fixture(fixtures: Path, tmp_path: P
         data = path.read_bytes()
         try:
             result = strip_elf(data, mode)
-        except ElfSkipped:
+        except ElfSkipped as error:  # only the files that must be left alone, never a failed verification
+            assert path.name in {*CORRUPT, "core_linux64.elf"}, f"{path.name}: {error}"
             continue
         ours = result.data if result else data
         assert len(ours) <= len(data), path.name
