@@ -632,6 +632,30 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
         return pinned(s) or (s.alloc and layout.e_type != ET_REL) or below(s)
 
     moving = sorted((s for s in kept if s.index and not stays(s)), key=lambda s: (s.offset, s.index))
+    free = list(dead)  # zeroed spans that moved sections and the section table may reuse
+
+    def carve(size: int, alignment: int) -> int | None:
+        for number, (start, end) in enumerate(free):
+            at = _align(start, alignment)
+            if at + size <= end:
+                free[number : number + 1] = [
+                    span for span in ((start, at), (at + size, end)) if span[1] > span[0]
+                ]
+                return at
+        return None
+
+    def put(content: bytes | memoryview, alignment: int) -> int:
+        nonlocal length, zeroed
+        at = carve(len(content), alignment) if content else None
+        if at is not None:
+            middle[at - layout.ehsize : at - layout.ehsize + len(content)] = content
+            zeroed -= len(content)
+            return at
+        at = _align(length, alignment)
+        pieces.extend([bytes(at - length), content])
+        length = at + len(content)
+        return at
+
     new_offsets: dict[int, tuple[int, int]] = {}
     for s in moving:
         if s.type == SHT_NOBITS:
@@ -642,10 +666,7 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
             content = names_table
         else:
             content = rewriter.contents.get(s.index, view[s.offset : s.offset + s.file_size])
-        at = _align(length, s.addralign)
-        pieces += [bytes(at - length), content]
-        length = at + len(content)
-        new_offsets[s.index] = (at, len(content))
+        new_offsets[s.index] = (put(content, s.addralign), len(content))
     for s in kept:
         new = _Section(**vars(s))
         new.sh_name = name_offsets.get(s.name, s.sh_name) if s.index else s.sh_name
@@ -669,18 +690,9 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
     elif sections[0].link == layout.shstrndx and layout.shstrndx >= SHN_LORESERVE:
         headers[0].link = 0
     table = b"".join(struct.pack(layout.shdr_format, *h.fields()) for h in headers)
-    word = 8 if layout.is64 else 4
-    shoff = _align(length, word)
-    for start, end in sorted(dead, key=lambda span: span[0] - span[1]):
-        if _align(start, word) + len(table) <= end:  # a dead span can hold the section table
-            shoff = _align(start, word)
-            middle[shoff - layout.ehsize : shoff - layout.ehsize + len(table)] = table
-            zeroed -= len(table)
-            break
-    else:
-        if shoff + len(table) > len(data) or (shoff + len(table) == len(data) and not zeroed):
-            return None  # no smaller: keep the original
-        pieces += [bytes(shoff - length), table]
+    shoff = put(table, 8 if layout.is64 else 4)
+    if length > len(data) or (length == len(data) and not zeroed):
+        return None  # no smaller: keep the original
     e = layout.endian
     at_shoff, at_count = (40, 60) if layout.is64 else (32, 48)
     struct.pack_into(e + ("Q" if layout.is64 else "I"), head, at_shoff, shoff)
@@ -689,7 +701,8 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
         SHN_XINDEX if shstrndx >= SHN_LORESERVE else shstrndx,
     )  # fmt: skip
     result = b"".join(pieces)
-    del pieces, view
+    pieces.clear()  # the copies made for zeroing go before verification reads the result
+    middle = bytearray()
     removed = tuple(sections[i].name for i in sorted(drops))
     verify_stripped(data, result, layout, {s.index for s in kept if s.index not in rewriter.contents})
     return StripResult(result, mode, removed, zeroed)
