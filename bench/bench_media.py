@@ -40,7 +40,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from PIL import Image
 
 from bench.bench_strip_elf import TreeMemory
 from bench.common import BENCH_IMAGE, ROOT, image_layers, measure, open_member, raw_stream
@@ -226,11 +225,14 @@ def big_images(workdir: str, options: MediaOptions) -> None:
     side = int((options.max_pixels * 0.95) ** 0.5)
     for label, width in (("just under the cap", side), ("over the cap", side + side // 3)):
         path = os.path.join(workdir, f"big{width}.png")
-        rows = np.arange(width, dtype=np.uint32)
-        gradient = ((rows[:, None] * 3 + rows[None, :] * 5) % 256).astype(np.uint8)
-        Image.fromarray(np.stack([gradient, gradient[::-1], gradient.T], axis=-1)).save(
-            path, compress_level=1
+        # Made in a child process: a big parent would inflate the measured child's ru_maxrss (Linux keeps the
+        # pre-exec high-water mark).
+        make = (
+            "import sys, numpy as np; from PIL import Image; w = int(sys.argv[2]);"
+            "r = np.arange(w, dtype=np.uint32); g = ((r[:, None] * 3 + r[None, :] * 5) % 256).astype(np.uint8);"
+            "Image.fromarray(np.stack([g, g[::-1], g.T], axis=-1)).save(sys.argv[1], compress_level=1)"
         )
+        subprocess.run([sys.executable, "-c", make, path, str(width)], check=True)
         script = (
             "import sys, time; sys.path.insert(0, sys.argv[2]);"
             "from passes.media import MediaOptions; from passes.media_codecs import optimize;"
@@ -290,9 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--png-level", type=int, default=MediaOptions.png_level)
     parser.add_argument("--no-big", action="store_true", help="skip the pixel-cap measurements")
+    parser.add_argument("--only-big", action="store_true", help="only the pixel-cap measurements")
     args = parser.parse_args(argv)
     options = MediaOptions(png_level=args.png_level)
     with tempfile.TemporaryDirectory(prefix="bench-media-") as workdir:
+        if args.only_big:
+            big_images(workdir, options)
+            return 0
         corpora = [
             ("fixtures", collect([str(FIXTURES)], args.limit)),
             ("machine", collect([r for r in (args.root or DEFAULT_ROOTS) if os.path.isdir(r)], args.limit)),
