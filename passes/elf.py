@@ -23,9 +23,9 @@ Modes follow GNU ``strip``:
 Relocatable objects (``.o``, ``.ko``, archive members) get ``debug`` at most: linking needs their symbols.
 ``.gnu_debuglink``/``.gnu_debugaltlink`` are kept unless asked; notes (build-id, properties) are always kept.
 
-Headers are read with ``struct`` (bounds-checked) because most files in an image have nothing to strip and
-pyelftools takes milliseconds per file just to open one; every result is re-read by both, and the tests read
-every result whole with pyelftools (``verify_stripped(..., thorough=True)``).
+Headers are read with ``struct`` (bounds-checked): most files in an image have nothing to strip and are read
+no further. Every result is read again by both, pyelftools reading every section and segment
+(``verify_stripped``); pyelftools' construct definitions are built once per kind of file (``_ELFFile``).
 
 ``strip_elf`` returns ``None`` when there is nothing to remove, raises ``ElfSkipped`` (with the reason) for
 files it deliberately leaves alone, and verifies every result (``verify_stripped``) before returning it.
@@ -254,10 +254,9 @@ def _open_elf(data: bytes) -> ELFFile:
         return ELFFile(io.BytesIO(data))
 
 
-def _parse_with_pyelftools(data: bytes, layout: _Layout, thorough: bool) -> None:
-    """pyelftools must read the file as ``_parse`` did: class, byte order, type, header tables, the section
-    name table. ``thorough`` also walks every section (name, offset, size; the data of non-allocated ones) and
-    every segment: about 15 ms a file, more than GNU strip takes, so the pass leaves it to the tests."""
+def _parse_with_pyelftools(data: bytes, layout: _Layout) -> None:
+    """pyelftools must read the file as ``_parse`` did: class, byte order, header tables, the section name
+    table, every section (name, offset, size; the data of the non-allocated ones) and every segment."""
     try:
         elf = _open_elf(data)
         header = elf.header
@@ -271,8 +270,6 @@ def _parse_with_pyelftools(data: bytes, layout: _Layout, thorough: bool) -> None
         )
         if not agree:
             raise ElfSkipped("headers do not parse: pyelftools reads them differently")
-        if not thorough:
-            return
         for number, section in enumerate(elf.iter_sections()):
             mine = layout.sections[number]
             if (section.name, section["sh_offset"], section["sh_size"]) != (
@@ -817,12 +814,11 @@ def verify_stripped(
     stripped: bytes,
     layout: _Layout | None = None,
     unchanged: set[int] | None = None,
-    thorough: bool = False,
 ) -> None:
     """Raise ``ElfVerificationError`` unless ``stripped`` is a faithful strip of ``original``.
 
-    It must parse (our bounds-checked header reader, and pyelftools must agree on the header tables; with
-    ``thorough`` pyelftools also reads every section and segment), keep the ELF header but for the section
+    It must parse (our bounds-checked header reader, and pyelftools must read every section and segment the
+    same way), keep the ELF header but for the section
     table fields, keep the program headers and every byte that a segment maps, keep the dynamic section, keep
     every allocated section's header and bytes and every other section's bytes unless rewritten, and be no
     larger.
@@ -831,7 +827,7 @@ def verify_stripped(
         layout = _parse(original)
     try:
         new = _parse(stripped)
-        _parse_with_pyelftools(stripped, new, thorough)
+        _parse_with_pyelftools(stripped, new)
     except ElfSkipped as error:
         raise ElfVerificationError(f"stripped result does not parse: {error}") from error
     if len(stripped) > len(original):

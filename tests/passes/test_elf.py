@@ -92,7 +92,7 @@ def test_same_sections_as_gnu_strip_on_every_fixture(fixtures: Path, tmp_path: P
         ours = result.data if result else data
         assert len(ours) <= len(data), path.name
         if result is not None:
-            verify_stripped(data, result.data, thorough=True)
+            verify_stripped(data, result.data)
             assert strip_elf(result.data, mode) is None, path.name  # nothing left to do the second time
         theirs = gnu_strip(strip, data, gnu_flag(mode, data), tmp_path)
         if theirs is None:
@@ -166,7 +166,7 @@ def test_verification_catches_a_changed_mapped_byte(fixtures: Path) -> None:
     data = (fixtures / "elf" / "sample_exe64.elf").read_bytes()
     result = strip_elf(data)
     assert result is not None
-    verify_stripped(data, result.data, thorough=True)
+    verify_stripped(data, result.data)
     tampered = bytearray(result.data)
     tampered[0x400] ^= 0xFF  # inside the first PT_LOAD (.text region)
     with pytest.raises(ElfSkipped, match=r"segment|section"):
@@ -248,7 +248,7 @@ def strip_in_place(path: Path, mode: str) -> None:
     names = section_names(result.data)
     assert not [n for n in names if is_debug_section(n)]
     assert (".symtab" in names) == (mode == "debug")
-    verify_stripped(data, result.data, thorough=True)
+    verify_stripped(data, result.data)
     path.write_bytes(result.data)
 
 
@@ -293,7 +293,7 @@ def test_sections_that_segments_follow_are_zeroed_in_place(tmp_path: Path, mode:
     result = strip_elf(data, mode)
     assert result is not None and result.zeroed > 500 and len(result.data) <= len(data)
     assert ".debug_info" in result.removed and (".symtab" in result.removed) == (mode != "debug")
-    verify_stripped(data, result.data, thorough=True)
+    verify_stripped(data, result.data)
     assert len(zlib.compress(result.data)) < len(zlib.compress(data)) * 0.9
     binary.write_bytes(result.data)
     assert run(binary) == before
@@ -404,7 +404,7 @@ def test_truncated_or_corrupted_files_never_crash(
     assert outcome.action in ("kept", "unchanged", "stripped")
     if outcome.action == "stripped":
         assert outcome.data is not None and len(outcome.data) <= len(data)
-        verify_stripped(bytes(data), outcome.data, thorough=True)
+        verify_stripped(bytes(data), outcome.data)
     else:
         assert outcome.data is None
 
