@@ -40,7 +40,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.structs import ELFStructs
 
@@ -254,9 +253,10 @@ def _open_elf(data: bytes) -> ELFFile:
         return ELFFile(io.BytesIO(data))
 
 
-def _parse_with_pyelftools(data: bytes, layout: _Layout) -> None:
+def _parse_with_pyelftools(data: bytes, layout: _Layout, read_data: bool = True) -> None:
     """pyelftools must read the file as ``_parse`` did: class, byte order, header tables, the section name
-    table, every section (name, offset, size; the data of the non-allocated ones) and every segment."""
+    table, every section (name, offset, size; with ``read_data``, the data of the non-allocated ones) and
+    every segment."""
     try:
         elf = _open_elf(data)
         header = elf.header
@@ -278,13 +278,20 @@ def _parse_with_pyelftools(data: bytes, layout: _Layout) -> None:
                 mine.size,
             ):
                 raise ElfSkipped(f"headers do not parse: pyelftools reads section {number} differently")
-            if number and section["sh_type"] != "SHT_NOBITS" and not section["sh_flags"] & SHF_ALLOC:
+            if (
+                read_data
+                and number
+                and section["sh_type"] != "SHT_NOBITS"
+                and not section["sh_flags"] & SHF_ALLOC
+            ):
                 section.data()
         for number, segment in enumerate(elf.iter_segments()):
             if (segment["p_offset"], segment["p_filesz"]) != layout.segments[number][1:]:
                 raise ElfSkipped(f"headers do not parse: pyelftools reads segment {number} differently")
-    except (ELFError, struct.error, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
-        raise ElfSkipped(f"headers do not parse: {error}") from error
+    except ElfSkipped:
+        raise
+    except Exception as error:  # pyelftools on hostile input: ELFError, struct/zlib errors, KeyError...
+        raise ElfSkipped(f"headers do not parse: {type(error).__name__}: {error}") from error
 
 
 def _known_end(layout: _Layout) -> int:
@@ -579,6 +586,9 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
     drops = _wanted_drops(data, layout, mode, keep_debuglink)
     if not drops:
         return None
+    _parse_with_pyelftools(
+        data, layout, read_data=False
+    )  # a file we change must read the same with pyelftools
     ranges = _segment_ranges(layout)
 
     def pinned(s: _Section) -> bool:
