@@ -137,6 +137,8 @@ def run_pass(
         reason = finding.reason.split(":")[0] if finding.action == "kept" else ""
         outcomes[f"{finding.action} {reason}".strip()[:70]] += 1
     digests = {c.visible_path: c.content.sha256 for c in ctx.changes if c.content is not None}
+    flagged = {f"f{n:06d}": item.path for n, item in enumerate(items)}
+    CORRUPT.update(flagged[w.split(": ")[1]] for w in ctx.report.warnings if w.split(": ")[1] in flagged)
     return seconds, sizes, digests, outcomes, memory
 
 
@@ -170,6 +172,9 @@ TOOLS: dict[str, tuple[str, Callable[[str, str], list[str]]]] = {
 }
 
 
+CORRUPT: set[str] = set()  # files the pass left alone with a warning (truncated, corrupt, bombs)
+
+
 def compare(name: str, items: list[Item], sizes: dict[str, int], workdir: str) -> None:
     print(f"\n== {name}: {len(items)} files, {sum(len(i.data) for i in items) / MB:.2f} MiB "
           f"({dict(Counter(i.kind for i in items))})")  # fmt: skip
@@ -194,6 +199,11 @@ def compare(name: str, items: list[Item], sizes: dict[str, int], workdir: str) -
             total = sum(theirs)
             larger = [(i, t) for i, t in zip(chosen, theirs, strict=True) if sizes[i.path] > t]
             verdict = "ours <= theirs" if ours <= total else "OURS LARGER"
+            sound = [(i, t) for i, t in zip(chosen, theirs, strict=True) if i.path not in CORRUPT]
+            if len(sound) < len(chosen):  # a tool may "optimize" a truncated file by dropping what is missing
+                mine, its = sum(sizes[i.path] for i, _ in sound), sum(t for _, t in sound)
+                verdict += (f" (without the {len(chosen) - len(sound)} corrupt files we leave alone: ours {mine:,} B, "
+                            f"theirs {its:,} B: {'ours <= theirs' if mine <= its else 'OURS LARGER'})")  # fmt: skip
             print(f"        {tool:42} {total:>11,} B (saved {100 * (before - total) / before:5.2f}%)  {verdict}; "
                   f"files where ours is larger: {len(larger)} ({sum(sizes[i.path] - t for i, t in larger):,} B)")  # fmt: skip
             for item, size in larger[:5]:
