@@ -32,6 +32,7 @@ from .errors import (
     OptimizerError,
     PassFailedError,
     PolicyError,
+    RequiredToolNotFound,
     UsageError,
 )
 from .filesystem import FileSystem, build_filesystem
@@ -327,8 +328,8 @@ class _Run:
             started = time.monotonic()
             try:
                 cls(pass_options).run(ctx)
-            except PolicyError:
-                raise
+            except (PolicyError, RequiredToolNotFound):
+                raise  # the user asked for something that cannot be done: not a pass bug to shrug off
             except Exception as error:  # a pass failing must not take the run down unless --strict
                 pass_report.status = PassStatus.FAILED
                 pass_report.error = f"{type(error).__name__}: {error}"

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--recompress", action="store_true", help="recompress unchanged layers with --compression too"
     )
     parser.add_argument(
+        "--squash",
+        action="store_true",
+        help="merge every layer above the kept base (--keep-layers, --base) into one layer",
+    )
+    parser.add_argument(
         "--workers", type=int, metavar="N", help="processes for per-file work (default: all cores)"
     )
     parser.add_argument("--workdir", metavar="DIR", help="directory for temporary files")
@@ -108,6 +113,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         output_format=args.output_format,
         compression=CompressionSpec.parse(args.compression),
         recompress=args.recompress,
+        squash=args.squash,
         workers=args.workers,
         workdir=args.workdir,
     )

@@ -49,7 +49,9 @@ class LayerReport:
     digest_after: str  # "" when the layer was dropped
     size_before: int
     size_after: int
-    status: str  # "unchanged", "rewritten", "dropped", "added", "kept" (protected), "passthrough"
+    # "unchanged", "rewritten", "dropped", "added", "kept" (protected), "squashed" (the layer --squash wrote),
+    # "merged" (folded into the squashed layer: digest_after names it, size_after is 0)
+    status: str
     media_type: str = ""
     files_changed: int = 0
 
