@@ -111,6 +111,7 @@ def run_optimize(
     report = workdir / "report.json"
     program = [str(OPTIMIZE)] if tree is None else [str(PYTHON), "-m", "optimizer"]
     env = None if tree is None else dict(os.environ, PYTHONPATH=str(tree))
+    # `python -m` puts the working directory first on sys.path: run in ``tree`` so its package is the one used.
     command = [
         *program,
         str(image),
@@ -122,7 +123,7 @@ def run_optimize(
         str(workdir),
         *extra,
     ]
-    measured = measure(command, env)
+    measured = measure(command, env, cwd=tree)
     if measured.returncode != 0:
         raise SystemExit(f"`{' '.join(command)}` failed ({measured.returncode}):\n{measured.stderr[-3000:]}")
     data: dict[str, Any] = json.loads(report.read_text())
@@ -141,6 +142,7 @@ class Row:
     max_rss: int = 0
     tree_rss: int = 0
     layers: str = ""
+    bytes_after: int = 0  # compressed layers written (the report's bytes_after)
 
     def add(self, measured: Measured, report: dict[str, Any]) -> None:
         self.seconds = min(self.seconds, measured.seconds)
@@ -148,6 +150,7 @@ class Row:
         self.max_rss = max(self.max_rss, measured.max_rss)
         self.tree_rss = max(self.tree_rss, measured.tree_rss)
         self.layers = layer_statuses(report)
+        self.bytes_after = int(report.get("bytes_after", 0))
 
 
 def layer_statuses(report: dict[str, Any]) -> str:
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run the optimizer package found in this directory (e.g. a `git archive` of a commit)",
     )
     args = parser.parse_args(argv)
+    args.image, args.small, args.many = args.image.resolve(), args.small.resolve(), args.many.resolve()
+    args.tree = args.tree.resolve() if args.tree else None
     images = {"big": args.image, "small": args.small}
     if args.many.is_file():
         images["many"] = args.many
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"image: {args.image} ({human(args.image.stat().st_size)}, {len(layers)} layers), cores: {os.cpu_count()}"
     )
+    print(f"optimizer: {args.tree or 'the project (.venv)'}, nice: {os.nice(0)}")
     print(
         f"zlib {zlib.ZLIB_RUNTIME_VERSION}, python {sys.version.split()[0]}, load average before: {load_average()}"
     )
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_ratio = f"{row.cpu_seconds / base.cpu_seconds:.2f}" if big else "-"
         print(
             f"{label:<34}{row.seconds:>8.2f}{wall_ratio:>9}{row.cpu_seconds:>8.2f}{cpu_ratio:>9}"
-            f"{row.max_rss / mib:>6.0f} MiB{row.tree_rss / mib:>6.0f} MiB  {row.layers}"
+            f"{row.max_rss / mib:>6.0f} MiB{row.tree_rss / mib:>6.0f} MiB  {row.layers}, {human(row.bytes_after)}"
         )
 
     normalize = rows["big: --normalize --passes none"]

@@ -199,13 +199,13 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def measure(command: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+def measure(command: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measured:
     """Run ``command`` to completion: wall time, peak RSS of its largest process and of its whole tree."""
     import tempfile
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=cwd)
         peak = 0
         stop = threading.Event()
 
