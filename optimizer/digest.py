@@ -39,7 +39,9 @@ class VerifyingReader(io.RawIOBase):
     names ``what`` (the blob's role and where it was read from).
     """
 
-    def __init__(self, raw: io.RawIOBase | io.BufferedReader, digest: str, size: int | None, what: str) -> None:
+    def __init__(
+        self, raw: io.RawIOBase | io.BufferedReader, digest: str, size: int | None, what: str
+    ) -> None:
         algorithm, self._hex = parse_digest(digest)
         self._raw = raw
         self._hash = hashlib.new(algorithm)

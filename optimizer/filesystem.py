@@ -23,7 +23,7 @@ __all__ = ["FileSystem", "Node", "build_filesystem"]
 _SYMLINK_DEPTH = 40
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """A visible path: its entry, the layer that owns it, its bytes (for files and hardlinks)."""
 
@@ -42,7 +42,7 @@ class Node:
         return self.content.size if self.content is not None else 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Holder:
     """Where an inode's bytes are stored: the layer and the path of the FILE entry."""
 

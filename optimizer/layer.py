@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -33,7 +34,7 @@ OPAQUE_MARKER = ".wh..wh..opq"
 _READ_BLOCK = 256 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IndexedEntry:
     entry: Entry
     content: Content | None = None
@@ -105,9 +106,12 @@ def _text(utf8: object | None, fallback: object, pointer: int) -> str:
     return bytes(value).decode("utf-8", "surrogateescape")
 
 
+_NO_XATTRS: dict[str, bytes] = {}  # shared by every entry without xattrs (never mutated): 64 bytes each
+
+
 def _xattrs(pointer: int) -> dict[str, bytes]:
     if _xattr_reset is None or _xattr_next is None or not _xattr_reset(pointer):  # type: ignore[operator]
-        return {}
+        return _NO_XATTRS
     out: dict[str, bytes] = {}
     name = ctypes.c_char_p()
     value = ctypes.c_void_p()
@@ -161,8 +165,8 @@ def _to_entry(item: libarchive.ArchiveEntry, warnings: list[str], where: str) ->
         mode=ffi.entry_perm(pointer) & 0o7777,
         uid=int(ffi.entry_uid(pointer)),
         gid=int(ffi.entry_gid(pointer)),
-        uname=_text(_uname_utf8, ffi.entry_uname, pointer),
-        gname=_text(_gname_utf8, ffi.entry_gname, pointer),
+        uname=sys.intern(_text(_uname_utf8, ffi.entry_uname, pointer)),
+        gname=sys.intern(_text(_gname_utf8, ffi.entry_gname, pointer)),
         mtime=int(ffi.entry_mtime(pointer)),
         mtime_ns=int(ffi.entry_mtime_nsec(pointer)),
         size=int(ffi.entry_size(pointer)) if kind is EntryKind.FILE else 0,

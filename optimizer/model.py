@@ -90,7 +90,7 @@ class EntryKind(str, Enum):
     FIFO = "fifo"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Content:
     """A regular file's bytes: a slice of a spool file on local disk. Cheap to pickle into a worker."""
 
@@ -150,7 +150,7 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One tar member, as read from a layer (path normalised: no leading ``/`` or ``./``, no ``..``).
 

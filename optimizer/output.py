@@ -280,6 +280,8 @@ class LayerWriter:
             self._tar.addfile(info, _Exact(reader, entry.size, entry.path))
         else:
             self._tar.addfile(info)
+        # tarfile keeps every TarInfo it wrote (for getmember); a layer of 250,000 files would hold them all.
+        self._tar.members.clear()  # type: ignore[attr-defined]
         self.count += 1
 
     def close(self) -> BlobSpec:

@@ -94,9 +94,10 @@ class WorkerPool:
         if self._executor is None:
             import multiprocessing
 
-            self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("forkserver")
-            )
+            context = multiprocessing.get_context("forkserver")
+            # The fork server imports the passes once; every worker forked from it starts warm.
+            context.set_forkserver_preload(["optimizer", "passes"])
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=context)
         chunk = max(1, min(16, len(items) // (self.workers * 8)))
         results = self._executor.map(
             _call, [fn] * len(items), [c for _, c in items], [arg] * len(items), chunksize=chunk

@@ -116,8 +116,10 @@ def apply_changes(fs: FileSystem, changes: Iterable[Change]) -> FileSystem:
     )
 
 
-def _sort_key(entry: Entry) -> tuple[str, ...]:
-    return tuple(entry.path.split("/")) if entry.path else ()
+def _sort_key(entry: Entry) -> str:
+    # The order of the tuples of path components, without building them: NUL (never in a tar name) sorts
+    # before every other character, as a shorter tuple sorts before a longer one it prefixes.
+    return entry.path.replace("/", "\0")
 
 
 def _whiteout(entry: Entry) -> Entry:

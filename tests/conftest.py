@@ -7,9 +7,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# In CI, property tests draw the same examples every run: a red build is reproducible, not a coin toss.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))
+if IN_CI:
+    settings.load_profile("ci")
 
 
 def fixtures_dir() -> Path:
