@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import itertools
 import os
 import tempfile
 import time
@@ -37,9 +38,10 @@ from .errors import (
 )
 from .filesystem import FileSystem, build_filesystem
 from .layer import LayerIndex, index_layer
-from .model import Descriptor
+from .model import Content, Descriptor, Entry
 from .options import Options
 from .output import (
+    BlobSpec,
     OutputBlob,
     canonical_json,
     compressor_versions,
@@ -129,6 +131,7 @@ class _Run:
         self.changed: set[str] = set()  # digests of manifests that changed
         self.base_layers: list[list[str]] = []
         self.spool = Spool(os.path.join(workdir, "new-content.pack"))
+        self.blob_numbers = itertools.count()
         # Layers: mtimes clamped to SOURCE_DATE_EPOCH, or to 0 when normalising without it (content alone
         # decides the digest). The config's times follow SOURCE_DATE_EPOCH only.
         self.config_clamp = source_date_epoch()
@@ -456,11 +459,10 @@ class _Run:
                 continue
             spec = self.options.compression
             self.progress(f"writing layer {number + 1}/{len(layers)}", number, len(layers))
-            path = os.path.join(self.workdir, f"out-{len(os.listdir(self.workdir))}.blob")
-            blob = write_layer(items, path, spec, self.clamp, self.pool.workers)
+            blob = self.write_blob(items)
             if blob.digest == layer.digest:
                 self.blobs.from_source(self.source.blobs, layer, "layer")
-                os.unlink(path)
+                os.unlink(blob.path)
                 new_layers.append(layer)
                 new_diff_ids.append(diff_ids[number])
                 image_report.layers.append(
@@ -498,9 +500,8 @@ class _Run:
             assert final_fs is not None
             mtime = self.config_clamp if self.config_clamp is not None else _created_epoch(config)
             items = top_layer_entries(plan.added, final_fs, mtime)
-            path = os.path.join(self.workdir, f"out-{len(os.listdir(self.workdir))}.blob")
             spec = self.options.compression
-            blob = write_layer(items, path, spec, self.clamp, self.pool.workers)
+            blob = self.write_blob(items)
             self.blobs.from_file(blob.path, blob.digest, blob.size)
             media_type = mt.layer_media_type(docker_family, spec.codec)
             new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
@@ -549,8 +550,7 @@ class _Run:
         blob = None
         media_type = mt.layer_media_type(docker_family, self.options.compression.codec)
         if items:
-            path = os.path.join(self.workdir, f"out-{len(os.listdir(self.workdir))}.blob")
-            blob = write_layer(items, path, self.options.compression, self.clamp, self.pool.workers)
+            blob = self.write_blob(items)
             self.blobs.from_file(blob.path, blob.digest, blob.size)
             new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
             new_diff_ids.append(blob.diff_id)
@@ -577,6 +577,11 @@ class _Run:
         return self.finish_image(
             descriptor, document, config_descriptor, new_config, layers, new_layers, image_report
         )
+
+    def write_blob(self, items: Sequence[tuple[Entry, Content | None]]) -> BlobSpec:
+        """Write one layer of the run's codec into the work directory."""
+        path = os.path.join(self.workdir, f"out-{next(self.blob_numbers)}.blob")
+        return write_layer(items, path, self.options.compression, self.clamp, self.pool.workers)
 
     def finish_image(
         self,
