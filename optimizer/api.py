@@ -369,10 +369,16 @@ class _Run:
         rewrite_all = self.options.normalize or self.options.recompress
         needs_files = bool(self.passes) or rewrite_all or self.options.squash
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
+        changes: list[Change] = []
+        final_fs: FileSystem | None = None
+        indexes: list[LayerIndex] = []
         if needs_files:
             indexes = self.index_layers(layers, name)
             for index in indexes:
                 image_report.warnings.extend(index.warnings)
+        if self.passes or self.options.squash:
+            # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
+            # needs each layer's own entries, and skipping the view keeps memory down on many-file images.
             fs = build_filesystem(
                 [i.entries for i in indexes], frozenset(range(protected)) | non_distributable
             )
@@ -384,8 +390,6 @@ class _Run:
                 [d.digest for d in layers],
             )
             changes, final_fs = self.run_passes(fs, info, image_report, indexes)
-        else:
-            indexes, changes, final_fs = [], [], None
         plan = build_plan(changes, len(layers))
         new_layers: list[Descriptor] = []
         diff_ids: list[str] = list((config.get("rootfs") or {}).get("diff_ids") or [])

@@ -140,8 +140,10 @@ def layer_entries(
         parts = path.split("/")
         return any("/".join(parts[:i]) in deleted for i in range(1, len(parts)))
 
-    holders: dict[str, Content | None] = {}  # FILE path in this layer -> content (after replacement)
-    holder_entries: dict[str, Entry] = {}  # FILE path in this layer -> its entry (the inode's metadata)
+    # Dropped FILE entries of this layer, in case a hardlink after them must take their place: only the
+    # dropped ones are kept (a many-file layer would otherwise hold a second map of every file).
+    holders: dict[str, Content | None] = {}
+    holder_entries: dict[str, Entry] = {}
     out: list[tuple[Entry, Content | None]] = []
     promoted: dict[str, str] = {}  # dropped holder path -> the link promoted in its place
     emitted_whiteouts: set[str] = set()
@@ -150,10 +152,11 @@ def layer_entries(
         if entry.kind is EntryKind.FILE and entry.path in plan.replace:
             content = plan.replace[entry.path]
             entry = entry.with_size(content.size)
-        if entry.kind is EntryKind.FILE:
+        gone = bool(deleted) and is_deleted(entry.path)
+        if gone and entry.kind is EntryKind.FILE:
             holders[entry.path] = content
             holder_entries[entry.path] = entry
-        if is_deleted(entry.path):
+        if gone:
             if (
                 entry.path in lower_paths
                 and entry.path not in emitted_whiteouts
@@ -166,7 +169,7 @@ def layer_entries(
             target = entry.link
             if target in promoted:
                 entry = _relink(entry, promoted[target])
-            elif is_deleted(target) and target in holders:
+            elif target in holders:
                 content = holders[target]
                 promoted[target] = entry.path
                 # The link shared the file's inode, so it showed the file's metadata (as umoci extracts it).
@@ -187,8 +190,6 @@ def layer_entries(
                     0,
                     source.xattrs,
                 )
-                holders[entry.path] = content
-                holder_entries[entry.path] = entry
         out.append((entry, content if entry.kind is EntryKind.FILE else None))
     # Deleted paths that this layer does not carry but a lower layer does (a pass deleting a file whose
     # owning entry is here as a directory's child, for instance) need no extra whiteout: the owner is here.
@@ -218,8 +219,15 @@ def _relink(entry: Entry, target: str) -> Entry:
 
 def _canonical_order(items: list[tuple[Entry, Content | None]]) -> list[tuple[Entry, Content | None]]:
     """Sort by path; within the layer, the first path of a hardlink group (in that order) holds the bytes."""
-    by_path = {entry.path: (entry, content) for entry, content in items}
-    ordered = sorted(by_path.values(), key=lambda item: _sort_key(item[0]))
+    ordered = sorted(items, key=lambda item: _sort_key(item[0]))  # stable: of equal paths the last stays last
+    ordered = [
+        item
+        for i, item in enumerate(ordered)
+        if i + 1 == len(ordered) or ordered[i + 1][0].path != item[0].path
+    ]
+    if not any(entry.kind is EntryKind.HARDLINK for entry, _ in ordered):
+        return ordered
+    by_path = {entry.path: (entry, content) for entry, content in ordered}
     groups: dict[str, list[str]] = {}
     for entry, _ in ordered:
         if (
