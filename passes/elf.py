@@ -601,6 +601,10 @@ def strip_elf(data: bytes, mode: str = "unneeded", keep_debuglink: bool = True) 
     if any(pinned(sections[i]) for i in drops):
         raise ElfSkipped("a section to remove lies inside a segment")
     kept = [s for s in sections if s.index not in drops]
+    for s in kept:
+        # A corrupt alignment would make the writer pad by gigabytes: such a file is not ours to rewrite.
+        if s.addralign > 1 and (s.addralign & (s.addralign - 1) or s.addralign > max(1 << 16, len(data))):
+            raise ElfSkipped(f"{s.name or s.index}: implausible section alignment {s.addralign}")
     index_map = {s.index: new for new, s in enumerate(kept)}
     if layout.e_type != ET_REL:
         _check_dynamic_symbols(data, layout, index_map)
