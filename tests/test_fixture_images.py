@@ -13,7 +13,7 @@ import pytest
 from optimizer import Options, optimize
 from optimizer.errors import DigestMismatchError, FormatError, InputError, LayerError, MissingBlobError
 
-from .conftest import ROOT, fixtures_dir, require_tool
+from .conftest import ROOT, fixtures_dir, missing, require_tool
 from .imagetools import Layout, sha256_file, tree_of, umoci_unpack
 
 # Inputs that are images (tar or layout directory), relative to fixtures/images.
@@ -128,7 +128,7 @@ UNPACKABLE = [
 def image(name: str) -> Path:
     path = fixtures_dir() / "images" / name
     if not path.exists():
-        pytest.fail(f"fixture {path} is missing") if os.environ.get("CI") else pytest.skip(f"{path} missing")
+        missing(f"fixture {path} not found")
     return path
 
 

@@ -14,6 +14,7 @@ import requests
 from optimizer.service.app import Service, create_app
 from optimizer.service.auth import github_signature
 from optimizer.service.config import parse_config
+from tests.conftest import missing
 from tests.service.conftest import TOKEN, InProcessServer, hook
 
 V1 = "application/vnd.docker.distribution.events.v1+json"
@@ -51,7 +52,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Service, str]]:
 def body_of(fixtures: Path, name: str) -> bytes:
     path = fixtures / "registry-events" / name
     if not path.exists():
-        pytest.skip(f"missing fixture {path}")
+        missing(f"fixture {path} not found")
     return path.read_bytes()
 
 
