@@ -664,7 +664,7 @@ def _update_config(
     diff_ids: list[str],
     dropped: list[int],
     added: bool,
-    reasons: list[str],
+    reasons: list[tuple[str, str, str]],
     passes: Sequence[tuple[type[Pass], Any]],
     clamp: int | None,
 ) -> dict[str, Any]:
@@ -689,7 +689,7 @@ def _update_config(
         created = new.get("created") if clamp is None else _iso(clamp)
         entry: dict[str, Any] = {
             "created_by": "oci-optimizer: " + ",".join(cls.name for cls, _ in passes),
-            "comment": "; ".join(reasons)[:4000] or "files added by oci-optimizer",
+            "comment": _history_comment(reasons),
         }
         if created:
             entry["created"] = created
@@ -748,6 +748,21 @@ def _squash_config(
             if "created" in item:
                 item["created"] = _min_iso(item["created"], clamp)
     return new
+
+
+def _history_comment(reasons: Sequence[tuple[str, str, str]], limit: int = 4000) -> str:
+    """What the new top layer holds, grouped by pass and reason: "inject: zoneinfo (tzdata 2026a): 38 files
+    (usr/share/zoneinfo/UTC, ...)"."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for pass_name, path, reason in reasons:
+        groups.setdefault((pass_name, reason), []).append(path)
+    parts = []
+    for (pass_name, reason), paths in groups.items():
+        shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        count = f"{len(paths)} files" if len(paths) > 1 else "1 file"
+        parts.append(f"{pass_name}: {reason or 'added'}: {count} ({shown})")
+    text = "; ".join(parts) or "files added by oci-optimizer"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _min_iso(value: Any, clamp: int) -> str:

@@ -46,7 +46,7 @@ class LayerPlan:
 class Plan:
     layers: dict[int, LayerPlan] = field(default_factory=dict)
     added: dict[str, tuple[Entry, Content | None]] = field(default_factory=dict)
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[tuple[str, str, str]] = field(default_factory=list)  # (pass, path, reason) of each addition
 
     def layer(self, number: int) -> LayerPlan:
         return self.layers.setdefault(number, LayerPlan())
@@ -57,7 +57,7 @@ def build_plan(changes: Iterable[Change], layer_count: int) -> Plan:
     plan = Plan()
     for change in changes:
         if change.reason and change.op is Op.ADD:
-            plan.reasons.append(f"{change.pass_name}: {change.path}: {change.reason}")
+            plan.reasons.append((change.pass_name, change.path, change.reason))
         if change.layer >= layer_count:
             if change.op is Op.DELETE:
                 plan.added.pop(change.path, None)
