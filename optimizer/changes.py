@@ -80,7 +80,7 @@ class Changes:
         if self._fs.is_protected(path):
             raise ChangeRefused(f"{self._pass}: {path}: lives in a layer kept byte-identical")
         content = self._content(data)
-        holder = self._fs.holder(node.inode)
+        holder = self._fs.holder_of(path)
         if node.layer >= self._fs.layer_count:  # added by an earlier pass in this run
             layer, where = node.layer, path
         elif holder is None:

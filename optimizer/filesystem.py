@@ -112,7 +112,21 @@ class FileSystem:
         return list(self._children.get(clean_path(directory), []))
 
     def holder(self, inode: int) -> Holder | None:
+        """Where a hardlinked inode's bytes are stored; None for an inode without links (its FILE node holds
+        them: use ``holder_of``)."""
         return self._holders.get(inode)
+
+    def holder_of(self, path: str) -> Holder | None:
+        """Where the bytes seen at ``path`` are stored (the FILE entry, for a hardlink the one it links to)."""
+        node = self.get(path)
+        if node is None or node.content is None:
+            return None
+        known = self._holders.get(node.inode)
+        if known is not None:
+            return known
+        if node.entry.kind is EntryKind.FILE:
+            return Holder(node.layer, clean_path(path))
+        return None
 
     def links(self, inode: int) -> Sequence[tuple[int, str]]:
         """Every (layer, path) of a HARDLINK entry that refers to this inode, visible or not."""
@@ -244,7 +258,9 @@ def build_filesystem(
                 nodes[entry.path] = Node(entry, number, content, inode)
             else:
                 nodes[entry.path] = Node(entry, number, None, 0)
-    return FileSystem(nodes, holders, links, protected, len(layers))
+    # Only hardlinked inodes need a holder on record: a plain file's node is its own holder (see ``holder``).
+    linked_holders = {inode: holders[inode] for inode in links if inode in holders}
+    return FileSystem(nodes, linked_holders, links, protected, len(layers))
 
 
 def _content_of(layers: Sequence[Sequence[IndexedEntry]], holder: Holder) -> Content | None:
