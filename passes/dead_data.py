@@ -328,11 +328,22 @@ class DeadData:
             self._report_duplicates(ctx)
 
     def _report_duplicates(self, ctx: PassContext) -> None:
-        groups: dict[tuple[str, int], list[str]] = {}
+        # First path per content, and a list only for contents seen twice: most files are unique, and a
+        # list per file would cost tens of MB on a many-file image.
+        first: dict[str, str] = {}
+        groups: dict[str, tuple[int, list[str]]] = {}
         for path, node in ctx.fs.unique_files():
-            if node.content is not None and node.content.size > 0:
-                groups.setdefault((node.content.sha256, node.content.size), []).append(path)
-        duplicated = [(size, paths) for (_, size), paths in groups.items() if len(paths) > 1]
+            if node.content is None or node.content.size == 0:
+                continue
+            key = node.content.sha256
+            if key in groups:
+                groups[key][1].append(path)
+            elif key in first:
+                groups[key] = (node.content.size, [first.pop(key), path])
+            else:
+                first[key] = path
+        del first
+        duplicated = list(groups.values())
         duplicated.sort(key=lambda item: (-(item[0] * (len(item[1]) - 1)), item[1][0]))
         reclaimable = sum(size * (len(paths) - 1) for size, paths in duplicated)
         every_copy = sum(size * len(paths) for size, paths in duplicated)
