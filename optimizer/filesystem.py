@@ -67,6 +67,7 @@ class FileSystem:
         self.protected_layers = protected
         self.layer_count = layer_count
         self._children: dict[str, list[str]] | None = None
+        self._implied: frozenset[str] | None = None
 
     def __contains__(self, path: object) -> bool:
         return path in self._nodes
@@ -152,7 +153,7 @@ class FileSystem:
             candidate = "/".join([*resolved, part])
             node = self._nodes.get(candidate)
             if node is None:
-                if pending and self.children(candidate):
+                if self.implied_directory(candidate):
                     resolved.append(part)  # a directory the layers imply without an entry of its own
                     continue
                 return None
@@ -168,6 +169,25 @@ class FileSystem:
                 continue
             resolved.append(part)
         return "/".join(resolved)
+
+    def implied_directory(self, path: str) -> bool:
+        """True when ``path`` has no entry of its own but paths below it exist: a directory no layer listed
+        (``etc/passwd`` without an ``etc`` entry, as some image builders write)."""
+        if self._implied is None:
+            ancestors: set[str] = set()
+            for existing in self._nodes:
+                parts = existing.split("/")
+                ancestors.update("/".join(parts[:i]) for i in range(1, len(parts)))
+            self._implied = frozenset(ancestors - self._nodes.keys())
+        return clean_path(path) in self._implied
+
+    def is_directory(self, path: str) -> bool:
+        """``path``, symlinks followed, is a directory: listed or implied."""
+        target = self.resolve(path)
+        if target is None:
+            return False
+        node = self._nodes.get(target)
+        return node.entry.kind is EntryKind.DIR if node is not None else self.implied_directory(target)
 
     def lookup(self, path: str) -> Node | None:
         """The node at ``path`` after following symlinks."""

@@ -12,7 +12,7 @@ that those layers own, canonically ordered, after the whiteouts that delete from
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .changes import Change, Op
 from .filesystem import FileSystem, Node
@@ -116,10 +116,14 @@ def apply_changes(fs: FileSystem, changes: Iterable[Change]) -> FileSystem:
     )
 
 
-def _sort_key(entry: Entry) -> str:
+def _path_key(path: str) -> str:
     # The order of the tuples of path components, without building them: NUL (never in a tar name) sorts
     # before every other character, as a shorter tuple sorts before a longer one it prefixes.
-    return entry.path.replace("/", "\0")
+    return path.replace("/", "\0")
+
+
+def _sort_key(entry: Entry) -> str:
+    return _path_key(entry.path)
 
 
 def _whiteout(entry: Entry) -> Entry:
@@ -174,22 +178,7 @@ def layer_entries(
                 promoted[target] = entry.path
                 # The link shared the file's inode, so it showed the file's metadata (as umoci extracts it).
                 source = holder_entries.get(target, entry)
-                entry = Entry(
-                    entry.path,
-                    EntryKind.FILE,
-                    source.mode,
-                    source.uid,
-                    source.gid,
-                    source.uname,
-                    source.gname,
-                    source.mtime,
-                    source.mtime_ns,
-                    content.size if content else 0,
-                    "",
-                    0,
-                    0,
-                    source.xattrs,
-                )
+                entry = _as_file(source, content.size if content else 0, entry.path)
         out.append((entry, content if entry.kind is EntryKind.FILE else None))
     # Deleted paths that this layer does not carry but a lower layer does (a pass deleting a file whose
     # owning entry is here as a directory's child, for instance) need no extra whiteout: the owner is here.
@@ -199,21 +188,19 @@ def layer_entries(
 
 
 def _relink(entry: Entry, target: str) -> Entry:
-    return Entry(
-        entry.path,
-        EntryKind.HARDLINK,
-        entry.mode,
-        entry.uid,
-        entry.gid,
-        entry.uname,
-        entry.gname,
-        entry.mtime,
-        entry.mtime_ns,
-        0,
-        target,
-        0,
-        0,
-        entry.xattrs,
+    return replace(entry, kind=EntryKind.HARDLINK, size=0, link=target, devmajor=0, devminor=0)
+
+
+def _as_file(entry: Entry, size: int, path: str | None = None) -> Entry:
+    """``entry``'s metadata as a regular file of ``size`` bytes (at ``path`` when given)."""
+    return replace(
+        entry,
+        path=entry.path if path is None else path,
+        kind=EntryKind.FILE,
+        size=size,
+        link="",
+        devmajor=0,
+        devminor=0,
     )
 
 
@@ -241,30 +228,12 @@ def _canonical_order(items: list[tuple[Entry, Content | None]]) -> list[tuple[En
     rename: dict[str, str] = {}
     result_by_path = dict(by_path)
     for holder, links in groups.items():
-        first = min([holder, *links], key=lambda p: _sort_key(Entry(p, EntryKind.FILE)))
+        first = min([holder, *links], key=_path_key)
         if first == holder:
             continue
         holder_entry, content = by_path[holder]
         link_entry, _ = by_path[first]
-        result_by_path[first] = (
-            Entry(
-                first,
-                EntryKind.FILE,
-                link_entry.mode,
-                link_entry.uid,
-                link_entry.gid,
-                link_entry.uname,
-                link_entry.gname,
-                link_entry.mtime,
-                link_entry.mtime_ns,
-                holder_entry.size,
-                "",
-                0,
-                0,
-                link_entry.xattrs,
-            ),
-            content,
-        )
+        result_by_path[first] = (_as_file(link_entry, holder_entry.size), content)
         result_by_path[holder] = (_relink(holder_entry, first), None)
         rename[holder] = first
     out = []
@@ -292,44 +261,10 @@ def top_layer_entries(
             ):
                 items[parent] = (Entry(parent, EntryKind.DIR, mode=0o755, mtime=mtime), None)
         items[path] = (
-            Entry(
-                path,
-                entry.kind,
-                entry.mode,
-                entry.uid,
-                entry.gid,
-                entry.uname,
-                entry.gname,
-                mtime,
-                0,
-                content.size if content else 0,
-                entry.link,
-                entry.devmajor,
-                entry.devminor,
-                entry.xattrs,
-            ),
+            replace(entry, path=path, mtime=mtime, mtime_ns=0, size=content.size if content else 0),
             content,
         )
     return sorted(items.values(), key=lambda item: _sort_key(item[0]))
-
-
-def _as_file(entry: Entry, content: Content) -> Entry:
-    return Entry(
-        entry.path,
-        EntryKind.FILE,
-        entry.mode,
-        entry.uid,
-        entry.gid,
-        entry.uname,
-        entry.gname,
-        entry.mtime,
-        entry.mtime_ns,
-        content.size,
-        "",
-        0,
-        0,
-        entry.xattrs,
-    )
 
 
 def squash_entries(
@@ -380,7 +315,7 @@ def squash_entries(
             in_base[node.inode] = path
     items: dict[str, tuple[Entry, Content | None]] = {}
     holder_of: dict[int, str] = {}
-    for path in sorted(upper, key=lambda p: _sort_key(Entry(p, EntryKind.FILE))):
+    for path in sorted(upper, key=_path_key):
         node = upper[path]
         entry = node.entry
         if node.content is None or not node.inode:
@@ -393,7 +328,7 @@ def squash_entries(
             holder_of[node.inode] = path
             if entry.kind is EntryKind.HARDLINK:
                 entry = _holder_entry(final, layers, node.inode, entry).with_path(path)
-            items[path] = (_as_file(entry, node.content), node.content)
+            items[path] = (_as_file(entry, node.content.size), node.content)
     for entry, content in added:
         items[entry.path] = (entry, content)
     ordered = sorted(items.values(), key=lambda item: _sort_key(item[0]))

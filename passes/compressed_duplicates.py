@@ -353,7 +353,7 @@ def _config_paths(fs: FileSystem, pattern: str) -> list[str]:
     directory = fixed.rsplit("/", 1)[0] if "/" in fixed else ""
     if fixed == pattern:
         return [pattern] if _find(fs, pattern) is not None else []
-    resolved = directory if not directory or fs.children(directory) else fs.resolve(directory)
+    resolved = fs.resolve(directory) if directory else ""
     if resolved is None:
         return []
     found = []
@@ -422,7 +422,7 @@ def nginx_static(fs: FileSystem) -> NginxStatic:
     """Where the image's nginx serves precompressed ``.gz``/``.br`` files (gzip_static/brotli_static)."""
     result = NginxStatic()
     for conf_dir in _NGINX_CONF_DIRS:
-        if not fs.children(conf_dir) and fs.lookup(conf_dir) is None:
+        if not fs.is_directory(conf_dir):
             continue
         main = f"{conf_dir}/nginx.conf"
         if _find(fs, main) is not None:

@@ -35,7 +35,6 @@ import importlib.resources
 import posixpath
 import re
 import ssl
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +43,7 @@ import certifi
 import tzdata
 
 from optimizer.errors import OptimizerError, UsageError
-from optimizer.filesystem import FileSystem, Node
+from optimizer.filesystem import FileSystem
 from optimizer.model import Entry, EntryKind
 from optimizer.pipeline import PassContext
 
@@ -372,11 +371,11 @@ class _Plan:
         real = ""
         for number, part in enumerate(parts[:-1]):
             candidate = f"{real}/{part}" if real else part
-            if self._fs.get(candidate) is None and not implied_directory(self._fs, candidate):
+            if self._fs.get(candidate) is None and not self._fs.implied_directory(candidate):
                 real = "/".join([candidate, *parts[number + 1 : -1]])
                 break
-            resolved = resolve(self._fs, candidate)
-            if resolved is None or not _is_dir(self._fs, resolved):
+            resolved = self._fs.resolve(candidate)
+            if resolved is None or not self._fs.is_directory(resolved):
                 return None
             real = resolved
         final = f"{real}/{parts[-1]}" if real else parts[-1]
@@ -417,70 +416,8 @@ class _Plan:
             self._ctx.note(path, "added", item.reason, 0, size, **details)
 
 
-_IMPLIED: weakref.WeakKeyDictionary[FileSystem, frozenset[str]] = weakref.WeakKeyDictionary()
-
-
-def implied_directory(fs: FileSystem, path: str) -> bool:
-    """True when ``path`` has no entry of its own but paths below it exist: a directory a layer never
-    listed (``etc/passwd`` without an ``etc`` entry, as some image builders write)."""
-    implied = _IMPLIED.get(fs)
-    if implied is None:
-        ancestors: set[str] = set()
-        for existing in fs:
-            parts = existing.split("/")
-            ancestors.update("/".join(parts[:i]) for i in range(1, len(parts)))
-        implied = _IMPLIED[fs] = frozenset(ancestors)
-    return path in implied
-
-
-def resolve(fs: FileSystem, path: str, depth: int = 40) -> str | None:
-    """Like ``FileSystem.resolve`` (symlinks followed lexically inside the root), but a directory that a layer
-    never listed (``etc/passwd`` without an ``etc`` entry, as some image builders write) still counts as a
-    directory, so nothing is injected over files that are there."""
-    pending = [p for p in path.split("/") if p]
-    resolved: list[str] = []
-    hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        if part == ".":
-            continue
-        candidate = "/".join([*resolved, part])
-        node = fs.get(candidate)
-        if node is None:
-            if not implied_directory(fs, candidate):
-                return None
-        elif node.entry.kind is EntryKind.SYMLINK:
-            hops += 1
-            if hops > depth:
-                return None
-            target = node.entry.link
-            pending = [p for p in target.split("/") if p] + pending
-            if target.startswith("/"):
-                resolved = []
-            continue
-        resolved.append(part)
-    return "/".join(resolved)
-
-
-def lookup(fs: FileSystem, path: str) -> Node | None:
-    resolved = resolve(fs, path)
-    return None if resolved is None else fs.get(resolved)
-
-
-def _is_dir(fs: FileSystem, path: str) -> bool:
-    resolved = resolve(fs, path)
-    if resolved is None:
-        return False
-    node = fs.get(resolved)
-    return (node.entry.kind is EntryKind.DIR) if node is not None else implied_directory(fs, resolved)
-
-
 def _pem_file(fs: FileSystem, path: str) -> bool:
-    node = lookup(fs, path)
+    node = fs.lookup(path)
     return node is not None and node.content is not None and _PEM_MARK in node.content.read_head(_HEAD)
 
 
@@ -492,8 +429,8 @@ def find_ca_certificates(fs: FileSystem, env: Mapping[str, str]) -> str | None:
             return path
     directories = [d.lstrip("/") for d in env.get("SSL_CERT_DIR", "").split(":") if d.strip("/")]
     for directory in (*directories, *CA_DIRECTORIES):
-        resolved = resolve(fs, directory)
-        if resolved is None or not _is_dir(fs, resolved):
+        resolved = fs.resolve(directory)
+        if resolved is None or not fs.is_directory(resolved):
             continue
         for child in fs.children(resolved):
             if _pem_file(fs, child):
@@ -502,7 +439,7 @@ def find_ca_certificates(fs: FileSystem, env: Mapping[str, str]) -> str | None:
 
 
 def _is_file(fs: FileSystem, path: str) -> bool:
-    node = lookup(fs, path)
+    node = fs.lookup(path)
     return node is not None and node.content is not None
 
 
@@ -572,7 +509,7 @@ class _Accounts:
         if any(u.name == user for u in self.users):
             return
         used_uids = {u.uid for u in self.users}
-        home = lookup(fs, f"home/{user}")
+        home = fs.lookup(f"home/{user}")
         owner = home.entry if home is not None and home.entry.kind is EntryKind.DIR else None
         from_home = owner is not None and owner.uid != 0 and owner.uid not in used_uids
         if owner is not None and from_home:
@@ -706,7 +643,7 @@ class Inject:
     @staticmethod
     def _os_release(fs: FileSystem) -> dict[str, str]:
         for path in ("etc/os-release", "usr/lib/os-release"):
-            node = lookup(fs, path)
+            node = fs.lookup(path)
             if node is not None and node.content is not None:
                 return parse_os_release(node.content.read_head(_HEAD))
         return {}
@@ -735,7 +672,7 @@ class Inject:
             return
         links = dict(layout.links)
         for directory in _OPENSSL_DIRS:
-            if _is_dir(ctx.fs, directory):
+            if ctx.fs.is_directory(directory):
                 links.setdefault(f"{directory}/cert.pem", layout.bundle)
         for link in sorted(links):
             if ctx.fs.get(link) is None and link not in plan:
@@ -754,7 +691,7 @@ class Inject:
                 )
             tz_zone = ""
         named = sorted({*self._extra_zones, *([tz_zone] if tz_zone else [])})
-        if _is_dir(ctx.fs, ZONEINFO_DIR):
+        if ctx.fs.is_directory(ZONEINFO_DIR):
             wanted = [z for z in named if not _is_file(ctx.fs, f"{ZONEINFO_DIR}/{z}")]
             if not wanted:
                 ctx.note(ZONEINFO_DIR, "kept", "zoneinfo present")
@@ -832,7 +769,7 @@ class Inject:
 
 def _table(fs: FileSystem, path: str) -> tuple[str, str | None, int]:
     """(where it really is, its text or None when missing, its mode) for /etc/passwd or /etc/group."""
-    resolved = resolve(fs, path)
+    resolved = fs.resolve(path)
     node = None if resolved is None else fs.get(resolved)
     if resolved is None or node is None or node.content is None:
         return path, None, 0o644

@@ -41,7 +41,6 @@ from passes.inject import (
     Inject,
     InjectOptions,
     find_ca_certificates,
-    lookup,
     parse_group,
     parse_passwd,
     tzdata_zones,
@@ -111,12 +110,12 @@ class Run:
         return {c.path: c for c in self.changes if c.op is Op.ADD}
 
     def text(self, path: str) -> str:
-        node = lookup(self.after, path)
+        node = self.after.lookup(path)
         assert node is not None and node.content is not None, path
         return node.content.read_bytes().decode()
 
     def data(self, path: str) -> bytes:
-        node = lookup(self.after, path)
+        node = self.after.lookup(path)
         assert node is not None and node.content is not None, path
         return node.content.read_bytes()
 
