@@ -69,7 +69,10 @@ def _binary(workdir: str) -> bytes | None:
     source = os.path.join(workdir, "hello.c")
     target = os.path.join(workdir, "hello")
     Path(source).write_text(C_SOURCE)
-    subprocess.run([gcc, "-g", "-O1", "-o", target, source], check=True)
+    # The build directory is a fresh temporary one: map it away so the demo image is the same on every build.
+    subprocess.run(
+        [gcc, "-g", "-O1", f"-ffile-prefix-map={workdir}=/src", "-o", target, source], check=True, cwd=workdir
+    )
     return Path(target).read_bytes()
 
 
