@@ -28,6 +28,7 @@ from typing import Any
 from . import mediatypes as mt
 from .changes import Change, Changes
 from .digest import short
+from .documents import ANNOTATION_IMAGE_NAME, parse_json
 from .errors import (
     FormatError,
     OptimizerError,
@@ -62,7 +63,8 @@ from .rebuild import (
     write_layer,
 )
 from .report import ImageReport, LayerReport, PassReport, PassStatus, Report
-from .source import ANNOTATION_IMAGE_NAME, BlobStore, Source, open_source, parse_json
+from .source import Blobs as BlobStore
+from .source import Source, open_source
 from .spool import Spool
 
 __all__ = ["ANNOTATION_SOURCE_DIGEST", "optimize", "select_passes"]

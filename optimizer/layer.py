@@ -25,7 +25,7 @@ from libarchive.exception import ArchiveError
 from .digest import short
 from .errors import InputError, LayerError
 from .model import Content, Descriptor, Entry, EntryKind
-from .source import BlobStore
+from .source import Blobs
 
 __all__ = ["IndexedEntry", "LayerIndex", "clean_path", "index_layer"]
 
@@ -177,7 +177,7 @@ def _to_entry(item: libarchive.ArchiveEntry, warnings: list[str], where: str) ->
     )
 
 
-def index_layer(blobs: BlobStore, descriptor: Descriptor, spool_path: str, where: str) -> LayerIndex:
+def index_layer(blobs: Blobs, descriptor: Descriptor, spool_path: str, where: str) -> LayerIndex:
     """Decode a layer once: its entries, and every regular file's bytes appended to ``spool_path``.
 
     ``where`` names the image and layer for messages (``image sha256:ab12, layer 3/7 sha256:cd34``).

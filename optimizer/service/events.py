@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..documents import parse_json
 from ..errors import FormatError
 from ..mediatypes import INDEX_TYPES, MANIFEST_TYPES
-from ..source import parse_json
 
 __all__ = ["Event", "EventError", "detect_format", "parse_events", "valid_reference"]
 

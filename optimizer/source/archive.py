@@ -1,0 +1,99 @@
+"""Tar inputs: an OCI archive (a tar of an OCI layout) or a ``docker save`` tarball, either one possibly
+gzip-, zstd-, bzip2- or xz-compressed as a whole. Member names may start with ``./``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+from ..documents import parse_object
+from ..errors import FormatError
+from .base import Source, check_index
+from .blobs import BlobStore
+from .docker import open_docker_archive, read_repo_tags
+from .members import list_tar, read_member, resolve_member
+
+__all__ = ["is_compressed", "open_archive"]
+
+_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"BZh", b"\xfd7zXZ\x00")
+
+
+def is_compressed(head: bytes) -> bool:
+    return any(head.startswith(magic) for magic in _MAGIC)
+
+
+def open_archive(path: Path, workdir: str, label: str) -> Source:
+    """Open a tar input, decompressing a compressed one into ``workdir`` first."""
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    if is_compressed(head):
+        plain = os.path.join(workdir, "input.tar")
+        _decompress_file(path, plain, label)
+        return _open_tar(plain, label)
+    return _open_tar(str(path), label)
+
+
+def _decompress_file(src: Path, dst: str, label: str) -> None:
+    import bz2
+    import lzma
+
+    import zstandard
+
+    with open(src, "rb") as raw, open(dst, "wb") as out:
+        head = raw.read(6)
+        raw.seek(0)
+        try:
+            if head[:2] == b"\x1f\x8b":
+                _gunzip_stream(raw, out)
+            elif head[:4] == b"\x28\xb5\x2f\xfd":
+                zstandard.ZstdDecompressor().copy_stream(raw, out)
+            elif head[:3] == b"BZh":
+                with bz2.open(raw) as reader:
+                    shutil.copyfileobj(reader, out, 1 << 20)
+            else:
+                with lzma.open(raw) as reader:
+                    shutil.copyfileobj(reader, out, 1 << 20)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as error:
+            raise FormatError(f"{label}: the compressed archive is corrupt: {error}") from error
+
+
+def _gunzip_stream(raw: BinaryIO, out: BinaryIO) -> None:
+    decompressor = zlib.decompressobj(31)
+    while chunk := raw.read(1 << 20):
+        while chunk:
+            out.write(decompressor.decompress(chunk))
+            if decompressor.eof:  # concatenated gzip members
+                chunk = decompressor.unused_data
+                decompressor = zlib.decompressobj(31)
+            else:
+                chunk = b""
+    out.write(decompressor.flush())
+
+
+def _open_tar(path: str, label: str) -> Source:
+    members = list_tar(path, label)
+    blobs = BlobStore(label)
+    for name, member in members.items():
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == "blobs" and member.kind == "file":
+            blobs.add_slice(f"{parts[1]}:{parts[2]}", path, member.offset, member.size)
+    index = None
+    if "index.json" in members:
+        index_bytes = read_member(path, resolve_member(members, "index.json", label))
+        index = parse_object(index_bytes, f"{label}: index.json")
+        if index.get("manifests"):
+            check_index(index, f"{label}: index.json")
+            source = Source(label, "oci-archive", blobs, index, index_bytes)
+            if "manifest.json" in members:
+                read_repo_tags(path, members, label, source)
+            return source
+    if "manifest.json" in members:
+        return open_docker_archive(path, members, blobs, label)
+    if index is not None:
+        raise FormatError(f"{label}: index.json lists no manifests and there is no manifest.json")
+    raise FormatError(
+        f"{label}: neither index.json (OCI archive) nor manifest.json (docker save tarball) in the archive"
+    )
