@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .changes import Changes
+from .changes import Change, Changes
+from .errors import PassFailedError, PolicyError, RequiredToolNotFound, UsageError
 from .filesystem import FileSystem
 from .layer import LayerIndex
 from .model import Content, Platform
-from .report import Finding, PassReport
+from .report import Finding, PassReport, PassStatus
+from .spool import Spool
 
-__all__ = ["ImageInfo", "Pass", "PassContext", "WorkerPool"]
+__all__ = ["ImageInfo", "Pass", "PassContext", "PipelineRun", "WorkerPool", "run_passes", "select_passes"]
 
 A = TypeVar("A")
 K = TypeVar("K")
@@ -144,3 +147,76 @@ class PassContext:
     ) -> None:
         """Record a finding for the report (every change, and every file deliberately left alone)."""
         self.report.findings.append(Finding(path, action, reason, bytes_before, bytes_after, details))
+
+
+def select_passes(
+    pipeline: Sequence[type[Pass]],
+    passes: Sequence[str] | None,
+    skip: Sequence[str],
+    pass_options: Mapping[str, Any],
+) -> list[tuple[type[Pass], Any]]:
+    """The passes to run, in pipeline order, each with its options (``passes`` None: every pass)."""
+    known = {p.name: p for p in pipeline}
+    for name in [*(passes or ()), *skip, *pass_options]:
+        if name not in known:
+            raise UsageError(f"unknown pass {name!r}; known passes: {', '.join(known) or '(none)'}")
+    wanted = set(known) if passes is None else set(passes)
+    wanted -= set(skip)
+    selected = []
+    for cls in pipeline:
+        if cls.name in wanted:
+            options = pass_options.get(cls.name)
+            selected.append((cls, options if options is not None else cls.Options()))
+    return selected
+
+
+@dataclass
+class PipelineRun:
+    """What running the passes over one image gave: the changes kept, in order, and the final view."""
+
+    changes: list[Change]
+    fs: FileSystem
+
+
+def run_passes(
+    passes: Sequence[tuple[type[Pass], Any]],
+    ctx_for: Callable[[FileSystem, Changes, PassReport], PassContext],
+    fs: FileSystem,
+    spool: Spool,
+    reports: list[PassReport],
+    strict: bool,
+    image_name: str,
+) -> PipelineRun:
+    """Run ``passes`` in order; each sees the view with the changes of the passes before it applied.
+
+    A pass that raises is reported ``failed`` and its changes are dropped, unless ``strict`` (then the run
+    fails). A policy violation or a missing required program always ends the run.
+    """
+    from .rebuild import apply_changes
+
+    accepted: list[Change] = []
+    for cls, pass_options in passes:
+        report = PassReport(cls.name)
+        reports.append(report)
+        changes = Changes(fs, cls.name, spool)
+        started = time.monotonic()
+        try:
+            cls(pass_options).run(ctx_for(fs, changes, report))
+        except (PolicyError, RequiredToolNotFound):
+            raise  # the user asked for something that cannot be done: not a pass bug to shrug off
+        except Exception as error:  # a pass failing must not take the run down unless strict
+            report.status = PassStatus.FAILED
+            report.error = f"{type(error).__name__}: {error}"
+            report.seconds = round(time.monotonic() - started, 3)
+            if strict:
+                raise PassFailedError(f"{image_name}: pass {cls.name} failed: {error}") from error
+            continue
+        report.seconds = round(time.monotonic() - started, 3)
+        recorded = list(changes)
+        report.files_changed = len(recorded)
+        report.bytes_before = sum(c.bytes_before for c in recorded)
+        report.bytes_after = sum(c.bytes_after for c in recorded)
+        if recorded:
+            accepted.extend(recorded)
+            fs = apply_changes(fs, recorded)
+    return PipelineRun(accepted, fs)

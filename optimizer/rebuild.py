@@ -21,8 +21,8 @@ from .model import Content, Entry, EntryKind
 from .output import BlobSpec, CompressionSpec, LayerWriter
 
 __all__ = [
+    "ChangePlan",
     "LayerPlan",
-    "Plan",
     "apply_changes",
     "build_plan",
     "squash_entries",
@@ -43,7 +43,7 @@ class LayerPlan:
 
 
 @dataclass
-class Plan:
+class ChangePlan:
     layers: dict[int, LayerPlan] = field(default_factory=dict)
     added: dict[str, tuple[Entry, Content | None]] = field(default_factory=dict)
     reasons: list[tuple[str, str, str]] = field(default_factory=list)  # (pass, path, reason) of each addition
@@ -52,9 +52,9 @@ class Plan:
         return self.layers.setdefault(number, LayerPlan())
 
 
-def build_plan(changes: Iterable[Change], layer_count: int) -> Plan:
+def build_plan(changes: Iterable[Change], layer_count: int) -> ChangePlan:
     """Fold the changes of every pass, in order, into what each layer must become."""
-    plan = Plan()
+    plan = ChangePlan()
     for change in changes:
         if change.reason and change.op is Op.ADD:
             plan.reasons.append((change.pass_name, change.path, change.reason))
@@ -374,7 +374,7 @@ def write_layer(
         raise
 
 
-def lower_paths_of(indexes: Sequence[LayerIndex], below: int, plan: Plan | None = None) -> set[str]:
+def lower_paths_of(indexes: Sequence[LayerIndex], below: int, plan: ChangePlan | None = None) -> set[str]:
     """Every path an entry of a layer under ``below`` carries (whiteout targets excluded), leaving out the
     entries ``plan`` drops there: a deletion above them needs no whiteout."""
     paths: set[str] = set()

@@ -1,0 +1,325 @@
+"""Deciding every layer's fate for the whole input, before a byte is written.
+
+``plan_run`` reads the input's index tree (``tree.read_tree``), and for every image manifest in it: works
+out which layers belong to the base (``base``), decodes each layer once (``layer.index_layer``; a layer
+shared by several images is decoded once per run), builds the merged view, runs the passes in order
+(``pipeline.run_passes``), and folds their changes into one decision per layer:
+
+- ``kept``: protected (the base, ``--keep-layers``, non-distributable): copied byte for byte;
+- ``unchanged``: no change touches it: copied byte for byte;
+- ``rewrite``: changed (or ``--normalize``/``--recompress``): written again with the run's codec;
+- ``dropped``: every entry it had is gone: left out, its history entry marked empty;
+- ``merged``: ``--squash`` folds it into one layer above the base.
+
+Added files go into one new top layer. Nothing is compressed here: ``write`` executes the plan, and a dry run
+reports it as it is (sizes of rewritten layers are then estimates).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import mediatypes as mt
+from .base import base_layer_lists, protected_count
+from .changes import Change
+from .digest import short
+from .documents import parse_object
+from .errors import FormatError
+from .filesystem import FileSystem, build_filesystem
+from .history import config_platform
+from .layer import LayerIndex, index_layer
+from .model import Descriptor
+from .options import Options
+from .pipeline import ImageInfo, Pass, PassContext, WorkerPool, run_passes
+from .rebuild import ChangePlan, LayerPlan, build_plan, layer_entries, lower_paths_of
+from .report import ImageReport, LayerReport, Report
+from .source import Source
+from .spool import Spool
+from .tree import Node, NodeKind, read_tree
+
+__all__ = ["ImagePlan", "LayerDecision", "RunPlan", "plan_run"]
+
+EMPTY_LAYER_PLAN = LayerPlan()
+
+
+@dataclass
+class LayerDecision:
+    """What becomes of one layer of one image."""
+
+    number: int  # 0-based position in the manifest
+    descriptor: Descriptor
+    diff_id: str
+    fate: str  # "kept", "unchanged", "rewrite", "dropped", "merged"
+    plan: LayerPlan | None
+    report: LayerReport
+
+
+@dataclass
+class ImagePlan:
+    """Everything ``write`` needs to produce one image manifest."""
+
+    node: Node
+    name: str
+    config: dict[str, Any]
+    docker_family: bool
+    protected: int
+    indexes: list[LayerIndex]
+    layers: list[LayerDecision]
+    changes: ChangePlan
+    final_fs: FileSystem | None
+    squash: bool
+    report: ImageReport
+
+
+@dataclass
+class RunPlan:
+    """The decisions for a whole input: its tree, and a plan for each image manifest in it."""
+
+    source: Source
+    roots: list[Node]
+    images: dict[str, ImagePlan] = field(default_factory=dict)  # manifest digest -> plan
+    pass_names: tuple[str, ...] = ()
+
+
+class _Planner:
+    def __init__(
+        self,
+        source: Source,
+        options: Options,
+        passes: Sequence[tuple[type[Pass], Any]],
+        pool: WorkerPool,
+        spool: Spool,
+        workdir: str,
+        report: Report,
+    ) -> None:
+        self.source = source
+        self.options = options
+        self.passes = passes
+        self.pool = pool
+        self.spool = spool
+        self.workdir = workdir
+        self.report = report
+        self.layer_cache: dict[str, LayerIndex] = {}
+        self.bases: list[list[str]] = base_layer_lists(options.base, workdir) if options.base else []
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        if self.options.progress is not None:
+            self.options.progress(what, done, total)
+
+    def image(self, node: Node) -> ImagePlan:
+        assert node.config is not None
+        name = node.label(self.source.name)
+        config = parse_object(
+            self.source.blobs.read(node.config, "config"),
+            f"{self.source.name}: config {short(node.config.digest)}",
+        )
+        descriptor, layers = node.descriptor, list(node.layers)
+        docker_family = mt.is_docker(descriptor.media_type or str(node.document.get("mediaType", "")))
+        report = ImageReport(
+            name, str(descriptor.platform or config_platform(config)), node.digest, node.digest
+        )
+        self.report.images.append(report)
+        protection = protected_count(
+            layers,
+            node.document,
+            descriptor.platform,
+            self.options.keep_layers,
+            self.bases,
+            self.source.blobs,
+            name,
+        )
+        self.report.warnings.extend(protection.warnings)
+        protected = protection.count
+        non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
+        indexes: list[LayerIndex] = []
+        if self.passes or self.options.normalize or self.options.recompress or self.options.squash:
+            indexes = self.index_layers(layers, name)
+            for index in indexes:
+                report.warnings.extend(index.warnings)
+        changes: list[Change] = []
+        final_fs: FileSystem | None = None
+        if self.passes or self.options.squash:
+            # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
+            # needs each layer's own entries, and skipping the view keeps memory down on many-file images.
+            fs = build_filesystem(
+                [i.entries for i in indexes], frozenset(range(protected)) | non_distributable
+            )
+            info = ImageInfo(
+                name,
+                node.digest,
+                descriptor.platform or config_platform(config),
+                config,
+                [d.digest for d in layers],
+            )
+            outcome = run_passes(
+                self.passes,
+                lambda view, recorder, pass_report: PassContext(
+                    view, recorder, info, pass_report, self.pool, self.options.dry_run, indexes
+                ),
+                fs,
+                self.spool,
+                report.passes,
+                self.options.strict,
+                name,
+            )
+            changes, final_fs = outcome.changes, outcome.fs
+        diff_ids: list[str] = list((config.get("rootfs") or {}).get("diff_ids") or [])
+        if len(diff_ids) != len(layers):
+            raise FormatError(f"{name}: the config has {len(diff_ids)} diff_ids for {len(layers)} layers")
+        plan = ImagePlan(
+            node,
+            name,
+            config,
+            docker_family,
+            protected,
+            indexes,
+            [],
+            build_plan(changes, len(layers)),
+            final_fs,
+            False,
+            report,
+        )
+        if self.options.squash and final_fs is not None and len(layers) - protected >= 2:
+            if non_distributable & set(range(protected, len(layers))):
+                report.warnings.append(
+                    f"{name}: not squashed: layers above the base are non-distributable and stay as they are"
+                )
+            else:
+                plan.squash = True
+                plan.layers = _squash_decisions(layers, diff_ids, protected, plan.changes)
+        if not plan.squash:
+            plan.layers = [
+                self.decide(number, layer, diff_ids[number], plan, non_distributable)
+                for number, layer in enumerate(layers)
+            ]
+        report.layers.extend(decision.report for decision in plan.layers)
+        return plan
+
+    def decide(
+        self, number: int, layer: Descriptor, diff_id: str, plan: ImagePlan, non_distributable: set[int]
+    ) -> LayerDecision:
+        options = self.options
+        layer_plan = plan.changes.layers.get(number)
+        must_write = bool(layer_plan) or (
+            (options.normalize or options.recompress)
+            and number >= plan.protected
+            and number not in non_distributable
+        )
+        if options.recompress and not options.normalize and not layer_plan:
+            current = mt.layer_compression(layer.media_type)
+            must_write = must_write and current is not None and (current is not options.compression.codec)
+        changed = layer_plan.changes if layer_plan else 0
+        if not must_write:
+            status = "kept" if number < plan.protected else "unchanged"
+            report = LayerReport(
+                number, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type
+            )
+            return LayerDecision(number, layer, diff_id, status, layer_plan, report)
+        items = layer_entries(
+            plan.indexes[number],
+            layer_plan or EMPTY_LAYER_PLAN,
+            lower_paths_of(plan.indexes, number, plan.changes),
+            options.normalize,
+        )
+        if not items:
+            report = LayerReport(
+                number, layer.digest, "", layer.size, 0, "dropped", layer.media_type, changed
+            )
+            return LayerDecision(number, layer, diff_id, "dropped", layer_plan, report)
+        media_type = mt.layer_media_type(plan.docker_family, options.compression.codec)
+        if layer.media_type in mt.NON_DISTRIBUTABLE:
+            media_type = layer.media_type
+        report = LayerReport(
+            number, layer.digest, "", layer.size, layer.size, "rewritten", media_type, changed
+        )
+        return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report)
+
+    def index_layers(self, layers: Sequence[Descriptor], name: str) -> list[LayerIndex]:
+        indexes = []
+        for number, layer in enumerate(layers, 1):
+            cached = self.layer_cache.get(layer.digest)
+            if cached is None:
+                where = f"{name}, layer {number}/{len(layers)} {short(layer.digest)}"
+                self.progress(f"reading layer {number}/{len(layers)}", number - 1, len(layers))
+                spool = os.path.join(self.workdir, f"layer-{layer.digest.replace(':', '-')}.pack")
+                cached = index_layer(self.source.blobs, layer, spool, where)
+                self.layer_cache[layer.digest] = cached
+            indexes.append(cached)
+        return indexes
+
+
+def _squash_decisions(
+    layers: Sequence[Descriptor], diff_ids: Sequence[str], protected: int, changes: ChangePlan
+) -> list[LayerDecision]:
+    decisions = []
+    for number, layer in enumerate(layers):
+        layer_plan = changes.layers.get(number)
+        if number < protected:
+            report = LayerReport(
+                number, layer.digest, layer.digest, layer.size, layer.size, "kept", layer.media_type
+            )
+            decisions.append(LayerDecision(number, layer, diff_ids[number], "kept", layer_plan, report))
+        else:
+            changed = layer_plan.changes if layer_plan else 0
+            report = LayerReport(number, layer.digest, "", layer.size, 0, "merged", layer.media_type, changed)
+            decisions.append(LayerDecision(number, layer, diff_ids[number], "merged", layer_plan, report))
+    return decisions
+
+
+def plan_run(
+    source: Source,
+    options: Options,
+    passes: Sequence[tuple[type[Pass], Any]],
+    pool: WorkerPool,
+    spool: Spool,
+    workdir: str,
+    report: Report,
+) -> RunPlan:
+    """Read the tree and decide every image's layers (the passes run here)."""
+    roots = read_tree(source.blobs, source.root_manifests)
+    planner = _Planner(source, options, passes, pool, spool, workdir, report)
+    run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in passes))
+    for node in _image_order(roots):
+        report.warnings.extend(node.warnings)
+        if node.kind is NodeKind.IMAGE:
+            run.images[node.digest] = planner.image(node)
+        elif node.kind is NodeKind.MANIFEST:
+            _carried(source, node, report)
+    return run
+
+
+def _image_order(roots: Sequence[Node]) -> list[Node]:
+    """Every node once, in the order the old recursive walk met them: an index before its children."""
+    seen: set[str] = set()
+    order: list[Node] = []
+
+    def visit(node: Node) -> None:
+        if node.digest in seen:
+            return
+        seen.add(node.digest)
+        order.append(node)
+        for child in node.children:
+            visit(child)
+
+    for root in roots:
+        visit(root)
+    return order
+
+
+def _carried(source: Source, node: Node, report: Report) -> None:
+    """A manifest copied untouched: say so, and warn about the blobs it names that the input lacks."""
+    assert node.config is not None
+    name = node.label(source.name)
+    if node.odd_layer_types:
+        report.warnings.append(
+            f"{name}: layers of unknown media type {', '.join(node.odd_layer_types)}: the image passes through untouched"
+        )
+    report.carried.append(f"{short(node.digest)} {node.config.media_type}")
+    for blob in [node.config, *node.layers]:
+        if not source.blobs.has(blob.digest) and not blob.raw.get("data"):
+            report.warnings.append(
+                f"{name}: blob {short(blob.digest)} ({blob.media_type}) is missing from the input"
+            )

@@ -1,0 +1,179 @@
+"""The index tree of an input, read once: the one walker every part of the code uses.
+
+An input's root index names manifests; an index names more manifests; an image manifest names a config and
+layers. ``read_tree`` reads every index and manifest reachable from the roots (documents are small; layers
+are never read here), classifies each node, and returns the roots. A manifest named twice is read once and
+is the same ``Node`` object wherever it appears. Classification:
+
+- ``INDEX``: an OCI index or a Docker manifest list;
+- ``IMAGE``: an image manifest whose config is an image config and whose layers are all tars we read;
+- ``MANIFEST``: any other manifest (signatures, attestations, SBOMs, artifacts, images with layers of a media
+  type we do not read): carried over untouched;
+- ``MISSING``: named by an index but absent from the input (a partial export): its reference is kept;
+- ``OTHER``: a blob named like a manifest whose media type is not one: carried over untouched.
+
+Nesting is bounded (``MAX_DEPTH``): a deeper chain of indexes is an input error, not a recursion error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from . import mediatypes as mt
+from .digest import short
+from .documents import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, parse_object
+from .errors import FormatError
+from .model import Descriptor
+from .source import Blobs
+
+__all__ = ["MAX_DEPTH", "Node", "NodeKind", "iter_nodes", "read_tree"]
+
+MAX_DEPTH = 16
+
+
+class NodeKind(str, Enum):
+    INDEX = "index"
+    IMAGE = "image"
+    MANIFEST = "manifest"
+    MISSING = "missing"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One manifest of the tree (or the reference to one that is missing)."""
+
+    descriptor: Descriptor
+    kind: NodeKind
+    where: str  # how the walk reached it, for messages: "index.json > sha256:ab12[0]"
+    data: bytes = b""
+    document: Mapping[str, Any] = field(default_factory=dict)
+    children: tuple[Node, ...] = ()  # an index's manifests, in order
+    config: Descriptor | None = None  # a manifest's config
+    layers: tuple[Descriptor, ...] = ()  # a manifest's layers
+    odd_layer_types: tuple[str, ...] = ()  # an image's layer media types that we do not read
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        return self.descriptor.digest
+
+    @property
+    def child_descriptors(self) -> list[Any]:
+        """An index's ``manifests`` list as read (unchanged entries are written back verbatim)."""
+        value = self.document.get("manifests")
+        return list(value) if isinstance(value, list) else []
+
+    def label(self, source_name: str) -> str:
+        """``in.tar: image sha256:ab12 linux/amd64 (docker.io/library/x:1)`` for messages and reports."""
+        annotations = self.descriptor.annotations
+        tag = annotations.get(ANNOTATION_IMAGE_NAME) or annotations.get(ANNOTATION_REF_NAME, "")
+        platform = f" {self.descriptor.platform}" if self.descriptor.platform else ""
+        return f"{source_name}: image {short(self.digest)}{platform}{' (' + tag + ')' if tag else ''}"
+
+
+def read_tree(blobs: Blobs, roots: Sequence[Descriptor], where: str = "index.json") -> list[Node]:
+    """Read and classify every manifest reachable from ``roots``."""
+    reader = _Reader(blobs)
+    return [reader.node(descriptor, where, 0) for descriptor in roots]
+
+
+def iter_nodes(roots: Sequence[Node]) -> Iterator[Node]:
+    """Every node once, children before the index that lists them (the order a registry push needs)."""
+    seen: set[str] = set()
+
+    def visit(node: Node, depth: int) -> Iterator[Node]:
+        if node.digest in seen:
+            return
+        seen.add(node.digest)
+        for child in node.children:
+            yield from visit(child, depth + 1)
+        yield node
+
+    for root in roots:
+        yield from visit(root, 0)
+
+
+class _Reader:
+    def __init__(self, blobs: Blobs) -> None:
+        self.blobs = blobs
+        self.known: dict[str, Node] = {}
+
+    def node(self, descriptor: Descriptor, where: str, depth: int) -> Node:
+        known = self.known.get(descriptor.digest)
+        if known is not None:
+            return known
+        if depth > MAX_DEPTH:
+            raise FormatError(
+                f"{self.blobs.name}: {where}: indexes nested more than {MAX_DEPTH} deep ({short(descriptor.digest)})"
+            )
+        node = self._read(descriptor, where, depth)
+        self.known[descriptor.digest] = node
+        return node
+
+    def _read(self, descriptor: Descriptor, where: str, depth: int) -> Node:
+        name = self.blobs.name
+        if not self.blobs.has(descriptor.digest):
+            platform = f" ({descriptor.platform})" if descriptor.platform else ""
+            warning = (
+                f"{name}: {where}: manifest {short(descriptor.digest)}{platform} is missing from the "
+                f"input (a partial export); its reference is carried over without content"
+            )
+            return Node(descriptor, NodeKind.MISSING, where, warnings=(warning,))
+        data = self.blobs.read(descriptor, "manifest")
+        document = parse_object(data, f"{name}: manifest {short(descriptor.digest)}")
+        media_type = descriptor.media_type
+        if media_type not in mt.INDEX_TYPES | mt.MANIFEST_TYPES:
+            media_type = str(document.get("mediaType", ""))
+        if media_type in mt.INDEX_TYPES or (not media_type and "manifests" in document):
+            return self._index(descriptor, where, data, document, depth)
+        if media_type in mt.MANIFEST_TYPES or (not media_type and "layers" in document):
+            return _manifest(descriptor, where, data, document, name)
+        warning = (
+            f"{name}: {where}: {short(descriptor.digest)} has media type "
+            f"{descriptor.media_type or '(none)'}: carried over untouched"
+        )
+        return Node(descriptor, NodeKind.OTHER, where, data, document, warnings=(warning,))
+
+    def _index(
+        self, descriptor: Descriptor, where: str, data: bytes, document: Mapping[str, Any], depth: int
+    ) -> Node:
+        name = self.blobs.name
+        children = document.get("manifests")
+        if not isinstance(children, list):
+            raise FormatError(f"{name}: index {short(descriptor.digest)}: 'manifests' is not a list")
+        nodes = []
+        for number, child in enumerate(children):
+            if not isinstance(child, dict) or "digest" not in child:
+                raise FormatError(f"{name}: index {short(descriptor.digest)}: manifests[{number}] is invalid")
+            below = f"{where} > {short(descriptor.digest)}[{number}]"
+            nodes.append(self.node(Descriptor.from_json(child), below, depth + 1))
+        return Node(descriptor, NodeKind.INDEX, where, data, document, tuple(nodes))
+
+
+def _manifest(
+    descriptor: Descriptor, where: str, data: bytes, document: Mapping[str, Any], name: str
+) -> Node:
+    config = document.get("config")
+    layers = document.get("layers")
+    if not isinstance(config, dict) or not isinstance(layers, list):
+        raise FormatError(f"{name}: manifest {short(descriptor.digest)}: no config or layers")
+    config_descriptor = Descriptor.from_json(config)
+    layer_descriptors = tuple(Descriptor.from_json(layer) for layer in layers)
+    readable = [mt.layer_compression(d.media_type) is not None for d in layer_descriptors]
+    is_image = config_descriptor.media_type in mt.IMAGE_CONFIG_TYPES and any(readable)
+    odd = tuple(sorted({d.media_type for d, ok in zip(layer_descriptors, readable, strict=True) if not ok}))
+    kind = NodeKind.IMAGE if is_image and not odd else NodeKind.MANIFEST
+    return Node(
+        descriptor,
+        kind,
+        where,
+        data,
+        document,
+        config=config_descriptor,
+        layers=layer_descriptors,
+        odd_layer_types=odd if is_image else (),
+    )
