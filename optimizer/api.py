@@ -1,36 +1,48 @@
 """``optimize(src, dst, options) -> Report``: the one core every front end calls.
 
-The flow, per run:
+``src`` and ``dst`` are local paths (OCI archive, OCI layout directory, ``docker save`` tarball) or registry
+references (``docker://HOST/REPO:TAG``), in any mix. The flow of a run (``Optimization``, for callers that
+act between the steps, as the webhook service does):
 
-1. open the input (``source``) and read its index tree (``tree``);
+1. open the input (``source``; a registry input is read as it is needed) and read its index tree (``tree``);
 2. decide every layer's fate (``plan``): per image, decode each layer once, build the merged view, run the
    passes in order, fold their changes into per-layer decisions;
 3. execute the plan (``write``): rewrite only the layers that changed, put added files in one new top layer,
    update config and manifest, rewrite the indexes above changed manifests;
-4. store the result (``output``) atomically.
+4. store the result: an archive or layout written atomically (``output``), or a push that streams every blob
+   from where it is (``registry.copy``): blobs the destination registry holds are mounted, not uploaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import time
-from typing import Any
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, BinaryIO
 
-from .documents import ANNOTATION_SOURCE_DIGEST
-from .errors import UsageError
+from .documents import ANNOTATION_SOURCE_DIGEST, parse_object
+from .errors import RegistryError, UsageError
 from .options import Options
 from .output import compressor_versions, source_date_epoch, write_oci_archive, write_oci_dir
 from .pipeline import Pass, WorkerPool
 from .pipeline import select_passes as _select
-from .plan import plan_run
+from .plan import RunPlan, estimate_sizes, plan_run
+from .registry.access import Clients
+from .registry.client import Manifest
+from .registry.copy import manifest_of, push_image, single_root
+from .registry.reference import is_registry_ref, parse_registry_ref
 from .report import Report
-from .source import open_source
+from .source import Source, open_source
+from .source.registry import RegistryBlobs, open_registry
 from .spool import Spool
-from .write import WriteSettings, write_run
+from .tree import Node, read_tree
+from .write import Output, WriteSettings, write_run
 
-__all__ = ["ANNOTATION_SOURCE_DIGEST", "optimize", "select_passes"]
+__all__ = ["ANNOTATION_SOURCE_DIGEST", "Optimization", "optimize", "select_passes"]
 
 
 def select_passes(options: Options) -> list[tuple[type[Pass], Any]]:
@@ -41,15 +53,139 @@ def select_passes(options: Options) -> list[tuple[type[Pass], Any]]:
     return _select(pipeline, options.passes, options.skip, options.pass_options)
 
 
-def _check(src: str, dst: str | None, options: Options) -> None:
+def optimize(src: str, dst: str | None, options: Options | None = None) -> Report:
+    """Optimize the image at ``src`` and store the result at ``dst`` (None only with ``dry_run``)."""
+    options = options or Options()
     if dst is None and not options.dry_run:
         raise UsageError("an output path is needed unless dry_run is set")
+    if dst is not None and os.path.abspath(src) == os.path.abspath(dst):
+        raise UsageError("the output must not be the input: nothing the user had is overwritten")
+    with Optimization(src, options, dst) as run:
+        run.execute()
+        if dst is not None and not options.dry_run:
+            run.store(dst)
+        return run.report
+
+
+class Optimization:
+    """One run, step by step: ``with Optimization(src, options) as run: run.execute(); run.store(dst)``.
+
+    Entering opens the input (and a work directory, removed on exit: nothing is left behind). ``tree`` is the
+    input's index tree; ``execute`` plans and (unless ``dry_run``) writes, filling ``report``; ``store``
+    writes the output atomically or pushes it. Between the steps a caller can look and decide (the service
+    skips its own outputs, and images that did not shrink).
+    """
+
+    def __init__(self, src: str, options: Options | None = None, dst: str | None = None) -> None:
+        self.src = src
+        self.options = options or Options()
+        _check_options(self.options)
+        self.passes = select_passes(self.options)
+        self.report = Report(
+            src,
+            dst or "",
+            self.options.dry_run,
+            compressors=compressor_versions(),
+            options=self.options.describe(),
+        )
+        self.output: Output | None = None
+        self.plan: RunPlan | None = None
+        self._started = time.monotonic()
+        self._workdir: str | None = None
+        self._clients = Clients(self.options.registry)
+        self._source: Source | None = None
+        self._tree: list[Node] | None = None
+
+    def __enter__(self) -> Optimization:
+        self._workdir = tempfile.mkdtemp(prefix="oci-optimizer-", dir=self.options.workdir)
+        try:
+            self._source = self._open(self.src)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.report.warnings.extend(self._source.warnings)
+        self.report.index_digest_before = "sha256:" + hashlib.sha256(self._source.index_bytes).hexdigest()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._source is not None and isinstance(self._source.blobs, RegistryBlobs):
+            self._source.blobs.close()
+        self._clients.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        self.report.seconds = round(time.monotonic() - self._started, 3)
+
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            raise UsageError("the optimization is not open: use it in a with statement")
+        return self._source
+
+    @property
+    def workdir(self) -> str:
+        if self._workdir is None:
+            raise UsageError("the optimization is not open: use it in a with statement")
+        return self._workdir
+
+    @property
+    def tree(self) -> list[Node]:
+        """The input's index tree (read once)."""
+        if self._tree is None:
+            self._tree = read_tree(self.source.blobs, self.source.root_manifests)
+        return self._tree
+
+    def execute(self) -> Report:
+        """Plan every image and, unless ``dry_run``, write what the plan calls for (a dry run estimates the
+        sizes of the layers it would write instead of compressing them)."""
+        options = self.options
+        pool = WorkerPool(options.workers)
+        try:
+            spool = Spool(os.path.join(self.workdir, "new-content.pack"))
+            self.plan = plan_run(
+                self.source, self.tree, options, self.passes, pool, spool, self.workdir, self.report
+            )
+        finally:
+            pool.close()
+        if options.dry_run:
+            estimate_sizes(self.plan)  # nothing is compressed: sizes after are estimates
+        else:
+            settings = _settings(options, pool.workers)
+            self.output = write_run(self.plan, settings, self.workdir, self.report, options.progress)
+        self.report.bytes_before = sum(i.size_before for i in self.report.images)
+        self.report.bytes_after = sum(i.size_after for i in self.report.images)
+        return self.report
+
+    def store(self, dst: str, before_push: Callable[[list[str]], None] | None = None) -> None:
+        """Write the output to ``dst`` (archive or layout, atomically) or push it to a ``docker://`` reference;
+        ``before_push`` receives every manifest digest about to be pushed, before the first is."""
+        if self.output is None:
+            raise UsageError("nothing to store: execute() has not run")
+        self.report.output = dst
+        if self.options.progress is not None:
+            self.options.progress("writing output", 0, 1)
+        if is_registry_ref(dst):
+            ref = parse_registry_ref(dst)
+            client = self._clients.get(ref.registry, source=False)
+            image = _OutputImage(self.output, self.source, dst)
+            self.report.pushed_digest = push_image(client, image, ref, before_put=before_push)
+            return
+        writer = write_oci_dir if self.options.output_format == "oci-dir" else write_oci_archive
+        writer(dst, self.output.index_bytes, self.output.docker_manifest, self.output.blobs)
+
+    def _open(self, src: str) -> Source:
+        if is_registry_ref(src):
+            return open_registry(src, self.workdir, self._clients)
+        return open_source(src, self.workdir)
+
+
+def _check_options(options: Options) -> None:
     if options.output_format not in ("oci-archive", "oci-dir"):
         raise UsageError(f"unknown output format {options.output_format!r}: use oci-archive or oci-dir")
     if options.keep_layers < 0:
         raise UsageError("keep_layers cannot be negative")
-    if dst is not None and os.path.abspath(src) == os.path.abspath(dst):
-        raise UsageError("the output must not be the input: nothing the user had is overwritten")
 
 
 def _settings(options: Options, workers: int) -> WriteSettings:
@@ -60,34 +196,35 @@ def _settings(options: Options, workers: int) -> WriteSettings:
     return WriteSettings(options.compression, options.normalize, workers, layer_clamp, config_clamp)
 
 
-def optimize(src: str, dst: str | None, options: Options | None = None) -> Report:
-    """Optimize the image at ``src`` and write the result to ``dst`` (None only with ``dry_run``)."""
-    options = options or Options()
-    _check(src, dst, options)
-    started = time.monotonic()
-    report = Report(
-        src, dst or "", options.dry_run, compressors=compressor_versions(), options=options.describe()
-    )
-    passes = select_passes(options)
-    with tempfile.TemporaryDirectory(prefix="oci-optimizer-", dir=options.workdir) as workdir:
-        source = open_source(src, workdir)
-        report.warnings.extend(source.warnings)
-        report.index_digest_before = "sha256:" + hashlib.sha256(source.index_bytes).hexdigest()
-        pool = WorkerPool(options.workers)
-        settings = _settings(options, pool.workers)
-        try:
-            spool = Spool(os.path.join(workdir, "new-content.pack"))
-            run = plan_run(source, options, passes, pool, spool, workdir, report)
-        finally:
-            pool.close()
-        output = write_run(run, settings, workdir, report, options.progress)
-        report.bytes_before = sum(i.size_before for i in report.images)
-        report.bytes_after = sum(i.size_after for i in report.images)
-        if not options.dry_run:
-            assert dst is not None
-            if options.progress is not None:
-                options.progress("writing output", 0, 1)
-            writer = write_oci_dir if options.output_format == "oci-dir" else write_oci_archive
-            writer(dst, output.index_bytes, output.docker_manifest, output.blobs)
-    report.seconds = round(time.monotonic() - started, 3)
-    return report
+class _OutputImage:
+    """The run's output as an image to push: manifests from memory or the input, blobs streamed from where
+    they are; blobs carried from a registry input are mounted when the destination is the same registry."""
+
+    def __init__(self, output: Output, source: Source, name: str) -> None:
+        self.output = output
+        self.source = source
+        self.name = name
+
+    def root(self) -> dict[str, Any]:
+        return single_root(parse_object(self.output.index_bytes, f"{self.name}: index.json"), self.name)
+
+    def manifest(self, descriptor: dict[str, Any]) -> Manifest:
+        opener = self.opener(descriptor["digest"], descriptor["size"], f"{self.name}: manifest")
+        with opener() as reader:
+            data = reader.read()
+        return manifest_of(descriptor, data, self.name)
+
+    def has_blob(self, digest: str) -> bool:
+        return digest in self.output.blobs
+
+    def opener(self, digest: str, size: int, what: str) -> Callable[[], BinaryIO]:
+        found = self.output.blobs.get(digest)
+        if found is None:
+            raise RegistryError(
+                f"{what}: blob {digest} is not in the image (a partial input cannot be pushed)"
+            )
+        return found[2]
+
+    def mount_sources(self, digest: str, registry: str) -> list[str]:
+        origin = self.source.blobs.origin(digest) if digest in self.output.from_input else None
+        return [origin.repository] if origin is not None and origin.registry == registry else []

@@ -9,10 +9,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import transport
+from .api import optimize
 from .errors import OptimizerError, UsageError
 from .options import Options
 from .output import CompressionSpec
+from .registry import access
 from .report import Report
 
 __all__ = ["build_parser", "main"]
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, metavar="N", help="processes for per-file work (default: all cores)"
     )
     parser.add_argument("--workdir", metavar="DIR", help="directory for temporary files")
-    transport.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
+    access.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every finding")
@@ -116,6 +117,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         squash=args.squash,
         workers=args.workers,
         workdir=args.workdir,
+        registry=access.from_args(args),
     )
 
 
@@ -216,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         options = replace(options, progress=progress)
     try:
-        report = optimize_any(args.input, args.output, options, transport.options_from_args(args))
+        report = optimize(args.input, args.output, options)
     except OptimizerError as error:
         if progress is not None:
             progress.clear()
@@ -239,51 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet and args.report != "-":
         print_summary(report, sys.stdout, args.verbose)
     return EXIT_OK
-
-
-def optimize_any(
-    source: str, destination: str | None, options: Options, reach: transport.TransportOptions
-) -> Report:
-    """``optimize`` with skopeo-style ``docker://`` transports on either side (mixed with local paths)."""
-    import tempfile
-    from dataclasses import replace
-
-    from .api import optimize
-
-    if not transport.is_registry_ref(source) and (
-        destination is None or not transport.is_registry_ref(destination)
-    ):
-        return optimize(source, destination, options)
-    with tempfile.TemporaryDirectory(prefix="oci-optimizer-io-", dir=options.workdir) as workdir:
-        local_source = source
-        if transport.is_registry_ref(source):
-            ref = transport.parse_registry_ref(source)
-            local_source = transport.fetch_input(
-                source,
-                workdir,
-                insecure=reach.insecure_for(ref.registry, source=True),
-                credentials=reach.src_credentials,
-                timeout=reach.timeout,
-                retries=reach.retries,
-            )
-        if destination is None or not transport.is_registry_ref(destination):
-            return optimize(local_source, destination, options)
-        layout = os.path.join(workdir, "optimized")
-        report = optimize(local_source, layout, replace(options, output_format="oci-dir"))
-        report.output = destination
-        if not options.dry_run:
-            ref = transport.parse_registry_ref(destination)
-            digest = transport.publish_output(
-                layout,
-                destination,
-                insecure=reach.insecure_for(ref.registry, source=False),
-                credentials=reach.dest_credentials,
-                timeout=reach.timeout,
-                retries=reach.retries,
-                source=source,
-            )
-            report.pushed_digest = digest
-        return report
 
 
 def _serve(argv: Sequence[str]) -> int:

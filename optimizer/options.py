@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .output import CompressionSpec
+from .registry.access import RegistryAccess
 
 __all__ = ["Options", "Progress"]
 
@@ -34,6 +35,7 @@ class Options:
     workers: processes for per-file work and compression (default: every core).
     workdir: where temporary files go (default: the system's temporary directory).
     pass_classes: the pipeline to choose from, in order (default ``passes.PASSES``); for your own passes.
+    registry: how to reach the registries of ``docker://`` inputs and outputs (TLS, credentials, timeouts).
     """
 
     passes: tuple[str, ...] | None = None
@@ -52,6 +54,7 @@ class Options:
     workdir: str | None = None
     progress: Progress | None = field(default=None, compare=False)
     pass_classes: tuple[type[Any], ...] | None = field(default=None, compare=False)
+    registry: RegistryAccess = field(default_factory=RegistryAccess, compare=False)
 
     def describe(self) -> dict[str, Any]:
         """The options as they go in the report (and so in byte-identity comparisons of reports)."""

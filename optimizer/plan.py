@@ -18,7 +18,7 @@ reports it as it is (sizes of rewritten layers are then estimates).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,16 +31,16 @@ from .errors import FormatError
 from .filesystem import FileSystem, build_filesystem
 from .history import config_platform
 from .layer import LayerIndex, index_layer
-from .model import Descriptor
+from .model import Descriptor, Entry
 from .options import Options
 from .pipeline import ImageInfo, Pass, PassContext, WorkerPool, run_passes
 from .rebuild import ChangePlan, LayerPlan, build_plan, layer_entries, lower_paths_of
 from .report import ImageReport, LayerReport, Report
 from .source import Source
 from .spool import Spool
-from .tree import Node, NodeKind, read_tree
+from .tree import Node, NodeKind
 
-__all__ = ["ImagePlan", "LayerDecision", "RunPlan", "plan_run"]
+__all__ = ["ImagePlan", "LayerDecision", "RunPlan", "estimate_sizes", "plan_run", "tar_size"]
 
 EMPTY_LAYER_PLAN = LayerPlan()
 
@@ -238,6 +238,7 @@ class _Planner:
         return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report)
 
     def index_layers(self, layers: Sequence[Descriptor], name: str) -> list[LayerIndex]:
+        self.source.blobs.prefetch([layer for layer in layers if layer.digest not in self.layer_cache])
         indexes = []
         for number, layer in enumerate(layers, 1):
             cached = self.layer_cache.get(layer.digest)
@@ -271,6 +272,7 @@ def _squash_decisions(
 
 def plan_run(
     source: Source,
+    roots: list[Node],
     options: Options,
     passes: Sequence[tuple[type[Pass], Any]],
     pool: WorkerPool,
@@ -278,8 +280,7 @@ def plan_run(
     workdir: str,
     report: Report,
 ) -> RunPlan:
-    """Read the tree and decide every image's layers (the passes run here)."""
-    roots = read_tree(source.blobs, source.root_manifests)
+    """Decide every image's layers (the passes run here); ``roots``: the input's tree (``tree.read_tree``)."""
     planner = _Planner(source, options, passes, pool, spool, workdir, report)
     run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in passes))
     for node in _image_order(roots):
@@ -323,3 +324,53 @@ def _carried(source: Source, node: Node, report: Report) -> None:
             report.warnings.append(
                 f"{name}: blob {short(blob.digest)} ({blob.media_type}) is missing from the input"
             )
+
+
+def estimate_sizes(run: RunPlan) -> None:
+    """Fill in the reports of a plan that is not written (a dry run): the compressed size of each layer the
+    run would write, estimated from its tar size and the image's own compression ratio. Nothing is compressed."""
+    for plan in run.images.values():
+        ratio = _compression_ratio(plan)
+        for decision in plan.layers:
+            if decision.fate == "rewrite":
+                index = plan.indexes[decision.number]
+                items = layer_entries(
+                    index,
+                    decision.plan or EMPTY_LAYER_PLAN,
+                    lower_paths_of(plan.indexes, decision.number, plan.changes),
+                    False,
+                )
+                decision.report.size_after = round(tar_size(entry for entry, _ in items) * ratio)
+                decision.report.estimated = True
+        extra = _unwritten_layer(plan, ratio)
+        if extra is not None:
+            plan.report.layers.append(extra)
+        if extra is not None or any(d.fate in ("rewrite", "dropped") for d in plan.layers):
+            plan.report.manifest_after = ""  # it would change; its digest is not known without writing
+
+
+def tar_size(entries: Iterable[Entry]) -> int:
+    """The size of a tar of these entries: a 512-byte header each, contents padded to 512 bytes."""
+    return sum(512 + (entry.size + 511) // 512 * 512 for entry in entries) + 1024
+
+
+def _compression_ratio(plan: ImagePlan) -> float:
+    raw = sum(tar_size(item.entry for item in index.entries) for index in plan.indexes)
+    packed = sum(d.descriptor.size for d in plan.layers[: len(plan.indexes)])
+    return packed / raw if raw else 1.0
+
+
+def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
+    """The estimated report of the squashed or added layer a dry run does not write."""
+    count = len(plan.layers)
+    media_type = plan.layers[0].report.media_type if plan.layers else ""
+    if plan.squash:
+        assert plan.final_fs is not None
+        merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.protected]
+        size = round(tar_size(merged) * ratio)
+        return LayerReport(count, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
+    if plan.changes.added:
+        added = [entry for entry, _ in plan.changes.added.values()]
+        size = round(tar_size(added) * ratio)
+        return LayerReport(count, "", "", 0, size, "added", media_type, len(added), estimated=True)
+    return None

@@ -54,6 +54,7 @@ class LayerReport:
     status: str
     media_type: str = ""
     files_changed: int = 0
+    estimated: bool = False  # a dry run: size_after is an estimate (nothing was compressed)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class ImageReport:
     name: str
     platform: str
     manifest_before: str
-    manifest_after: str
+    manifest_after: str  # "" in a dry run when it would change (its digest is known only once written)
     layers: list[LayerReport] = field(default_factory=list)
     passes: list[PassReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

@@ -45,6 +45,7 @@ class Output:
     index_bytes: bytes
     docker_manifest: bytes | None
     blobs: dict[str, OutputBlob] = field(default_factory=dict)
+    from_input: frozenset[str] = frozenset()  # digests of the blobs carried from the input as they were
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,10 @@ class _Blobs:
 
     def __init__(self) -> None:
         self.items: dict[str, OutputBlob] = {}
+        self.carried: set[str] = set()
 
     def from_source(self, store: Blobs, descriptor: Descriptor, role: str) -> None:
+        self.carried.add(descriptor.digest)
         if descriptor.digest not in self.items:
             self.items[descriptor.digest] = (
                 descriptor.digest,
@@ -367,4 +370,5 @@ def write_run(
     report.warnings.extend(writer.signature_warnings())
     index_bytes = writer.root_index(new_root)
     report.index_digest_after = "sha256:" + hashlib.sha256(index_bytes).hexdigest()
-    return Output(index_bytes, writer.docker_manifest(new_root), writer.blobs.items)
+    blobs = writer.blobs
+    return Output(index_bytes, writer.docker_manifest(new_root), blobs.items, frozenset(blobs.carried))

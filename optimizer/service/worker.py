@@ -35,8 +35,7 @@ from ..errors import OptimizerError, RegistryError
 from ..mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from ..options import Options
 from ..output import CompressionSpec
-from ..registry import Credentials, Reference, RegistryClient
-from ..registry_auth import RegistryAuthError
+from ..registry import Credentials, Reference, RegistryAuthError, RegistryClient
 from ..report import Report
 from .config import Config, RuleOptions
 from .logs import log

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from ..digest import VerifyingReader, sha256_digest, short
@@ -18,8 +18,11 @@ MAX_DOCUMENT = 64 << 20  # the largest JSON document (manifest, config) read who
 class Origin(Protocol):
     """Where a blob can be fetched again without its bytes passing through us (a registry repository)."""
 
-    registry: str
-    repository: str
+    @property
+    def registry(self) -> str: ...
+
+    @property
+    def repository(self) -> str: ...
 
 
 class Blobs(Protocol):
@@ -37,6 +40,8 @@ class Blobs(Protocol):
     def read(self, descriptor: Descriptor, role: str = "blob", limit: int = MAX_DOCUMENT) -> bytes: ...
 
     def origin(self, digest: str) -> Origin | None: ...
+
+    def prefetch(self, descriptors: Sequence[Descriptor]) -> None: ...
 
 
 class BlobStore:
@@ -67,6 +72,9 @@ class BlobStore:
 
     def origin(self, digest: str) -> Origin | None:
         return None
+
+    def prefetch(self, descriptors: Sequence[Descriptor]) -> None:
+        pass  # local blobs are read where they are
 
     def open(self, descriptor: Descriptor, role: str = "blob") -> BinaryIO:
         """A reader over the blob that raises ``DigestMismatchError`` at the end if its digest or size is wrong."""

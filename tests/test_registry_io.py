@@ -1,4 +1,5 @@
-"""``docker://`` inputs and outputs: pulled into a layout, optimized, pushed back, against a real registry."""
+"""``docker://`` inputs and outputs of ``optimize`` (library and CLI), against a real registry: blobs read only
+when a pass needs them, pushed straight from the run, mounted where the destination registry has them."""
 
 from __future__ import annotations
 
@@ -16,17 +17,8 @@ import pytest
 from optimizer.api import optimize
 from optimizer.errors import UsageError
 from optimizer.options import Options
-from optimizer.registry import Credentials, Reference
-from optimizer.transport import (
-    TransportOptions,
-    add_arguments,
-    client_for,
-    fetch_input,
-    is_registry_ref,
-    options_from_args,
-    parse_registry_ref,
-    publish_output,
-)
+from optimizer.registry import Credentials, Reference, RegistryAccess, is_registry_ref, parse_registry_ref
+from optimizer.registry.access import add_arguments, from_args
 from tests.conftest import ROOT
 from tests.registry_fixtures import (
     FaultProxy,
@@ -54,11 +46,6 @@ def test_registry_refs_are_recognised() -> None:
         parse_registry_ref("docker://Host:5000/UPPER")
 
 
-def test_local_paths_pass_through(tmp_path: Path) -> None:
-    assert fetch_input("some/image.tar", str(tmp_path)) == "some/image.tar"
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_command_line_flags() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -77,8 +64,8 @@ def test_command_line_flags() -> None:
             "1",
         ]
     )
-    options = options_from_args(args)
-    assert options == TransportOptions(
+    options = from_args(args)
+    assert options == RegistryAccess(
         src_insecure=True,
         dest_insecure=False,
         insecure_registries=frozenset({"a:5000", "b:5000"}),
@@ -90,71 +77,67 @@ def test_command_line_flags() -> None:
     assert options.insecure_for("a:5000", source=False) and not options.insecure_for("c:1", source=False)
     assert options.insecure_for("c:1", source=True)
     assert "pa:ss" not in repr(options)
-    defaults = options_from_args(parser.parse_args([]))
-    assert defaults == TransportOptions()
+    defaults = from_args(parser.parse_args([]))
+    assert defaults == RegistryAccess()
     with pytest.raises(SystemExit):
         parser.parse_args(["--dest-tls-verify=maybe"])
 
 
-def test_docker_input_and_output_through_the_optimizer(
+INSECURE = RegistryAccess(src_insecure=True, dest_insecure=True)
+
+
+def test_registry_to_registry_from_python_moves_no_layer(
     registry: RunningRegistry, fixtures: Path, tmp_path: Path
 ) -> None:
-    """docker:// in, optimize (a pure repack keeps every blob), docker:// out: nothing uploaded again."""
+    """``optimize("docker://...", "docker://...")`` from Python: a pure repack reads no layer, uploads none
+    (every blob is mounted from the source repository) and pushes the same manifests."""
     source = push_layout(
         fixtures / "images" / "stereoscope" / "oci-layout-multiplatform", registry, "tr/multi:v1"
     )
-    layout = fetch_input(source, str(tmp_path / "work"), insecure=True)
-    assert Path(layout).parent == tmp_path / "work"
     raw = skopeo_inspect_raw(source)
-    index = json.loads((Path(layout) / "index.json").read_text())
-    assert index["manifests"][0]["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
-
-    optimize(layout, str(tmp_path / "out"), Options(output_format="oci-dir", passes=()))
-    destination = f"docker://{registry.host}/tr/multi:v1-opt"
-    digest = publish_output(str(tmp_path / "out"), destination, insecure=True, source=source)
-    stats = client_for(registry.host, insecure=True).last_stats
-    assert stats.blobs_uploaded == 0  # unchanged layers are mounted from tr/multi, never sent
-    assert stats.blobs_mounted + stats.blobs_present > 0
-    pushed = skopeo_inspect_raw(destination)
-    assert digest == "sha256:" + hashlib.sha256(pushed).hexdigest()
-    platforms = sorted(
-        (m["platform"]["os"], m["platform"]["architecture"]) for m in json.loads(pushed)["manifests"]
-    )
-    assert platforms == sorted(
-        (m["platform"]["os"], m["platform"]["architecture"]) for m in json.loads(raw)["manifests"]
-    )
+    with FaultProxy(registry.host) as proxy:
+        report = optimize(
+            f"docker://{proxy.host}/tr/multi:v1",
+            f"docker://{proxy.host}/tr/multi-copy:v1",
+            Options(passes=(), registry=INSECURE, workdir=str(tmp_path)),
+        )
+        layer_gets = [r for r in proxy.requests if r.method == "GET" and "/blobs/" in r.path]
+        uploads = proxy.count("PUT", "/blobs/uploads/")
+        mounts = proxy.count("POST", "mount=", status=201)
+    assert uploads == 0 and mounts > 0
+    assert len(layer_gets) == len(report.images)  # one config per image, no layer
+    assert report.pushed_digest == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert skopeo_inspect_raw(f"docker://{registry.host}/tr/multi-copy:v1") == raw
+    assert list(tmp_path.iterdir()) == []  # the work directory is gone
 
 
 def test_docker_archive_image_optimized_and_pushed_to_another_repository(
     registry: RunningRegistry, fixtures: Path, tmp_path: Path
 ) -> None:
-    """A docker-save image in the registry, optimized with the default passes and published: exactly the blobs
-    the optimizer wrote anew are uploaded; the ones it kept are mounted from the source repository."""
-    source = f"docker://{registry.host}/tr/dive:v1"
-    skopeo_copy(f"docker-archive:{fixtures / 'images' / 'dive' / 'test-docker-image.tar'}", source)
-    layout = Path(fetch_input(source, str(tmp_path / "work"), insecure=True))
-    optimize(str(layout), str(tmp_path / "out"), Options(output_format="oci-dir"))
-    kept = {p.name for p in (layout / "blobs" / "sha256").iterdir()}
-    written = {p.name for p in (tmp_path / "out" / "blobs" / "sha256").iterdir()}
-    out_index = json.loads((tmp_path / "out" / "index.json").read_text())
-    manifests = {d["digest"][7:] for d in out_index["manifests"]}
+    """A docker-save image in the registry, optimized with the default passes and pushed to another
+    repository: exactly the blobs the optimizer wrote anew are uploaded; the ones it kept are mounted."""
+    skopeo_copy(
+        f"docker-archive:{fixtures / 'images' / 'dive' / 'test-docker-image.tar'}",
+        f"docker://{registry.host}/tr/dive:v1",
+    )
     with FaultProxy(registry.host) as proxy:
-        destination = f"docker://{proxy.host}/tr/dive-opt:v1"
-        digest = publish_output(
-            str(tmp_path / "out"), destination, insecure=True, source=f"docker://{proxy.host}/tr/dive:v1"
+        report = optimize(
+            f"docker://{proxy.host}/tr/dive:v1",
+            f"docker://{proxy.host}/tr/dive-opt:v1",
+            Options(registry=INSECURE),
         )
         uploads = [r.path for r in proxy.requests if r.method == "PUT" and "/blobs/uploads/" in r.path]
         mounts = proxy.count("POST", "mount=", status=201)
-        stats = client_for(proxy.host, insecure=True).last_stats
-    new_blobs = written - kept - manifests
-    assert len(uploads) == len(new_blobs) == stats.blobs_uploaded
-    assert sorted(u.split("digest=sha256%3A")[-1].split("digest=sha256:")[-1] for u in uploads) == sorted(
-        new_blobs
-    )
-    assert mounts == len((written & kept) - manifests) == stats.blobs_mounted
+    (image,) = report.images
+    rewritten = {layer.digest_after for layer in image.layers if layer.status in ("rewritten", "added")}
+    kept = {layer.digest_after for layer in image.layers if layer.status in ("unchanged", "kept")}
+    assert rewritten and kept
+    uploaded = {"sha256:" + u.split("digest=sha256%3A")[-1].split("digest=sha256:")[-1] for u in uploads}
+    assert rewritten <= uploaded and not kept & uploaded
+    assert len(uploaded - rewritten) == 1  # the new config
+    assert mounts == len(kept)
     raw = skopeo_inspect_raw(f"docker://{registry.host}/tr/dive-opt:v1")
-    assert digest == "sha256:" + hashlib.sha256(raw).hexdigest()
-    assert digest[7:] in manifests
+    assert report.pushed_digest == "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

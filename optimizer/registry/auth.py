@@ -38,7 +38,7 @@ from typing import Any
 
 import requests
 
-from .errors import RegistryError
+from ..errors import RegistryError
 
 __all__ = [
     "ENV_HOSTS",
