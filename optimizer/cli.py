@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from . import settings
 from .api import optimize
 from .errors import OptimizerError, UsageError
 from .options import Options
-from .output import CompressionSpec
 from .registry import access
 from .report import Report
 
@@ -45,43 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--list-passes", action="store_true", help="print every pass and what it does, then exit"
     )
-    parser.add_argument("--passes", help="comma-separated passes to run ('none' for a pure repack)")
-    parser.add_argument("--skip", default="", help="comma-separated passes not to run")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report to FILE ('-' for stdout)")
-    parser.add_argument("--dry-run", action="store_true", help="do everything but write the output")
-    parser.add_argument("--strict", action="store_true", help="a failing pass fails the run")
-    parser.add_argument(
-        "--format",
-        dest="output_format",
-        choices=("oci-archive", "oci-dir"),
-        default="oci-archive",
-        help="output form (default: an OCI archive that docker load also takes)",
-    )
-    parser.add_argument(
-        "--normalize", action="store_true", help="rewrite every layer canonically (reproducible digests)"
-    )
-    parser.add_argument(
-        "--keep-layers", type=int, default=0, metavar="N", help="keep the first N layers byte-identical"
-    )
-    parser.add_argument("--base", metavar="IMAGE", help="keep the layers of this base image byte-identical")
-    parser.add_argument(
-        "--compression",
-        default="gzip",
-        metavar="CODEC[:LEVEL]",
-        help="codec of rewritten layers: gzip[:1-9] (default gzip:6), zstd[:1-22] (default 3), none",
-    )
-    parser.add_argument(
-        "--recompress", action="store_true", help="recompress unchanged layers with --compression too"
-    )
-    parser.add_argument(
-        "--squash",
-        action="store_true",
-        help="merge every layer above the kept base (--keep-layers, --base) into one layer",
-    )
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="processes for per-file work (default: all cores)"
-    )
-    parser.add_argument("--workdir", metavar="DIR", help="directory for temporary files")
+    settings.add_arguments(parser, Options)
     access.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -92,33 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _names(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    if text.strip() in ("none", ""):
-        return ()
-    return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
 def options_from_args(args: argparse.Namespace) -> Options:
     pass_options = {cls.name: cls.options_from_args(args) for cls in _pass_classes()}
-    return Options(
-        passes=_names(args.passes),
-        skip=_names(args.skip) or (),
-        pass_options=pass_options,
-        strict=args.strict,
-        dry_run=args.dry_run,
-        normalize=args.normalize,
-        keep_layers=args.keep_layers,
-        base=args.base,
-        output_format=args.output_format,
-        compression=CompressionSpec.parse(args.compression),
-        recompress=args.recompress,
-        squash=args.squash,
-        workers=args.workers,
-        workdir=args.workdir,
-        registry=access.from_args(args),
-    )
+    return settings.from_args(Options, args, pass_options=pass_options, registry=access.from_args(args))  # type: ignore[no-any-return]
 
 
 def _size(value: int) -> str:

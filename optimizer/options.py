@@ -1,4 +1,5 @@
-"""Run-wide options, typed. Pass options live in each pass's own ``Options`` dataclass."""
+"""Run-wide options, typed and declared once (``settings``): the CLI flags and the service's rule options are
+derived from these fields. Pass options live in each pass's own ``Options`` dataclass."""
 
 from __future__ import annotations
 
@@ -8,50 +9,60 @@ from typing import Any, Literal
 
 from .output import CompressionSpec
 from .registry.access import RegistryAccess
+from .settings import setting
 
-__all__ = ["Options", "Progress"]
+__all__ = ["Options", "Progress", "pass_names"]
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
+def pass_names(text: str) -> tuple[str, ...]:
+    """``a,b`` -> ``("a", "b")``; ``none`` (or nothing) -> ``()``."""
+    if text.strip() in ("none", ""):
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 @dataclass(frozen=True)
 class Options:
-    """What ``optimize`` does.
+    """What ``optimize`` does. Each field's help says what it means; ``pass_options`` maps a pass name to
+    that pass's ``Options`` instance (absent passes use their defaults); ``progress`` is called with
+    (what, done, total) as the run goes; ``pass_classes`` is the pipeline to choose from, in order (default
+    ``passes.PASSES``), for your own passes; ``registry`` says how to reach the registries of ``docker://``
+    inputs and outputs (TLS, credentials, timeouts)."""
 
-    passes: names of the passes to run, in any order (they always run in the pipeline's order); None runs the
-        default set, ``()`` runs none (a pure repack).
-    skip: names of passes not to run.
-    pass_options: pass name -> that pass's ``Options`` instance; absent passes use their defaults.
-    strict: a pass that fails makes the run fail (otherwise its changes are dropped and the run goes on).
-    dry_run: do everything but write the output.
-    normalize: rewrite every layer canonically (sorted entries, mtimes clamped) so equal content gives equal digests.
-    keep_layers: the first N layers of every image stay byte-identical.
-    base: a base image (file or directory) whose layers stay byte-identical where the image starts with them.
-    output_format: "oci-archive" (a tar, with docker's manifest.json too) or "oci-dir".
-    compression: the codec and level of rewritten and new layers.
-    recompress: also recompress layers no pass changed (except protected ones) with ``compression``.
-    squash: merge every layer above the kept base (``keep_layers``/``base``) into one layer, canonically ordered;
-        the history keeps one entry listing what was merged.
-    workers: processes for per-file work and compression (default: every core).
-    workdir: where temporary files go (default: the system's temporary directory).
-    pass_classes: the pipeline to choose from, in order (default ``passes.PASSES``); for your own passes.
-    registry: how to reach the registries of ``docker://`` inputs and outputs (TLS, credentials, timeouts).
-    """
-
-    passes: tuple[str, ...] | None = None
-    skip: tuple[str, ...] = ()
+    passes: tuple[str, ...] | None = setting(
+        None,
+        "comma-separated passes to run ('none' for a pure repack; default: every pass)",
+        parse=pass_names,
+    )
+    skip: tuple[str, ...] = setting((), "comma-separated passes not to run", parse=pass_names)
     pass_options: Mapping[str, Any] = field(default_factory=dict)
-    strict: bool = False
-    dry_run: bool = False
-    normalize: bool = False
-    keep_layers: int = 0
-    base: str | None = None
-    output_format: Literal["oci-archive", "oci-dir"] = "oci-archive"
-    compression: CompressionSpec = field(default_factory=CompressionSpec)
-    recompress: bool = False
-    squash: bool = False
-    workers: int | None = None
-    workdir: str | None = None
+    strict: bool = setting(False, "a failing pass fails the run (else its changes are dropped)")
+    dry_run: bool = setting(False, "plan and report, write nothing (sizes after are estimates)", config=False)
+    normalize: bool = setting(False, "rewrite every layer canonically (reproducible digests)")
+    keep_layers: int = setting(0, "keep the first N layers byte-identical", metavar="N")
+    base: str | None = setting(None, "keep the layers of this base image byte-identical", metavar="IMAGE")
+    output_format: Literal["oci-archive", "oci-dir"] = setting(
+        "oci-archive",
+        "output form (default: an OCI archive that docker load also takes)",
+        flag="--format",
+        config=False,
+    )
+    compression: CompressionSpec = setting(
+        CompressionSpec(),
+        "codec of rewritten layers: gzip[:1-9] (default gzip:6), zstd[:1-22] (default 3), none",
+        metavar="CODEC[:LEVEL]",
+        parse=CompressionSpec.parse,
+    )
+    recompress: bool = setting(False, "recompress unchanged layers with --compression too")
+    squash: bool = setting(
+        False, "merge every layer above the kept base (--keep-layers, --base) into one layer"
+    )
+    workers: int | None = setting(
+        None, "processes for per-file work (default: all cores)", metavar="N", config=False
+    )
+    workdir: str | None = setting(None, "directory for temporary files", metavar="DIR", config=False)
     progress: Progress | None = field(default=None, compare=False)
     pass_classes: tuple[type[Any], ...] | None = field(default=None, compare=False)
     registry: RegistryAccess = field(default_factory=RegistryAccess, compare=False)
