@@ -65,13 +65,13 @@ class ImagePlan:
     name: str
     config: dict[str, Any]
     docker_family: bool
-    protected: int
-    indexes: list[LayerIndex]
-    layers: list[LayerDecision]
-    changes: ChangePlan
-    final_fs: FileSystem | None
-    squash: bool
+    protected: int  # the first layers that stay byte-identical (the base)
     report: ImageReport
+    indexes: list[LayerIndex] = field(default_factory=list)  # each layer's entries, when they were read
+    layers: list[LayerDecision] = field(default_factory=list)
+    changes: ChangePlan = field(default_factory=ChangePlan)
+    final_fs: FileSystem | None = None  # the merged view after the passes
+    squash: bool = False
 
 
 @dataclass
@@ -110,93 +110,85 @@ class _Planner:
             self.options.progress(what, done, total)
 
     def image(self, node: Node) -> ImagePlan:
-        assert node.config is not None
-        name = node.label(self.source.name)
-        config = parse_object(
-            self.source.blobs.read(node.config, "config"),
-            f"{self.source.name}: config {short(node.config.digest)}",
-        )
-        descriptor, layers = node.descriptor, list(node.layers)
-        docker_family = mt.is_docker(descriptor.media_type or str(node.document.get("mediaType", "")))
-        report = ImageReport(
-            name, str(descriptor.platform or config_platform(config)), node.digest, node.digest
-        )
-        self.report.images.append(report)
-        protection = protected_count(
-            layers,
-            node.document,
-            descriptor.platform,
-            self.options.keep_layers,
-            self.bases,
-            self.source.blobs,
-            name,
-        )
-        self.report.warnings.extend(protection.warnings)
-        protected = protection.count
+        plan = self.new_plan(node)
+        layers = list(node.layers)
+        options = self.options
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
-        indexes: list[LayerIndex] = []
-        if self.passes or self.options.normalize or self.options.recompress or self.options.squash:
-            indexes = self.index_layers(layers, name)
-            for index in indexes:
-                report.warnings.extend(index.warnings)
+        if self.passes or options.normalize or options.recompress or options.squash:
+            plan.indexes = self.index_layers(layers, plan.name)
+            for index in plan.indexes:
+                plan.report.warnings.extend(index.warnings)
         changes: list[Change] = []
-        final_fs: FileSystem | None = None
-        if self.passes or self.options.squash:
+        if self.passes or options.squash:
             # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
             # needs each layer's own entries, and skipping the view keeps memory down on many-file images.
-            fs = build_filesystem(
-                [i.entries for i in indexes], frozenset(range(protected)) | non_distributable
-            )
-            info = ImageInfo(
-                name,
-                node.digest,
-                descriptor.platform or config_platform(config),
-                config,
-                [d.digest for d in layers],
-            )
-            outcome = run_passes(
-                self.passes,
-                lambda view, recorder, pass_report: PassContext(
-                    view, recorder, info, pass_report, self.pool, self.options.dry_run, indexes
-                ),
-                fs,
-                self.spool,
-                report.passes,
-                self.options.strict,
-                name,
-            )
-            changes, final_fs = outcome.changes, outcome.fs
-        diff_ids: list[str] = list((config.get("rootfs") or {}).get("diff_ids") or [])
+            changes = self.run_pipeline(plan, frozenset(range(plan.protected)) | non_distributable)
+        diff_ids: list[str] = list((plan.config.get("rootfs") or {}).get("diff_ids") or [])
         if len(diff_ids) != len(layers):
-            raise FormatError(f"{name}: the config has {len(diff_ids)} diff_ids for {len(layers)} layers")
-        plan = ImagePlan(
-            node,
-            name,
-            config,
-            docker_family,
-            protected,
-            indexes,
-            [],
-            build_plan(changes, len(layers)),
-            final_fs,
-            False,
-            report,
-        )
-        if self.options.squash and final_fs is not None and len(layers) - protected >= 2:
-            if non_distributable & set(range(protected, len(layers))):
-                report.warnings.append(
-                    f"{name}: not squashed: layers above the base are non-distributable and stay as they are"
+            raise FormatError(
+                f"{plan.name}: the config has {len(diff_ids)} diff_ids for {len(layers)} layers"
+            )
+        plan.changes = build_plan(changes, len(layers))
+        if options.squash and plan.final_fs is not None and len(layers) - plan.protected >= 2:
+            if non_distributable & set(range(plan.protected, len(layers))):
+                plan.report.warnings.append(
+                    f"{plan.name}: not squashed: layers above the base are non-distributable and stay as they are"
                 )
             else:
                 plan.squash = True
-                plan.layers = _squash_decisions(layers, diff_ids, protected, plan.changes)
+                plan.layers = _squash_decisions(layers, diff_ids, plan.protected, plan.changes)
         if not plan.squash:
             plan.layers = [
                 self.decide(number, layer, diff_ids[number], plan, non_distributable)
                 for number, layer in enumerate(layers)
             ]
-        report.layers.extend(decision.report for decision in plan.layers)
+        plan.report.layers.extend(decision.report for decision in plan.layers)
         return plan
+
+    def new_plan(self, node: Node) -> ImagePlan:
+        """An image's plan before its layers are read: config, report, protected base."""
+        assert node.config is not None
+        name = node.label(self.source.name)
+        what = f"{self.source.name}: config {short(node.config.digest)}"
+        config = parse_object(self.source.blobs.read(node.config, "config"), what)
+        descriptor = node.descriptor
+        docker_family = mt.is_docker(descriptor.media_type or str(node.document.get("mediaType", "")))
+        platform = str(descriptor.platform or config_platform(config))
+        report = ImageReport(name, platform, node.digest, node.digest)
+        self.report.images.append(report)
+        options = self.options
+        protection = protected_count(
+            node.layers,
+            node.document,
+            descriptor.platform,
+            options.keep_layers,
+            self.bases,
+            self.source.blobs,
+            name,
+        )
+        self.report.warnings.extend(protection.warnings)
+        return ImagePlan(node, name, config, docker_family, protection.count, report)
+
+    def run_pipeline(self, plan: ImagePlan, protected: frozenset[int]) -> list[Change]:
+        """Run the passes over the image's merged view; the view they leave is ``plan.final_fs``."""
+        node = plan.node
+        fs = build_filesystem([i.entries for i in plan.indexes], protected)
+        platform = node.descriptor.platform or config_platform(plan.config)
+        info = ImageInfo(plan.name, node.digest, platform, plan.config, [d.digest for d in node.layers])
+        indexes = plan.indexes
+        outcome = run_passes(
+            self.passes,
+            lambda view, recorder, report: PassContext(
+                view, recorder, info, report, self.pool, self.options.dry_run, indexes
+            ),
+            fs,
+            self.spool,
+            plan.report.passes,
+            self.options.strict,
+            plan.name,
+        )
+        plan.final_fs = outcome.fs
+        return outcome.changes
 
     def decide(
         self, number: int, layer: Descriptor, diff_id: str, plan: ImagePlan, non_distributable: set[int]

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin
 
 import oras.container
@@ -35,6 +35,7 @@ from .. import mediatypes as mt
 from ..errors import RegistryError, UsageError
 from .auth import Credentials, RegistryAuthError, RegistryUnavailable
 from .reference import Reference
+from .streams import StreamingFile, TransientError, file_digest, receive
 from .transport import DEFAULT_USER_AGENT, RETRY_STATUSES, Transport, error_text, read_limited, status_error
 
 __all__ = ["MANIFEST_MEDIA_TYPES", "Manifest", "RegistryClient", "TransferStats", "TransientError"]
@@ -42,7 +43,6 @@ __all__ = ["MANIFEST_MEDIA_TYPES", "Manifest", "RegistryClient", "TransferStats"
 MANIFEST_MEDIA_TYPES = (mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, mt.DOCKER_MANIFEST_LIST)
 ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 MAX_MANIFEST = 4 * 1024 * 1024  # distribution's own limit
-CHUNK = 1 << 20
 
 
 @dataclass
@@ -58,10 +58,6 @@ class TransferStats:
     blobs_mounted: int = 0  # cross-repository mount
     blobs_skipped_foreign: int = 0
     seconds: float = 0.0
-
-
-class TransientError(Exception):
-    """A failure worth trying again (network, 5xx, 429) inside one blob transfer."""
 
 
 @dataclass
@@ -337,7 +333,7 @@ class RegistryClient:
             handle, temporary = tempfile.mkstemp(prefix=".pull-", dir=os.path.dirname(final))
             try:
                 with os.fdopen(handle, "wb") as out:
-                    seen, actual = _receive(response, out, size, where)
+                    seen, actual = receive(response, out, size, where)
                 if seen != size:
                     raise TransientError(f"the registry sent {seen} bytes, the descriptor says {size}")
                 if actual != digest:
@@ -484,69 +480,3 @@ def parse_manifest(digest: str, data: bytes, content_type: str, where: str) -> M
     if media_type not in MANIFEST_MEDIA_TYPES:
         raise RegistryError(f"{where}: unsupported manifest media type {media_type!r}")
     return Manifest(digest, media_type, data, document)
-
-
-def _receive(response: requests.Response, out: IO[bytes], size: int, where: str) -> tuple[int, str]:
-    """Copy a blob download to ``out``: (bytes seen, sha256 digest); never more than ``size`` bytes."""
-    hasher = hashlib.sha256()
-    seen = 0
-    try:
-        for piece in response.iter_content(chunk_size=CHUNK):
-            seen += len(piece)
-            if seen > size:
-                raise RegistryError(f"{where}: the registry sent more than the {size} bytes declared")
-            hasher.update(piece)
-            out.write(piece)
-    except requests.RequestException as error:
-        raise TransientError(f"download interrupted at byte {seen}: {error}") from error
-    return seen, "sha256:" + hasher.hexdigest()
-
-
-class StreamingFile:
-    """A file object for requests' ``data=``: read in pieces (never whole), known length.
-
-    It hashes what it sends, so a blob is verified by its upload itself (no second read). It can rewind only
-    before anything was read, or when the file under it can seek.
-    """
-
-    def __init__(self, handle: IO[bytes], size: int) -> None:
-        self._handle = handle
-        self.len = size  # requests uses it for Content-Length
-        self._hash = hashlib.sha256()
-        self._sent = 0
-
-    def read(self, amount: int = -1) -> bytes:
-        piece = self._handle.read(CHUNK if amount is None or amount < 0 else amount)
-        self._hash.update(piece)
-        self._sent += len(piece)
-        return piece
-
-    def tell(self) -> int:
-        return self._sent
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence != 0 or offset != 0:
-            raise OSError("only a rewind to the start is supported")
-        if self._sent:
-            self._handle.seek(-self._sent, 1)
-        self._hash = hashlib.sha256()
-        self._sent = 0
-        return 0
-
-    def digest(self) -> tuple[str, int]:
-        """(sha256 digest, bytes) of what was read since the last rewind."""
-        return "sha256:" + self._hash.hexdigest(), self._sent
-
-    def __iter__(self) -> Iterator[bytes]:
-        while piece := self.read(CHUNK):
-            yield piece
-
-
-def file_digest(path: str) -> tuple[str, int]:
-    hasher = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while piece := handle.read(CHUNK):
-            hasher.update(piece)
-            size += len(piece)
-    return "sha256:" + hasher.hexdigest(), size

@@ -235,21 +235,14 @@ class Transport:
         while True:
             if start is not None:
                 data.seek(start)
-            send = {"User-Agent": self.user_agent}
-            if headers:
-                send.update(
-                    {k: v for k, v in headers.items() if k.lower() not in ("authorization", "user-agent")}
-                )
             authorization = self._auth.header(scope)
-            if authorization:
-                send["Authorization"] = authorization
             log.debug("%s %s", method, url)
             try:
                 response = self.session.request(
                     method,
                     url,
                     data=data,
-                    headers=send,
+                    headers=self._headers(headers, authorization),
                     stream=stream,
                     timeout=(self.timeout, self.timeout),
                     verify=self.verify,
@@ -259,18 +252,7 @@ class Transport:
                     f"{what}: TLS error (an insecure / --tls-verify=false setting skips the checks): {error}"
                 ) from error
             except (requests.ConnectionError, requests.Timeout) as error:
-                kind = (
-                    "timed out"
-                    if isinstance(error, requests.Timeout) or "timed out" in str(error)
-                    else "connection failed"
-                )
-                if not retry or attempt >= self.retries:
-                    raise RegistryUnavailable(
-                        f"{what}: {kind} after {attempt + 1} attempt(s): {error}"
-                    ) from error
-                wait = self.delay(attempt, None, what)
-                log.info("%s %s: %s, retrying in %.1f s", method, url, kind, wait)
-                time.sleep(wait)
+                self._wait_after(error, None, attempt, f"{method} {url}", what, give_up=not retry)
                 attempt += 1
                 continue
             if response.status_code == 401:
@@ -283,19 +265,54 @@ class Transport:
                 auth_rounds += 1
                 continue
             if response.status_code in RETRY_STATUSES and retry:
-                if attempt >= self.retries:
-                    message = error_text(response)
-                    response.close()
-                    raise RegistryUnavailable(
-                        f"{what}: HTTP {response.status_code} after {attempt + 1} attempt(s){message}"
-                    )
-                wait = self.delay(attempt, response, what)
-                response.close()
-                log.info("%s %s: HTTP %d, retrying in %.1f s", method, url, response.status_code, wait)
-                time.sleep(wait)
+                self._wait_after(None, response, attempt, f"{method} {url}", what)
                 attempt += 1
                 continue
             return response
+
+    def _headers(self, headers: dict[str, str] | None, authorization: str | None) -> dict[str, str]:
+        send = {"User-Agent": self.user_agent}
+        if headers:
+            send.update(
+                {k: v for k, v in headers.items() if k.lower() not in ("authorization", "user-agent")}
+            )
+        if authorization:
+            send["Authorization"] = authorization
+        return send
+
+    def _wait_after(
+        self,
+        error: Exception | None,
+        response: requests.Response | None,
+        attempt: int,
+        request: str,
+        what: str,
+        give_up: bool = False,
+    ) -> None:
+        """Sleep before retrying a failed exchange, or raise ``RegistryUnavailable`` when retries are spent."""
+        if response is not None:
+            if attempt >= self.retries:
+                message = error_text(response)
+                response.close()
+                raise RegistryUnavailable(
+                    f"{what}: HTTP {response.status_code} after {attempt + 1} attempt(s){message}"
+                )
+            wait = self.delay(attempt, response, what)
+            response.close()
+            log.info("%s: HTTP %d, retrying in %.1f s", request, response.status_code, wait)
+        else:
+            kind = (
+                "timed out"
+                if isinstance(error, requests.Timeout) or "timed out" in str(error)
+                else "connection failed"
+            )
+            if give_up or attempt >= self.retries:
+                raise RegistryUnavailable(
+                    f"{what}: {kind} after {attempt + 1} attempt(s): {error}"
+                ) from error
+            wait = self.delay(attempt, None, what)
+            log.info("%s: %s, retrying in %.1f s", request, kind, wait)
+        time.sleep(wait)
 
 
 def status_error(where: str, response: requests.Response) -> RegistryError:
