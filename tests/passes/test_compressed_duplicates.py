@@ -19,13 +19,7 @@ import pytest
 import zstandard
 
 from optimizer import Options, optimize
-from optimizer.changes import Changes
-from optimizer.filesystem import build_filesystem
-from optimizer.layer import IndexedEntry
-from optimizer.model import Entry, EntryKind
-from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
-from optimizer.report import PassReport
-from optimizer.spool import Spool
+from optimizer.pipeline import PassContext
 from passes.compressed_duplicates import (
     CompressedDuplicates,
     CompressedDuplicatesOptions,
@@ -36,6 +30,8 @@ from passes.compressed_duplicates import (
     digest_decompressed,
     nginx_static,
 )
+from tests.passes import kit
+from tests.passes.kit import Files
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     ".gz": lambda d: gzip.compress(d, mtime=0),
@@ -61,21 +57,6 @@ TEXT = b"".join(
     b"line %06d: the quick brown fox jumps over the lazy dog %s\n" % (i, os.urandom(4).hex().encode())
     for i in range(6000)
 )
-Files = dict[str, bytes | str]  # path -> bytes, or "->target" for a symlink, "=>target" for a hardlink
-
-
-def _entries(files: Files, spool: Spool) -> list[IndexedEntry]:
-    # Parent directories first, as real layers have them.
-    parents = sorted({"/".join(p.split("/")[:n]) for p in files for n in range(1, p.count("/") + 1)})
-    out = [IndexedEntry(Entry(d, EntryKind.DIR, mode=0o755)) for d in parents]
-    for path, data in files.items():
-        if isinstance(data, str) and data.startswith("->"):
-            out.append(IndexedEntry(Entry(path, EntryKind.SYMLINK, link=data[2:])))
-        elif isinstance(data, str):
-            out.append(IndexedEntry(Entry(path, EntryKind.HARDLINK, link=data[2:])))
-        else:
-            out.append(IndexedEntry(Entry(path, EntryKind.FILE, size=len(data)), spool.store(data)))
-    return out
 
 
 def _run(
@@ -84,28 +65,16 @@ def _run(
     options: CompressedDuplicatesOptions | None = None,
     protected: frozenset[int] = frozenset(),
 ) -> PassContext:
-    spool = Spool(str(tmp_path / "layers.pack"))
-    fs = build_filesystem([_entries(files, spool) for files in layers], protected)
-    info = ImageInfo(
-        "test-image", "sha256:" + "0" * 64, None, {}, [f"sha256:{n:064x}" for n in range(len(layers))]
-    )
-    name = CompressedDuplicates.name
-    ctx = PassContext(
-        fs, Changes(fs, name, Spool(str(tmp_path / "new.pack"))), info, PassReport(name), WorkerPool(2)
-    )
-    try:
-        CompressedDuplicates(options or CompressedDuplicatesOptions()).run(ctx)
-    finally:
-        ctx.pool.close()
-    return ctx
+    pass_ = CompressedDuplicates(options or CompressedDuplicatesOptions())
+    return kit.run(tmp_path, pass_, layers, protected=protected, workers=2, parents=True)
 
 
 def _deleted(ctx: PassContext) -> list[str]:
-    return sorted(c.path for c in ctx.changes)
+    return kit.changed(ctx)
 
 
 def _findings(ctx: PassContext) -> dict[str, tuple[str, str, int, int]]:
-    return {f.path: (f.action, f.reason, f.bytes_before, f.bytes_after) for f in ctx.report.findings}
+    return {p: (f.action, f.reason, f.bytes_before, f.bytes_after) for p, f in kit.findings(ctx).items()}
 
 
 @pytest.mark.parametrize("suffix", sorted(COMPRESSORS))
@@ -319,19 +288,16 @@ def test_nginx_without_static_deletes_duplicates(tmp_path: Path) -> None:
     assert len(_deleted(ctx)) == 5
 
 
-def test_nginx_parser_follows_includes_and_quotes() -> None:
-    spool_dir = Path(os.environ.get("TMPDIR", "/tmp"))
-    spool = Spool(str(spool_dir / f"nginx-{os.getpid()}.pack"))
+def test_nginx_parser_follows_includes_and_quotes(tmp_path: Path) -> None:
     files: Files = {
         "etc/nginx/nginx.conf": b"http { include sites-enabled/*; }",
         "etc/nginx/sites-enabled/site": "->../sites-available/site",
         "etc/nginx/sites-available/site": b"server { gzip_static \"on\"; root '/var/www/my site'; # root /x;\n}",
         "etc/nginx/sites-available/unused": b"server { brotli_static on; root /nowhere; }",
     }
-    static = nginx_static(build_filesystem([_entries(files, spool)]))
+    static = nginx_static(kit.make_context(tmp_path, [files], parents=True).fs)
     assert static.roots == {".gz": {"var/www/my site"}, ".br": set()}
     assert static.keep_all == set()
-    os.unlink(spool.path)
 
 
 # -- end to end ----------------------------------------------------------------------------------------------

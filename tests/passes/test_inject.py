@@ -24,17 +24,15 @@ import pytest
 import tzdata
 
 from optimizer import Options, optimize
-from optimizer.changes import Change, Changes, Op
+from optimizer.changes import Change, Op
 from optimizer.errors import UsageError
 from optimizer.filesystem import FileSystem, build_filesystem
-from optimizer.layer import IndexedEntry, index_layer
+from optimizer.layer import index_layer
 from optimizer.mediatypes import OCI_LAYER_GZIP
 from optimizer.model import Descriptor, Entry, EntryKind
-from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
 from optimizer.rebuild import apply_changes
 from optimizer.report import PassReport
 from optimizer.source import BlobStore
-from optimizer.spool import Spool
 from passes.inject import (
     CA_BUNDLE_PATHS,
     ZONEINFO_DIR,
@@ -48,6 +46,7 @@ from passes.inject import (
 )
 from tests.conftest import missing, require_tool
 from tests.imagetools import Layout, build_image, entry
+from tests.passes import kit
 
 Spec = tuple[Entry, bytes | None]
 
@@ -74,12 +73,7 @@ def link(path: str, target: str) -> Spec:
 
 
 def make_fs(tmp_path: Path, *layers: Sequence[Spec]) -> FileSystem:
-    spool = Spool(str(tmp_path / "layers.pack"))
-    indexed = [
-        [IndexedEntry(e, spool.store(data) if data is not None else None) for e, data in layer]
-        for layer in layers
-    ]
-    return build_filesystem(indexed)
+    return kit.make_filesystem(tmp_path, layers)
 
 
 class Run:
@@ -127,14 +121,11 @@ def run_inject(
     config: Mapping[str, Any] | None = None,
     system: str = "linux",
 ) -> Run:
-    spool = Spool(str(tmp_path / f"new-{len(list(tmp_path.iterdir()))}.pack"))
-    report = PassReport(Inject.name)
-    changes = Changes(fs, Inject.name, spool)
     image_config = {"os": system, "config": dict(config or {})}
-    info = ImageInfo("test-image", "sha256:" + "0" * 64, None, image_config, [])
-    ctx = PassContext(fs, changes, info, report, WorkerPool(1))
-    Inject(options or InjectOptions()).run(ctx)
-    return Run(fs, list(changes), report)
+    ctx = kit.run_pass(
+        Inject(options or InjectOptions()), kit.context_for(fs, tmp_path, Inject.name, config=image_config)
+    )
+    return Run(fs, list(ctx.changes), ctx.report)
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from optimizer import Options, optimize
-from optimizer.changes import Changes
 from optimizer.cli import build_parser
 from optimizer.errors import UsageError
-from optimizer.filesystem import build_filesystem
-from optimizer.layer import IndexedEntry
-from optimizer.model import Entry, EntryKind
-from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
-from optimizer.report import PassReport
-from optimizer.spool import Spool
+from optimizer.model import EntryKind
+from optimizer.pipeline import PassContext
 from passes.media import Media, MediaOptions
 from passes.media_codecs import (
     MediaResult,
@@ -43,6 +38,7 @@ from passes.media_codecs import (
 )
 from tests.conftest import fixtures_dir, missing, require_tool
 from tests.imagetools import Layout, build_image, entry
+from tests.passes import kit
 
 MEDIA = fixtures_dir() / "media"
 FILES = sorted(
@@ -568,30 +564,11 @@ def make_context(
     workers: int,
     protected: frozenset[int] = frozenset(),
 ) -> PassContext:
-    spool = Spool(str(tmp_path / f"layers{workers}.pack"))
-    indexed = []
-    for files in layers:
-        entries = []
-        for path, value in files.items():
-            if isinstance(value, str):
-                entries.append(IndexedEntry(Entry(path, EntryKind.HARDLINK, link=value)))
-            else:
-                entries.append(IndexedEntry(Entry(path, EntryKind.FILE, size=len(value)), spool.store(value)))
-        indexed.append(entries)
-    fs = build_filesystem(indexed, protected)
-    info = ImageInfo(
-        "test-image", "sha256:" + "0" * 64, None, {}, [f"sha256:{n:064x}" for n in range(len(layers))]
-    )
-    return PassContext(fs, Changes(fs, Media.name, Spool(str(tmp_path / f"new{workers}.pack"))), info,
-                       PassReport(Media.name), WorkerPool(workers))  # fmt: skip
+    return kit.make_context(tmp_path, layers, Media.name, protected, workers)
 
 
 def run_pass(ctx: PassContext, options: MediaOptions = MediaOptions()) -> PassContext:  # noqa: B008
-    try:
-        Media(options).run(ctx)
-    finally:
-        ctx.pool.close()
-    return ctx
+    return kit.run_pass(Media(options), ctx)
 
 
 def test_pass_on_a_filesystem(tmp_path: Path) -> None:
@@ -601,7 +578,7 @@ def test_pass_on_a_filesystem(tmp_path: Path) -> None:
         {
             "app/logo.png": logo,
             "app/copy-of-logo.png": logo,
-            "app/hard.png": "app/logo.png",
+            "app/hard.png": "=>app/logo.png",
             "app/photo.dat": photo,  # found by its bytes, not its name
             "app/fake.png": b"not a png at all, just text\n",
             "app/broken.png": read("pillow/truncated_image.png"),

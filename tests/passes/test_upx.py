@@ -9,13 +9,8 @@ from pathlib import Path
 import pytest
 
 from optimizer import Options, optimize
-from optimizer.changes import Changes
 from optimizer.errors import PolicyError, RequiredToolNotFound
-from optimizer.filesystem import build_filesystem
-from optimizer.layer import IndexedEntry
-from optimizer.model import Entry, EntryKind
-from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
-from optimizer.report import PassReport
+from optimizer.pipeline import PassContext
 from optimizer.spool import Spool
 from passes.upx import (
     HEAD_SIZE,
@@ -32,6 +27,7 @@ from passes.upx import (
     verify_unpacked,
 )
 from tests.conftest import missing, require_tool
+from tests.passes import kit
 
 # What `upx -l` (Debian upx-ucl 4.2.2) says about each packed fixture (fixtures/upx/NOTES.md): the OCI
 # architecture of its "linux/amd64"-style format and the unpacked size.
@@ -175,25 +171,7 @@ def test_not_executables() -> None:
 def _context(
     tmp_path: Path, layers: list[dict[str, bytes]], protected: frozenset[int] = frozenset()
 ) -> PassContext:
-    spool = Spool(str(tmp_path / "layers.pack"))
-    indexed = [
-        [
-            IndexedEntry(Entry(path, EntryKind.FILE, mode=0o755, size=len(data)), spool.store(data))
-            for path, data in files.items()
-        ]
-        for files in layers
-    ]
-    fs = build_filesystem(indexed, protected)
-    info = ImageInfo(
-        "test-image", "sha256:" + "0" * 64, None, {}, [f"sha256:{n:064x}" for n in range(len(layers))]
-    )
-    return PassContext(
-        fs,
-        Changes(fs, Upx.name, Spool(str(tmp_path / "new.pack"))),
-        info,
-        PassReport(Upx.name),
-        WorkerPool(2),
-    )
+    return kit.make_context(tmp_path, layers, Upx.name, protected, workers=2)
 
 
 def _packed(fixtures: Path, name: str = "amd64-linux.elf__upx-3.95") -> bytes:
@@ -215,7 +193,7 @@ def test_warn_reports_each_packed_file(
         ],
     )
     with caplog.at_level(logging.WARNING, logger="oci_optimizer.passes.upx"):
-        Upx(UpxOptions()).run(ctx)
+        kit.run_pass(Upx(UpxOptions()), ctx)
     flagged = sorted(
         (f.path, f.action, f.details["format"], f.details["architecture"]) for f in ctx.report.findings
     )
@@ -228,7 +206,6 @@ def test_warn_reports_each_packed_file(
     assert any("decompress" in w for w in ctx.report.warnings)
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "test-image" in logged and "usr/bin/packed" in logged and "app/server.exe" in logged
-    ctx.pool.close()
 
 
 def test_clean_image_has_no_findings(fixtures: Path, tmp_path: Path) -> None:
@@ -237,19 +214,19 @@ def test_clean_image_has_no_findings(fixtures: Path, tmp_path: Path) -> None:
         f"bin/{p.name}": p.read_bytes() for p in sorted(elf.rglob("*")) if p.is_file() and not p.is_symlink()
     }
     ctx = _context(tmp_path, [files, {"usr/bin/upx": _trap(fixtures)}])
-    Upx(UpxOptions()).run(ctx)
+    kit.run_pass(Upx(UpxOptions()), ctx)
     assert ctx.report.findings == [] and ctx.report.warnings == []
 
 
 def test_fail_raises_policy_error(fixtures: Path, tmp_path: Path) -> None:
     ctx = _context(tmp_path, [{"usr/bin/packed": _packed(fixtures)}])
     with pytest.raises(PolicyError, match=r"test-image: .*layer 1/1 usr/bin/packed \(elf/amd64, UPX 3.95"):
-        Upx(UpxOptions(mode="fail")).run(ctx)
+        kit.run_pass(Upx(UpxOptions(mode="fail")), ctx)
 
 
 def test_fail_passes_a_clean_image(fixtures: Path, tmp_path: Path) -> None:
     ctx = _context(tmp_path, [{"usr/bin/upx": _trap(fixtures)}])
-    Upx(UpxOptions(mode="fail")).run(ctx)
+    kit.run_pass(Upx(UpxOptions(mode="fail")), ctx)
     assert ctx.report.findings == []
 
 
@@ -259,7 +236,7 @@ def test_unpack_without_upx_names_the_package(
     monkeypatch.setenv("PATH", str(tmp_path))
     ctx = _context(tmp_path, [{"usr/bin/packed": _packed(fixtures)}])
     with pytest.raises(RequiredToolNotFound, match="upx-ucl"):
-        Upx(UpxOptions(mode="unpack")).run(ctx)
+        kit.run_pass(Upx(UpxOptions(mode="unpack")), ctx)
 
 
 def test_unpack_matches_upx_d(fixtures: Path, tmp_path: Path) -> None:
@@ -270,7 +247,7 @@ def test_unpack_matches_upx_d(fixtures: Path, tmp_path: Path) -> None:
         [{"usr/bin/base": _packed(fixtures, "arm64-linux.elf__upx-3.95")}, {"usr/bin/app": packed}],
         frozenset({0}),
     )
-    Upx(UpxOptions(mode="unpack")).run(ctx)
+    kit.run_pass(Upx(UpxOptions(mode="unpack")), ctx)
     changes = list(ctx.changes)
     assert [(c.path, c.layer) for c in changes] == [("usr/bin/app", 1)]
     assert changes[0].content is not None
@@ -281,7 +258,6 @@ def test_unpack_matches_upx_d(fixtures: Path, tmp_path: Path) -> None:
         ("usr/bin/app", "replaced", "unpacked with upx -d"),
         ("usr/bin/base", "kept", "protected layer"),
     ]
-    ctx.pool.close()
 
 
 def test_unpack_every_fixture_verifies(fixtures: Path, tmp_path: Path) -> None:
@@ -310,7 +286,7 @@ def test_unpack_keeps_a_damaged_file(fixtures: Path, tmp_path: Path) -> None:
     damaged = _corrupt(packed, len(packed) // 2)
     assert detect_upx(damaged) is not None  # head and tail intact: still detected
     ctx = _context(tmp_path, [{"usr/bin/app": damaged}])
-    Upx(UpxOptions(mode="unpack")).run(ctx)
+    kit.run_pass(Upx(UpxOptions(mode="unpack")), ctx)
     assert len(ctx.changes) == 0
     assert [(f.action, f.reason.split(":")[0]) for f in ctx.report.findings] == [("kept", "not unpacked")]
     assert any("not unpacked" in w for w in ctx.report.warnings)
