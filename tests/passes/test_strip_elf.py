@@ -20,7 +20,7 @@ from optimizer.changes import Op
 from optimizer.model import Entry, EntryKind
 from passes import PASSES
 from passes.elf import is_debug_section, section_names
-from passes.strip_elf import SPILL_BYTES, StripElf, StripElfOptions
+from passes.strip_elf import SPILL_BYTES, StripElf, StripElfOptions, StripJob, strip_file
 from tests.conftest import missing, require_tool
 from tests.imagetools import Layout, build_image, entry
 from tests.passes import kit
@@ -229,3 +229,11 @@ def test_cli_strip_mode_debug(tmp_path: Path, debug_binary: bytes) -> None:
     (finding,) = [f for f in report["images"][0]["passes"][0]["findings"] if f["action"] == "stripped"]
     assert finding["path"] == "app" and finding["details"]["mode"] == "debug"
     assert ".symtab" not in finding["details"]["removed"] and ".debug_info" in finding["details"]["removed"]
+
+
+def test_upx_packed_files_are_left_alone(fixtures: Path) -> None:
+    packed = fixtures / "upx" / "packed" / "amd64-linux.elf__upx-3.95"
+    if not packed.exists():
+        missing(f"{packed} not found")
+    outcome = strip_file(packed.read_bytes(), StripJob())
+    assert outcome.action == "kept" and "UPX" in outcome.reason

@@ -8,11 +8,7 @@ from PIL import Image
 
 from passes.media import MediaOptions
 from passes.media import optimize as optimize_media
-from tests.passes.media.oracles import (
-    pillow_frames,
-    read,
-    result_of,
-)
+from tests.passes.media.oracles import pillow_frames, read, result_of
 
 
 def test_gif_with_xmp_is_left_alone_unless_stripping() -> None:

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from passes.media.verify import ssim
-from tests.passes.media.oracles import (
-    naive_ssim,
-)
+from tests.passes.media.oracles import naive_ssim
 
 
 def test_ssim_matches_the_formula() -> None:

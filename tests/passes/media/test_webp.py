@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from tests.passes.media.oracles import (
-    pillow_frames,
-    read,
-    result_of,
-    riff_chunks,
-)
+from tests.passes.media.oracles import pillow_frames, read, result_of, riff_chunks
 
 
 def test_animated_webp_stays_animated_and_lossless() -> None:
