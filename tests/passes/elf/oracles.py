@@ -128,6 +128,15 @@ def hello_binaries(fixtures: Path) -> Iterator[tuple[str, bytes]]:
                             yield f"{blob.name[:12]}:{member.name}", data
 
 
+def damaged(original: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    """``original`` cut at ``cut`` bytes, with the bytes at the given offsets XORed with the given masks."""
+    data = bytearray(original[:cut] if cut < len(original) else original)
+    for at, value in flips:
+        if at < len(data):
+            data[at] ^= value
+    return bytes(data)
+
+
 def seed(fixtures_root: Path, name: str) -> bytes:
     return (fixtures_root / "elf" / name).read_bytes()
 

@@ -18,6 +18,7 @@ from tests.passes.elf.oracles import (
     PROGRAM,
     archive_seed,
     compile_c,
+    damaged,
     kept_set,
     multiarch_strip,
     objdump_relocations,
@@ -92,12 +93,8 @@ def test_archive_matches_gnu_strip_debug(tmp_path: Path) -> None:
     flips=st.lists(st.tuples(st.integers(min_value=0, max_value=12000), st.integers(1, 255)), max_size=4),
 )
 def test_corrupted_archives_never_crash(fixtures: Path, cut: int, flips: list[tuple[int, int]]) -> None:
-    original = archive_seed()
-    data = bytearray(original[:cut] if cut < len(original) else original)
-    for at, value in flips:
-        if at < len(data):
-            data[at] ^= value
-    outcome = strip_file(bytes(data), StripJob())
+    data = damaged(archive_seed(), cut, flips)
+    outcome = strip_file(data, StripJob())
     assert outcome.action in ("kept", "unchanged", "stripped")
     if outcome.action == "stripped":
         assert outcome.data is not None and len(outcome.data) < len(data)

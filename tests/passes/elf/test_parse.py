@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from passes.elf import verify_stripped
 from passes.strip_elf import StripJob, strip_file
-from tests.passes.elf.oracles import seed
+from tests.passes.elf.oracles import damaged, seed
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -34,15 +34,11 @@ def test_arbitrary_bytes_never_crash(junk: bytes, prefix: bytes) -> None:
 def test_truncated_or_corrupted_files_never_crash(
     fixtures: Path, name: str, cut: int, flips: list[tuple[int, int]]
 ) -> None:
-    original = seed(fixtures, name)
-    data = bytearray(original[: min(cut, len(original))] if cut < len(original) else original)
-    for at, value in flips:
-        if at < len(data):
-            data[at] ^= value
-    outcome = strip_file(bytes(data), StripJob())
+    data = damaged(seed(fixtures, name), cut, flips)
+    outcome = strip_file(data, StripJob())
     assert outcome.action in ("kept", "unchanged", "stripped")
     if outcome.action == "stripped":
         assert outcome.data is not None and len(outcome.data) <= len(data)
-        verify_stripped(bytes(data), outcome.data)
+        verify_stripped(data, outcome.data)
     else:
         assert outcome.data is None
