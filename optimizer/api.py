@@ -21,22 +21,26 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from .base import BaseFinder, base_layer_lists, layers_of_document
 from .documents import ANNOTATION_SOURCE_DIGEST, parse_object
-from .errors import RegistryError, UsageError
+from .errors import OptimizerError, RegistryError, UsageError
+from .model import Platform
 from .options import Options
-from .output import compressor_versions, source_date_epoch, write_oci_archive, write_oci_dir
+from .output import CompressionSpec, compressor_versions, source_date_epoch, write_oci_archive, write_oci_dir
 from .pipeline import Pass, WorkerPool
 from .pipeline import select_passes as _select
 from .plan import RunPlan, estimate_sizes, plan_run
+from .pull import pull_bytes
 from .registry.access import Clients
 from .registry.client import Manifest
 from .registry.copy import manifest_of, push_image, single_root
-from .registry.reference import is_registry_ref, parse_registry_ref
+from .registry.reference import Reference, is_registry_ref, parse_registry_ref
 from .report import Report
-from .source import Source, open_source
+from .source import Blobs, Source, open_source
 from .source.registry import RegistryBlobs, open_registry
 from .spool import Spool
 from .tree import Node, read_tree
@@ -93,6 +97,9 @@ class Optimization:
         self._started = time.monotonic()
         self._workdir: str | None = None
         self._clients = Clients(self.options.registry)
+        self._lookups = Clients(
+            replace(self.options.registry, retries=0, timeout=min(10.0, self.options.registry.timeout))
+        )
         self._source: Source | None = None
         self._tree: list[Node] | None = None
 
@@ -113,6 +120,7 @@ class Optimization:
         if self._source is not None and isinstance(self._source.blobs, RegistryBlobs):
             self._source.blobs.close()
         self._clients.close()
+        self._lookups.close()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -144,8 +152,9 @@ class Optimization:
         pool = WorkerPool(options.workers)
         try:
             spool = Spool(os.path.join(self.workdir, "new-content.pack"))
+            bases = self._base_finder()
             self.plan = plan_run(
-                self.source, self.tree, options, self.passes, pool, spool, self.workdir, self.report
+                self.source, self.tree, options, self.passes, pool, spool, self.workdir, self.report, bases
             )
         finally:
             pool.close()
@@ -156,6 +165,7 @@ class Optimization:
             self.output = write_run(self.plan, settings, self.workdir, self.report, options.progress)
         self.report.bytes_before = sum(i.size_before for i in self.report.images)
         self.report.bytes_after = sum(i.size_after for i in self.report.images)
+        _pull_figures(self.plan, self.report)
         return self.report
 
     def store(self, dst: str, before_push: Callable[[list[str]], None] | None = None) -> None:
@@ -175,6 +185,43 @@ class Optimization:
         writer = write_oci_dir if self.options.output_format == "oci-dir" else write_oci_archive
         writer(dst, self.output.index_bytes, self.output.docker_manifest, self.output.blobs)
 
+    def _base_finder(self) -> BaseFinder:
+        options = self.options
+        lists: list[list[str]] = []
+        if options.base is not None and options.base != "none":
+            lists = base_layer_lists(options.base, self._open_tree)
+        fetch = self._fetch_layers if self.source.kind == "registry" else None
+        return BaseFinder(self.source.blobs, self.tree, options.base, options.base_layers, lists, fetch)
+
+    def _open_tree(self, src: str) -> tuple[Blobs, list[Node]]:
+        """Another input (``--base IMAGE``), read in this run's work directory."""
+        workdir = tempfile.mkdtemp(prefix="base-", dir=self.workdir)
+        if is_registry_ref(src):
+            source = open_registry(src, workdir, self._clients)
+        else:
+            source = open_source(src, workdir, name=f"base {src}")
+        return source.blobs, read_tree(source.blobs, source.root_manifests)
+
+    def _fetch_layers(self, reference: str, digest: str, platform: Platform | None) -> list[str] | None:
+        """The layers of a base image named by reference and digest, from its registry (one attempt: a base
+        on a registry we cannot reach must not slow every run)."""
+        try:
+            ref = Reference.parse(reference)
+            client = self._lookups.get(ref.registry, source=True)
+            document = client.get_manifest(ref.repository, digest, digest).document
+            return layers_of_document(
+                document,
+                platform,
+                lambda child: layers_of_document(
+                    client.get_manifest(ref.repository, child, child).document, None, lambda _: None
+                ),
+            )
+        except OptimizerError as error:
+            self.report.warnings.append(
+                f"base image {reference}@{digest}: its layers could not be read: {error}"
+            )
+            return None
+
     def _open(self, src: str) -> Source:
         if is_registry_ref(src):
             return open_registry(src, self.workdir, self._clients)
@@ -184,8 +231,8 @@ class Optimization:
 def _check_options(options: Options) -> None:
     if options.output_format not in ("oci-archive", "oci-dir"):
         raise UsageError(f"unknown output format {options.output_format!r}: use oci-archive or oci-dir")
-    if options.keep_layers < 0:
-        raise UsageError("keep_layers cannot be negative")
+    if options.base_layers is not None and options.base_layers < 0:
+        raise UsageError("--base-layers cannot be negative")
 
 
 def _settings(options: Options, workers: int) -> WriteSettings:
@@ -193,7 +240,17 @@ def _settings(options: Options, workers: int) -> WriteSettings:
     # the digest). The config's times follow SOURCE_DATE_EPOCH only.
     config_clamp = source_date_epoch()
     layer_clamp = 0 if options.normalize and config_clamp is None else config_clamp
-    return WriteSettings(options.compression, options.normalize, workers, layer_clamp, config_clamp)
+    keep_smaller = not (
+        options.normalize or options.recompress
+    )  # those rewrite on purpose, whatever the size
+    return WriteSettings(
+        options.compression or CompressionSpec(),
+        options.normalize,
+        workers,
+        layer_clamp,
+        config_clamp,
+        keep_smaller,
+    )
 
 
 class _OutputImage:
@@ -228,3 +285,14 @@ class _OutputImage:
     def mount_sources(self, digest: str, registry: str) -> list[str]:
         origin = self.source.blobs.origin(digest) if digest in self.output.from_input else None
         return [origin.repository] if origin is not None and origin.registry == registry else []
+
+
+def _pull_figures(run: RunPlan, report: Report) -> None:
+    """Cold and warm pull bytes, per image and for every image of the input together."""
+    befores, afters = [], []
+    for plan in run.images.values():
+        after = plan.pull_after or plan.pull_before
+        plan.report.pull = pull_bytes([plan.pull_before], [after])
+        befores.append(plan.pull_before)
+        afters.append(after)
+    report.pull = pull_bytes(befores, afters)

@@ -41,21 +41,29 @@ class Options:
     strict: bool = setting(False, "a failing pass fails the run (else its changes are dropped)")
     dry_run: bool = setting(False, "plan and report, write nothing (sizes after are estimates)", config=False)
     normalize: bool = setting(False, "rewrite every layer canonically (reproducible digests)")
-    keep_layers: int = setting(0, "keep the first N layers byte-identical", metavar="N")
-    base: str | None = setting(None, "keep the layers of this base image byte-identical", metavar="IMAGE")
+    base: str | None = setting(
+        None,
+        "the base image whose layers stay byte-identical (a file, a directory or docker://...); 'none' lets "
+        "passes rewrite every layer (default: detected from annotations, provenance and history)",
+        metavar="IMAGE|none",
+    )
+    base_layers: int | None = setting(
+        None, "the first N layers are the base (kept byte-identical)", metavar="N", aliases=("--keep-layers",)
+    )
     output_format: Literal["oci-archive", "oci-dir"] = setting(
         "oci-archive",
         "output form (default: an OCI archive that docker load also takes)",
         flag="--format",
         config=False,
     )
-    compression: CompressionSpec = setting(
-        CompressionSpec(),
-        "codec of rewritten layers: gzip[:1-9] (default gzip:6), zstd[:1-22] (default 3), none",
+    compression: CompressionSpec | None = setting(
+        None,
+        "codec of the layers the run writes: gzip[:1-9] (level 6 by default), zstd[:1-22] (3), none "
+        "(default: a rewritten layer keeps its codec; uncompressed and new layers get gzip:6)",
         metavar="CODEC[:LEVEL]",
         parse=CompressionSpec.parse,
     )
-    recompress: bool = setting(False, "recompress unchanged layers with --compression too")
+    recompress: bool = setting(False, "recompress unchanged layers with --compression (default gzip:6) too")
     squash: bool = setting(
         False, "merge every layer above the kept base (--keep-layers, --base) into one layer"
     )
@@ -75,10 +83,10 @@ class Options:
             "strict": self.strict,
             "dry_run": self.dry_run,
             "normalize": self.normalize,
-            "keep_layers": self.keep_layers,
             "base": self.base,
+            "base_layers": self.base_layers,
             "output_format": self.output_format,
-            "compression": str(self.compression),
+            "compression": str(self.compression) if self.compression is not None else "keep",
             "recompress": self.recompress,
             "squash": self.squash,
         }

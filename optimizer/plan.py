@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import mediatypes as mt
-from .base import base_layer_lists, protected_count
+from .base import BaseFinder, Protection
 from .changes import Change
 from .digest import short
 from .documents import parse_object
@@ -33,7 +33,9 @@ from .history import config_platform
 from .layer import LayerIndex, index_layer
 from .model import Descriptor, Entry
 from .options import Options
+from .output import CompressionSpec
 from .pipeline import ImageInfo, Pass, PassContext, WorkerPool, run_passes
+from .pull import ImageBlobs
 from .rebuild import ChangePlan, LayerPlan, build_plan, layer_entries, lower_paths_of
 from .report import ImageReport, LayerReport, Report
 from .source import Source
@@ -55,6 +57,7 @@ class LayerDecision:
     fate: str  # "kept", "unchanged", "rewrite", "dropped", "merged"
     plan: LayerPlan | None
     report: LayerReport
+    spec: CompressionSpec = field(default_factory=CompressionSpec)  # the codec a rewrite is written with
 
 
 @dataclass
@@ -67,11 +70,25 @@ class ImagePlan:
     docker_family: bool
     protected: int  # the first layers that stay byte-identical (the base)
     report: ImageReport
+    base: Protection  # the base as detected (``protected`` is 0 with --base none)
+    pull_after: ImageBlobs | None = None  # what a node pulls for the output image (set once it is written)
     indexes: list[LayerIndex] = field(default_factory=list)  # each layer's entries, when they were read
     layers: list[LayerDecision] = field(default_factory=list)
     changes: ChangePlan = field(default_factory=ChangePlan)
     final_fs: FileSystem | None = None  # the merged view after the passes
     squash: bool = False
+
+    @property
+    def base_digests(self) -> frozenset[str]:
+        return frozenset(d.digest for d in self.node.layers[: self.base.count])
+
+    @property
+    def pull_before(self) -> ImageBlobs:
+        node = self.node
+        assert node.config is not None
+        blobs = {node.digest: node.descriptor.size, node.config.digest: node.config.size}
+        blobs.update((d.digest, d.size) for d in node.layers)
+        return ImageBlobs(blobs, self.base_digests)
 
 
 @dataclass
@@ -94,6 +111,7 @@ class _Planner:
         spool: Spool,
         workdir: str,
         report: Report,
+        bases: BaseFinder,
     ) -> None:
         self.source = source
         self.options = options
@@ -103,7 +121,7 @@ class _Planner:
         self.workdir = workdir
         self.report = report
         self.layer_cache: dict[str, LayerIndex] = {}
-        self.bases: list[list[str]] = base_layer_lists(options.base, workdir) if options.base else []
+        self.bases = bases
 
     def progress(self, what: str, done: int, total: int) -> None:
         if self.options.progress is not None:
@@ -156,18 +174,11 @@ class _Planner:
         platform = str(descriptor.platform or config_platform(config))
         report = ImageReport(name, platform, node.digest, node.digest)
         self.report.images.append(report)
-        options = self.options
-        protection = protected_count(
-            node.layers,
-            node.document,
-            descriptor.platform,
-            options.keep_layers,
-            self.bases,
-            self.source.blobs,
-            name,
-        )
-        self.report.warnings.extend(protection.warnings)
-        return ImagePlan(node, name, config, docker_family, protection.count, report)
+        protection = self.bases.protection(node, config, name)
+        report.warnings.extend(protection.warnings)
+        protected = protection.count if self.options.base != "none" else 0
+        report.base = {**protection.describe(), "protected": protected}
+        return ImagePlan(node, name, config, docker_family, protected, report, protection)
 
     def run_pipeline(self, plan: ImagePlan, protected: frozenset[int]) -> list[Change]:
         """Run the passes over the image's merged view; the view they leave is ``plan.final_fs``."""
@@ -200,9 +211,10 @@ class _Planner:
             and number >= plan.protected
             and number not in non_distributable
         )
+        spec = layer_spec(options.compression, layer.media_type, options.recompress)
         if options.recompress and not options.normalize and not layer_plan:
             current = mt.layer_compression(layer.media_type)
-            must_write = must_write and current is not None and (current is not options.compression.codec)
+            must_write = must_write and current is not None and (current is not spec.codec)
         changed = layer_plan.changes if layer_plan else 0
         if not must_write:
             status = "kept" if number < plan.protected else "unchanged"
@@ -221,13 +233,13 @@ class _Planner:
                 number, layer.digest, "", layer.size, 0, "dropped", layer.media_type, changed
             )
             return LayerDecision(number, layer, diff_id, "dropped", layer_plan, report)
-        media_type = mt.layer_media_type(plan.docker_family, options.compression.codec)
+        media_type = mt.layer_media_type(plan.docker_family, spec.codec)
         if layer.media_type in mt.NON_DISTRIBUTABLE:
             media_type = layer.media_type
         report = LayerReport(
             number, layer.digest, "", layer.size, layer.size, "rewritten", media_type, changed
         )
-        return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report)
+        return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report, spec)
 
     def index_layers(self, layers: Sequence[Descriptor], name: str) -> list[LayerIndex]:
         self.source.blobs.prefetch([layer for layer in layers if layer.digest not in self.layer_cache])
@@ -242,6 +254,17 @@ class _Planner:
                 self.layer_cache[layer.digest] = cached
             indexes.append(cached)
         return indexes
+
+
+def layer_spec(chosen: CompressionSpec | None, media_type: str, recompress: bool) -> CompressionSpec:
+    """The codec a layer is written with: the one asked for; else its own (gzip or zstd, at our level), so a
+    zstd layer does not become a larger gzip one; uncompressed layers (and ``--recompress``) get gzip."""
+    if chosen is not None:
+        return chosen
+    current = mt.layer_compression(media_type)
+    if current in (mt.Compression.GZIP, mt.Compression.ZSTD) and not recompress:
+        return CompressionSpec(current)
+    return CompressionSpec()
 
 
 def _squash_decisions(
@@ -271,9 +294,10 @@ def plan_run(
     spool: Spool,
     workdir: str,
     report: Report,
+    bases: BaseFinder,
 ) -> RunPlan:
     """Decide every image's layers (the passes run here); ``roots``: the input's tree (``tree.read_tree``)."""
-    planner = _Planner(source, options, passes, pool, spool, workdir, report)
+    planner = _Planner(source, options, passes, pool, spool, workdir, report, bases)
     run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in passes))
     for node in _image_order(roots):
         report.warnings.extend(node.warnings)
@@ -339,6 +363,7 @@ def estimate_sizes(run: RunPlan) -> None:
             plan.report.layers.append(extra)
         if extra is not None or any(d.fate in ("rewrite", "dropped") for d in plan.layers):
             plan.report.manifest_after = ""  # it would change; its digest is not known without writing
+        plan.pull_after = _estimated_pull(plan, extra)
 
 
 def tar_size(entries: Iterable[Entry]) -> int:
@@ -366,3 +391,18 @@ def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
         size = round(tar_size(added) * ratio)
         return LayerReport(count, "", "", 0, size, "added", media_type, len(added), estimated=True)
     return None
+
+
+def _estimated_pull(plan: ImagePlan, extra: LayerReport | None) -> ImageBlobs:
+    """What a node would pull for the output of a dry run: new layers under made-up names, estimated sizes."""
+    before = plan.pull_before
+    blobs = {k: v for k, v in before.blobs.items() if k not in {d.descriptor.digest for d in plan.layers}}
+    for decision in plan.layers:
+        report = decision.report
+        if decision.fate in ("kept", "unchanged"):
+            blobs[decision.descriptor.digest] = decision.descriptor.size
+        elif decision.fate == "rewrite":
+            blobs[f"estimate:{plan.node.digest}:{decision.number}"] = report.size_after
+    if extra is not None:
+        blobs[f"estimate:{plan.node.digest}:{extra.status}"] = extra.size_after
+    return ImageBlobs(blobs, before.base)

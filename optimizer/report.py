@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from .pull import PullBytes
+
 __all__ = ["ImageReport", "LayerReport", "PassReport", "PassStatus", "Report"]
 
 
@@ -66,6 +68,8 @@ class ImageReport:
     layers: list[LayerReport] = field(default_factory=list)
     passes: list[PassReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    base: dict[str, Any] = field(default_factory=dict)  # the base: layers, rule, detail, protected
+    pull: PullBytes = field(default_factory=PullBytes)
 
     @property
     def size_before(self) -> int:
@@ -92,6 +96,7 @@ class Report:
     bytes_after: int = 0
     seconds: float = 0.0
     pushed_digest: str = ""  # the manifest digest pushed, when the output is a registry reference
+    pull: PullBytes = field(default_factory=PullBytes)  # every image of the input, distinct blobs
 
     @property
     def changed(self) -> bool:

@@ -40,7 +40,15 @@ def test_pure_repack_with_report(tmp_path: Path) -> None:
     result = run(str(image), str(tmp_path / "out.tar"), "--passes", "none", "--report", str(report_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
-    assert report["images"][0]["layers"][0]["status"] == "unchanged"
+    (image_report,) = report["images"]
+    # the only layer, kept as the base: no rule (history, annotations) says otherwise
+    assert image_report["layers"][0]["status"] == "kept"
+    assert image_report["base"] == {
+        "layers": 1,
+        "protected": 1,
+        "rule": "first-layer",
+        "detail": "no rule decided: the first layer is kept (--base none optimizes every layer)",
+    }
     assert report["compressors"]["zlib"] and report["compressors"]["zstd"]
     assert "total:" in result.stdout
 

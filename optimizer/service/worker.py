@@ -65,7 +65,7 @@ def options_for(rule: RuleOptions, workdir: Path, workers: int | None) -> Option
         strict=rule.strict,
         normalize=rule.normalize,
         recompress=rule.recompress,
-        keep_layers=rule.keep_layers,
+        base_layers=rule.keep_layers or None,
         output_format="oci-dir",
         workdir=str(workdir),
         workers=workers,

@@ -223,7 +223,7 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
             {"srv/words.zst": COMPRESSORS[".zst"](TEXT), "srv/words.txt": b"other"},
         ],
     )
-    options = Options(passes=("compressed-duplicates",), output_format="oci-dir", keep_layers=0)
+    options = Options(passes=("compressed-duplicates",), output_format="oci-dir", base_layers=0)
     report = optimize(str(src), str(tmp_path / "out"), options)
     result = report.images[0].passes[0]
     assert (result.name, result.status.value, result.files_changed) == ("compressed-duplicates", "ok", 1)
@@ -235,6 +235,7 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
     assert files["usr/share/doc/a/NEWS"] == TEXT and "srv/words.zst" in files
     # any-path finds the same content under another name.
     options = Options(
+        base="none",
         passes=("compressed-duplicates",),
         output_format="oci-dir",
         pass_options={"compressed-duplicates": CompressedDuplicatesOptions(match="any-path")},

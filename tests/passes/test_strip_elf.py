@@ -171,7 +171,7 @@ def test_end_to_end_through_optimize(tmp_path: Path, debug_binary: bytes) -> Non
         ],
     )
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), Options(passes=("strip-elf",)))
+    report = optimize(str(source), str(out), Options(base="none", passes=("strip-elf",)))
     (image,) = report.images
     (strip_report,) = image.passes
     assert strip_report.status.value == "ok" and strip_report.files_changed == 1
@@ -221,7 +221,7 @@ def test_cli_strip_mode_debug(tmp_path: Path, debug_binary: bytes) -> None:
     out, report_path = tmp_path / "out.tar", tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "optimizer", str(source), str(out), "--passes", "strip-elf", "--strip-mode", "debug",
-         "--report", str(report_path)],
+         "--base", "none", "--report", str(report_path)],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

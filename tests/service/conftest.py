@@ -199,12 +199,23 @@ def elf_payload(fixtures: Path, name: str) -> bytes:
     return path.read_bytes()
 
 
+# Test images are built on a small base layer, with the history a Dockerfile build gives (the base's CMD,
+# then the app's steps): the optimizer detects that base and keeps it, and optimizes the app layer.
+BASE_LAYER = [entry("etc/os-release", data=b"ID=test\n")]
+HISTORY = [
+    {"created": "2024-01-01T00:00:00Z", "created_by": "ADD base.tar /"},
+    {"created": "2024-01-01T00:00:00Z", "created_by": 'CMD ["sh"]', "empty_layer": True},
+    {"created": "2024-02-01T00:00:00Z", "created_by": "COPY app /usr/bin/app"},
+]
+
+
 def single_layout(fixtures: Path, directory: Path, tag: str = "v1", salt: str = "") -> Path:
     """An OCI layout holding one linux/amd64 image with an unstripped ELF (strip-elf makes it smaller)."""
     elf = elf_payload(fixtures, "dwarfv5_basic.elf")
     archive = build_image(
         directory.parent / f"{directory.name}.tar",
-        [[entry("usr/bin/app", data=elf, mode=0o755), entry("etc/salt", data=salt.encode())]],
+        [BASE_LAYER, [entry("usr/bin/app", data=elf, mode=0o755), entry("etc/salt", data=salt.encode())]],
+        config_extra={"history": HISTORY},
     )
     layout = oci_layout_of(archive, directory)
     index = json.loads((layout / "index.json").read_text())
@@ -229,8 +240,8 @@ def multi_layout(fixtures: Path, directory: Path, tag: str = "v1") -> Path:
     for architecture, elf_name in platforms.items():
         archive = build_image(
             directory.parent / f"{directory.name}-{architecture}.tar",
-            [[entry("usr/bin/app", data=elf_payload(fixtures, elf_name), mode=0o755)]],
-            config_extra={"architecture": architecture},
+            [BASE_LAYER, [entry("usr/bin/app", data=elf_payload(fixtures, elf_name), mode=0o755)]],
+            config_extra={"architecture": architecture, "history": HISTORY},
         )
         part = oci_layout_of(archive, directory.parent / f"{directory.name}-{architecture}")
         for blob in (part / "blobs" / "sha256").iterdir():

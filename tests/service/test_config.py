@@ -206,7 +206,7 @@ def test_run_options_of_a_rule() -> None:
     from optimizer.service.worker import options_for
 
     built = options_for(options, Path("/tmp"), None)
-    assert (str(built.compression), built.recompress, built.normalize, built.keep_layers) == (
+    assert (str(built.compression), built.recompress, built.normalize, built.base_layers) == (
         "zstd:19",
         True,
         True,

@@ -149,7 +149,7 @@ def test_each_kind_can_be_turned_off(tmp_path: Path, kind: str) -> None:
 def test_scratch_fixtures_end_to_end(tmp_path: Path, fixtures: Path, name: str) -> None:
     source = fixtures / "images" / name
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), Options(passes=("inject",)))
+    report = optimize(str(source), str(out), Options(base="none", passes=("inject",)))
     [image] = report.images
     assert [p.status.value for p in image.passes] == ["ok"]
     assert [layer.status for layer in image.layers] == ["unchanged", "added"]
@@ -176,7 +176,7 @@ def test_scratch_fixtures_end_to_end(tmp_path: Path, fixtures: Path, name: str) 
     assert (rootfs / "etc/passwd").read_text() == contents["etc/passwd"].decode()
     assert (rootfs / "hello").is_file()
     # Optimizing the output again injects nothing: the image has it now.
-    again = optimize(str(out), str(tmp_path / "again.tar"), Options(passes=("inject",)))
+    again = optimize(str(out), str(tmp_path / "again.tar"), Options(base="none", passes=("inject",)))
     assert not again.changed
     assert not [f for f in again.images[0].passes[0].findings if f.action == "added"]
 
@@ -185,7 +185,7 @@ def test_distroless_image_end_to_end_is_unchanged(tmp_path: Path, fixtures: Path
     source = distroless_image(
         fixtures, tmp_path / "distroless.tar", {"User": "65532", "Env": ["TZ=Europe/Paris"]}
     )
-    report = optimize(str(source), str(tmp_path / "out.tar"), Options(passes=("inject",)))
+    report = optimize(str(source), str(tmp_path / "out.tar"), Options(base="none", passes=("inject",)))
     assert not report.changed
     assert [layer.status for layer in report.images[0].layers] == ["unchanged"]
 

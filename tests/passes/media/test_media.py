@@ -206,7 +206,7 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
           entry("srv/static/photo.jpg", data=photo), entry("srv/static/broken.jpg", data=broken)]],
     )  # fmt: skip
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), Options(passes=("media",)))
+    report = optimize(str(source), str(out), Options(base="none", passes=("media",)))
     (image,) = report.images
     (media,) = image.passes
     assert media.status.value == "ok" and media.files_changed == 2 and media.bytes_after < media.bytes_before

@@ -136,7 +136,9 @@ def test_end_to_end_unpack(fixtures: Path, tmp_path: Path) -> None:
     from tests.passes.test_compressed_duplicates import _output_files
 
     src = _image_with(fixtures, tmp_path / "in")
-    options = Options(passes=("upx",), output_format="oci-dir", pass_options={"upx": UpxOptions("unpack")})
+    options = Options(
+        base="none", passes=("upx",), output_format="oci-dir", pass_options={"upx": UpxOptions("unpack")}
+    )
     report = optimize(str(src), str(tmp_path / "out"), options)
     result = report.images[0].passes[0]
     assert (result.status.value, result.files_changed) == ("ok", 1)
