@@ -21,12 +21,13 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
     "CREATED",
     "PATH_ENV",
+    "STEP_MOUNTS",
     "BuildError",
     "chroot_mounts",
     "chroot_run",
@@ -145,13 +146,24 @@ def mounted_under(path: Path) -> list[str]:
 def chroot_mounts(
     rootfs: Path, mounts: Sequence[tuple[str, str, tuple[str, ...]]] = STEP_MOUNTS
 ) -> Iterator[None]:
-    """``mounts`` (source, path in rootfs, mount options) inside ``rootfs`` for one step; none of them is packed."""
+    """``mounts`` (source, path in rootfs, mount options) inside ``rootfs`` for one step; none of them is packed.
+
+    A mount point the rootfs lacks is created for the step (an empty file for a file, else a directory) and
+    removed after it, so the layer never shows it.
+    """
     mounted: list[Path] = []
+    created: list[Path] = []
     try:
         for source, inside, options in mounts:
             target = rootfs / inside
             if target.is_symlink():
                 raise BuildError(f"{target} is a symlink: refusing to mount over it")
+            if not target.exists():
+                if Path(source).is_file():
+                    target.touch(mode=0o644)
+                else:
+                    target.mkdir(mode=0o755)
+                created.append(target)
             run(["mount", *options, source, str(target)], f"mounting {source} in the chroot")
             mounted.append(target)
         yield
@@ -162,17 +174,29 @@ def chroot_mounts(
         left = mounted_under(rootfs)
         if left:
             raise BuildError(f"still mounted under {rootfs}: {', '.join(left)}: unmount them before packing")
+        for target in reversed(created):
+            if target.is_dir():
+                target.rmdir()
+            else:
+                target.unlink()
 
 
-def chroot_run(rootfs: Path, script: str, what: str) -> None:
-    env = {
+def chroot_run(
+    rootfs: Path,
+    script: str,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    mounts: Sequence[tuple[str, str, tuple[str, ...]]] = STEP_MOUNTS,
+) -> None:
+    """``script`` run by /bin/sh in a chroot of ``rootfs`` with ``mounts``; ``env`` adds to the step's environment."""
+    base = {
         "PATH": PATH_ENV,
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "DEBIAN_FRONTEND": "noninteractive",
     }
-    with chroot_mounts(rootfs):
-        run(["chroot", str(rootfs), "/bin/sh", "-ec", script], what, env=env)
+    with chroot_mounts(rootfs, mounts):
+        run(["chroot", str(rootfs), "/bin/sh", "-ec", script], what, env={**base, **(env or {})})
 
 
 def umoci(*args: str, what: str) -> None:
