@@ -68,6 +68,7 @@ __all__ = [
     "FleetImage",
     "FleetUnavailable",
     "Observations",
+    "asset",
     "cache_root",
     "layer_digests",
     "pulled_blobs",
@@ -183,6 +184,13 @@ def _site(prefix: str, release: int) -> tuple[tuple[str, File], ...]:
 
 
 ASSET_PATHS = ("/index.html", "/static/app.css", "/static/app.js")
+
+
+def asset(url_path: str, release: int) -> bytes:
+    """The bytes a site serves at ``url_path`` (``/`` is its index.html): the checks' known answers."""
+    makers = {"/": _html, "/index.html": _html, "/static/app.css": _css, "/static/app.js": _js}
+    return makers[url_path](release)
+
 
 # What Debian's official base images add to a debootstrap tree (debuerreotype): services never start during
 # a build, apt keeps no caches and no translations, and the security and updates suites are configured.
