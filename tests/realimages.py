@@ -8,8 +8,8 @@ Other tests (and ``bench/bench_fleet.py``) use it to see what the optimizer does
   site (``gzip_static on``, Capistrano-style ``/var/www/current -> /srv/releases/2`` root) and a curl tool.
   Built once per recipe in a cache directory (``$OCI_OPTIMIZER_CACHE/realimages`` or
   ``~/.cache/oci-optimizer/realimages``), or fresh in ``workdir`` when one is given (CI).
-- ``unpacked(image_tar) -> rootfs``: the image's filesystem as ``umoci unpack`` builds it (gzip or uncompressed
-  layers), removed on exit.
+- ``unpacked(image_tar) -> rootfs``: the image's filesystem as ``umoci unpack`` builds it (zstd layers are
+  decompressed to plain tars first: umoci 0.4.7 reads only gzip and plain), removed on exit.
 - ``FleetImage.check(rootfs) -> Observations``: the image's own behaviour, run in a chroot of the rootfs:
   ``dpkg --verify``, ``ldconfig -p``, and per image the app's computations, HTTP answers per
   ``Accept-Encoding`` (status, Content-Encoding, body bytes) from the image's own CMD started in a private
@@ -693,19 +693,63 @@ def layer_digests(image_tar: Path) -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def unpacked(image_tar: Path, workdir: Path | None = None) -> Iterator[Path]:
-    """The rootfs ``umoci unpack`` builds from the single image of an OCI archive; removed on exit."""
+    """The rootfs ``umoci unpack`` builds from the single image of an OCI archive; removed on exit.
+
+    umoci 0.4.7 reads gzip and plain tar layers only: zstd layers are decompressed to plain ones first.
+    """
     from tests.imagetools import umoci_unpack  # imports optimizer: only the tests need it
 
     if shutil.which("umoci") is None:
         raise FleetUnavailable("umoci not found (Debian package umoci)")
     scratch = Path(tempfile.mkdtemp(prefix="fleet-unpack-", dir=workdir))
     try:
-        yield umoci_unpack(image_tar, scratch, "image")
+        yield umoci_unpack(_without_zstd(image_tar, scratch), scratch, "image")
     finally:
         left = build.mounted_under(scratch)
         if left:
             raise build.BuildError(f"still mounted under {scratch}: {', '.join(left)}")
         shutil.rmtree(scratch)
+
+
+def _without_zstd(image_tar: Path, scratch: Path) -> Path:
+    """``image_tar``, or a copy in ``scratch`` whose zstd layers are plain tars (digest = diff_id, same tree)."""
+    import zstandard
+
+    from tests.imagetools import oci_layout_of
+
+    if not any(blob.media_type.endswith("+zstd") for blob in pulled_blobs(image_tar)):
+        return image_tar
+    layout = oci_layout_of(image_tar, scratch / "zstd-layout")
+    index = json.loads((layout / "index.json").read_text())
+    descriptor = index["manifests"][0]
+    manifest = json.loads((layout / "blobs" / descriptor["digest"].replace(":", "/")).read_bytes())
+    for layer in manifest["layers"]:
+        if not layer["mediaType"].endswith("+zstd"):
+            continue
+        packed = layout / "blobs" / layer["digest"].replace(":", "/")
+        plain = scratch / "layer.tar"
+        digest = hashlib.sha256()
+        with open(packed, "rb") as source, open(plain, "wb") as target:
+            reader = zstandard.ZstdDecompressor().stream_reader(source)
+            while chunk := reader.read(1 << 20):
+                digest.update(chunk)
+                target.write(chunk)
+        layer.update(
+            mediaType=layer["mediaType"].removesuffix("+zstd"),
+            digest="sha256:" + digest.hexdigest(),
+            size=plain.stat().st_size,
+        )
+        plain.replace(layout / "blobs" / "sha256" / digest.hexdigest())
+        packed.unlink()
+    data = json.dumps(manifest, sort_keys=True).encode()
+    digest_hex = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest_hex).write_bytes(data)
+    descriptor.update(digest="sha256:" + digest_hex, size=len(data))
+    (layout / "index.json").write_text(json.dumps(index, sort_keys=True))
+    converted = scratch / "plain.tar"
+    build.write_archive(layout, converted)
+    shutil.rmtree(layout)
+    return converted
 
 
 # ---------------------------------------------------------------------------------------------------------
