@@ -19,8 +19,9 @@ Package upper layers replace the base's ``/var/lib/dpkg/status``, ``/etc/ld.so.c
 real Dockerfiles do: the case where rewriting a shared base layer per image costs a fleet more than it saves.
 
 Raises ``FleetUnavailable`` when a tool, root or the network is missing (tests turn it into ``missing()``);
-a build step that fails raises ``imagebuild.BuildError``. Never imports ``optimizer``: it builds inputs and
-observes outputs from the outside. Needs root, debootstrap, umoci, npm and unshare (util-linux).
+a build step that fails raises ``imagebuild.BuildError``. It builds inputs and observes outputs from the
+outside: nothing of ``optimizer`` is imported (``unpacked`` borrows the umoci helper of ``tests.imagetools``,
+which does, when called). Needs root, debootstrap, umoci, npm and unshare (util-linux).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import time
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -425,11 +426,13 @@ class FleetImage:
 
 @dataclass(frozen=True)
 class Fleet:
+    """The base image and the four images built on it, in ``directory`` (``key``: the recipes' hash)."""
+
     directory: Path
     base: FleetImage
     images: tuple[FleetImage, ...]
     build_seconds: float
-    key: str = field(default="")
+    key: str
 
     def image(self, name: str) -> FleetImage:
         for image in (self.base, *self.images):
@@ -448,9 +451,7 @@ def cache_root() -> Path:
 
 
 def require_prerequisites() -> None:
-    """Root, the tools and the three registries the build uses, or ``FleetUnavailable`` naming what lacks."""
-    if os.geteuid() != 0:
-        raise FleetUnavailable("building the fleet needs root (debootstrap, chroot, mount)")
+    """The tools and the three registries the build uses, or ``FleetUnavailable`` naming what lacks."""
     for program, package in (
         ("debootstrap", "debootstrap"),
         ("umoci", "umoci"),
@@ -474,6 +475,10 @@ def require_prerequisites() -> None:
 
 def real_fleet(workdir: Path | None = None) -> Fleet:
     """The fleet: from the cache (built there first when missing), or built fresh in ``workdir``."""
+    if os.geteuid() != 0:
+        raise FleetUnavailable(
+            "the fleet needs root: debootstrap, chroot and mount build it and run its checks"
+        )
     key = fleet_key()
     if workdir is None:
         root = cache_root()
