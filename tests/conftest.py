@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
+
+if TYPE_CHECKING:
+    from tests.realimages import Fleet
 
 # In CI, property tests draw the same examples every run: a red build is reproducible, not a coin toss.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
@@ -45,3 +49,15 @@ def fixtures() -> Path:
     if not path.is_dir():
         missing(f"fixtures directory {path} not found (set OCI_OPTIMIZER_FIXTURES)")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_fleet_images(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """The fleet of ``tests/realimages.py``: built fresh in CI, from the recipe-keyed cache elsewhere."""
+    from tests.realimages import FleetUnavailable, real_fleet
+
+    try:
+        return real_fleet(tmp_path_factory.mktemp("fleet") if IN_CI else None)
+    except FleetUnavailable as error:
+        missing(str(error))
+        raise AssertionError from error  # unreachable
