@@ -173,7 +173,7 @@ def test_zstd_recompression_keeps_behaviour(
     optimize(
         str(image.path),
         str(out),
-        Options(passes=(), compression=CompressionSpec(Compression.ZSTD), recompress=True),
+        Options(passes=(), compression=CompressionSpec(Compression.ZSTD), recompress=True, base="none"),
     )
     assert {blob.media_type for blob in pulled_blobs(out) if blob.kind == "layer"} == {OCI_LAYER_ZSTD}
     assert observe("python-app", out).differences(observe("python-app", image.path)) == {}
