@@ -369,6 +369,12 @@ class _Run:
         rewrite_all = self.options.normalize or self.options.recompress
         needs_files = bool(self.passes) or rewrite_all or self.options.squash
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
+        # Layers named by digest (shared with other images) are held like non-distributable ones; --squash
+        # merges only what lies above the last of them, and keeps everything below as it is.
+        shared = {i for i, d in enumerate(layers) if d.digest in self.options.protect_layers}
+        non_distributable |= shared
+        squash_base = max([protected, *(i + 1 for i in shared)])
+        held = set(range(squash_base if self.options.squash else protected)) | non_distributable
         changes: list[Change] = []
         final_fs: FileSystem | None = None
         indexes: list[LayerIndex] = []
@@ -379,9 +385,7 @@ class _Run:
         if self.passes or self.options.squash:
             # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
             # needs each layer's own entries, and skipping the view keeps memory down on many-file images.
-            fs = build_filesystem(
-                [i.entries for i in indexes], frozenset(range(protected)) | non_distributable
-            )
+            fs = build_filesystem([i.entries for i in indexes], frozenset(held))
             info = ImageInfo(
                 name,
                 descriptor.digest,
@@ -395,7 +399,7 @@ class _Run:
         diff_ids: list[str] = list((config.get("rootfs") or {}).get("diff_ids") or [])
         if len(diff_ids) != len(layers):
             raise FormatError(f"{name}: the config has {len(diff_ids)} diff_ids for {len(layers)} layers")
-        merged = range(protected, len(layers))
+        merged = range(squash_base, len(layers))
         if self.options.squash and final_fs is not None and len(merged) >= 2:
             if non_distributable & set(merged):
                 image_report.warnings.append(
@@ -410,7 +414,7 @@ class _Run:
                     layers,
                     diff_ids,
                     indexes,
-                    protected,
+                    squash_base,
                     plan,
                     final_fs,
                     image_report,
@@ -432,7 +436,7 @@ class _Run:
                 self.blobs.from_source(self.source.blobs, layer, "layer")
                 new_layers.append(layer)
                 new_diff_ids.append(diff_ids[number])
-                status = "kept" if number < protected else "unchanged"
+                status = "kept" if number < protected or number in shared else "unchanged"
                 image_report.layers.append(
                     LayerReport(
                         number, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type

@@ -26,6 +26,8 @@ class Options:
     normalize: rewrite every layer canonically (sorted entries, mtimes clamped) so equal content gives equal digests.
     keep_layers: the first N layers of every image stay byte-identical.
     base: a base image (file or directory) whose layers stay byte-identical where the image starts with them.
+    protect_layers: layer digests kept byte-identical wherever they are, like non-distributable layers (the
+        service passes the layers other images of the registry share).
     output_format: "oci-archive" (a tar, with docker's manifest.json too) or "oci-dir".
     compression: the codec and level of rewritten and new layers.
     recompress: also recompress layers no pass changed (except protected ones) with ``compression``.
@@ -44,6 +46,7 @@ class Options:
     normalize: bool = False
     keep_layers: int = 0
     base: str | None = None
+    protect_layers: frozenset[str] = frozenset()
     output_format: Literal["oci-archive", "oci-dir"] = "oci-archive"
     compression: CompressionSpec = field(default_factory=CompressionSpec)
     recompress: bool = False
@@ -63,6 +66,7 @@ class Options:
             "normalize": self.normalize,
             "keep_layers": self.keep_layers,
             "base": self.base,
+            "protect_layers": sorted(self.protect_layers),
             "output_format": self.output_format,
             "compression": str(self.compression),
             "recompress": self.recompress,
