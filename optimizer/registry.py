@@ -544,6 +544,31 @@ class RegistryClient:
             return self._get_manifest(ref.repository, ref.reference, ref.digest).digest
         return digest
 
+    def list_tags(self, repository: str) -> list[str]:
+        """Every tag of ``repository`` (``GET /v2/NAME/tags/list``, following ``Link`` pages); [] when the
+        registry has no such repository."""
+        where = f"listing the tags of {self._where(repository)}"
+        url: str | None = f"{self.base_url}/v2/{repository}/tags/list?n=1000"
+        tags: list[str] = []
+        while url is not None:
+            response = self._request("GET", url, stream=True, what=where)
+            with response:
+                if response.status_code == 404:
+                    return []
+                if response.status_code != 200:
+                    raise _status_error(where, response)
+                data = _read_limited(response, _MAX_MANIFEST, where)
+                link = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', response.headers.get("Link", ""))
+            try:
+                page = json.loads(data).get("tags") or []
+            except (ValueError, AttributeError) as error:
+                raise RegistryError(f"{where}: not a tag list: {error}") from error
+            if not isinstance(page, list) or not all(isinstance(tag, str) for tag in page):
+                raise RegistryError(f"{where}: not a tag list")
+            tags.extend(page)
+            url = urljoin(self.base_url + "/", link.group(1)) if link else None
+        return tags
+
     # ---------------------------------------------------------------- pull
 
     def pull(self, ref: Reference, layout_dir: str) -> str:
