@@ -287,17 +287,9 @@ def optimize_any(
 
 
 def _serve(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="optimize serve", description="Run the registry webhook service.")
-    parser.add_argument("--config", required=True, help="service configuration (YAML)")
-    args = parser.parse_args(argv)
     try:
-        from .service import serve
+        from .service import main as serve_main
     except ImportError as error:
         print(f"optimize serve: the service is not available: {error}", file=sys.stderr)
         return 1
-    try:
-        serve(args.config)
-    except OptimizerError as error:
-        print(f"optimize serve: error: {error}", file=sys.stderr)
-        return error.exit_code
-    return EXIT_OK
+    return serve_main(argv)

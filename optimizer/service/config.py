@@ -12,8 +12,11 @@ Shape (see ``testdata/service.example.yaml`` for a commented example)::
     concurrency: 2
     max_body_bytes: 1048576
     retry: {attempts: 5, backoff_seconds: 2, max_backoff_seconds: 300}
+    queue: {backend: postgres, dsn: {env: OPTIMIZER_DSN}, lease_seconds: 120, heartbeat_seconds: 30}
+    reconcile: {interval_seconds: 600, repositories: {local: [team/app]}}
     registries:
-      local: {url: "http://127.0.0.1:5000", credentials: {username: bot, password: {env: REG_PASSWORD}}}
+      local: {url: "http://127.0.0.1:5000", credentials: {username: bot, password: {env: REG_PASSWORD}},
+              max_concurrent_jobs: 4}
     sources:
       local-notify: {registry: local, bearer_token: {env: HOOK_TOKEN}}
       github: {registry: ghcr, format: github, hmac_secret: {file: /run/secrets/gh}}
@@ -22,7 +25,7 @@ Shape (see ``testdata/service.example.yaml`` for a commented example)::
         registry: local
         repositories: ["team/*"]
         tags: ["*"]
-        destination: {tag_suffix: "-opt"}
+        destination: {tag_suffix: "-opt", allowed_tags: ["*-opt"]}
         options: {skip: [upx], pass_options: {strip-elf: {mode: debug}}}
 """
 
@@ -49,6 +52,8 @@ __all__ = [
     "DEFAULT_USER_AGENT",
     "Config",
     "Destination",
+    "QueueConfig",
+    "ReconcileConfig",
     "RegistryConfig",
     "RetryConfig",
     "Rule",
@@ -96,6 +101,7 @@ class RegistryConfig:
     username: str | None = None
     password: Secret | None = None
     timeout: float = 30.0
+    max_concurrent_jobs: int | None = None  # running jobs that pull from or push to it, fleet-wide
 
 
 @dataclass(frozen=True)
@@ -115,10 +121,14 @@ class Destination:
     repository: str  # template: {repository}, {name}, {tag}
     tag: str  # template: {repository}, {name}, {tag}
     tag_suffix: str = ""  # from the ``tag_suffix`` shorthand: source tags ending with it are skipped
+    allowed_tags: tuple[str, ...] = ()  # globs a rendered destination tag must match; empty: any tag
 
     def render(self, repository: str, tag: str) -> tuple[str, str]:
         values = {"repository": repository, "name": repository.rsplit("/", 1)[-1], "tag": tag}
         return self.repository.format(**values), self.tag.format(**values)
+
+    def allows(self, tag: str) -> bool:
+        return not self.allowed_tags or any(fnmatch.fnmatchcase(tag, p) for p in self.allowed_tags)
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,7 @@ class Rule:
     exclude_tags: tuple[str, ...]
     destination: Destination
     options: RuleOptions
+    push_if_larger: bool = False  # push a result larger than its source (inject adds files on purpose)
 
     def matches(self, registry: str, repository: str, tag: str) -> bool:
         if registry != self.registry:
@@ -182,6 +193,24 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """Where jobs live: ``sqlite`` (``state_dir/queue.sqlite3``, one machine) or ``postgres`` (a fleet)."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    dsn: Secret | None = None  # postgres: a libpq connection string or URI (it holds the password)
+    lease_seconds: float = 120.0  # a running job is another worker's to take once its lease is this old
+    heartbeat_seconds: float = 30.0  # how often a worker renews the leases of its running jobs
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    """Catch up on notifications the registry dropped: list these repositories' tags every interval."""
+
+    interval_seconds: float
+    repositories: Mapping[str, tuple[str, ...]]  # registry name -> repository names
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
@@ -196,10 +225,16 @@ class Config:
     admin_token: Secret | None = None  # when set, /jobs needs it
     log_level: str = "INFO"
     keep_workdirs: bool = False
+    queue: QueueConfig = QueueConfig()
+    reconcile: ReconcileConfig | None = None
 
     @property
     def database(self) -> Path:
         return self.state_dir / "queue.sqlite3"
+
+    @property
+    def registry_limits(self) -> dict[str, int]:
+        return {name: r.max_concurrent_jobs for name, r in self.registries.items() if r.max_concurrent_jobs}
 
     @property
     def workdir(self) -> Path:
@@ -354,8 +389,9 @@ def _registry(name: str, r: _Reader) -> RegistryConfig:
             raise UsageError(f"{creds.path}.password: required")
         creds.done()
     timeout = r.number("timeout", 30.0, minimum=0.1)
+    limit = r.integer("max_concurrent_jobs", 0, minimum=1) or None
     r.done()
-    return RegistryConfig(name, parts.netloc, parts.scheme == "http", username, password, timeout)
+    return RegistryConfig(name, parts.netloc, parts.scheme == "http", username, password, timeout, limit)
 
 
 def _source(name: str, r: _Reader, registries: Mapping[str, RegistryConfig]) -> SourceConfig:
@@ -387,6 +423,7 @@ def _destination(
     suffix = r.opt_str("tag_suffix")
     repository = _check_template(r.text("repository", "{repository}"), f"{r.path}.repository")
     tag = r.opt_str("tag")
+    allowed_tags = r.str_list("allowed_tags", ())
     r.done()
     if sum((same_tag, suffix is not None, tag is not None)) > 1:
         raise UsageError(f"{r.path}: give only one of same_tag, tag_suffix or tag")
@@ -400,7 +437,7 @@ def _destination(
         raise UsageError(
             f"{r.path}: the result would replace the source tag: say same_tag: true if that is meant"
         )
-    return Destination(registry, repository, tag, suffix or "")
+    return Destination(registry, repository, tag, suffix or "", allowed_tags)
 
 
 def _pass_classes() -> dict[str, type[Any]]:
@@ -512,6 +549,52 @@ def _rule_options(r: _Reader | None, at: str) -> RuleOptions:
     return RuleOptions(passes, skip, strict, pass_options, normalize, recompress, compression, keep_layers)
 
 
+def _queue(r: _Reader | None) -> QueueConfig:
+    if r is None:
+        return QueueConfig()
+    backend = r.text("backend", "sqlite")
+    if backend not in ("sqlite", "postgres"):
+        raise UsageError(f"queue.backend: expected sqlite or postgres, got {backend!r}")
+    dsn = r.secret("dsn")
+    if backend == "postgres" and dsn is None:
+        raise UsageError("queue.dsn: required for the postgres backend (e.g. {env: OPTIMIZER_DSN})")
+    if backend == "sqlite" and dsn is not None:
+        raise UsageError("queue.dsn: only for the postgres backend")
+    default = QueueConfig()
+    lease = r.number("lease_seconds", default.lease_seconds, minimum=1.0)
+    heartbeat = r.number("heartbeat_seconds", min(default.heartbeat_seconds, lease / 4), minimum=0.1)
+    if heartbeat * 2 > lease:
+        raise UsageError(
+            f"queue.heartbeat_seconds: {heartbeat:g} is more than half of lease_seconds ({lease:g}): one late "
+            "beat would lose the lease"
+        )
+    r.done()
+    return QueueConfig(typing.cast(Literal["sqlite", "postgres"], backend), dsn, lease, heartbeat)
+
+
+def _reconcile(r: _Reader | None, registries: Mapping[str, RegistryConfig]) -> ReconcileConfig | None:
+    if r is None:
+        return None
+    from .events import valid_reference
+
+    interval = r.number("interval_seconds", 600.0, minimum=1.0)
+    section = r.mapping("repositories")
+    if section is None or not section.data:
+        raise UsageError("reconcile.repositories: required: registry name -> list of repositories")
+    repositories: dict[str, tuple[str, ...]] = {}
+    for name in list(section.data):
+        if name not in registries:
+            raise UsageError(f"reconcile.repositories.{name}: no registry named {name!r} is configured")
+        names = section.str_list(name, ())
+        for repository in names:
+            if not valid_reference(repository, "latest"):
+                raise UsageError(f"reconcile.repositories.{name}: {repository!r} is not a repository name")
+        repositories[name] = names
+    section.done()
+    r.done()
+    return ReconcileConfig(interval, repositories)
+
+
 def parse_config(data: Any, base: Path | None = None) -> Config:
     """Build a ``Config`` from parsed YAML; relative paths are taken from ``base`` (the file's folder)."""
     root = _Reader(data, "")
@@ -562,6 +645,7 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
                     r.mapping("destination"), f"rules[{i}].destination", registry, registries
                 ),
                 options=_rule_options(r.mapping("options"), f"rules[{i}].options"),
+                push_if_larger=r.flag("push_if_larger", False),
             )
         )
         r.done()
@@ -575,6 +659,9 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
             max_backoff_seconds=section.number("max_backoff_seconds", retry.max_backoff_seconds),
         )
         section.done()
+
+    queue = _queue(root.mapping("queue"))
+    reconcile = _reconcile(root.mapping("reconcile"), registries)
 
     log_level = root.text("log_level", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -593,6 +680,8 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
         admin_token=root.secret("admin_token"),
         log_level=log_level,
         keep_workdirs=root.flag("keep_workdirs", False),
+        queue=queue,
+        reconcile=reconcile,
     )
     root.done()
     return config

@@ -1,14 +1,17 @@
-"""Helpers for the service tests: the service as a real process (or an in-process HTTP server), test images."""
+"""Helpers for the service tests: the service as a real process (or an in-process HTTP server), test images,
+and a real PostgreSQL server (one per session, a fresh database per test)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,16 +25,42 @@ from optimizer.mediatypes import OCI_INDEX
 from tests.conftest import missing
 from tests.imagetools import build_image, entry, oci_layout_of
 from tests.registry_fixtures import free_port, registry_factory  # noqa: F401  (a fixture used by the tests)
+from tests.service.postgres_server import PostgresServer, postgres_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hook-token-for-tests"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-class ServiceProcess:
-    """``python -m optimizer serve --config FILE`` (the CLI) on a free port; JSON-line logs go to a file."""
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (Debian ``postgresql``; ``make test`` installs it)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing("psycopg is not installed (pip install -e '.[test]')")
+    if postgres_bin() is None:
+        missing("PostgreSQL server not found (Debian package postgresql)")
+    server = PostgresServer.start()
+    yield server
+    server.close()
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's server."""
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+class ServiceProcess:
+    """``python -m optimizer serve --config FILE [--role ROLE]`` (the CLI) on a free port; JSON-line logs go
+    to a file; ``env`` is added to the process environment (a DSN in ``{env: NAME}``)."""
+
+    def __init__(
+        self, workdir: Path, config: dict[str, Any], role: str = "all", env: dict[str, str] | None = None
+    ) -> None:
+        self.role = role
+        self.env = dict(env or {})
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -45,7 +74,17 @@ class ServiceProcess:
     def start(self, timeout: float = 20.0) -> ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "optimizer", "serve", "--config", str(self.config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "optimizer",
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--role",
+                    self.role,
+                ],
+                env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -152,8 +191,13 @@ def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """``service_factory(config)`` starts a service process; every one is stopped at teardown."""
     started: list[ServiceProcess] = []
 
-    def start(config: dict[str, Any], workdir: Path | None = None) -> ServiceProcess:
-        service = ServiceProcess(workdir or tmp_path / f"service-{len(started)}", config)
+    def start(
+        config: dict[str, Any],
+        workdir: Path | None = None,
+        role: str = "all",
+        env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
+        service = ServiceProcess(workdir or tmp_path / f"service-{len(started)}", config, role, env)
         started.append(service)
         return service.start()
 
