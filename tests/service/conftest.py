@@ -24,7 +24,7 @@ import yaml
 from optimizer.mediatypes import OCI_INDEX
 from tests.conftest import missing
 from tests.imagetools import build_image, entry, oci_layout_of
-from tests.registry_fixtures import free_port, registry_factory  # noqa: F401  (a fixture used by the tests)
+from tests.registry_fixtures import FaultProxy, free_port, registry_factory  # noqa: F401  (a fixture)
 from tests.service.postgres_server import PostgresServer, postgres_bin
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,6 +206,21 @@ def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         service.stop()
 
 
+class SlowProxy(FaultProxy):
+    """A ``FaultProxy`` that holds each request ``match`` accepts for ``delay`` seconds before forwarding it
+    (blob downloads by default): jobs that take long enough to be killed, or to outlive a lease."""
+
+    def __init__(self, backend: str, delay: float, match: Callable[[str, str], bool] | None = None) -> None:
+        super().__init__(backend)
+        self.delay = delay
+        self.slow = match or (lambda method, path: method == "GET" and "/blobs/" in path)
+
+    def _handle(self, handler: Any) -> None:
+        if self.slow(handler.command, handler.path):
+            time.sleep(self.delay)
+        super()._handle(handler)
+
+
 class InProcessServer:
     """The ASGI app under uvicorn in a thread (no workers): the HTTP side alone, on a real socket."""
 
@@ -249,6 +264,24 @@ def single_layout(fixtures: Path, directory: Path, tag: str = "v1", salt: str = 
     archive = build_image(
         directory.parent / f"{directory.name}.tar",
         [[entry("usr/bin/app", data=elf, mode=0o755), entry("etc/salt", data=salt.encode())]],
+    )
+    layout = oci_layout_of(archive, directory)
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["annotations"] = {REF_NAME: tag}
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def layered_layout(fixtures: Path, directory: Path, salt: str, tag: str = "v1") -> Path:
+    """An OCI layout of two layers: a base (an unstripped shared library: strip-elf would shrink it) that is
+    byte-identical in every image this makes, and a top layer of its own (an unstripped program, ``salt``)."""
+    elf = elf_payload(fixtures, "dwarfv5_basic.elf")
+    archive = build_image(
+        directory.parent / f"{directory.name}.tar",
+        [
+            [entry("usr/lib/libbase.so", data=elf, mode=0o755)],
+            [entry("usr/bin/app", data=elf, mode=0o755), entry("etc/salt", data=salt.encode())],
+        ],
     )
     layout = oci_layout_of(archive, directory)
     index = json.loads((layout / "index.json").read_text())
