@@ -55,7 +55,9 @@ def open_service_queue(config: Config) -> Queue:
     )
     if config.queue.backend == "postgres":
         assert config.queue.dsn is not None
-        return open_queue("postgres", dsn=config.queue.dsn.reveal(), settings=settings)
+        return open_queue(
+            "postgres", dsn=config.queue.dsn.reveal(), settings=settings, connections=config.concurrency + 6
+        )
     return open_queue("sqlite", path=config.database, settings=settings)
 
 

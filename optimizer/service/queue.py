@@ -414,15 +414,17 @@ def open_queue(
     path: str | os.PathLike[str] | None = None,
     dsn: str | None = None,
     settings: QueueSettings | None = None,
+    connections: int = 8,
 ) -> Queue:
-    """The configured backend, with its schema created or migrated to this version."""
+    """The configured backend, with its schema created or migrated to this version; ``connections``: most
+    connections a PostgreSQL queue opens (the worker threads, the heartbeat and the HTTP side share them)."""
     settings = settings or QueueSettings()
     if backend == "postgres":
         if dsn is None:
             raise OptimizerError("the postgres queue needs a dsn")
         from .postgres_queue import PostgresQueue
 
-        return PostgresQueue(dsn, settings)
+        return PostgresQueue(dsn, settings, pool_size=connections)
     if path is None:
         raise OptimizerError("the sqlite queue needs a path")
     from .sqlite_queue import SqliteQueue
