@@ -427,10 +427,13 @@ class PostgresQueue:
                 if self._full(db, now, touched):
                     raise _Busy
             token = uuid.uuid4().hex
+            # The clock read again here, after the locks: a claim that waited is not dated before the finish
+            # of the job whose slot it took.
             found = db.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = %s, updated_at = %s,"
-                " lease_token = %s, lease_owner = %s, lease_expires_at = %s WHERE id = %s RETURNING *",
-                (now, now, token, str(self.owner), now + self.settings.lease_seconds, row["id"]),
+                f"WITH now AS ({_NOW}) UPDATE jobs SET status = 'running', attempts = attempts + 1,"
+                " started_at = now.now, updated_at = now.now, lease_token = %s, lease_owner = %s,"
+                " lease_expires_at = now.now + %s FROM now WHERE id = %s RETURNING jobs.*",
+                (token, str(self.owner), self.settings.lease_seconds, row["id"]),
             ).fetchone()
             assert found is not None
             return replace(job_from_row(found), lease=token)

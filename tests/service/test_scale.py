@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class Fleet:
     http: list[ServiceProcess]
     workers: list[ServiceProcess]
     proxy: SlowProxy | None = None
-    stopped: list[ServiceProcess] = field(default_factory=list)
 
     @property
     def front(self) -> ServiceProcess:
@@ -62,6 +61,18 @@ class Fleet:
 
     def worker_records(self, message: str) -> list[dict[str, Any]]:
         return [r for w in self.workers for r in w.log_records() if r.get("msg") == message]
+
+    def assert_done_once(self, jobs: list[dict[str, Any]], killed: int = 0) -> None:
+        """From the workers' own logs: each job finished once in all processes together, and started once
+        per attempt, each attempt but the last ending in a retry after an error (a registry answering 500
+        under load) or in a worker that was killed (``killed`` attempts in all): never two at once."""
+        done = Counter(r["job_id"] for r in self.worker_records("job done"))
+        started = Counter(r["job_id"] for r in self.worker_records("job started"))
+        retried = Counter(r["job_id"] for r in self.worker_records("job will be retried"))
+        assert set(done) == {j["id"] for j in jobs} and set(done.values()) == {1}, done
+        assert all(started[j["id"]] == j["attempts"] for j in jobs)
+        assert sum(j["attempts"] - 1 - retried[j["id"]] for j in jobs) == killed
+        assert not self.worker_records("job lease lost: another worker has it now")
 
     def worker_of(self, owner: str) -> ServiceProcess:
         pid = int(owner.split(" ")[2])
@@ -157,17 +168,14 @@ def test_burst_of_200_events_on_two_http_replicas_and_three_workers(
     elapsed = time.monotonic() - started
     assert len(jobs) == 201, jobs[:3]
     assert sorted(j["tag"] for j in jobs) == sorted([*tags, "seed"])
-    assert all((j["status"], j["outcome"], j["attempts"]) == ("done", "pushed", 1) for j in jobs), [
-        j for j in jobs if j["status"] != "done"
+    assert all((j["status"], j["outcome"]) == ("done", "pushed") for j in jobs), [
+        j for j in jobs if (j["status"], j["outcome"]) != ("done", "pushed")
     ][:3]
-    # Exactly once, from the workers' side: one start and one finish per job, in all processes together.
-    done = Counter(r["job_id"] for r in fleet.worker_records("job done"))
-    started_lines = Counter(r["job_id"] for r in fleet.worker_records("job started"))
-    assert set(done) == {j["id"] for j in jobs} and set(done.values()) == {1}
-    assert set(started_lines.values()) == {1}
-    assert all(
-        w.log_records() and any(r.get("msg") == "job done" for r in w.log_records()) for w in fleet.workers
-    )
+    # Exactly once, from the workers' side: one finish per job in all processes together, and one start per
+    # attempt, where an attempt after the first is a retry after a registry error (the registry answers 500
+    # now and then under this load), never a job taken from a live worker.
+    fleet.assert_done_once(jobs)
+    assert all(any(r.get("msg") == "job done" for r in w.log_records()) for w in fleet.workers)
     # Every event reached both replicas: each of the 201 pushes was recorded once and refused once as seen.
     decided = Counter(
         r["msg"] for h in fleet.http for r in h.log_records() if str(r.get("msg", "")).startswith("event ")
@@ -189,9 +197,9 @@ def test_a_killed_worker_and_a_job_longer_than_its_lease(
     #    heartbeat renews it: no other worker ever starts it.
     push_layout(single_layout(fixtures, tmp_path / "long", salt="long"), fleet.registry, "team/long:v1")
     (job,) = fleet.front.settled(1, timeout=60)
-    assert (job["status"], job["outcome"], job["attempts"]) == ("done", "pushed", 1)
+    assert (job["status"], job["outcome"]) == ("done", "pushed")
     assert job["timings"]["total"] > lease["lease_seconds"] + 0.5
-    assert [r["job_id"] for r in fleet.worker_records("job started")] == [job["id"]]
+    fleet.assert_done_once([job])
 
     # 2. SIGKILL of the worker running a job, mid-pull: after the lease, another worker runs it; it is
     #    finished and pushed once.
@@ -207,13 +215,12 @@ def test_a_killed_worker_and_a_job_longer_than_its_lease(
     victim.kill()
     jobs = fleet.front.settled(2, timeout=60)
     (second,) = [j for j in jobs if j["repository"] == "team/killed"]
-    assert (second["status"], second["outcome"], second["attempts"]) == ("done", "pushed", 2)
-    finished = [r for r in fleet.worker_records("job done") if r["job_id"] == second["id"]]
-    assert len(finished) == 1 and finished[0]["attempt"] == 2
-    assert all(r["job_id"] != second["id"] for r in victim.log_records() if r.get("msg") == "job done")
-    detail = fleet.front.job(second["id"])
+    assert (second["status"], second["outcome"]) == ("done", "pushed") and second["attempts"] >= 2
+    assert any(r.get("msg") == "job started" and r["job_id"] == second["id"] for r in victim.log_records())
+    assert not any(r.get("msg") == "job done" for r in victim.log_records())
+    fleet.assert_done_once(jobs, killed=1)
     assert skopeo_inspect_raw(f"docker://{fleet.registry.host}/team/killed:v1-opt")
-    assert detail["result_digest"]
+    assert fleet.front.job(second["id"])["result_digest"]
 
 
 def test_a_registry_limit_of_two_holds_across_the_fleet(
@@ -227,29 +234,35 @@ def test_a_registry_limit_of_two_holds_across_the_fleet(
     put_tags(fleet.registry, "team/app", "seed", [f"l{n}" for n in range(12)])
     jobs = fleet.front.settled(13, timeout=120)
     assert all(j["status"] == "done" for j in jobs)
-    # From the workers' logs: how many jobs were between "job started" and "job done" at once.
+    # How many jobs ran at once: from the database's records (claim to finish), and from the workers' own
+    # (each attempt's start, plus the time it measured itself: inside the claim, so never more).
+    assert peak([(j["started_at"], j["finished_at"]) for j in jobs]) == 2
     spans = []
     for worker in fleet.workers:
         begun: dict[int, float] = {}
         for record in worker.log_records():
-            stamp = _seconds(record["ts"])
             if record.get("msg") == "job started":
-                begun[record["job_id"]] = stamp
+                begun[record["job_id"]] = _seconds(record["ts"])
             elif record.get("msg") == "job done":
-                spans.append((begun.pop(record["job_id"]), stamp))
-    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    level, peak = 0, 0
-    for _, step in events:
-        level += step
-        peak = max(peak, level)
+                spans.append((begun[record["job_id"]], begun[record["job_id"]] + record["timings"]["total"]))
     assert len(spans) == 13
-    assert peak == 2, f"at most 2 jobs at once with 6 worker threads, saw {peak}"
+    # 1 ms: the resolution of the log timestamps
+    assert peak([(start + 0.001, end - 0.001) for start, end in spans]) == 2
     assert (
         len(
             {w.process.pid for w in fleet.workers if any(r.get("msg") == "job done" for r in w.log_records())}
         )
         >= 2
     )
+
+
+def peak(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at one time (a span ending when another starts does not overlap it)."""
+    level, most = 0, 0
+    for _, step in sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans]):
+        level += step
+        most = max(most, level)
+    return most
 
 
 def _seconds(stamp: str) -> float:
@@ -293,8 +306,7 @@ def test_postgres_killed_and_restarted_loses_nothing(
     jobs = fleet.front.settled(8, timeout=120)
     assert sorted(j["tag"] for j in jobs) == [f"a{n}" for n in range(8)]
     assert all((j["status"], j["outcome"]) == ("done", "pushed") for j in jobs), jobs
-    done = Counter(r["job_id"] for r in fleet.worker_records("job done"))
-    assert set(done) == {j["id"] for j in jobs} and set(done.values()) == {1}
+    fleet.assert_done_once(jobs)
     refused = [r for r in fleet.front.log_records() if r.get("msg") == "queue unavailable"]
     assert refused, "no webhook met the database down"
     assert requests.get(f"{fleet.front.url}/healthz", timeout=10).json()["status"] == "ok"
