@@ -29,6 +29,14 @@ from tests.service.postgres_server import PostgresServer, postgres_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hook-token-for-tests"
+# The rule most end-to-end tests use: strip-elf on team/*, results tagged -opt.
+RULE: dict[str, Any] = {
+    "name": "opt",
+    "registry": "local",
+    "repositories": ["team/*"],
+    "destination": {"tag_suffix": "-opt"},
+    "options": {"passes": ["strip-elf"]},
+}
 REF_NAME = "org.opencontainers.image.ref.name"
 
 

@@ -21,6 +21,7 @@ from optimizer import ANNOTATION_SOURCE_DIGEST
 from tests.conftest import require_tool
 from tests.registry_fixtures import FaultProxy, RunningRegistry, free_port, push_layout, skopeo_inspect_raw
 from tests.service.conftest import (
+    RULE,
     TOKEN,
     ServiceProcess,
     hook,
@@ -32,13 +33,6 @@ from tests.service.conftest import (
 
 pytestmark = pytest.mark.slow
 
-RULE = {
-    "name": "opt",
-    "registry": "local",
-    "repositories": ["team/*"],
-    "destination": {"tag_suffix": "-opt"},
-    "options": {"passes": ["strip-elf"]},
-}
 Factory = Callable[..., Any]
 
 
