@@ -49,7 +49,7 @@ from .write import Output, WriteSettings, write_run
 __all__ = ["ANNOTATION_SOURCE_DIGEST", "Optimization", "optimize", "select_passes"]
 
 
-def select_passes(options: Options) -> list[tuple[type[Pass], Any]]:
+def select_passes(options: Options) -> list[tuple[type[Pass[Any]], Any]]:
     """The passes to run, in pipeline order, each with its options."""
     from passes import PASSES
 

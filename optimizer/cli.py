@@ -53,12 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every finding")
     for cls in _pass_classes():
         group = parser.add_argument_group(f"pass {cls.name}")
-        cls.add_arguments(group)
+        settings.add_arguments(group, cls.Options, cls.flag_prefix)
     return parser
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    pass_options = {cls.name: cls.options_from_args(args) for cls in _pass_classes()}
+    pass_options = tuple(settings.from_args(cls.Options, args, cls.flag_prefix) for cls in _pass_classes())
     return settings.from_args(Options, args, pass_options=pass_options, registry=access.from_args(args))  # type: ignore[no-any-return]
 
 
@@ -185,17 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="optimize serve", description="Run the registry webhook service.")
-    parser.add_argument("--config", required=True, help="service configuration (YAML)")
-    args = parser.parse_args(argv)
     try:
-        from .service import serve
+        from .service import main as serve_main
     except ImportError as error:
         print(f"optimize serve: the service is not available: {error}", file=sys.stderr)
         return 1
-    try:
-        serve(args.config)
-    except OptimizerError as error:
-        print(f"optimize serve: error: {error}", file=sys.stderr)
-        return error.exit_code
-    return EXIT_OK
+    return serve_main(argv)

@@ -3,13 +3,18 @@ derived from these fields. Pass options live in each pass's own ``Options`` data
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .output import CompressionSpec
 from .registry.access import RegistryAccess
 from .settings import setting
+
+if TYPE_CHECKING:
+    from .pipeline import Pass
+
+OptionsT = TypeVar("OptionsT")
 
 __all__ = ["Options", "Progress", "pass_names"]
 
@@ -29,7 +34,10 @@ class Options:
     that pass's ``Options`` instance (absent passes use their defaults); ``progress`` is called with
     (what, done, total) as the run goes; ``pass_classes`` is the pipeline to choose from, in order (default
     ``passes.PASSES``), for your own passes; ``registry`` says how to reach the registries of ``docker://``
-    inputs and outputs (TLS, credentials, timeouts)."""
+    inputs and outputs (TLS, credentials, timeouts).
+
+    ``pass_options`` holds passes' ``Options`` instances (``(StripElfOptions(mode="debug"),)``): each names its
+    pass by its type, so options cannot go to the wrong pass; ``options_for(StripElf)`` reads them back."""
 
     passes: tuple[str, ...] | None = setting(
         None,
@@ -37,7 +45,7 @@ class Options:
         parse=pass_names,
     )
     skip: tuple[str, ...] = setting((), "comma-separated passes not to run", parse=pass_names)
-    pass_options: Mapping[str, Any] = field(default_factory=dict)
+    pass_options: tuple[object, ...] = ()
     strict: bool = setting(False, "a failing pass fails the run (else its changes are dropped)")
     dry_run: bool = setting(False, "plan and report, write nothing (sizes after are estimates)", config=False)
     normalize: bool = setting(False, "rewrite every layer canonically (reproducible digests)")
@@ -49,6 +57,14 @@ class Options:
     )
     base_layers: int | None = setting(
         None, "the first N layers are the base (kept byte-identical)", metavar="N", aliases=("--keep-layers",)
+    )
+    protect_layers: frozenset[str] = setting(
+        frozenset(),
+        "keep this layer byte-identical wherever it is (a digest; repeatable): the service passes the layers "
+        "other images of the registry share",
+        flag="--protect-layer",
+        metavar="DIGEST",
+        repeat=True,
     )
     output_format: Literal["oci-archive", "oci-dir"] = setting(
         "oci-archive",
@@ -75,6 +91,12 @@ class Options:
     pass_classes: tuple[type[Any], ...] | None = field(default=None, compare=False)
     registry: RegistryAccess = field(default_factory=RegistryAccess, compare=False)
 
+    def options_for(self, cls: type[Pass[OptionsT]]) -> OptionsT:
+        """The options given for the pass ``cls``, or its defaults."""
+        from .pipeline import options_for
+
+        return options_for(self.pass_options, cls)
+
     def describe(self) -> dict[str, Any]:
         """The options as they go in the report (and so in byte-identity comparisons of reports)."""
         return {
@@ -85,6 +107,7 @@ class Options:
             "normalize": self.normalize,
             "base": self.base,
             "base_layers": self.base_layers,
+            "protect_layers": sorted(self.protect_layers),
             "output_format": self.output_format,
             "compression": str(self.compression) if self.compression is not None else "keep",
             "recompress": self.recompress,

@@ -77,6 +77,13 @@ class ImagePlan:
     changes: ChangePlan = field(default_factory=ChangePlan)
     final_fs: FileSystem | None = None  # the merged view after the passes
     squash: bool = False
+    held: set[int] = field(default_factory=set)  # layers kept wherever they stand (non-distributable, shared)
+    shared: set[int] = field(default_factory=set)  # layers other images of the registry share
+
+    @property
+    def squash_base(self) -> int:
+        """The layers --squash keeps as they are: the base, and everything up to the last shared layer."""
+        return max([self.protected, *(i + 1 for i in self.shared)])
 
     @property
     def base_digests(self) -> frozenset[str]:
@@ -106,7 +113,7 @@ class _Planner:
         self,
         source: Source,
         options: Options,
-        passes: Sequence[tuple[type[Pass], Any]],
+        passes: Sequence[tuple[type[Pass[Any]], Any]],
         pool: WorkerPool,
         spool: Spool,
         workdir: str,
@@ -131,7 +138,11 @@ class _Planner:
         plan = self.new_plan(node)
         layers = list(node.layers)
         options = self.options
+        # Non-distributable layers and layers other images share (``protect_layers``) are held as they are,
+        # wherever they stand; --squash merges only what lies above the last of them.
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
+        plan.shared = {i for i, d in enumerate(layers) if d.digest in options.protect_layers}
+        plan.held = non_distributable | plan.shared
         if self.passes or options.normalize or options.recompress or options.squash:
             plan.indexes = self.index_layers(layers, plan.name)
             for index in plan.indexes:
@@ -140,24 +151,25 @@ class _Planner:
         if self.passes or options.squash:
             # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
             # needs each layer's own entries, and skipping the view keeps memory down on many-file images.
-            changes = self.run_pipeline(plan, frozenset(range(plan.protected)) | non_distributable)
+            below = plan.squash_base if options.squash else plan.protected
+            changes = self.run_pipeline(plan, frozenset(range(below)) | plan.held)
         diff_ids: list[str] = list((plan.config.get("rootfs") or {}).get("diff_ids") or [])
         if len(diff_ids) != len(layers):
             raise FormatError(
                 f"{plan.name}: the config has {len(diff_ids)} diff_ids for {len(layers)} layers"
             )
         plan.changes = build_plan(changes, len(layers))
-        if options.squash and plan.final_fs is not None and len(layers) - plan.protected >= 2:
-            if non_distributable & set(range(plan.protected, len(layers))):
+        if options.squash and plan.final_fs is not None and len(layers) - plan.squash_base >= 2:
+            if non_distributable & set(range(plan.squash_base, len(layers))):
                 plan.report.warnings.append(
                     f"{plan.name}: not squashed: layers above the base are non-distributable and stay as they are"
                 )
             else:
                 plan.squash = True
-                plan.layers = _squash_decisions(layers, diff_ids, plan.protected, plan.changes)
+                plan.layers = _squash_decisions(layers, diff_ids, plan.squash_base, plan.changes)
         if not plan.squash:
             plan.layers = [
-                self.decide(number, layer, diff_ids[number], plan, non_distributable)
+                self.decide(number, layer, diff_ids[number], plan, plan.held)
                 for number, layer in enumerate(layers)
             ]
         plan.report.layers.extend(decision.report for decision in plan.layers)
@@ -217,7 +229,7 @@ class _Planner:
             must_write = must_write and current is not None and (current is not spec.codec)
         changed = layer_plan.changes if layer_plan else 0
         if not must_write:
-            status = "kept" if number < plan.protected else "unchanged"
+            status = "kept" if number < plan.protected or number in plan.held else "unchanged"
             report = LayerReport(
                 number, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type
             )
@@ -289,7 +301,7 @@ def plan_run(
     source: Source,
     roots: list[Node],
     options: Options,
-    passes: Sequence[tuple[type[Pass], Any]],
+    passes: Sequence[tuple[type[Pass[Any]], Any]],
     pool: WorkerPool,
     spool: Spool,
     workdir: str,
@@ -383,7 +395,7 @@ def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
     media_type = plan.layers[0].report.media_type if plan.layers else ""
     if plan.squash:
         assert plan.final_fs is not None
-        merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.protected]
+        merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.squash_base]
         size = round(tar_size(merged) * ratio)
         return LayerReport(count, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
     if plan.changes.added:

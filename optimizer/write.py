@@ -263,7 +263,7 @@ class _Writer:
 
     def squashed(self, plan: ImagePlan) -> Descriptor:
         """``--squash``: the base layers as they are, then one layer holding everything above them."""
-        protected = plan.protected
+        protected = plan.squash_base
         assert plan.final_fs is not None
         new_layers = [d.descriptor for d in plan.layers[:protected]]
         new_diff_ids = [d.diff_id for d in plan.layers[:protected]]

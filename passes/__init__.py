@@ -6,6 +6,8 @@ writing its module and adding one line here; nothing registers itself on import.
 
 from __future__ import annotations
 
+from typing import Any
+
 from optimizer.pipeline import Pass
 from passes.compressed_duplicates import CompressedDuplicates
 from passes.dead_data import DeadData
@@ -14,7 +16,7 @@ from passes.media import Media
 from passes.strip_elf import StripElf
 from passes.upx import Upx
 
-PASSES: tuple[type[Pass], ...] = (
+PASSES: tuple[type[Pass[Any]], ...] = (
     DeadData,
     StripElf,
     Media,

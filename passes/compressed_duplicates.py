@@ -22,7 +22,6 @@ It never deletes the twin, a symlink, a file hardlinked from another layer, or a
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 from dataclasses import dataclass
 from typing import Literal
@@ -30,6 +29,7 @@ from typing import Literal
 from optimizer.filesystem import FileSystem, Node
 from optimizer.model import Content, EntryKind
 from optimizer.pipeline import PassContext
+from optimizer.settings import setting
 from passes.decompression import (
     CODECS,
     CorruptStream,
@@ -52,11 +52,26 @@ class CompressedDuplicatesOptions:
     max_size: decompressed bytes read per file at most; max_ratio: decompressed per compressed byte at most.
     nginx: keep what the image's nginx serves with gzip_static/brotli_static."""
 
-    match: Literal["same-dir", "any-path"] = "same-dir"
-    keep: tuple[str, ...] = ()
-    nginx: bool = True
-    max_size: int = 1 << 30
-    max_ratio: int = 1100
+    match: Literal["same-dir", "any-path"] = setting(
+        "same-dir",
+        "where the twin may be: same-dir (FILE.gz beside FILE; default) or any-path (same bytes)",
+        flag="--duplicates",
+    )
+    keep: tuple[str, ...] = setting(
+        (),
+        "never delete compressed files matching GLOB (repeatable; for servers other than nginx)",
+        flag="--keep",
+        aliases=("--duplicates-keep",),
+        metavar="GLOB",
+        repeat=True,
+    )
+    nginx: bool = setting(
+        True,
+        "delete duplicates even where nginx gzip_static/brotli_static serves them",
+        flag="--duplicates-ignore-nginx",
+    )
+    max_size: int = setting(1 << 30, "decompress at most BYTES per file", metavar="BYTES")
+    max_ratio: int = setting(1100, "give up past N decompressed bytes per compressed byte", metavar="N")
 
 
 @dataclass(frozen=True)
@@ -77,64 +92,12 @@ class CompressedDuplicates:
     """
 
     name = "compressed-duplicates"
+    flag_prefix = "duplicates"
     summary = "Delete compressed files (.gz .bz2 .xz .zst .br .lz4) whose content is already in the image"
     Options = CompressedDuplicatesOptions
 
     def __init__(self, options: CompressedDuplicatesOptions) -> None:
         self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        defaults = CompressedDuplicatesOptions()
-        parser.add_argument(
-            "--duplicates",
-            dest="duplicates_match",
-            choices=("same-dir", "any-path"),
-            default=defaults.match,
-            help="where the twin may be: same-dir (FILE.gz beside FILE; default) or any-path (same bytes)",
-        )
-        parser.add_argument(
-            "--keep",
-            "--duplicates-keep",
-            dest="duplicates_keep",
-            action="append",
-            default=[],
-            metavar="GLOB",
-            help="never delete compressed files matching GLOB (repeatable; for servers other than nginx)",
-        )
-        parser.add_argument(
-            "--duplicates-ignore-nginx",
-            dest="duplicates_nginx",
-            action="store_false",
-            help="delete duplicates even where nginx gzip_static/brotli_static serves them",
-        )
-        parser.add_argument(
-            "--duplicates-max-size",
-            dest="duplicates_max_size",
-            type=int,
-            default=defaults.max_size,
-            metavar="BYTES",
-            help=f"decompress at most BYTES per file (default {defaults.max_size})",
-        )
-        parser.add_argument(
-            "--duplicates-max-ratio",
-            dest="duplicates_max_ratio",
-            type=int,
-            default=defaults.max_ratio,
-            metavar="N",
-            help=f"give up past N decompressed bytes per compressed byte (default {defaults.max_ratio})",
-        )
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> CompressedDuplicatesOptions:
-        defaults = CompressedDuplicatesOptions()
-        return CompressedDuplicatesOptions(
-            match=getattr(args, "duplicates_match", defaults.match),
-            keep=tuple(getattr(args, "duplicates_keep", None) or ()),
-            nginx=getattr(args, "duplicates_nginx", defaults.nginx),
-            max_size=getattr(args, "duplicates_max_size", defaults.max_size),
-            max_ratio=getattr(args, "duplicates_max_ratio", defaults.max_ratio),
-        )
 
     def run(self, ctx: PassContext) -> None:
         fs = ctx.fs

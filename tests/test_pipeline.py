@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,11 @@ class NoOptions:
 class _TestPass:
     name: ClassVar[str] = "test"
     summary: ClassVar[str] = "test pass"
+    flag_prefix: ClassVar[str] = "test"
     Options: ClassVar[type[Any]] = NoOptions
 
     def __init__(self, options: Any) -> None:
         self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        pass
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> Any:
-        return NoOptions()
 
 
 def _upper(data: bytes, _arg: None) -> bytes:

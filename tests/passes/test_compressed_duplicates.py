@@ -238,7 +238,7 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
         base="none",
         passes=("compressed-duplicates",),
         output_format="oci-dir",
-        pass_options={"compressed-duplicates": CompressedDuplicatesOptions(match="any-path")},
+        pass_options=(CompressedDuplicatesOptions(match="any-path"),),
     )
     report = optimize(str(src), str(tmp_path / "out2"), options)
     assert sorted(f.path for f in report.images[0].passes[0].findings if f.action == "deleted") == [
@@ -248,21 +248,22 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
 
 
 def test_command_line_options() -> None:
-    from optimizer.cli import build_parser
+    from optimizer.cli import build_parser, options_from_args
 
     parser = build_parser()
     args = parser.parse_args(
         ["in.tar", "out.tar", "--duplicates", "any-path", "--keep", "*.svgz", "--keep", "/srv/**"]
     )
-    assert CompressedDuplicates.options_from_args(args) == CompressedDuplicatesOptions(
+    assert options_from_args(args).options_for(CompressedDuplicates) == CompressedDuplicatesOptions(
         match="any-path", keep=("*.svgz", "/srv/**")
     )
     args = parser.parse_args(
         ["in.tar", "out.tar", "--duplicates-ignore-nginx", "--duplicates-max-ratio", "50"]
     )
-    assert CompressedDuplicates.options_from_args(args) == CompressedDuplicatesOptions(
+    assert options_from_args(args).options_for(CompressedDuplicates) == CompressedDuplicatesOptions(
         nginx=False, max_ratio=50
     )
     assert (
-        CompressedDuplicates.options_from_args(parser.parse_args(["a", "b"])) == CompressedDuplicatesOptions()
+        options_from_args(parser.parse_args(["a", "b"])).options_for(CompressedDuplicates)
+        == CompressedDuplicatesOptions()
     )

@@ -6,7 +6,6 @@ import gzip
 import io
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -190,7 +189,7 @@ def test_duplicates_count_only_the_copies_beyond_the_first(scenario: Path) -> No
             base="none",
             passes=("dead-data",),
             dry_run=True,
-            pass_options={"dead-data": DeadDataOptions(duplicates=False)},
+            pass_options=(DeadDataOptions(duplicates=False),),
         ),
     )
     assert not findings(none, "duplicate") and not findings(none, "duplicates")
@@ -198,9 +197,7 @@ def test_duplicates_count_only_the_copies_beyond_the_first(scenario: Path) -> No
 
 def test_keep_whiteouts_option(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.tar"
-    options = Options(
-        base="none", passes=("dead-data",), pass_options={"dead-data": DeadDataOptions(whiteouts=False)}
-    )
+    options = Options(base="none", passes=("dead-data",), pass_options=(DeadDataOptions(whiteouts=False),))
     optimize(str(scenario), str(out), options)
     layout = Layout(out)
     middle = layer_members(layout, layout.layer_digests()[0][1])
@@ -271,16 +268,10 @@ class _DeleteRepl:
     summary = "test pass"
     Options = DeadDataOptions
 
+    flag_prefix = "delete-repl"
+
     def __init__(self, options: DeadDataOptions) -> None:
         pass
-
-    @classmethod
-    def add_arguments(cls, parser: Any) -> None:
-        pass
-
-    @classmethod
-    def options_from_args(cls, args: Any) -> DeadDataOptions:
-        return DeadDataOptions()
 
     def run(self, ctx: PassContext) -> None:
         ctx.changes.delete("repl", "test")

@@ -123,13 +123,11 @@ def test_distroless_missing_tz_zone_is_added_alone(tmp_path: Path, distroless_fs
 
 def test_flags() -> None:
     assert parse([]) == InjectOptions()
-    assert parse(["--inject", "certs,passwd"]) == InjectOptions(zoneinfo=False)
-    assert parse(["--inject", "all", "--no-inject-certs"]) == InjectOptions(certs=False)
-    assert parse(["--inject", "none"]) == InjectOptions(certs=False, zoneinfo=False, passwd=False)
+    assert parse(["--no-inject-zoneinfo"]) == InjectOptions(zoneinfo=False)
+    assert parse(["--no-inject-certs", "--no-inject-passwd"]) == InjectOptions(certs=False, passwd=False)
     assert parse(["--zoneinfo", "all"]).zones == "all"
     assert parse(["--zoneinfo", "Europe/Paris,Asia/Tokyo"]).zones == "Europe/Paris,Asia/Tokyo"
     for bad in (
-        ["--inject", "certs,fonts"],
         ["--zoneinfo", "Nowhere/City"],
         ["--ca-bundle", "/nonexistent.pem"],
     ):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from optimizer import Options, optimize
-from optimizer.cli import build_parser
+from optimizer.cli import build_parser, options_from_args
 from optimizer.errors import UsageError
 from optimizer.model import EntryKind
 from optimizer.pipeline import PassContext
@@ -180,7 +180,7 @@ def test_cli_flags_reach_the_options() -> None:
         ["in.tar", "out.tar", "--media-strip-metadata", "--media-lossy", "--jpeg-quality", "70",
          "--media-png-interlace", "off", "--media-max-pixels", "1000", "--media-formats", "png,jpeg"]
     )  # fmt: skip
-    assert Media.options_from_args(args) == MediaOptions(
+    assert options_from_args(args).options_for(Media) == MediaOptions(
         strip_metadata=True,
         lossy=True,
         jpeg_quality=70,
@@ -189,7 +189,7 @@ def test_cli_flags_reach_the_options() -> None:
         formats=("png", "jpeg"),
     )
     defaults = build_parser().parse_args(["in.tar", "out.tar"])
-    assert Media.options_from_args(defaults) == MediaOptions()
+    assert options_from_args(defaults).options_for(Media) == MediaOptions()
     assert isinstance(defaults, argparse.Namespace)
 
 

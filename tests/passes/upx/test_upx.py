@@ -137,7 +137,7 @@ def test_end_to_end_unpack(fixtures: Path, tmp_path: Path) -> None:
 
     src = _image_with(fixtures, tmp_path / "in")
     options = Options(
-        base="none", passes=("upx",), output_format="oci-dir", pass_options={"upx": UpxOptions("unpack")}
+        base="none", passes=("upx",), output_format="oci-dir", pass_options=(UpxOptions("unpack"),)
     )
     report = optimize(str(src), str(tmp_path / "out"), options)
     result = report.images[0].passes[0]
