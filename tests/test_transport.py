@@ -27,7 +27,7 @@ from optimizer.transport import (
     parse_registry_ref,
     publish_output,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fixture
 from tests.registry_fixtures import (
     FaultProxy,
     RunningRegistry,
@@ -100,9 +100,7 @@ def test_docker_input_and_output_through_the_optimizer(
     registry: RunningRegistry, fixtures: Path, tmp_path: Path
 ) -> None:
     """docker:// in, optimize (a pure repack keeps every blob), docker:// out: nothing uploaded again."""
-    source = push_layout(
-        fixtures / "images" / "stereoscope" / "oci-layout-multiplatform", registry, "tr/multi:v1"
-    )
+    source = push_layout(fixture("images/stereoscope/oci-layout-multiplatform"), registry, "tr/multi:v1")
     layout = fetch_input(source, str(tmp_path / "work"), insecure=True)
     assert Path(layout).parent == tmp_path / "work"
     raw = skopeo_inspect_raw(source)
@@ -131,7 +129,7 @@ def test_docker_archive_image_optimized_and_pushed_to_another_repository(
     """A docker-save image in the registry, optimized with the default passes and published: exactly the blobs
     the optimizer wrote anew are uploaded; the ones it kept are mounted from the source repository."""
     source = f"docker://{registry.host}/tr/dive:v1"
-    skopeo_copy(f"docker-archive:{fixtures / 'images' / 'dive' / 'test-docker-image.tar'}", source)
+    skopeo_copy(f"docker-archive:{fixture('images/dive/test-docker-image.tar')}", source)
     layout = Path(fetch_input(source, str(tmp_path / "work"), insecure=True))
     optimize(str(layout), str(tmp_path / "out"), Options(output_format="oci-dir"))
     kept = {p.name for p in (layout / "blobs" / "sha256").iterdir()}
@@ -170,7 +168,7 @@ def test_cli_registry_to_registry_and_mixed_with_files(
     against an htpasswd-protected registry (credentials from the flags, and from the environment)."""
     protected = registry_factory(htpasswd={"carol": "c-pass"})
     source = push_layout(
-        fixtures / "images" / "sylabs-oci-tools" / "hello-world-docker-v2-manifest-list",
+        fixture("images/sylabs-oci-tools/hello-world-docker-v2-manifest-list"),
         protected,
         "cli/src:v1",
     )

@@ -29,14 +29,14 @@ from passes.elf import (
     verify_stripped,
 )
 from passes.strip_elf import StripJob, strip_file
-from tests.conftest import fixtures_dir, missing, require_tool
+from tests.conftest import fixture, missing, require_tool
 
 ANNOTATIONS = (".comment", ".gnu.build.attributes", ".GCC.command.line")
 CORRUPT = {"corrupt_sh.elf", "x64_bad_sections.elf", "section_header_bogus_size.elf"}
 
 
 def elf_fixtures(fixtures: Path) -> list[Path]:
-    folder = fixtures / "elf"
+    folder = fixture("elf")
     return sorted(
         p for p in [*folder.iterdir(), *(folder / "debian").iterdir()] if p.is_file() and p.suffix != ".md"
     )
@@ -106,7 +106,7 @@ def test_same_sections_as_gnu_strip_on_every_fixture(fixtures: Path, tmp_path: P
 
 
 def test_files_left_alone_say_why(fixtures: Path) -> None:
-    folder = fixtures / "elf"
+    folder = fixture("elf")
     with pytest.raises(ElfSkipped, match="core dump"):
         strip_elf((folder / "core_linux64.elf").read_bytes())
     for name in CORRUPT:
@@ -120,7 +120,7 @@ def test_files_left_alone_say_why(fixtures: Path) -> None:
 
 
 def test_appended_data_is_left_alone_but_zero_padding_is_not(fixtures: Path) -> None:
-    data = (fixtures / "elf" / "sample_exe64.elf").read_bytes()
+    data = fixture("elf/sample_exe64.elf").read_bytes()
     with pytest.raises(ElfSkipped, match="appended"):
         strip_elf(data + b"PK\x03\x04 a self-extracting payload")
     padded = strip_elf(data + bytes(64))
@@ -129,14 +129,14 @@ def test_appended_data_is_left_alone_but_zero_padding_is_not(fixtures: Path) -> 
 
 
 def test_signed_kernel_module_is_left_alone(fixtures: Path) -> None:
-    data = (fixtures / "elf" / "s390x-relocs.o.elf").read_bytes()
+    data = fixture("elf/s390x-relocs.o.elf").read_bytes()
     assert strip_elf(data) is not None
     with pytest.raises(ElfSkipped, match="signed kernel module"):
         strip_elf(data + b"\x00" * 40 + b"~Module signature appended~\n")
 
 
 def test_relocatable_objects_get_debug_at_most(fixtures: Path) -> None:
-    data = (fixtures / "elf" / "s390x-relocs.o.elf").read_bytes()
+    data = fixture("elf/s390x-relocs.o.elf").read_bytes()
     for mode in MODES:
         result = strip_elf(data, mode)
         assert result is not None and result.mode == "debug"
@@ -146,7 +146,7 @@ def test_relocatable_objects_get_debug_at_most(fixtures: Path) -> None:
 
 
 def test_debuglink_kept_unless_asked(fixtures: Path) -> None:
-    data = (fixtures / "elf" / "debuglink").read_bytes()
+    data = fixture("elf/debuglink").read_bytes()
     assert strip_elf(data, "all") is not None  # .comment goes in "all"
     kept = strip_elf(data, "all")
     assert kept is not None and ".gnu_debuglink" in section_names(kept.data)
@@ -157,13 +157,13 @@ def test_debuglink_kept_unless_asked(fixtures: Path) -> None:
 
 def test_compressed_debug_sections_go(fixtures: Path) -> None:
     for name in ("exe_compressed64.elf", "compressed_64.o"):
-        result = strip_elf((fixtures / "elf" / name).read_bytes(), "debug")
+        result = strip_elf(fixture(f"elf/{name}").read_bytes(), "debug")
         assert result is not None
         assert not [n for n in section_names(result.data) if n.startswith((".zdebug", ".debug"))]
 
 
 def test_verification_catches_a_changed_mapped_byte(fixtures: Path) -> None:
-    data = (fixtures / "elf" / "sample_exe64.elf").read_bytes()
+    data = fixture("elf/sample_exe64.elf").read_bytes()
     result = strip_elf(data)
     assert result is not None
     verify_stripped(data, result.data)
@@ -176,8 +176,8 @@ def test_verification_catches_a_changed_mapped_byte(fixtures: Path) -> None:
 def hello_binaries(fixtures: Path) -> Iterator[tuple[str, bytes]]:
     """Every ELF file inside the layers of the fixture images (the static hello binaries, busybox)."""
     folders = [
-        fixtures / "images" / "sylabs-oci-tools" / "hello-world-docker-v2-manifest-list",
-        fixtures / "images" / "imgutil" / "oci-layout-busybox",
+        fixture("images/sylabs-oci-tools/hello-world-docker-v2-manifest-list"),
+        fixture("images/imgutil/oci-layout-busybox"),
     ]
     for folder in folders:
         for blob in sorted((folder / "blobs" / "sha256").glob("*")):
@@ -369,8 +369,8 @@ def test_archive_matches_gnu_strip_debug(tmp_path: Path) -> None:
 # --- arbitrary bytes ------------------------------------------------------------------------------------
 
 
-def _seed(fixtures_root: Path, name: str) -> bytes:
-    return (fixtures_root / "elf" / name).read_bytes()
+def _seed(name: str) -> bytes:
+    return fixture(f"elf/{name}").read_bytes()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -395,7 +395,7 @@ def test_arbitrary_bytes_never_crash(junk: bytes, prefix: bytes) -> None:
 def test_truncated_or_corrupted_files_never_crash(
     fixtures: Path, name: str, cut: int, flips: list[tuple[int, int]]
 ) -> None:
-    original = _seed(fixtures, name)
+    original = _seed(name)
     data = bytearray(original[: min(cut, len(original))] if cut < len(original) else original)
     for at, value in flips:
         if at < len(data):
@@ -410,9 +410,7 @@ def test_truncated_or_corrupted_files_never_crash(
 
 
 def test_upx_packed_files_are_left_alone(fixtures: Path) -> None:
-    packed = fixtures / "upx" / "packed" / "amd64-linux.elf__upx-3.95"
-    if not packed.exists():
-        missing(f"{packed} not found")
+    packed = fixture("upx/packed/amd64-linux.elf__upx-3.95")
     outcome = strip_file(packed.read_bytes(), StripJob())
     assert outcome.action == "kept" and "UPX" in outcome.reason
 
@@ -449,7 +447,7 @@ def _archive_seed() -> bytes:
     require_tool("ar", "binutils")
     work = Path(tempfile.mkdtemp(prefix="test-elf-ar-"))
     try:
-        folder = fixtures_dir() / "elf"
+        folder = fixture("elf")
         shutil.copy(folder / "s390x-relocs.o.elf", work / "a-member-with-a-long-name.o")
         shutil.copy(folder / "compressed_64.o", work / "b.o")
         subprocess.run(["ar", "rcs", "lib.a", "a-member-with-a-long-name.o", "b.o"], cwd=work, check=True)

@@ -46,7 +46,7 @@ from passes.inject import (
     tzdata_zones,
     validate_ca_bundle,
 )
-from tests.conftest import missing, require_tool
+from tests.conftest import fixture, missing, require_tool
 from tests.imagetools import Layout, build_image, entry
 
 Spec = tuple[Entry, bytes | None]
@@ -140,9 +140,7 @@ def run_inject(
 @pytest.fixture(scope="module")
 def distroless_fs(fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> FileSystem:
     """distroless/static-debian11 (root, nobody, nonroot; CA bundle; Debian tzdata) as the only layer."""
-    path = fixtures / "images" / "distroless" / "static-debian11-rootfs.tar.gz"
-    if not path.is_file():
-        missing(f"fixture {path} not found")
+    path = fixture("images/distroless/static-debian11-rootfs.tar.gz")
     data = path.read_bytes()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     store = BlobStore("distroless")
@@ -617,7 +615,7 @@ def top_layer(archive: Path) -> tuple[dict[str, tarfile.TarInfo], dict[str, byte
 
 @pytest.mark.parametrize("name", ["oras/hello-world.tar", "ggcr/hello-world-v25.tar"])
 def test_scratch_fixtures_end_to_end(tmp_path: Path, fixtures: Path, name: str) -> None:
-    source = fixtures / "images" / name
+    source = fixture(f"images/{name}")
     out = tmp_path / "out.tar"
     report = optimize(str(source), str(out), Options(passes=("inject",)))
     [image] = report.images
@@ -654,7 +652,7 @@ def test_scratch_fixtures_end_to_end(tmp_path: Path, fixtures: Path, name: str) 
 def distroless_image(fixtures: Path, path: Path, config: dict[str, Any]) -> Path:
     """An image whose one layer is the distroless rootfs fixture (its entries rewritten by the test helper)."""
     layer: list[Spec] = []
-    with tarfile.open(fixtures / "images" / "distroless" / "static-debian11-rootfs.tar.gz") as tar:
+    with tarfile.open(fixture("images/distroless/static-debian11-rootfs.tar.gz")) as tar:
         for member in tar:
             name = member.name.removeprefix("./").strip("/")
             if not name:

@@ -26,7 +26,7 @@ from optimizer.spool import Spool
 from passes import PASSES
 from passes.elf import is_debug_section, section_names
 from passes.strip_elf import SPILL_BYTES, StripElf, StripElfOptions
-from tests.conftest import missing, require_tool
+from tests.conftest import fixture, require_tool
 from tests.imagetools import Layout, build_image, entry
 
 PROGRAM = r"""
@@ -82,12 +82,10 @@ def test_pass_is_registered_before_the_passes_that_follow_it() -> None:
 def test_pass_strips_once_per_inode_and_says_why_it_left_files_alone(
     tmp_path: Path, debug_binary: bytes, fixtures: Path
 ) -> None:
-    elf = fixtures / "elf"
+    elf = fixture("elf")
     core = (elf / "core_linux64.elf").read_bytes()
     corrupt = (elf / "corrupt_sh.elf").read_bytes()
-    packed = fixtures / "upx" / "packed" / "amd64-linux.elf__upx-3.95"
-    if not packed.exists():
-        missing(f"{packed} not found")
+    packed = fixture("upx/packed/amd64-linux.elf__upx-3.95")
     ctx = context(
         tmp_path,
         [

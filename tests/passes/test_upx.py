@@ -31,7 +31,7 @@ from passes.upx import (
     unpack_upx,
     verify_unpacked,
 )
-from tests.conftest import missing, require_tool
+from tests.conftest import fixture, require_tool
 
 # What `upx -l` (Debian upx-ucl 4.2.2) says about each packed fixture (fixtures/upx/NOTES.md): the OCI
 # architecture of its "linux/amd64"-style format and the unpacked size.
@@ -57,12 +57,12 @@ PACKED = {
 
 
 def test_every_packed_fixture_is_listed(fixtures: Path) -> None:
-    assert sorted(p.name for p in (fixtures / "upx" / "packed").iterdir()) == sorted(PACKED)
+    assert sorted(p.name for p in fixture("upx/packed").iterdir()) == sorted(PACKED)
 
 
 @pytest.mark.parametrize("name", sorted(PACKED))
 def test_packed_fixture_detected(fixtures: Path, name: str) -> None:
-    data = (fixtures / "upx" / "packed" / name).read_bytes()
+    data = fixture(f"upx/packed/{name}").read_bytes()
     info = detect_upx(data)
     assert info is not None
     fmt, arch, unpacked = PACKED[name]
@@ -78,7 +78,7 @@ def test_packed_fixture_detected(fixtures: Path, name: str) -> None:
 
 
 def test_versions_where_the_file_names_them(fixtures: Path) -> None:
-    packed = fixtures / "upx" / "packed"
+    packed = fixture("upx/packed")
     for name in PACKED:
         info = detect_upx((packed / name).read_bytes())
         assert info is not None
@@ -91,7 +91,7 @@ def test_versions_where_the_file_names_them(fixtures: Path) -> None:
 
 @pytest.mark.parametrize("folder", ["unpacked", "original"])
 def test_traps_are_not_flagged(fixtures: Path, folder: str) -> None:
-    files = sorted((fixtures / "upx" / folder).iterdir())
+    files = sorted(fixture(f"upx/{folder}").iterdir())
     assert files
     for path in files:
         data = path.read_bytes()
@@ -99,7 +99,7 @@ def test_traps_are_not_flagged(fixtures: Path, folder: str) -> None:
 
 
 def test_elf_corpus_has_no_false_positive(fixtures: Path) -> None:
-    files = [p for p in sorted((fixtures / "elf").rglob("*")) if p.is_file() and not p.is_symlink()]
+    files = [p for p in sorted(fixture("elf").rglob("*")) if p.is_file() and not p.is_symlink()]
     assert files
     flagged = [p.name for p in files if detect_upx(p.read_bytes()) is not None]
     assert flagged == []
@@ -110,7 +110,7 @@ def _corrupt(data: bytes, offset: int) -> bytes:
 
 
 def test_damaged_pack_header_is_not_flagged(fixtures: Path) -> None:
-    data = (fixtures / "upx" / "packed" / "amd64-linux.elf__upx-3.95").read_bytes()
+    data = fixture("upx/packed/amd64-linux.elf__upx-3.95").read_bytes()
     at = len(data) - 36
     # A flipped byte breaks the header checksum; a moved magic is not where UPX puts it.
     assert detect_upx(_corrupt(data, at + 12)) is None
@@ -118,7 +118,7 @@ def test_damaged_pack_header_is_not_flagged(fixtures: Path) -> None:
 
 
 def test_upx_string_near_the_end_of_an_elf_is_not_enough(fixtures: Path) -> None:
-    trap = (fixtures / "upx" / "unpacked" / "amd64-linux.elf__upx-3.95.unpacked").read_bytes()
+    trap = fixture("upx/unpacked/amd64-linux.elf__upx-3.95.unpacked").read_bytes()
     # "UPX!" exactly where a PackHeader would be, followed by bytes that are not a valid header.
     planted = trap + MAGIC + bytes(range(1, 33))
     assert looks_like_upx(planted[:HEAD_SIZE], planted[-TAIL_SIZE:])
@@ -126,7 +126,7 @@ def test_upx_string_near_the_end_of_an_elf_is_not_enough(fixtures: Path) -> None
 
 
 def test_pe_with_upx_string_in_header_area_is_not_flagged(fixtures: Path) -> None:
-    trap = (fixtures / "upx" / "unpacked" / "amd64-win64.pe__upx-3.95.exe.unpacked").read_bytes()
+    trap = fixture("upx/unpacked/amd64-win64.pe__upx-3.95.exe.unpacked").read_bytes()
     planted = trap[:1000] + MAGIC + b"\x0d\x24\x0e\x0a" + bytes(24) + trap[1032:]
     assert detect_upx(planted) is None
 
@@ -197,11 +197,11 @@ def _context(
 
 
 def _packed(fixtures: Path, name: str = "amd64-linux.elf__upx-3.95") -> bytes:
-    return (fixtures / "upx" / "packed" / name).read_bytes()
+    return fixture(f"upx/packed/{name}").read_bytes()
 
 
 def _trap(fixtures: Path) -> bytes:
-    return (fixtures / "upx" / "unpacked" / "amd64-linux.elf__upx-3.95.unpacked").read_bytes()
+    return fixture("upx/unpacked/amd64-linux.elf__upx-3.95.unpacked").read_bytes()
 
 
 def test_warn_reports_each_packed_file(
@@ -232,7 +232,7 @@ def test_warn_reports_each_packed_file(
 
 
 def test_clean_image_has_no_findings(fixtures: Path, tmp_path: Path) -> None:
-    elf = fixtures / "elf"
+    elf = fixture("elf")
     files = {
         f"bin/{p.name}": p.read_bytes() for p in sorted(elf.rglob("*")) if p.is_file() and not p.is_symlink()
     }
@@ -294,7 +294,7 @@ def test_unpack_every_fixture_verifies(fixtures: Path, tmp_path: Path) -> None:
         verify_unpacked(info, output)
         assert len(output) == PACKED[name][2]
     # The shell script wrapped in an ELF comes back as the original script.
-    original = (fixtures / "upx" / "original" / "test.sh").read_bytes()
+    original = fixture("upx/original/test.sh").read_bytes()
     assert unpack_upx(_packed(fixtures, "test.sh.compressed"), upx) == original
     arm64 = detect_upx(_packed(fixtures, "arm64-linux.elf__upx-3.95"))
     assert arm64 is not None
@@ -329,9 +329,7 @@ FIXTURE_IMAGES = (
 
 @pytest.mark.parametrize("image", FIXTURE_IMAGES)
 def test_no_false_positive_in_fixture_images(fixtures: Path, image: str) -> None:
-    path = fixtures / "images" / image
-    if not path.exists():
-        missing(f"fixture image {path}")
+    path = fixture(f"images/{image}")
     report = optimize(
         str(path), None, Options(passes=("upx",), dry_run=True, pass_options={"upx": UpxOptions("fail")})
     )
@@ -384,7 +382,7 @@ def test_cli_fail_exits_5_and_warn_exits_0(
 
 def test_detect_many_from_spool_matches_detect_upx(fixtures: Path, tmp_path: Path) -> None:
     spool = Spool(str(tmp_path / "files.pack"))
-    paths = sorted(p for p in (fixtures / "upx").rglob("*") if p.is_file() and p.name != "NOTES.md")
+    paths = sorted(p for p in fixture("upx").rglob("*") if p.is_file() and p.name != "NOTES.md")
     stored = [(p.name, spool.store(p.read_bytes())) for p in paths] + [("tiny", spool.store(b"\x7fELF"))]
     expected = {p.name: info for p in paths if (info := detect_upx(p.read_bytes())) is not None}
     assert dict(detect_upx_many(stored)) == expected

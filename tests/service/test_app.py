@@ -14,7 +14,7 @@ import requests
 from optimizer.service.app import Service, create_app
 from optimizer.service.auth import github_signature
 from optimizer.service.config import parse_config
-from tests.conftest import missing
+from tests.conftest import fixture
 from tests.service.conftest import TOKEN, InProcessServer, hook
 
 V1 = "application/vnd.docker.distribution.events.v1+json"
@@ -50,9 +50,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Service, str]]:
 
 
 def body_of(fixtures: Path, name: str) -> bytes:
-    path = fixtures / "registry-events" / name
-    if not path.exists():
-        missing(f"fixture {path} not found")
+    path = fixture(f"registry-events/{name}")
     return path.read_bytes()
 
 
