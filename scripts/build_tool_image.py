@@ -6,16 +6,17 @@ Docker's ``manifest.json`` (so ``skopeo``, ``podman load`` and ``docker load`` t
   1. Debian: ``debootstrap --variant=minbase`` with python3, libarchive13 and ca-certificates (what the
      Containerfile's last stage adds to ``debian:bookworm-slim``), run with ``SOURCE_DATE_EPOCH`` and cleaned of
      what differs between two runs or two hosts: logs, the ldconfig cache, downloaded .debs and apt lists,
-     ``/dev``, the host's resolv.conf and hostname. The tree is cached in the work directory.
+     ``/dev``, the host's resolv.conf and hostname. The tree is cached until the mirror publishes the suite again.
   2. ``/opt/oci-optimizer``: a venv (``pyvenv.cfg``, ``bin/python3`` -> ``/usr/bin/python3``, ``bin/optimize``)
      whose site-packages hold the wheel of this source tree and the wheels of its dependencies for the image's
      Python and glibc, installed by name from a local folder (no build path is recorded) and without .pyc files.
 
-Entries go in path order with numeric owners; layer 2's modes are normalised (0755 or 0644) whatever the umask;
-mtimes are clamped to ``SOURCE_DATE_EPOCH`` (default: the time of the last commit), which also dates the config.
-The same Debian mirror state and the same PyPI versions give the same bytes: ``--check`` builds a second time
-from a new debootstrap and compares the archives, then has skopeo read the image and runs ``optimize --version``
-in it (unpacked by umoci, in a chroot). The Debian packages and wheels that went in are listed in
+Entries go in path order with numeric owners; layer 2's modes are normalised (0755 or 0644) whatever the umask.
+Layer 1's mtimes are clamped to the time the mirror published the suite (its InRelease ``Date``), so it depends on
+the mirror state alone and is shared by every version of the tool; layer 2's to ``SOURCE_DATE_EPOCH`` (default:
+the time of the last commit), which also dates the image. The same mirror state and PyPI versions give the same
+bytes: ``--check`` builds a second time from a new debootstrap and compares the archives, then has skopeo read
+the image and runs ``optimize --version`` in it (unpacked by umoci, in a chroot). The Debian packages and wheels that went in are listed in
 ``OUTPUT.packages.txt``; ``--constraint`` a pip requirements file pins the wheels.
 
 Needs root, debootstrap and PyPI (``--check``: skopeo, umoci); writes nothing outside ``--workdir`` and the
@@ -28,6 +29,7 @@ Usage: .venv/bin/python scripts/build_tool_image.py [OUTPUT] [--base-output BASE
 from __future__ import annotations
 
 import argparse
+import email.utils
 import hashlib
 import io
 import json
@@ -38,6 +40,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -85,21 +88,41 @@ def run(command: Sequence[str], what: str, env: dict[str, str] | None = None) ->
 # Layer 1: Debian.
 
 
-def debootstrap(tree: Path, suite: str, mirror: str, epoch: int, force: bool) -> Path:
-    """A cleaned minbase tree of ``suite`` with ``DEBS``, built once and kept at ``tree``."""
+def release_epoch(mirror: str, suite: str) -> int:
+    """When the mirror published the suite as it is now (its InRelease ``Date``): the Debian layer's time.
+
+    Not the commit time: so the Debian layer depends on the mirror state alone (the same for every version of the
+    tool), and every file debootstrap creates, being newer, is clamped to it."""
+    url = f"{mirror.rstrip('/')}/dists/{suite}/InRelease"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            text = response.read().decode("utf-8", "replace")
+    except OSError as error:
+        raise BuildError(f"cannot read {url}: {error}") from error
+    found = re.search(r"^Date: (.+)$", text, re.M)
+    if found is None:
+        raise BuildError(f"{url} has no Date field")
+    return int(email.utils.parsedate_to_datetime(found.group(1)).timestamp())
+
+
+def debootstrap(tree: Path, suite: str, mirror: str, force: bool) -> tuple[Path, int]:
+    """A cleaned minbase tree of ``suite`` with ``DEBS`` and its time, kept at ``tree`` while the mirror stays."""
+    epoch = release_epoch(mirror, suite)
     stamp = tree.with_name(tree.name + ".complete")
     if tree.is_dir() and stamp.is_file() and not force:
-        log(f"Debian tree cached: {tree} ({stamp.read_text().strip()})")
-        return tree
+        if stamp.read_text().split("\n", 1)[0] == str(epoch):
+            log(f"Debian tree cached: {tree} ({stamp.read_text().splitlines()[1]})")
+            return tree, epoch
+        log(f"the mirror published {suite} again since {tree} was made: debootstrap again")
     if shutil.which("debootstrap") is None:
         raise BuildError("debootstrap not found: apt-get install debootstrap")
     if os.geteuid() != 0:
         raise BuildError("debootstrap needs root")
-    for stale in (tree, tree.with_name(tree.name + ".tmp")):
+    temporary = tree.with_name(tree.name + ".tmp")
+    for stale in (tree, temporary):
         if stale.exists():
             shutil.rmtree(stale)
     stamp.unlink(missing_ok=True)
-    temporary = tree.with_name(tree.name + ".tmp")
     temporary.parent.mkdir(parents=True, exist_ok=True)
     command = [
         "debootstrap",
@@ -114,8 +137,9 @@ def debootstrap(tree: Path, suite: str, mirror: str, epoch: int, force: bool) ->
     run(command, f"debootstrap {suite}", env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C"})
     clean_debian(temporary)
     temporary.rename(tree)
-    stamp.write_text(f"{' '.join(command[:-2])} from {mirror}, SOURCE_DATE_EPOCH={epoch}\n")
-    return tree
+    released = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    stamp.write_text(f"{epoch}\n{suite} from {mirror} as published {released}, with {', '.join(DEBS)}\n")
+    return tree, epoch
 
 
 def _empty(directory: Path) -> None:
@@ -346,16 +370,18 @@ def _directory(path: str, epoch: int) -> tuple[Entry, None]:
 
 def write_image(
     output: Path,
-    layers: Sequence[tuple[BlobSpec, str]],
+    layers: Sequence[tuple[BlobSpec, str, int]],
     config: Mapping[str, object],
     tag: str,
 ) -> str:
-    """An OCI archive of ``layers`` (blob, history line) with ``config``; returns the manifest digest."""
-    created = config["created"]
+    """An OCI archive of ``layers`` (blob, history line, time) with ``config``; returns the manifest digest.
+
+    The image's ``created`` is the time of its last layer."""
     config = {
         **config,
-        "rootfs": {"type": "layers", "diff_ids": [blob.diff_id for blob, _ in layers]},
-        "history": [{"created": created, "created_by": line} for _, line in layers],
+        "created": _rfc3339(layers[-1][2]),
+        "rootfs": {"type": "layers", "diff_ids": [blob.diff_id for blob, _, _ in layers]},
+        "history": [{"created": _rfc3339(epoch), "created_by": line} for _, line, epoch in layers],
     }
     config_bytes = canonical_json(config)
     config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
@@ -364,12 +390,14 @@ def write_image(
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
-            "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": b.digest, "size": b.size} for b, _ in layers],
+            "layers": [
+                {"mediaType": OCI_LAYER_GZIP, "digest": b.digest, "size": b.size} for b, _, _ in layers
+            ],
         }
     )
     manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     blobs: dict[str, tuple[str, int, Callable[[], BinaryIO]]] = {
-        blob.digest: (blob.digest, blob.size, _opener(blob.path)) for blob, _ in layers
+        blob.digest: (blob.digest, blob.size, _opener(blob.path)) for blob, _, _ in layers
     }
     for data, digest in ((config_bytes, config_digest), (manifest, manifest_digest)):
         blobs[digest] = (digest, len(data), _bytes_opener(data))
@@ -392,7 +420,7 @@ def write_image(
             {
                 "Config": "blobs/" + config_digest.replace(":", "/"),
                 "RepoTags": [tag],
-                "Layers": ["blobs/" + blob.digest.replace(":", "/") for blob, _ in layers],
+                "Layers": ["blobs/" + blob.digest.replace(":", "/") for blob, _, _ in layers],
             }
         ]
     )
@@ -445,12 +473,13 @@ def build(
 ) -> Built:
     """Build the image (and the base-only image)."""
     work.mkdir(parents=True, exist_ok=True)
-    rootfs = debootstrap(work / f"debian-{args.suite}", args.suite, args.mirror, epoch, force)
+    rootfs, debian_epoch = debootstrap(work / f"debian-{args.suite}", args.suite, args.mirror, force)
     target = image_target(rootfs)
     architecture = debian_architecture(rootfs)
     log("layer 1: the Debian tree")
     debian_line = f"debootstrap --variant=minbase --include={','.join(DEBS)} {args.suite}"
-    debian = write_layer(work / "layer-debian.tar.gz", tree_entries(rootfs, "", normalise=False), epoch)
+    debian_entries = tree_entries(rootfs, "", normalise=False)
+    debian = write_layer(work / "layer-debian.tar.gz", debian_entries, debian_epoch)
     venv, version, wheels = install_venv(work, target, args.constraint)
     log(f"layer 2: /{VENV} ({NAME} {version}, {len(wheels)} wheels)")
     app_entries = [
@@ -460,12 +489,11 @@ def build(
         _directory("work", epoch),
     ]
     app = write_layer(work / "layer-app.tar.gz", iter(app_entries), epoch)
-    created = _rfc3339(epoch)
-    base_config = {"architecture": architecture, "os": "linux", "created": created}
+    base_config = {"architecture": architecture, "os": "linux"}
     if base_output is not None:
         write_image(
             base_output,
-            [(debian, debian_line)],
+            [(debian, debian_line, debian_epoch)],
             {**base_config, "config": {"Cmd": ["bash"], "Env": [f"PATH={PATH_ENV.split(':', 1)[1]}"]}},
             f"localhost/{NAME}-base:{args.suite}",
         )
@@ -482,9 +510,13 @@ def build(
     }
     app_line = f"scripts/build_tool_image.py: /{VENV} ({NAME} {version} and its dependencies)"
     digest = write_image(
-        output, [(debian, debian_line), (app, app_line)], config, f"localhost/{NAME}:{version}"
+        output,
+        [(debian, debian_line, debian_epoch), (app, app_line, epoch)],
+        config,
+        f"localhost/{NAME}:{version}",
     )
-    listing = [f"# {output.name}: manifest {digest}, SOURCE_DATE_EPOCH={epoch}", "# Debian packages"]
+    listing = [f"# {output.name}: manifest {digest}, SOURCE_DATE_EPOCH={epoch}"]
+    listing += [f"# Debian packages ({debian_line}, as published at {debian_epoch})"]
     listing += [f"{name} {ver}" for name, ver in sorted(dpkg_versions(rootfs).items())]
     listing += ["# wheels", *wheels]
     output.with_name(output.name + ".packages.txt").write_text("\n".join(listing) + "\n")

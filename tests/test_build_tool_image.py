@@ -52,8 +52,8 @@ def write(script: ModuleType, tree: Path, work: Path, output: Path) -> str:
     work.mkdir()
     entries = [script._directory("opt", EPOCH), *script.tree_entries(tree, "opt", normalise=True)]
     layer = script.write_layer(work / "layer.tar.gz", iter(entries), EPOCH)
-    config = {"architecture": "amd64", "os": "linux", "created": "2023-11-14T22:13:20Z", "config": {}}
-    return str(script.write_image(output, [(layer, "a test layer")], config, "localhost/tool:test"))
+    config = {"architecture": "amd64", "os": "linux", "config": {}}
+    return str(script.write_image(output, [(layer, "a test layer", EPOCH)], config, "localhost/tool:test"))
 
 
 def test_a_tree_becomes_an_image_that_reads_back_the_same(
@@ -82,6 +82,7 @@ def test_a_tree_becomes_an_image_that_reads_back_the_same(
         check=True,
     )
     assert json.loads(inspected.stdout)["Digest"] == digest
+    assert json.loads(inspected.stdout)["Created"] == "2023-11-14T22:13:20Z"  # EPOCH
 
     require_tool("umoci", "umoci")
     rootfs = umoci_unpack(tmp_path / "one.tar", tmp_path, "one")
