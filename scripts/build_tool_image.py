@@ -143,13 +143,13 @@ def debootstrap(tree: Path, suite: str, mirror: str, force: bool) -> tuple[Path,
 
 
 def _empty(directory: Path) -> None:
-    if not directory.is_dir():
-        return
-    for child in directory.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    """Remove what is in ``directory``, keeping the folder, its owner and its mode (``/tmp`` stays 1777)."""
+    if directory.is_dir() and not directory.is_symlink():
+        info = directory.stat()
+        shutil.rmtree(directory)
+        directory.mkdir()
+        os.chown(directory, info.st_uid, info.st_gid)
+        directory.chmod(stat.S_IMODE(info.st_mode))
 
 
 def clean_debian(rootfs: Path) -> None:
