@@ -10,7 +10,7 @@ TEST_DEBS := skopeo umoci docker-registry apache2-utils binutils-multiarch gcc l
 	libjpeg-turbo-progs jpegoptim busybox-static debootstrap zstd xz-utils lz4 brotli openssl binutils patchelf gzip \
 	postgresql libpq5
 
-.PHONY: demo test lint typecheck unit install runtime-deps test-deps clean
+.PHONY: demo test lint typecheck unit install runtime-deps test-deps image clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,17 +34,24 @@ demo: install
 	$(VENV)/bin/optimize testdata/demo/demo-image.tar testdata/demo/demo-optimized.tar --report testdata/demo/report.json
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check optimizer passes tests bench testdata
-	$(VENV)/bin/ruff format --check optimizer passes tests bench testdata
+	$(VENV)/bin/ruff check optimizer passes tests bench testdata scripts
+	$(VENV)/bin/ruff format --check optimizer passes tests bench testdata scripts
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy scripts/build_tool_image.py
 
 # pytest exits 5 when it collected no test: that is a failure here, like any other non-zero code.
 unit: install test-deps
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test: install test-deps lint typecheck unit
+
+# The tool's own image, byte-reproducibly (root, debootstrap, PyPI): build/oci-optimizer-image.tar. `.ci/run`
+# adds --check (a second build compared, skopeo, a run); `podman build -f Containerfile .` needs an engine.
+image: install
+	@bash scripts/ensure-debs.sh debootstrap
+	$(PY) scripts/build_tool_image.py
 
 clean:
 	rm -rf $(VENV) testdata/demo build *.egg-info

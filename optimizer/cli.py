@@ -16,10 +16,41 @@ from .options import Options
 from .registry import access
 from .report import Report
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_CODES", "build_parser", "main", "version_text"]
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
+# What each exit status means, for --help; the README's table and the errors' exit_code say the same (tested).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "done (warnings may have been printed)"),
+    (1, "another error of ours"),
+    (2, "usage: bad option, unknown pass, output equal to the input"),
+    (
+        3,
+        "input: not an image, malformed JSON, missing blob, digest or size mismatch, corrupt or hostile layer",
+    ),
+    (4, "a pass failed and --strict was given"),
+    (5, "policy: the image breaks a rule made fatal (--upx fail)"),
+    (6, "output could not be written"),
+    (7, "a required external program is missing (the message names the Debian package)"),
+    (8, "registry: network, authentication or protocol failure"),
+    (130, "interrupted"),
+)
+
+
+def version_text() -> str:
+    """This tool's version and the compressor versions that byte-identical output depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .output import compressor_versions
+
+    try:
+        ours = version("oci-optimizer")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "unknown (not installed)"
+    lines = [f"optimize (oci-optimizer) {ours}", f"python: {sys.version.split()[0]}"]
+    lines += [f"{name}: {value}" for name, value in compressor_versions().items()]
+    return "\n".join(lines) + "\n"
 
 
 def _pass_classes() -> Sequence[Any]:
@@ -32,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimize",
         description="Write a smaller copy of a container image that still works.",
-        epilog="Subcommand: 'optimize serve --config service.yaml' runs the registry webhook service.",
+        epilog="Subcommand: 'optimize serve --config service.yaml' runs the registry webhook service.\n\n"
+        "exit status:\n" + "".join(f"  {code:<5}{meaning}\n" for code, meaning in EXIT_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the exit status table as written
     )
     parser.add_argument(
         "input",
@@ -44,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--list-passes", action="store_true", help="print every pass and what it does, then exit"
+    )
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print the version and the compressor versions byte identity depends on, then exit",
     )
     parser.add_argument("--report", metavar="FILE", help="write the JSON report to FILE ('-' for stdout)")
     settings.add_arguments(parser, Options)
@@ -136,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if args.version:
+            sys.stdout.write(version_text())
+            return EXIT_OK
         if args.list_passes:
             for cls in _pass_classes():
                 print(f"{cls.name:<24}{cls.summary}")

@@ -101,3 +101,38 @@ def test_console_script_is_installed() -> None:
     assert script.exists()
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=dict(os.environ))
     assert result.returncode == 0 and "--passes" in result.stdout
+
+
+def test_version_names_the_tool_and_the_compressors_byte_identity_depends_on() -> None:
+    from importlib.metadata import version
+
+    from optimizer.output import compressor_versions
+
+    result = run("--version")
+    assert result.returncode == 0 and not result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"optimize (oci-optimizer) {version('oci-optimizer')}"
+    assert lines[1] == f"python: {sys.version.split()[0]}"
+    assert lines[2:] == [f"{name}: {value}" for name, value in compressor_versions().items()]
+    assert f"zlib: {__import__('zlib').ZLIB_RUNTIME_VERSION}" in lines
+
+
+def test_help_exit_codes_match_the_errors_and_the_readme() -> None:
+    import re
+
+    from optimizer import errors
+    from optimizer.cli import EXIT_CODES
+
+    raised = {
+        cls.exit_code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.OptimizerError)
+    }
+    codes = [code for code, _ in EXIT_CODES]
+    assert set(codes) == raised | {0, 130} and codes == sorted(codes)
+    help_text = run("--help").stdout
+    table = help_text[help_text.index("exit status:") :].splitlines()[1:]
+    assert [line.split()[0] for line in table if line.strip()] == [str(code) for code in codes]
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Errors and exit codes") :].split("\n## ")[0]
+    assert [int(c) for c in re.findall(r"^\| (\d+) +\|", section, re.M)] == codes

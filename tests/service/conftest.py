@@ -22,7 +22,7 @@ import uvicorn
 import yaml
 
 from optimizer.mediatypes import OCI_INDEX
-from tests.conftest import missing
+from tests.conftest import fixture, missing
 from tests.imagetools import build_image, entry, oci_layout_of
 from tests.registry_fixtures import FaultProxy, free_port, registry_factory  # noqa: F401  (a fixture)
 from tests.service.postgres_server import PostgresServer, postgres_bin
@@ -260,9 +260,7 @@ class InProcessServer:
 
 
 def elf_payload(fixtures: Path, name: str) -> bytes:
-    path = fixtures / "elf" / name
-    if not path.exists():
-        missing(f"fixture {path} not found")
+    path = fixture(f"elf/{name}")
     return path.read_bytes()
 
 

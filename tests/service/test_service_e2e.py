@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from optimizer import ANNOTATION_SOURCE_DIGEST
-from tests.conftest import require_tool
+from tests.conftest import fixture, require_tool
 from tests.registry_fixtures import FaultProxy, RunningRegistry, free_port, push_layout, skopeo_inspect_raw
 from tests.service.conftest import (
     RULE,
@@ -132,7 +132,7 @@ def test_single_platform_image_is_optimized_and_loop_guarded(
         [umoci, "unpack", "--image", f"{tmp_path / 'back'}:v1", str(tmp_path / "bundle")], check=True
     )
     app = tmp_path / "bundle" / "rootfs" / "usr" / "bin" / "app"
-    original = (fixtures / "elf" / "dwarfv5_basic.elf").read_bytes()
+    original = fixture("elf/dwarfv5_basic.elf").read_bytes()
     assert app.exists() and 0 < app.stat().st_size < len(original)
     assert app.read_bytes()[:4] == b"\x7fELF"
     done_lines = [r for r in service.log_records() if r.get("msg") == "job done"]

@@ -23,7 +23,7 @@ from optimizer.model import EntryKind
 from optimizer.pipeline import PassContext
 from passes.media import Media, MediaOptions, sniff
 from passes.media import optimize as optimize_media
-from tests.conftest import missing
+from tests.conftest import fixture
 from tests.imagetools import Layout, build_image, entry
 from tests.passes import kit
 from tests.passes.media.oracles import (
@@ -42,8 +42,8 @@ from tests.passes.media.oracles import (
 
 
 def test_the_media_fixtures_are_there() -> None:
-    if len(FILES) < 50:
-        missing(f"media fixtures not found under {MEDIA} (set OCI_OPTIMIZER_FIXTURES)")
+    fixture("media")
+    assert len(FILES) >= 50, f"only {len(FILES)} media fixtures under {MEDIA}"
 
 
 @pytest.mark.parametrize("name", [n for n in FILES if n not in SLOW])
