@@ -10,11 +10,12 @@ Decompression is streamed (nothing is held whole), bounded by the size of the la
 decompress cleanly (corrupt, truncated, trailing garbage, wrong magic) is left alone. A match found by digest
 is verified by comparing the decompressed stream with the twin byte for byte before the deletion is recorded.
 
-Precompressed files that a web server serves on purpose are kept: the image's nginx configuration
-(``/etc/nginx/nginx.conf`` and what it includes, or every file under ``/etc/nginx`` when there is no
-``nginx.conf``) is parsed (``passes.servers``), and ``.gz`` files under the ``root``/``alias`` of a context with
-``gzip_static`` on (``.br`` with ``brotli_static``) are kept; when a context with it on has no root we can read
-(none set, variables), every such file is kept, with a warning. ``--keep GLOB`` keeps files for any other server.
+Precompressed files that a web server of the image sends on purpose are kept: ``passes.servers`` reads the
+image's own configuration and application files (nginx ``gzip_static``/``brotli_static``, Apache rewrite
+recipes, Caddy ``precompressed``, h2o ``file.send-compressed``, lighttpd magnet scripts, and Node middleware
+such as express-static-gzip), resolves their roots through the image's symlinks, and the twins under those
+roots are kept; when such a server is there but its root cannot be told, every twin with the suffixes it
+sends is kept, with a warning. ``--keep GLOB`` keeps files for any other server.
 
 It never deletes the twin, a symlink, a file hardlinked from another layer, or anything in a protected layer
 (reported as kept). Decompression is ``passes.decompression``'s (``zstandard``, ``brotli`` 1.2+ and ``lz4``).
@@ -39,7 +40,7 @@ from passes.decompression import (
     digest_decompressed,
     same_decompressed,
 )
-from passes.servers import NginxStatic, nginx_static
+from passes.servers import Served, served
 from passes.servers.files import node_at
 
 __all__ = ["CompressedDuplicates", "CompressedDuplicatesOptions"]
@@ -50,11 +51,11 @@ class CompressedDuplicatesOptions:
     """match: "same-dir" (twin = same name without the suffix) or "any-path" (same content anywhere).
     keep: globs of paths never deleted (matched against "/path" and "path"; ``*`` crosses ``/``).
     max_size: decompressed bytes read per file at most; max_ratio: decompressed per compressed byte at most.
-    nginx: keep what the image's nginx serves with gzip_static/brotli_static."""
+    servers: keep what the image's web servers send precompressed (``passes.servers``)."""
 
     match: Literal["same-dir", "any-path"] = "same-dir"
     keep: tuple[str, ...] = ()
-    nginx: bool = True
+    servers: bool = True
     max_size: int = 1 << 30
     max_ratio: int = 1100
 
@@ -72,7 +73,7 @@ class CompressedDuplicates:
 
     See the module docstring: the twin is the same name without the suffix in the same directory (or, with
     ``--duplicates any-path``, any regular file with the same content); decompression is streamed and bounded;
-    matches are verified byte for byte; nginx ``gzip_static``/``brotli_static`` roots and ``--keep`` globs are
+    matches are verified byte for byte; what the image's web servers send precompressed and ``--keep`` globs are
     kept; protected layers are reported, never changed.
     """
 
@@ -100,13 +101,14 @@ class CompressedDuplicates:
             action="append",
             default=[],
             metavar="GLOB",
-            help="never delete compressed files matching GLOB (repeatable; for servers other than nginx)",
+            help="never delete compressed files matching GLOB (repeatable; for servers not detected)",
         )
         parser.add_argument(
+            "--duplicates-ignore-servers",
             "--duplicates-ignore-nginx",
-            dest="duplicates_nginx",
+            dest="duplicates_servers",
             action="store_false",
-            help="delete duplicates even where nginx gzip_static/brotli_static serves them",
+            help="delete duplicates even where the image's web servers send them precompressed",
         )
         parser.add_argument(
             "--duplicates-max-size",
@@ -131,7 +133,7 @@ class CompressedDuplicates:
         return CompressedDuplicatesOptions(
             match=getattr(args, "duplicates_match", defaults.match),
             keep=tuple(getattr(args, "duplicates_keep", None) or ()),
-            nginx=getattr(args, "duplicates_nginx", defaults.nginx),
+            servers=getattr(args, "duplicates_servers", defaults.servers),
             max_size=getattr(args, "duplicates_max_size", defaults.max_size),
             max_ratio=getattr(args, "duplicates_max_ratio", defaults.max_ratio),
         )
@@ -153,9 +155,6 @@ class CompressedDuplicates:
             return
         # Output larger than the largest possible twin can match nothing: that bounds every decompression.
         limits = Limits(min(self.options.max_size, largest), self.options.max_ratio)
-        served = nginx_static(fs) if self.options.nginx else NginxStatic()
-        for note in served.notes:
-            ctx.warn(f"nginx: {note}")
         decoded = self._decode(ctx, candidates, limits)
         matched: dict[str, tuple[_Candidate, list[str]]] = {}
         for candidate in candidates:
@@ -177,13 +176,23 @@ class CompressedDuplicates:
             elif self.options.match == "same-dir":
                 plain = candidate.path[: -len(candidate.suffix)]
                 ctx.note(candidate.path, "kept", f"differs from /{plain}", size, size, codec=candidate.codec)
+        # Servers are read only when something could be deleted: most images have no twin at all.
+        servers = self._servers(ctx) if matched else Served()
         for path in sorted(matched):
             candidate, twins = matched[path]
             # A twin that is itself deleted here cannot stand for the content.
             usable = [t for t in twins if t not in matched]
             twin = next((t for t in usable if self._verified(fs, candidate, t, limits)), None)
             if twin is not None:
-                self._remove(ctx, candidate, twin, served)
+                self._remove(ctx, candidate, twin, servers)
+
+    def _servers(self, ctx: PassContext) -> Served:
+        if not self.options.servers:
+            return Served()
+        found = served(ctx.fs, ctx.image.config)
+        for note in found.notes:
+            ctx.warn(note)
+        return found
 
     def _decode(
         self, ctx: PassContext, candidates: list[_Candidate], limits: Limits
@@ -243,11 +252,11 @@ class CompressedDuplicates:
         except (CorruptStream, LimitExceeded):
             return False
 
-    def _remove(self, ctx: PassContext, candidate: _Candidate, twin: str, served: NginxStatic) -> None:
+    def _remove(self, ctx: PassContext, candidate: _Candidate, twin: str, servers: Served) -> None:
         path, size = candidate.path, candidate.node.size
         reason = f"same content as /{twin}"
         details = {"codec": candidate.codec, "twin": "/" + twin}
-        kept = self._kept_by_glob(path) or served.keeps(path, candidate.suffix)
+        kept = self._kept_by_glob(path) or servers.keeps(path, candidate.suffix)
         if kept:
             ctx.note(path, "kept", f"{reason}; {kept}", size, size, **details)
             return

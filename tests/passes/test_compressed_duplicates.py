@@ -257,11 +257,14 @@ def test_command_line_options() -> None:
         match="any-path", keep=("*.svgz", "/srv/**")
     )
     args = parser.parse_args(
-        ["in.tar", "out.tar", "--duplicates-ignore-nginx", "--duplicates-max-ratio", "50"]
+        ["in.tar", "out.tar", "--duplicates-ignore-servers", "--duplicates-max-ratio", "50"]
     )
     assert CompressedDuplicates.options_from_args(args) == CompressedDuplicatesOptions(
-        nginx=False, max_ratio=50
+        servers=False, max_ratio=50
     )
     assert (
         CompressedDuplicates.options_from_args(parser.parse_args(["a", "b"])) == CompressedDuplicatesOptions()
     )
+    # The flag of earlier releases still works.
+    args = parser.parse_args(["in.tar", "out.tar", "--duplicates-ignore-nginx"])
+    assert CompressedDuplicates.options_from_args(args) == CompressedDuplicatesOptions(servers=False)
