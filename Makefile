@@ -7,7 +7,7 @@ PYTHON ?= python3
 # Debian packages: what the optimizer needs at run time, then what the tests and benchmarks drive.
 RUNTIME_DEBS := libarchive13
 TEST_DEBS := skopeo umoci docker-registry apache2-utils binutils-multiarch gcc libc6-dev optipng \
-	libjpeg-turbo-progs jpegoptim busybox-static debootstrap zstd xz-utils lz4 brotli openssl binutils patchelf gzip
+	libjpeg-turbo-progs jpegoptim busybox-static debootstrap zstd xz-utils lz4 brotli openssl binutils patchelf gzip nginx
 
 .PHONY: demo test lint typecheck unit install runtime-deps test-deps clean
 
