@@ -48,13 +48,14 @@ class Package:
 
     def find(self, fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
         servings: list[Serving] = []
-        for app in _installs(fs).get(self.name, []):
-            servings += self._in_app(fs, app, _working_dir(config))
+        index = _index(fs)
+        for app in index.installs.get(self.name, []):
+            servings += self._in_app(index, app, _working_dir(config))
         return servings
 
-    def _in_app(self, fs: FileSystem, app: str, cwd: str) -> list[Serving]:
+    def _in_app(self, index: _Index, app: str, cwd: str) -> list[Serving]:
         shown = f"/{app}" if app else "/"
-        sources = _sources(fs, app)
+        sources = index.sources(app)
         if sources is None:
             return [self._unknown(shown, f"more than {_MAX_SOURCES} source files in {shown}")]
         servings: list[Serving] = []
@@ -114,24 +115,38 @@ PACKAGES: tuple[Package, ...] = (
     ),
 )
 
-_INSTALLS: weakref.WeakKeyDictionary[FileSystem, dict[str, list[str]]] = weakref.WeakKeyDictionary()
 
+class _Index:
+    """Per filesystem, listed once for every package: where the packages are installed, and the sources of
+    each application (both need a walk over every file)."""
 
-def _installs(fs: FileSystem) -> dict[str, list[str]]:
-    """Package name -> the application directories whose node_modules hold it (one walk per filesystem)."""
-    known = _INSTALLS.get(fs)
-    if known is None:
+    def __init__(self, fs: FileSystem) -> None:
+        self.fs = fs
+        self.installs: dict[str, list[str]] = {}
         wanted = {p.name for p in PACKAGES}
-        known = {}
         for path, _node in fs.files():
             if not path.endswith("/package.json") or "node_modules/" not in path:
                 continue
             app, _, rest = path.partition("node_modules/")
             name = rest[: -len("/package.json")]
-            if name in wanted and app.rstrip("/") not in known.setdefault(name, []):
-                known[name].append(app.rstrip("/"))
-        _INSTALLS[fs] = known
-    return known
+            if name in wanted and app.rstrip("/") not in self.installs.setdefault(name, []):
+                self.installs[name].append(app.rstrip("/"))
+        self._sources: dict[str, list[tuple[str, str]] | None] = {}
+
+    def sources(self, app: str) -> list[tuple[str, str]] | None:
+        if app not in self._sources:
+            self._sources[app] = _sources(self.fs, app)
+        return self._sources[app]
+
+
+_INDEXES: weakref.WeakKeyDictionary[FileSystem, _Index] = weakref.WeakKeyDictionary()
+
+
+def _index(fs: FileSystem) -> _Index:
+    index = _INDEXES.get(fs)
+    if index is None:
+        index = _INDEXES[fs] = _Index(fs)
+    return index
 
 
 def _working_dir(config: Mapping[str, Any]) -> str:
