@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from optimizer.filesystem import FileSystem, Node
 from optimizer.model import Content, EntryKind
@@ -40,8 +40,10 @@ from passes.decompression import (
     digest_decompressed,
     same_decompressed,
 )
-from passes.servers import Served, served
 from passes.servers.files import node_at
+
+if TYPE_CHECKING:
+    from passes.servers import Served
 
 __all__ = ["CompressedDuplicates", "CompressedDuplicatesOptions"]
 
@@ -176,8 +178,9 @@ class CompressedDuplicates:
             elif self.options.match == "same-dir":
                 plain = candidate.path[: -len(candidate.suffix)]
                 ctx.note(candidate.path, "kept", f"differs from /{plain}", size, size, codec=candidate.codec)
-        # Servers are read only when something could be deleted: most images have no twin at all.
-        servers = self._servers(ctx) if matched else Served()
+        if not matched:
+            return
+        servers = self._servers(ctx)
         for path in sorted(matched):
             candidate, twins = matched[path]
             # A twin that is itself deleted here cannot stand for the content.
@@ -187,6 +190,10 @@ class CompressedDuplicates:
                 self._remove(ctx, candidate, twin, servers)
 
     def _servers(self, ctx: PassContext) -> Served:
+        # Imported here: reading servers (and importing their parsers, YAML's among them) is needed only when
+        # a twin matched, and most images have none.
+        from passes.servers import Served, served
+
         if not self.options.servers:
             return Served()
         found = served(ctx.fs, ctx.image.config)

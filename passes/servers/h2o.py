@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import yaml
-
 from optimizer.filesystem import FileSystem
 
 from .files import read_text
@@ -50,6 +48,8 @@ def _walk(level: Any, inherited: frozenset[str], source: str) -> Iterator[Servin
 
 def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
     """Every path of the image's h2o that sends precompressed files."""
+    import yaml  # here: most images have no h2o, and importing YAML costs more than looking for it
+
     servings: list[Serving] = []
     for path in CONFIGS:
         text = read_text(fs, path)
