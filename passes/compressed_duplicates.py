@@ -270,7 +270,9 @@ class CompressedDuplicates:
         if ctx.fs.is_protected(path):
             ctx.note(path, "kept", f"{reason}; protected layer", size, size, **details)
             return
-        others = [p for p in ctx.fs.paths_of(candidate.node.inode) if p != path]
+        # paths_of walks every path: ask only when a hardlink shares the inode (many deletions were quadratic)
+        inode = candidate.node.inode
+        others = [p for p in ctx.fs.paths_of(inode) if p != path] if ctx.fs.links(inode) else []
         if others:
             ctx.note(path, "kept", f"{reason}; hardlinked as /{others[0]}", size, size, **details)
             return
