@@ -68,17 +68,20 @@ def _suffixes(words: list[str]) -> frozenset[str]:
     return frozenset("." + m.group(1).lower() for m in _SUBSTITUTION.finditer(words[2] + " "))
 
 
-def _read(fs: FileSystem, path: str, state: _State, scopes: list[_Scope], depth: int) -> None:
+def _read(
+    fs: FileSystem, path: str, state: _State, scopes: list[_Scope], chain: tuple[str, ...] = ()
+) -> None:
     text = read_text(fs, path)
     if text is None:
         return
     for line in _lines(text):
         words = _words(line)
         name = words[0].lower() if words else ""
-        if name in ("include", "includeoptional") and len(words) > 1 and depth < _MAX_INCLUDE_DEPTH:
+        if name in ("include", "includeoptional") and len(words) > 1 and len(chain) < _MAX_INCLUDE_DEPTH:
             target = words[1] if words[1].startswith("/") else f"/{state.server_root}/{words[1]}"
             for included in config_paths(fs, posixpath.normpath(target).lstrip("/")):
-                _read(fs, included, state, scopes, depth + 1)
+                if included not in chain and included != path:  # a file including itself: once is enough
+                    _read(fs, included, state, scopes, (*chain, path))
         elif name == "serverroot" and len(words) > 1:
             state.server_root = image_path(words[1]) or state.server_root
         elif name == "documentroot" and len(words) > 1:
@@ -127,6 +130,6 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
             continue
         present = True
         state = _State(server_root)
-        _read(fs, main, state, [_Scope("main")], 0)
+        _read(fs, main, state, [_Scope("main")])
         servings += _servings(state)
     return servings + (_htaccess(fs) if present else [])

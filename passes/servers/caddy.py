@@ -36,25 +36,33 @@ def _root(directive: Directive) -> str | None:
 
 
 def _imports(
-    fs: FileSystem, directives: list[Directive], base: str, depth: int, snippets: dict[str, list[Directive]]
+    fs: FileSystem,
+    directives: list[Directive],
+    base: str,
+    snippets: dict[str, list[Directive]],
+    chain: tuple[str, ...] = (),
 ) -> list[Directive]:
+    """``import`` replaced by the snippet or the files it names; ``chain`` (snippets and files being imported)
+    stops cycles."""
     snippets = snippets | {
         d.name[1:-1]: d.block or [] for d in directives if d.name.startswith("(") and d.name.endswith(")")
     }
     out: list[Directive] = []
     for directive in directives:
-        if directive.name == "import" and directive.args and depth < _MAX_IMPORT_DEPTH:
+        if directive.name == "import" and directive.args:
             name = directive.args[0]
             if name in snippets:
-                out += _imports(fs, snippets[name], base, depth + 1, snippets)
+                if name not in chain and len(chain) < _MAX_IMPORT_DEPTH:
+                    out += _imports(fs, snippets[name], base, snippets, (*chain, name))
                 continue
             target = name if name.startswith("/") else f"/{base}/{name}"
             for path in config_paths(fs, posixpath.normpath(target).lstrip("/")):
-                included = parse_blocks(read_text(fs, path) or "", newlines=True)
-                out += _imports(fs, included, base, depth + 1, snippets)
+                if path not in chain and len(chain) < _MAX_IMPORT_DEPTH:
+                    included = parse_blocks(read_text(fs, path) or "", newlines=True)
+                    out += _imports(fs, included, base, snippets, (*chain, path))
             continue
         if directive.block is not None:
-            block = _imports(fs, directive.block, base, depth, snippets)
+            block = _imports(fs, directive.block, base, snippets, chain)
             directive = Directive(directive.name, directive.args, block)
         out.append(directive)
     return out
@@ -99,7 +107,7 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
         if text is None:
             continue
         try:
-            directives = _imports(fs, parse_blocks(text, newlines=True), path.rsplit("/", 1)[0], 0, {})
+            directives = _imports(fs, parse_blocks(text, newlines=True), path.rsplit("/", 1)[0], {})
         except ValueError as error:
             why = f"/{path} does not parse: {error}"
             servings.append(Serving("Caddy", "precompressed", "/" + path, _suffixes(()), None, why))

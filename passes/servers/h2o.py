@@ -2,6 +2,7 @@
 
 The flag applies at the global, host or path level and is inherited downwards; every path mapped to a
 ``file.dir`` where it is on sends ``FILE.br`` and ``FILE.gz`` (``FILE.gz`` alone with ``file.send-gzip``).
+``!file`` includes are read from the image; an ``!env`` value is a root that cannot be told.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .serving import Serving, image_path
 __all__ = ["CONFIGS", "find"]
 
 CONFIGS = ("etc/h2o/h2o.conf", "etc/h2o.conf", "usr/local/etc/h2o/h2o.conf")
+_MAX_INCLUDE_DEPTH = 16
 
 
 def _flags(level: Mapping[str, Any], inherited: frozenset[str]) -> frozenset[str]:
@@ -50,13 +52,30 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
     """Every path of the image's h2o that sends precompressed files."""
     import yaml  # here: most images have no h2o, and importing YAML costs more than looking for it
 
+    class Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type information
+        """h2o's ``!file PATH`` includes another YAML file (read from the image); ``!env NAME`` is unknown."""
+
+    reading: list[str] = []  # the files being included, innermost last: a cycle or a deep chain stops
+
+    def include(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        target = str(loader.construct_scalar(node)).lstrip("/")
+        if target in reading or len(reading) >= _MAX_INCLUDE_DEPTH:
+            raise yaml.YAMLError(f"!file /{target}: included in a cycle or too deep")
+        reading.append(target)
+        try:
+            return yaml.load(read_text(fs, target) or "", Loader)
+        finally:
+            reading.pop()
+
+    Loader.add_constructor("!file", include)
+    Loader.add_constructor("!env", lambda loader, node: "$" + str(loader.construct_scalar(node)))
     servings: list[Serving] = []
     for path in CONFIGS:
         text = read_text(fs, path)
         if text is None:
             continue
         try:
-            document = yaml.safe_load(text)
+            document = yaml.load(text, Loader)
         except yaml.YAMLError as error:
             why = f"/{path} does not parse: {type(error).__name__}"
             servings.append(

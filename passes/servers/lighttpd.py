@@ -29,15 +29,16 @@ _TWIN = re.compile(r"""["']\.(gz|br|zst)["']""")
 _MAX_INCLUDE_DEPTH = 16
 
 
-def _text(fs: FileSystem, path: str, depth: int = 0) -> str:
+def _text(fs: FileSystem, path: str, chain: tuple[str, ...] = ()) -> str:
     text = read_text(fs, path) or ""
     base = posixpath.dirname(path)
     parts = [text]
     for match in _INCLUDE.finditer(text):
         target = match.group(1) or match.group(2)
         pattern = posixpath.normpath(target if target.startswith("/") else f"/{base}/{target}").lstrip("/")
-        if depth < _MAX_INCLUDE_DEPTH:
-            parts += [_text(fs, p, depth + 1) for p in config_paths(fs, pattern)]
+        if len(chain) < _MAX_INCLUDE_DEPTH:
+            chained = (*chain, path)
+            parts += [_text(fs, p, chained) for p in config_paths(fs, pattern) if p not in chained]
     return "\n".join(parts)
 
 

@@ -42,7 +42,7 @@ class _Reading:
 
 
 def _expand_includes(
-    fs: FileSystem, directives: list[Directive], reading: _Reading, depth: int
+    fs: FileSystem, directives: list[Directive], reading: _Reading, chain: tuple[str, ...]
 ) -> list[Directive]:
     out: list[Directive] = []
     for directive in directives:
@@ -51,17 +51,22 @@ def _expand_includes(
             pattern = target.lstrip("/") if target.startswith("/") else f"{reading.conf_dir}/{target}"
             pattern = posixpath.normpath(pattern)
             for path in config_paths(fs, pattern):
-                if fnmatch.fnmatchcase(path, pattern) and depth < _MAX_INCLUDE_DEPTH:
-                    out.extend(_load(fs, path, reading, depth + 1))
+                # a file already on the chain of includes would include itself forever
+                if (
+                    fnmatch.fnmatchcase(path, pattern)
+                    and path not in chain
+                    and len(chain) < _MAX_INCLUDE_DEPTH
+                ):
+                    out.extend(_load(fs, path, reading, chain))
             continue
         if directive.block is not None:
-            block = _expand_includes(fs, directive.block, reading, depth)
+            block = _expand_includes(fs, directive.block, reading, chain)
             directive = Directive(directive.name, directive.args, block)
         out.append(directive)
     return out
 
 
-def _load(fs: FileSystem, path: str, reading: _Reading, depth: int) -> list[Directive]:
+def _load(fs: FileSystem, path: str, reading: _Reading, chain: tuple[str, ...] = ()) -> list[Directive]:
     text = read_text(fs, path)
     if text is None:
         return []
@@ -73,7 +78,7 @@ def _load(fs: FileSystem, path: str, reading: _Reading, depth: int) -> list[Dire
             why = f"/{path} does not parse: {error}"
             reading.servings.append(Serving("nginx", how, "/" + path, frozenset({suffix}), None, why))
         return []
-    return _expand_includes(fs, directives, reading, depth)
+    return _expand_includes(fs, directives, reading, (*chain, path))
 
 
 def _flag(directives: Sequence[Directive], name: str, inherited: bool) -> bool:
@@ -112,14 +117,14 @@ def _read_dir(fs: FileSystem, conf_dir: str) -> list[Serving]:
     reading = _Reading(conf_dir, [], [])
     main = f"{conf_dir}/nginx.conf"
     if node_at(fs, main) is not None:
-        _walk(_load(fs, main, reading, 0), (None, False, False), "main", reading, "/" + main)
+        _walk(_load(fs, main, reading), (None, False, False), "main", reading, "/" + main)
         return reading.servings
     # No main file: read every file under the directory on its own (snippets meant for an include).
     for path, node in fs.files():
         if path.startswith(conf_dir + "/") and node.size <= MAX_CONFIG_BYTES:
             text = read_text(fs, path)
             if text is not None and "_static" in text:
-                directives = _load(fs, path, reading, 0)
+                directives = _load(fs, path, reading)
                 _walk(directives, (None, False, False), "server", reading, "/" + path)
     return reading.servings
 

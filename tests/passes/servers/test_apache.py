@@ -53,3 +53,9 @@ def test_htaccess_serves_its_directory_only_where_httpd_is(tmp_path: Path) -> No
         == "served by Apache httpd (RewriteRule) from /var/www/html"
     )
     assert result.keeps("var/www/html/a.css.gz", ".gz") is None
+
+
+def test_include_cycles_stop(tmp_path: Path) -> None:
+    conf = b"Include apache2.conf\nInclude apache2.conf\n<Directory /srv/www>\n" + RECIPE + b"</Directory>\n"
+    result = served_by(tmp_path, {"etc/apache2/apache2.conf": conf})
+    assert result.keeps("srv/www/a.css.gz", ".gz") == "served by Apache httpd (RewriteRule) from /srv/www"

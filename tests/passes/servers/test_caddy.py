@@ -52,3 +52,10 @@ def test_json_config(tmp_path: Path) -> None:
         "served by Caddy (precompressed) from /usr/share/caddy"
     )
     assert result.keeps("usr/share/caddy/index.html.br", ".br") is None
+
+
+def test_import_cycles_stop(tmp_path: Path) -> None:
+    caddyfile = b"(a) {\n import a\n import a\n file_server {\n precompressed gzip\n }\n}\n"
+    caddyfile += b":80 {\n root * /srv\n import a\n import Caddyfile\n}\n"
+    result = served_by(tmp_path, {"etc/caddy/Caddyfile": caddyfile})
+    assert result.keeps("srv/x.gz", ".gz") == "served by Caddy (precompressed) from /srv"

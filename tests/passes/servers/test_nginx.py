@@ -128,3 +128,12 @@ def test_symlinked_root_capistrano_style(tmp_path: Path) -> None:
     assert found["srv/shared/vendor/lib.js.gz"][1].endswith(
         "served by nginx (gzip_static) from /var/www/current (/srv/shared/vendor)"
     )
+
+
+def test_include_cycles_stop(tmp_path: Path) -> None:
+    files: Files = {
+        "etc/nginx/nginx.conf": b"include nginx.conf; include nginx.conf; http { include site; }",
+        "etc/nginx/site": b"include site; include site; server { gzip_static on; root /srv; }",
+    }
+    found = nginx.find(kit.make_filesystem(tmp_path, [files], parents=True), {})
+    assert [(s.how, s.root) for s in found] == [("gzip_static", "srv")]
