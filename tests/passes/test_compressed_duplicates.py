@@ -4,16 +4,13 @@ bombs next to twins, kept globs and layers, links, and end to end."""
 from __future__ import annotations
 
 import gzip
-import io
-import json
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from optimizer import Options, optimize
 from passes.compressed_duplicates import CompressedDuplicates, CompressedDuplicatesOptions
-from tests.imagetools import build_image, entry
+from tests.imagetools import Layout, build_image, entry
 from tests.passes.compressed import (
     CODEC_OF,
     COMPRESSORS,
@@ -130,24 +127,6 @@ def test_twin_through_a_symlink(tmp_path: Path) -> None:
     assert deleted_paths(ctx) == ["a/words.bz2"]
 
 
-def _output_files(layout: Path) -> dict[str, bytes]:
-    index = json.loads((layout / "index.json").read_text())
-    blobs = layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
-    files: dict[str, bytes] = {}
-    for layer in manifest["layers"]:
-        with tarfile.open(fileobj=io.BytesIO((blobs / layer["digest"].split(":")[1]).read_bytes())) as tar:
-            for member in tar:
-                name = member.name
-                if "/.wh." in "/" + name:
-                    files.pop(name.replace(".wh.", ""), None)
-                elif member.isfile():
-                    reader = tar.extractfile(member)
-                    assert reader is not None
-                    files[name] = reader.read()
-    return files
-
-
 def test_end_to_end_through_optimize(tmp_path: Path) -> None:
     gz = COMPRESSORS[".gz"](TEXT)
     src = build_image(
@@ -165,7 +144,7 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
     assert [(f.path, f.action, f.bytes_before) for f in result.findings if f.action == "deleted"] == [
         ("usr/share/doc/a/NEWS.gz", "deleted", len(gz))
     ]
-    files = _output_files(tmp_path / "out")
+    files = Layout(tmp_path / "out").merged_files()
     assert "usr/share/doc/a/NEWS.gz" not in files
     assert files["usr/share/doc/a/NEWS"] == TEXT and "srv/words.zst" in files
     # any-path finds the same content under another name.
