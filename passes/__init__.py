@@ -1,7 +1,10 @@
 """The passes, in the one order they run. Order is meaning: a pass sees the changes of the passes before it.
 
-Each pass is one class in its own module (see ``optimizer.pipeline`` for the interface). Add a pass by
-writing its module and adding one line here; nothing registers itself on import.
+Each pass is one class in its own module (see ``optimizer.pipeline`` for the interface); a pass with several
+concerns is a package whose ``__init__`` holds the pass (``media``, ``upx``, ``inject``). Libraries the passes
+share sit beside them: ``elf`` (the ELF stripper), ``decompression``, ``servers`` (which web servers send
+precompressed files, and from where). Add a pass by writing its module and adding one line here; nothing
+registers itself on import.
 """
 
 from __future__ import annotations
