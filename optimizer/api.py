@@ -77,7 +77,8 @@ class Optimization:
     Entering opens the input (and a work directory, removed on exit: nothing is left behind). ``tree`` is the
     input's index tree; ``execute`` plans and (unless ``dry_run``) writes, filling ``report``; ``store``
     writes the output atomically or pushes it. Between the steps a caller can look and decide (the service
-    skips its own outputs, and images that did not shrink).
+    skips its own outputs and images that did not shrink, and sets ``options`` again before ``execute`` to
+    protect the layers other images share).
     """
 
     def __init__(self, src: str, options: Options | None = None, dst: str | None = None) -> None:
@@ -148,7 +149,9 @@ class Optimization:
     def execute(self) -> Report:
         """Plan every image and, unless ``dry_run``, write what the plan calls for (a dry run estimates the
         sizes of the layers it would write instead of compressing them)."""
-        options = self.options
+        options = self.options  # a caller may have changed them since (the service adds shared layers)
+        self.passes = select_passes(options)
+        self.report.options = options.describe()
         pool = WorkerPool(options.workers)
         try:
             spool = Spool(os.path.join(self.workdir, "new-content.pack"))

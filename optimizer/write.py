@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,12 @@ class Output:
     docker_manifest: bytes | None
     blobs: dict[str, OutputBlob] = field(default_factory=dict)
     from_input: frozenset[str] = frozenset()  # digests of the blobs carried from the input as they were
+
+    @property
+    def root_digest(self) -> str:
+        """The digest of the first (for a push: the only) manifest the root index lists."""
+        manifests = json.loads(self.index_bytes).get("manifests") or []
+        return str(manifests[0]["digest"]) if manifests else ""
 
 
 @dataclass(frozen=True)

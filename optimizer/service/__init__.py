@@ -27,9 +27,10 @@ from starlette.applications import Starlette
 from ..errors import OptimizerError, UsageError
 from .app import ROLES, Service, create_app
 from .config import Config, load_config
+from .job import Runner
 from .logs import configure, log
 from .reconcile import Reconciler
-from .worker import Runner, Workers
+from .worker import Workers
 
 __all__ = ["ROLES", "build", "main", "serve"]
 

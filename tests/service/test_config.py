@@ -252,23 +252,24 @@ def test_run_options_of_a_rule() -> None:
         "destination": {"tag_suffix": "-o"},
         "options": {"compression": "zstd:19", "recompress": True, "normalize": True, "keep_layers": 2},
     }
-    options = parse_config(config_with(rules=[rule])).rules[0].options
+    config = parse_config(config_with(rules=[rule]))
+    options = config.rules[0].options
     assert (str(options.compression), options.recompress, options.normalize, options.base_layers) == (
         "zstd:19",
         True,
         True,
         2,
     )
-    from optimizer.service.worker import options_for
+    from optimizer.service.job import options_for
 
-    built = options_for(options, Path("/tmp"), None)
+    built = options_for(options, config, "/tmp/job", None)
     assert (str(built.compression), built.recompress, built.normalize, built.base_layers) == (
         "zstd:19",
         True,
         True,
         2,
     )
-    assert built.output_format == "oci-dir"
+    assert built.workdir == "/tmp/job" and built.registry.user_agent == config.user_agent
     rule["options"] = {"compression": "brotli"}
     with pytest.raises(UsageError, match=r"rules\[0\].options.compression: unknown compression"):
         parse_config(config_with(rules=[rule]))
