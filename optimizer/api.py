@@ -25,6 +25,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from .accounting import summarize
 from .base import BaseFinder, base_layer_lists, layers_of_document
 from .documents import ANNOTATION_SOURCE_DIGEST, parse_object
 from .errors import OptimizerError, RegistryError, UsageError
@@ -169,6 +170,9 @@ class Optimization:
         self.report.bytes_before = sum(i.size_before for i in self.report.images)
         self.report.bytes_after = sum(i.size_after for i in self.report.images)
         _pull_figures(self.plan, self.report)
+        self.report.summary = summarize(self.report, self.plan.images.values())
+        self.report.bytes_before = self.report.summary.bytes_before
+        self.report.bytes_after = self.report.summary.bytes_after
         return self.report
 
     def store(self, dst: str, before_push: Callable[[list[str]], None] | None = None) -> None:

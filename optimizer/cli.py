@@ -14,7 +14,7 @@ from .api import optimize
 from .errors import OptimizerError, UsageError
 from .options import Options
 from .registry import access
-from .report import Report
+from .render import print_summary
 
 __all__ = ["EXIT_CODES", "build_parser", "main", "version_text"]
 
@@ -98,58 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> Options:
     pass_options = tuple(settings.from_args(cls.Options, args, cls.flag_prefix) for cls in _pass_classes())
     return settings.from_args(Options, args, pass_options=pass_options, registry=access.from_args(args))  # type: ignore[no-any-return]
-
-
-def _size(value: int) -> str:
-    amount = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(amount) < 1024 or unit == "GiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{value} B"
-
-
-def print_summary(report: Report, out: TextIO, verbose: bool = False) -> None:
-    """The table at the end of a run: bytes before/after per pass and per layer."""
-    for image in report.images:
-        out.write(f"{image.name}\n")
-        out.write(f"  {'pass':<24}{'status':<9}{'files':>7}{'before':>12}{'after':>12}{'saved':>12}\n")
-        for item in image.passes:
-            out.write(
-                f"  {item.name:<24}{item.status.value:<9}{item.files_changed:>7}{_size(item.bytes_before):>12}"
-                f"{_size(item.bytes_after):>12}{_size(item.bytes_saved):>12}\n"
-            )
-            if item.error:
-                out.write(f"    error: {item.error}\n")
-            for warning in item.warnings:
-                out.write(f"    warning: {warning}\n")
-            if verbose:
-                for finding in item.findings:
-                    out.write(
-                        f"    {finding.action:<9} {finding.path} {finding.reason} "
-                        f"({_size(finding.bytes_before)} -> {_size(finding.bytes_after)})\n"
-                    )
-        out.write(
-            f"  {'layer':<8}{'status':<11}{'digest before':<22}{'digest after':<22}{'before':>12}{'after':>12}\n"
-        )
-        for layer in image.layers:
-            out.write(
-                f"  {layer.index + 1:<8}{layer.status:<11}{layer.digest_before[7:19] or '-':<22}"
-                f"{layer.digest_after[7:19] or '-':<22}{_size(layer.size_before):>12}{_size(layer.size_after):>12}\n"
-            )
-        for warning in image.warnings:
-            out.write(f"  warning: {warning}\n")
-    for warning in report.warnings:
-        out.write(f"warning: {warning}\n")
-    if report.pushed_digest:
-        out.write(f"pushed {report.output}@{report.pushed_digest}\n")
-    saved = report.bytes_before - report.bytes_after
-    percent = (100.0 * abs(saved) / report.bytes_before) if report.bytes_before else 0.0
-    change = f"{percent:.1f}% smaller" if saved >= 0 else f"{percent:.1f}% larger: files were added"
-    out.write(
-        f"total: {_size(report.bytes_before)} -> {_size(report.bytes_after)} compressed layers ({change}) "
-        f"in {report.seconds:.2f} s{' (dry run: nothing written)' if report.dry_run else ''}\n"
-    )
 
 
 class _Progress:

@@ -151,10 +151,31 @@ class PassContext:
         reason: str = "",
         bytes_before: int = 0,
         bytes_after: int = 0,
+        *,
+        layer: int | None = None,
         **details: Any,
     ) -> None:
-        """Record a finding for the report (every change, and every file deliberately left alone)."""
-        self.report.findings.append(Finding(path, action, reason, bytes_before, bytes_after, details))
+        """Record a finding for the report (every change, and every file deliberately left alone).
+
+        ``layer``: the layer's index (from 0) when the path is not where the merged view says (a dead entry);
+        by default, the layer that holds the path's bytes, or the new top layer for a path added in this run.
+        The report numbers layers from 1."""
+        if layer is None:
+            layer = self.layer_of(path)
+        number = layer + 1 if layer is not None else None
+        self.report.findings.append(Finding(path, action, reason, bytes_before, bytes_after, details, number))
+
+    def layer_of(self, path: str) -> int | None:
+        """The layer (from 0) that holds the bytes seen at ``path``; None when the view has no such path."""
+        if not path:
+            return None
+        holder = self.fs.holder_of(path)
+        if holder is not None:
+            return holder.layer
+        node = self.fs.get(path)
+        if node is not None:
+            return node.layer
+        return self.fs.layer_count if any(c.visible_path == path for c in self.changes) else None
 
 
 def select_passes(

@@ -172,6 +172,12 @@ class _Planner:
                 self.decide(number, layer, diff_ids[number], plan, plan.held)
                 for number, layer in enumerate(layers)
             ]
+        for decision in plan.layers:
+            decision.report.media_type_before = decision.descriptor.media_type
+        for decision, index in zip(plan.layers, plan.indexes, strict=False):
+            decision.report.uncompressed_before = tar_size(item.entry for item in index.entries)
+            if decision.fate in ("kept", "unchanged"):
+                decision.report.uncompressed_after = decision.report.uncompressed_before
         plan.report.layers.extend(decision.report for decision in plan.layers)
         return plan
 
@@ -231,7 +237,7 @@ class _Planner:
         if not must_write:
             status = "kept" if number < plan.protected or number in plan.held else "unchanged"
             report = LayerReport(
-                number, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type
+                number + 1, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type
             )
             return LayerDecision(number, layer, diff_id, status, layer_plan, report)
         items = layer_entries(
@@ -242,14 +248,14 @@ class _Planner:
         )
         if not items:
             report = LayerReport(
-                number, layer.digest, "", layer.size, 0, "dropped", layer.media_type, changed
+                number + 1, layer.digest, "", layer.size, 0, "dropped", layer.media_type, changed
             )
             return LayerDecision(number, layer, diff_id, "dropped", layer_plan, report)
         media_type = mt.layer_media_type(plan.docker_family, spec.codec)
         if layer.media_type in mt.NON_DISTRIBUTABLE:
             media_type = layer.media_type
         report = LayerReport(
-            number, layer.digest, "", layer.size, layer.size, "rewritten", media_type, changed
+            number + 1, layer.digest, "", layer.size, layer.size, "rewritten", media_type, changed
         )
         return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report, spec)
 
@@ -287,12 +293,14 @@ def _squash_decisions(
         layer_plan = changes.layers.get(number)
         if number < protected:
             report = LayerReport(
-                number, layer.digest, layer.digest, layer.size, layer.size, "kept", layer.media_type
+                number + 1, layer.digest, layer.digest, layer.size, layer.size, "kept", layer.media_type
             )
             decisions.append(LayerDecision(number, layer, diff_ids[number], "kept", layer_plan, report))
         else:
             changed = layer_plan.changes if layer_plan else 0
-            report = LayerReport(number, layer.digest, "", layer.size, 0, "merged", layer.media_type, changed)
+            report = LayerReport(
+                number + 1, layer.digest, "", layer.size, 0, "merged", layer.media_type, changed
+            )
             decisions.append(LayerDecision(number, layer, diff_ids[number], "merged", layer_plan, report))
     return decisions
 
@@ -397,11 +405,11 @@ def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
         assert plan.final_fs is not None
         merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.squash_base]
         size = round(tar_size(merged) * ratio)
-        return LayerReport(count, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
+        return LayerReport(count + 1, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
     if plan.changes.added:
         added = [entry for entry, _ in plan.changes.added.values()]
         size = round(tar_size(added) * ratio)
-        return LayerReport(count, "", "", 0, size, "added", media_type, len(added), estimated=True)
+        return LayerReport(count + 1, "", "", 0, size, "added", media_type, len(added), estimated=True)
     return None
 
 

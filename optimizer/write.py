@@ -220,11 +220,16 @@ class _Writer:
                     f"its own bytes; the {report.files_changed} change(s) the passes made there are not applied"
                 )
             report.status = "unchanged" if blob.digest == layer.digest else "reverted"
+            report.uncompressed_after = report.uncompressed_before
             report.digest_after, report.size_after = layer.digest, layer.size
             report.media_type, report.files_changed = layer.media_type, 0
             return layer, decision.diff_id
         self.blobs.from_file(blob)
-        report.digest_after, report.size_after = blob.digest, blob.size
+        report.digest_after, report.size_after, report.uncompressed_after = (
+            blob.digest,
+            blob.size,
+            blob.raw_size,
+        )
         return Descriptor(report.media_type, blob.digest, blob.size, {}), blob.diff_id
 
     def revertible(self, plan: ImagePlan, decision: LayerDecision) -> bool:
@@ -259,7 +264,15 @@ class _Writer:
         media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
         plan.report.layers.append(
             LayerReport(
-                len(plan.layers), "", blob.digest, 0, blob.size, "added", media_type, len(plan.changes.added)
+                len(plan.layers) + 1,
+                "",
+                blob.digest,
+                0,
+                blob.size,
+                "added",
+                media_type,
+                len(plan.changes.added),
+                uncompressed_after=blob.raw_size,
             )
         )
         return Descriptor(media_type, blob.digest, blob.size, {}), blob.diff_id
@@ -294,7 +307,15 @@ class _Writer:
                 decision.report.digest_after = blob.digest
             plan.report.layers.append(
                 LayerReport(
-                    len(plan.layers), "", blob.digest, 0, blob.size, "squashed", media_type, len(items)
+                    len(plan.layers) + 1,
+                    "",
+                    blob.digest,
+                    0,
+                    blob.size,
+                    "squashed",
+                    media_type,
+                    len(items),
+                    uncompressed_after=blob.raw_size,
                 )
             )
         new_config = squash_config(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from optimizer.filesystem import FileSystem, Node
 from optimizer.model import Content, EntryKind
@@ -225,7 +225,7 @@ class CompressedDuplicates:
     def _remove(self, ctx: PassContext, candidate: _Candidate, twin: str, servers: Served) -> None:
         path, size = candidate.path, candidate.node.size
         reason = f"same content as /{twin}"
-        details = {"codec": candidate.codec, "twin": "/" + twin}
+        details: dict[str, Any] = {"codec": candidate.codec, "twin": "/" + twin}
         kept = self._kept_by_glob(path) or servers.keeps(path, candidate.suffix)
         if kept:
             ctx.note(path, "kept", f"{reason}; {kept}", size, size, **details)

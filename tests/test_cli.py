@@ -50,7 +50,7 @@ def test_pure_repack_with_report(tmp_path: Path) -> None:
         "detail": "no rule decided: the first layer is kept (--base none optimizes every layer)",
     }
     assert report["compressors"]["zlib"] and report["compressors"]["zstd"]
-    assert "total:" in result.stdout
+    assert "compressed layers:" in result.stdout and "pull, node with the base:" in result.stdout
 
 
 def test_missing_input_is_an_input_error(tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ def test_dead_entries_leave_their_layers(scenario: Path, tmp_path: Path) -> None
     assert {"data/keep", "bin/tool", "sym", "dup1", "dup2"} <= set(base)
     dropped = {f.path for f in findings(report, "dropped")}
     assert {"data/a", "data/sub/c", "repl", "hl/orig"} <= dropped
-    summary = {f.details["layer"]: f for f in findings(report, "layer")}
+    summary = {f.layer - 1: f for f in findings(report, "layer") if f.layer}
     # data/a, data/sub/c, opq/old1, opq/old2, repl, dir2file/x, file2dir
     removed = len(BIG) + 5001 + 700 + 700 + 650 + 700 + 900
     # dead but not removed: the cross-layer link's target (kept), hl/orig (its bytes stay on hl/link)
@@ -163,7 +163,7 @@ def test_protected_layers_are_reported_not_rewritten(scenario: Path, tmp_path: P
     assert after[0] == before[0]
     reclaimable = {f.path for f in findings(report, "reclaimable")}
     assert {"data/a", "data/sub/c", "repl", "opq/old1"} <= reclaimable
-    summary = {f.details["layer"]: f for f in findings(report, "layer")}
+    summary = {f.layer - 1: f for f in findings(report, "layer") if f.layer}
     assert summary[0].details["removed_bytes"] == 0
     assert summary[0].details["reclaimable_bytes"] == summary[0].details["dead_bytes"] > len(BIG)
     middle = layer_members(Layout(out), after[1])
