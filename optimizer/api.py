@@ -240,6 +240,9 @@ def _check_options(options: Options) -> None:
         raise UsageError(f"unknown output format {options.output_format!r}: use oci-archive or oci-dir")
     if options.base_layers is not None and options.base_layers < 0:
         raise UsageError("--base-layers cannot be negative")
+    for platform in options.platforms:
+        if len(platform.strip("/").split("/")) not in (2, 3):
+            raise UsageError(f"--platform {platform!r}: expected OS/ARCH or OS/ARCH/VARIANT (linux/arm64/v8)")
 
 
 def _settings(options: Options, workers: int) -> WriteSettings:

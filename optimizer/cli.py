@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimize",
         description="Write a smaller copy of a container image that still works.",
-        epilog="Subcommand: 'optimize serve --config service.yaml' runs the registry webhook service.\n\n"
+        epilog="Subcommands: 'optimize analyze IMAGE' says what a run would do, writing nothing (a CI gate with "
+        "--fail-over); 'optimize serve --config service.yaml' runs the registry webhook service.\n\n"
         "exit status:\n" + "".join(f"  {code:<5}{meaning}\n" for code, meaning in EXIT_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the exit status table as written
     )
@@ -119,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
         return _serve(argv[1:])
+    if argv and argv[0] == "analyze":
+        from .analyze import main as analyze_main
+
+        return analyze_main(argv[1:])
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -31,6 +31,14 @@ class Platform:
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
+    def matches(self, wanted: str) -> bool:
+        """``linux/amd64`` matches any variant of it; ``linux/arm64/v8`` only that variant."""
+        parts = wanted.strip("/").split("/")
+        if len(parts) not in (2, 3):
+            return False
+        mine = (self.os, self.architecture, self.variant)
+        return all(want == have for want, have in zip(parts, mine, strict=False))
+
 
 @dataclass(frozen=True)
 class Descriptor:

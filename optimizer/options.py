@@ -58,6 +58,14 @@ class Options:
     base_layers: int | None = setting(
         None, "the first N layers are the base (kept byte-identical)", metavar="N", aliases=("--keep-layers",)
     )
+    platforms: tuple[str, ...] = setting(
+        (),
+        "optimize only images of this platform (os/arch[/variant], repeatable; default: every platform); "
+        "the others are carried over untouched",
+        flag="--platform",
+        metavar="OS/ARCH",
+        repeat=True,
+    )
     protect_layers: frozenset[str] = setting(
         frozenset(),
         "keep this layer byte-identical wherever it is (a digest; repeatable): the service passes the layers "
@@ -108,6 +116,7 @@ class Options:
             "base": self.base,
             "base_layers": self.base_layers,
             "protect_layers": sorted(self.protect_layers),
+            "platforms": list(self.platforms),
             "output_format": self.output_format,
             "compression": str(self.compression) if self.compression is not None else "keep",
             "recompress": self.recompress,

@@ -18,6 +18,7 @@ reports it as it is (sizes of rewritten layers are then estimates).
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +134,20 @@ class _Planner:
     def progress(self, what: str, done: int, total: int) -> None:
         if self.options.progress is not None:
             self.options.progress(what, done, total)
+
+    def selected(self, node: Node) -> bool:
+        """Whether ``--platform`` (when given) names this image's platform (the config's, when the index
+        does not say)."""
+        wanted = self.options.platforms
+        if not wanted:
+            return True
+        platform = node.descriptor.platform
+        if platform is None and node.config is not None:
+            config = parse_object(
+                self.source.blobs.read(node.config, "config"), f"{self.source.name}: config"
+            )
+            platform = config_platform(config)
+        return platform is not None and any(platform.matches(w) for w in wanted)
 
     def image(self, node: Node) -> ImagePlan:
         plan = self.new_plan(node)
@@ -321,8 +336,12 @@ def plan_run(
     run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in passes))
     for node in _image_order(roots):
         report.warnings.extend(node.warnings)
-        if node.kind is NodeKind.IMAGE:
+        if node.kind is NodeKind.IMAGE and planner.selected(node):
             run.images[node.digest] = planner.image(node)
+        elif node.kind is NodeKind.IMAGE:
+            report.carried.append(
+                f"{short(node.digest)} {node.descriptor.platform or ''}: not a --platform chosen"
+            )
         elif node.kind is NodeKind.MANIFEST:
             _carried(source, node, report)
     return run
@@ -362,9 +381,15 @@ def _carried(source: Source, node: Node, report: Report) -> None:
             )
 
 
+# gzip/zstd over a typical filesystem tree: the ratio assumed for an input whose layers are not compressed.
+TYPICAL_RATIO = 0.4
+
+
 def estimate_sizes(run: RunPlan) -> None:
     """Fill in the reports of a plan that is not written (a dry run): the compressed size of each layer the
-    run would write, estimated from its tar size and the image's own compression ratio. Nothing is compressed."""
+    run would write, estimated from its tar size and the image's own compression ratio (``TYPICAL_RATIO`` for
+    uncompressed inputs). No layer is compressed; the few small files a pass adds are (zlib level 1), as
+    their ratio is nothing like the image's."""
     for plan in run.images.values():
         ratio = _compression_ratio(plan)
         for decision in plan.layers:
@@ -376,7 +401,8 @@ def estimate_sizes(run: RunPlan) -> None:
                     lower_paths_of(plan.indexes, decision.number, plan.changes),
                     False,
                 )
-                decision.report.size_after = round(tar_size(entry for entry, _ in items) * ratio)
+                decision.report.uncompressed_after = tar_size(entry for entry, _ in items)
+                decision.report.size_after = round(decision.report.uncompressed_after * ratio)
                 decision.report.estimated = True
         extra = _unwritten_layer(plan, ratio)
         if extra is not None:
@@ -392,9 +418,14 @@ def tar_size(entries: Iterable[Entry]) -> int:
 
 
 def _compression_ratio(plan: ImagePlan) -> float:
-    raw = sum(tar_size(item.entry for item in index.entries) for index in plan.indexes)
-    packed = sum(d.descriptor.size for d in plan.layers[: len(plan.indexes)])
-    return packed / raw if raw else 1.0
+    compressed = [
+        (index, d)
+        for index, d in zip(plan.indexes, plan.layers, strict=False)
+        if mt.layer_compression(d.descriptor.media_type) not in (None, mt.Compression.NONE)
+    ]
+    raw = sum(tar_size(item.entry for item in index.entries) for index, _ in compressed)
+    packed = sum(d.descriptor.size for _, d in compressed)
+    return packed / raw if raw and packed else TYPICAL_RATIO
 
 
 def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
@@ -407,8 +438,8 @@ def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
         size = round(tar_size(merged) * ratio)
         return LayerReport(count + 1, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
     if plan.changes.added:
-        added = [entry for entry, _ in plan.changes.added.values()]
-        size = round(tar_size(added) * ratio)
+        added = list(plan.changes.added.values())
+        size = sum(512 + (len(zlib.compress(c.read_bytes(), 1)) if c else 0) for _, c in added) + 1024
         return LayerReport(count + 1, "", "", 0, size, "added", media_type, len(added), estimated=True)
     return None
 

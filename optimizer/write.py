@@ -127,10 +127,10 @@ class _Writer:
         descriptor = node.descriptor
         if node.kind is NodeKind.INDEX:
             return self.index(node)
-        if node.kind is NodeKind.IMAGE:
+        if node.kind is NodeKind.IMAGE and node.digest in self.run.images:
             return self.image(self.run.images[node.digest])
-        if node.kind is NodeKind.MANIFEST:
-            self.carry(node)
+        if node.kind in (NodeKind.IMAGE, NodeKind.MANIFEST):
+            self.carry(node)  # not an image we read, or not a --platform chosen
         elif node.kind is NodeKind.OTHER:
             self.blobs.from_source(self.source.blobs, descriptor, "blob")
         return descriptor  # carried, or missing from the input (the reference is kept, without content)

@@ -1,0 +1,87 @@
+"""``optimize analyze``: what a run would do, nothing written; --fail-over as a CI gate, --compare against an
+earlier image or report; and ``--platform`` choosing the images of an index that a run touches."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from optimizer import Options, optimize
+from optimizer.analyze import analyze, parse_limit
+from optimizer.errors import PolicyError, UsageError
+
+from .conftest import ROOT, fixture
+from .imagetools import Layout, build_image, entry
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer", *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+
+
+def wasteful(path: Path, waste: int) -> Path:
+    """A base layer, then a layer of ``waste`` bytes that the next layer deletes (dead data above the base)."""
+    return build_image(
+        path,
+        [
+            [entry("etc/os-release", data=b"ID=test\n")],
+            [entry("var/cache/blob", data=random.Random(waste).randbytes(waste))],  # does not compress
+            [entry("var/cache/blob", data=b"gone")],
+        ],
+    )
+
+
+def test_limits() -> None:
+    assert parse_limit("10MB") == (10_000_000, None)
+    assert parse_limit("512KiB") == (524_288, None)
+    assert parse_limit("1000") == (1000, None)
+    assert parse_limit("5%") == (None, 5.0)
+    with pytest.raises(UsageError):
+        parse_limit("lots")
+
+
+def test_analyze_writes_nothing_and_reports_waste_by_layer(tmp_path: Path) -> None:
+    image = wasteful(tmp_path / "in.tar", 64 * 1024)
+    before = set(tmp_path.iterdir())
+    result = analyze(str(image), Options(skip=("inject",)))
+    assert set(tmp_path.iterdir()) == before
+    (layers,) = result.waste.values()
+    assert [(w.number, w.dead_bytes, w.removable_bytes) for w in layers] == [(2, 64 * 1024, 64 * 1024)]
+    assert result.would_save > 0 and result.report.dry_run
+
+
+def test_fail_over_and_compare_through_the_cli(tmp_path: Path) -> None:
+    small = wasteful(tmp_path / "small.tar", 1024)
+    large = wasteful(tmp_path / "large.tar", 256 * 1024)
+    report = tmp_path / "small.json"
+    done = run("analyze", str(small), "--skip", "inject", "--report", str(report), "--fail-over", "1MB")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(report.read_text())
+    assert data["analysis"]["would_save"] > 0 and data["schema_version"] == 1
+    assert "wasted, as dive counts it" in done.stdout
+    done = run("analyze", str(large), "--skip", "inject", "--fail-over", "10KiB")
+    assert done.returncode == PolicyError.exit_code and "over the limit" in done.stderr
+    # Against the earlier report, the limit applies to the growth: the large image grew the waste by far more.
+    done = run("analyze", str(large), "--skip", "inject", "--compare", str(report), "--fail-over", "100KiB")
+    assert done.returncode == PolicyError.exit_code and "grew since the previous image" in done.stderr
+    done = run("analyze", str(small), "--skip", "inject", "--compare", str(report), "--fail-over", "1KiB")
+    assert done.returncode == 0, done.stderr
+
+
+def test_platform_chooses_the_images_a_run_touches(tmp_path: Path) -> None:
+    source = fixture("images/stereoscope/oci-layout-multiplatform")
+    out = tmp_path / "out.tar"
+    report = optimize(str(source), str(out), Options(platforms=("linux/arm64",), base="none"))
+    assert [image.platform for image in report.images] == ["linux/arm64"]
+    assert any("not a --platform chosen" in line for line in report.carried)
+    every = Layout(source).manifests()
+    kept = {digest for digest, _ in Layout(out).manifests()}
+    assert len(kept) == len(every)  # the other platforms are still there, untouched
+    with pytest.raises(UsageError, match="--platform"):
+        optimize(str(source), None, Options(platforms=("amd64",), dry_run=True))
