@@ -175,17 +175,42 @@ def _unavailable(error: QueueUnavailable) -> JSONResponse:
 
 
 def create_app(service: Service, lifespan: Any = None, role: str = "all") -> Starlette:
-    config = service.config
-    metrics = service.metrics
+    """The ASGI app: ``/healthz`` and ``/metrics`` for every role; the webhook and the job API for the HTTP
+    role (``all`` or ``http``)."""
+    handlers = _Handlers(service, role)
+    routes = [
+        Route("/healthz", handlers.healthz, methods=["GET"]),
+        Route("/metrics", handlers.metrics, methods=["GET"]),
+    ]
+    if role in ("all", "http"):
+        routes += [
+            Route("/hook", handlers.hook, methods=["POST"]),
+            Route("/hook/{source}", handlers.hook, methods=["POST"]),
+            Route("/jobs", handlers.jobs, methods=["GET"]),
+            Route("/jobs/{job_id}", handlers.job, methods=["GET"]),
+        ]
+    return Starlette(routes=routes, lifespan=lifespan)
 
-    async def hook(request: Request) -> Response:
+
+class _Handlers:
+    """The service's HTTP endpoints (Starlette handlers bound to one service)."""
+
+    def __init__(self, service: Service, role: str) -> None:
+        self.service = service
+        self.config = service.config
+        self.counters = service.metrics
+        self.role = role
+
+    async def hook(self, request: Request) -> Response:
+        """A registry's notification: authenticated first, then parsed; answers 202 at once, queued or not."""
+        config, counters = self.config, self.counters
         named = request.path_params.get("source")
         if named is not None and named not in config.sources:
-            metrics.hook_requests.labels("unknown-source").inc()
+            counters.hook_requests.labels("unknown-source").inc()
             return _error(404, "no such source")
         body = await _read_body(request, config.max_body_bytes)
         if body is None:
-            metrics.hook_requests.labels("too-large").inc()
+            counters.hook_requests.labels("too-large").inc()
             log(
                 logging.WARNING,
                 "webhook body too large",
@@ -197,25 +222,33 @@ def create_app(service: Service, lifespan: Any = None, role: str = "all") -> Sta
         headers = dict(request.headers)
         auth = authenticate(candidates, headers, body)
         if auth.source is None:
-            metrics.hook_requests.labels("unauthorized").inc()
-            log(
-                logging.WARNING,
-                "webhook refused",
-                reason=auth.reason,
-                client=_client(request),
-                user_agent=request.headers.get("user-agent", ""),
-                path=request.url.path,
-            )
-            return _error(401, auth.reason, **{"WWW-Authenticate": 'Bearer realm="optimizer"'})
-        source = auth.source
+            return self._refused(request, auth.reason)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type and "json" not in content_type:
-            metrics.hook_requests.labels("unsupported-media-type").inc()
+            counters.hook_requests.labels("unsupported-media-type").inc()
             return _error(415, "expected a JSON body")
+        return await self._events(request, auth.source, body, headers)
+
+    def _refused(self, request: Request, reason: str) -> Response:
+        self.counters.hook_requests.labels("unauthorized").inc()
+        log(
+            logging.WARNING,
+            "webhook refused",
+            reason=reason,
+            client=_client(request),
+            user_agent=request.headers.get("user-agent", ""),
+            path=request.url.path,
+        )
+        return _error(401, reason, **{"WWW-Authenticate": 'Bearer realm="optimizer"'})
+
+    async def _events(
+        self, request: Request, source: SourceConfig, body: bytes, headers: dict[str, str]
+    ) -> Response:
+        counters = self.counters
         try:
             events = parse_events(body, headers, source.format)
         except EventError as error:
-            metrics.hook_requests.labels("malformed").inc()
+            counters.hook_requests.labels("malformed").inc()
             log(
                 logging.WARNING,
                 "webhook body refused",
@@ -225,32 +258,32 @@ def create_app(service: Service, lifespan: Any = None, role: str = "all") -> Sta
             )
             return _error(400, str(error))
         try:
-            answers = await run_in_threadpool(_accept, service, source, events)
+            answers = await run_in_threadpool(_accept, self.service, source, events)
         except QueueUnavailable as error:
-            metrics.hook_requests.labels("unavailable").inc()
+            counters.hook_requests.labels("unavailable").inc()
             return _unavailable(error)
-        metrics.hook_requests.labels("accepted").inc()
+        counters.hook_requests.labels("accepted").inc()
         if any(a["outcome"] == "queued" for a in answers):
-            service.wake.set()
+            self.service.wake.set()
         return JSONResponse({"source": source.name, "events": answers}, status_code=202)
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         try:
-            counts = await run_in_threadpool(service.queue.counts)
+            counts = await run_in_threadpool(self.service.queue.counts)
         except Exception as error:  # the database is unusable: say so, with a status a probe understands
             return JSONResponse({"status": "error", "error": str(error)}, status_code=503)
-        return JSONResponse({"status": "ok", "role": role, "jobs": counts})
+        return JSONResponse({"status": "ok", "role": self.role, "jobs": counts})
 
-    def _admin(request: Request) -> Response | None:
-        if config.admin_token is None:
+    def _admin(self, request: Request) -> Response | None:
+        if self.config.admin_token is None:
             return None
         token = bearer_of(dict(request.headers)) or ""
-        if not hmac.compare_digest(token.encode(), config.admin_token.reveal().encode()):
+        if not hmac.compare_digest(token.encode(), self.config.admin_token.reveal().encode()):
             return _error(401, "this endpoint needs the admin token", **{"WWW-Authenticate": "Bearer"})
         return None
 
-    async def jobs(request: Request) -> Response:
-        refused = _admin(request)
+    async def jobs(self, request: Request) -> Response:
+        refused = self._admin(request)
         if refused is not None:
             return refused
         unknown = sorted(set(request.query_params) - _JOBS_PARAMETERS)
@@ -265,15 +298,16 @@ def create_app(service: Service, lifespan: Any = None, role: str = "all") -> Sta
             if isinstance(checked, str):
                 return _error(400, checked)
         assert isinstance(limit, int) and isinstance(offset, int)
+        queue = self.service.queue
         try:
-            found = await run_in_threadpool(service.queue.jobs, status, limit, offset)
-            counts = await run_in_threadpool(service.queue.counts)
+            found = await run_in_threadpool(queue.jobs, status, limit, offset)
+            counts = await run_in_threadpool(queue.counts)
         except QueueUnavailable as error:
             return _unavailable(error)
         return JSONResponse({"jobs": [job.to_json(with_report=False) for job in found], "counts": counts})
 
-    async def job(request: Request) -> Response:
-        refused = _admin(request)
+    async def job(self, request: Request) -> Response:
+        refused = self._admin(request)
         if refused is not None:
             return refused
         if request.query_params:
@@ -282,28 +316,15 @@ def create_app(service: Service, lifespan: Any = None, role: str = "all") -> Sta
         if job_id is None:
             return _error(404, "no such job")
         try:
-            found = await run_in_threadpool(service.queue.get, job_id)
+            found = await run_in_threadpool(self.service.queue.get, job_id)
         except QueueUnavailable as error:
             return _unavailable(error)
         if found is None:
             return _error(404, "no such job")
         return JSONResponse(found.to_json())
 
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
-
-    routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ]
-    if role in ("all", "http"):
-        routes += [
-            Route("/hook", hook, methods=["POST"]),
-            Route("/hook/{source}", hook, methods=["POST"]),
-            Route("/jobs", jobs, methods=["GET"]),
-            Route("/jobs/{job_id}", job, methods=["GET"]),
-        ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    async def metrics(self, request: Request) -> Response:
+        return Response(await run_in_threadpool(self.counters.render), media_type=CONTENT_TYPE)
 
 
 def _accept(service: Service, source: SourceConfig, events: list[Event]) -> list[dict[str, Any]]:

@@ -35,10 +35,10 @@ import fnmatch
 import os
 import string
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -47,6 +47,7 @@ from .. import settings
 from ..errors import UsageError
 from ..options import Options
 from ..pipeline import select_passes
+from .configreader import Reader, Secret, kind_of
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -65,31 +66,8 @@ __all__ = [
 
 DEFAULT_USER_AGENT = "oci-optimizer-service/0.1"
 EVENT_FORMATS = ("auto", "distribution", "harbor", "zot", "github", "acr")
+T = TypeVar("T")
 EventFormat = Literal["auto", "distribution", "harbor", "zot", "github", "acr"]
-
-
-class Secret:
-    """A secret value that does not print itself."""
-
-    __slots__ = ("_value", "origin")
-
-    def __init__(self, value: str, origin: str) -> None:
-        self._value = value
-        self.origin = origin  # "inline", "env NAME" or "file PATH": safe to log
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret(<{self.origin}>)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)
@@ -214,124 +192,6 @@ class Config:
         return self.state_dir / "work"
 
 
-# --- the strict reader ----------------------------------------------------------------------------------
-
-
-class _Reader:
-    """Walks a YAML mapping, remembering the key path for error messages."""
-
-    def __init__(self, data: Any, path: str) -> None:
-        if not isinstance(data, dict):
-            raise UsageError(f"{path or 'service config'}: expected a mapping, got {_kind(data)}")
-        self.data: dict[str, Any] = data
-        self.path = path
-        self.seen: set[str] = set()
-
-    def _at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def raw(self, key: str) -> Any:
-        self.seen.add(key)
-        return self.data.get(key)
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self.raw(key)
-        if value is None:
-            if required or default is None:
-                raise UsageError(f"{self._at(key)}: required")
-            return default
-        if not isinstance(value, str) or not value:
-            raise UsageError(f"{self._at(key)}: expected a non-empty string, got {_kind(value)}")
-        return value
-
-    def opt_str(self, key: str) -> str | None:
-        return self.text(key) if self.raw(key) is not None else None
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise UsageError(f"{self._at(key)}: expected true or false, got {_kind(value)}")
-        return value
-
-    def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise UsageError(f"{self._at(key)}: expected an integer >= {minimum}, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise UsageError(f"{self._at(key)}: expected a number >= {minimum}, got {value!r}")
-        return float(value)
-
-    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise UsageError(f"{self._at(key)}: expected a list of non-empty strings, got {value!r}")
-        return tuple(value)
-
-    def mapping(self, key: str) -> _Reader | None:
-        value = self.raw(key)
-        return None if value is None else _Reader(value, self._at(key))
-
-    def secret(self, key: str) -> Secret | None:
-        value = self.raw(key)
-        if value is None:
-            return None
-        at = self._at(key)
-        if isinstance(value, str):
-            return _nonempty(Secret(value, "inline"), at)
-        sub = _Reader(value, at)
-        keys = [k for k in ("value", "env", "file") if sub.has(k)]
-        if len(keys) != 1:
-            raise UsageError(f"{at}: give exactly one of value, env or file")
-        if keys[0] == "value":
-            secret = Secret(sub.text("value"), "inline")
-        elif keys[0] == "env":
-            name = sub.text("env")
-            if name not in os.environ:
-                raise UsageError(f"{at}: environment variable {name} is not set")
-            secret = Secret(os.environ[name], f"env {name}")
-        else:
-            file = sub.text("file")
-            try:
-                text = Path(file).read_text(encoding="utf-8").strip()
-            except OSError as error:
-                raise UsageError(f"{at}: cannot read secret file {file}: {error.strerror}") from error
-            secret = Secret(text, f"file {file}")
-        sub.done()
-        return _nonempty(secret, at)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise UsageError(f"{self._at(unknown[0])}: unknown key")
-
-
-def _nonempty(secret: Secret, at: str) -> Secret:
-    if not secret.reveal():
-        raise UsageError(f"{at}: the secret is empty")
-    return secret
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
 def _check_template(text: str, at: str) -> str:
     try:
         fields = [name for _, name, spec, conv in string.Formatter().parse(text) if name is not None]
@@ -345,7 +205,7 @@ def _check_template(text: str, at: str) -> str:
     return text
 
 
-def _registry(name: str, r: _Reader) -> RegistryConfig:
+def _registry(name: str, r: Reader) -> RegistryConfig:
     url = r.text("url", required=True)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
@@ -367,7 +227,7 @@ def _registry(name: str, r: _Reader) -> RegistryConfig:
     return RegistryConfig(name, parts.netloc, parts.scheme == "http", username, password, timeout, limit)
 
 
-def _source(name: str, r: _Reader, registries: Mapping[str, RegistryConfig]) -> SourceConfig:
+def _source(name: str, r: Reader, registries: Mapping[str, RegistryConfig]) -> SourceConfig:
     registry = r.text("registry", required=True)
     if registry not in registries:
         raise UsageError(f"{r.path}.registry: no registry named {registry!r} is configured")
@@ -385,7 +245,7 @@ def _source(name: str, r: _Reader, registries: Mapping[str, RegistryConfig]) -> 
 
 
 def _destination(
-    r: _Reader | None, at: str, rule_registry: str, registries: Mapping[str, RegistryConfig]
+    r: Reader | None, at: str, rule_registry: str, registries: Mapping[str, RegistryConfig]
 ) -> Destination:
     if r is None:
         raise UsageError(f"{at}: required (same_tag: true, tag_suffix: SUFFIX, or repository/tag templates)")
@@ -413,7 +273,7 @@ def _destination(
     return Destination(registry, repository, tag, suffix or "", allowed_tags)
 
 
-def _rule_options(r: _Reader | None, at: str) -> Options:
+def _rule_options(r: Reader | None, at: str) -> Options:
     """A rule's ``options``: the run options (the command line's settings, by field name) and
     ``pass_options: {PASS: {FIELD: VALUE}}``, each derived from the declared settings and checked now."""
     from passes import PASSES
@@ -424,7 +284,7 @@ def _rule_options(r: _Reader | None, at: str) -> Options:
     classes = {cls.name: cls for cls in PASSES}
     chosen = raw.pop("pass_options", None) or {}
     if not isinstance(chosen, dict):
-        raise UsageError(f"{at}.pass_options: expected a mapping of pass names, got {_kind(chosen)}")
+        raise UsageError(f"{at}.pass_options: expected a mapping of pass names, got {kind_of(chosen)}")
     pass_options = []
     for name, values in chosen.items():
         if name not in classes:
@@ -438,7 +298,7 @@ def _rule_options(r: _Reader | None, at: str) -> Options:
     return options
 
 
-def _queue(r: _Reader | None) -> QueueConfig:
+def _queue(r: Reader | None) -> QueueConfig:
     if r is None:
         return QueueConfig()
     backend = r.text("backend", "sqlite")
@@ -461,7 +321,7 @@ def _queue(r: _Reader | None) -> QueueConfig:
     return QueueConfig(typing.cast(Literal["sqlite", "postgres"], backend), dsn, lease, heartbeat)
 
 
-def _reconcile(r: _Reader | None, registries: Mapping[str, RegistryConfig]) -> ReconcileConfig | None:
+def _reconcile(r: Reader | None, registries: Mapping[str, RegistryConfig]) -> ReconcileConfig | None:
     if r is None:
         return None
     from .events import valid_reference
@@ -484,39 +344,22 @@ def _reconcile(r: _Reader | None, registries: Mapping[str, RegistryConfig]) -> R
     return ReconcileConfig(interval, repositories)
 
 
-def parse_config(data: Any, base: Path | None = None) -> Config:
-    """Build a ``Config`` from parsed YAML; relative paths are taken from ``base`` (the file's folder)."""
-    root = _Reader(data, "")
-    listen = root.text("listen", "127.0.0.1:8080")
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UsageError(f"listen: expected HOST:PORT, got {listen!r}")
-    state_dir = Path(root.text("state_dir", required=True))
-    if not state_dir.is_absolute() and base is not None:
-        state_dir = base / state_dir
-
-    registries: dict[str, RegistryConfig] = {}
-    section = root.mapping("registries")
+def _named(root: Reader, key: str, empty: str, read: Callable[[str, Reader], T]) -> dict[str, T]:
+    """A mapping of named sections (``registries``, ``sources``), each read by ``read``."""
+    section = root.mapping(key)
     if section is None or not section.data:
-        raise UsageError("registries: at least one registry is required")
-    for name in list(section.data):
-        registries[name] = _registry(name, _Reader(section.raw(name), f"registries.{name}"))
+        raise UsageError(f"{key}: {empty}")
+    found = {name: read(name, Reader(section.raw(name), f"{key}.{name}")) for name in list(section.data)}
     section.done()
+    return found
 
-    sources: dict[str, SourceConfig] = {}
-    section = root.mapping("sources")
-    if section is None or not section.data:
-        raise UsageError("sources: at least one webhook source is required")
-    for name in list(section.data):
-        sources[name] = _source(name, _Reader(section.raw(name), f"sources.{name}"), registries)
-    section.done()
 
-    raw_rules = root.raw("rules")
+def _rules(raw_rules: Any, registries: Mapping[str, RegistryConfig]) -> list[Rule]:
     if not isinstance(raw_rules, list) or not raw_rules:
         raise UsageError("rules: expected a non-empty list of rules")
     rules: list[Rule] = []
     for i, raw in enumerate(raw_rules):
-        r = _Reader(raw, f"rules[{i}]")
+        r = Reader(raw, f"rules[{i}]")
         name = r.text("name", required=True)
         if any(rule.name == name for rule in rules):
             raise UsageError(f"rules[{i}].name: {name!r} is used twice")
@@ -538,17 +381,39 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
             )
         )
         r.done()
+    return rules
 
+
+def _retry(section: Reader | None) -> RetryConfig:
     retry = RetryConfig()
-    section = root.mapping("retry")
-    if section is not None:
-        retry = RetryConfig(
-            attempts=section.integer("attempts", retry.attempts, minimum=1),
-            backoff_seconds=section.number("backoff_seconds", retry.backoff_seconds),
-            max_backoff_seconds=section.number("max_backoff_seconds", retry.max_backoff_seconds),
-        )
-        section.done()
+    if section is None:
+        return retry
+    retry = RetryConfig(
+        attempts=section.integer("attempts", retry.attempts, minimum=1),
+        backoff_seconds=section.number("backoff_seconds", retry.backoff_seconds),
+        max_backoff_seconds=section.number("max_backoff_seconds", retry.max_backoff_seconds),
+    )
+    section.done()
+    return retry
 
+
+def parse_config(data: Any, base: Path | None = None) -> Config:
+    """Build a ``Config`` from parsed YAML; relative paths are taken from ``base`` (the file's folder)."""
+    root = Reader(data, "")
+    listen = root.text("listen", "127.0.0.1:8080")
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"listen: expected HOST:PORT, got {listen!r}")
+    state_dir = Path(root.text("state_dir", required=True))
+    if not state_dir.is_absolute() and base is not None:
+        state_dir = base / state_dir
+
+    registries = _named(root, "registries", "at least one registry is required", _registry)
+    sources = _named(
+        root, "sources", "at least one webhook source is required", lambda n, r: _source(n, r, registries)
+    )
+    rules = _rules(root.raw("rules"), registries)
+    retry = _retry(root.mapping("retry"))
     queue = _queue(root.mapping("queue"))
     reconcile = _reconcile(root.mapping("reconcile"), registries)
 

@@ -17,7 +17,7 @@ Same contract as ``SqliteQueue`` (see ``queue``), with what a fleet needs:
   other lease.
 
 Tables live in the schema ``oci_optimizer`` (so the service may share a database); their version is in
-``oci_optimizer.schema_version`` and ``_MIGRATIONS[n]`` takes it from n to n+1, under an advisory lock so that
+``oci_optimizer.schema_version`` and ``MIGRATIONS[n]`` takes it from n to n+1, under an advisory lock so that
 replicas starting together migrate once. Nothing here ever logs the DSN: it holds the password.
 """
 
@@ -26,8 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -52,7 +51,6 @@ from .queue import (
 
 try:
     import psycopg
-    from psycopg.rows import dict_row
 except ImportError as error:  # the optional dependency (or Debian's libpq5 under it) is missing
     raise RequiredToolNotFound(
         "psycopg",
@@ -60,158 +58,23 @@ except ImportError as error:  # the optional dependency (or Debian's libpq5 unde
         "use the PostgreSQL queue",
     ) from error
 
+from .postgres_pool import Connection, Pool, describe_dsn
+from .postgres_schema import (
+    CHANNEL,
+    INTAKE_PATIENCE,
+    LOCK_CLASS,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    NOW,
+    SCHEMA,
+    SCHEMA_VERSION,
+    START_PATIENCE,
+    WORKER_PATIENCE,
+)
+
 __all__ = ["CHANNEL", "SCHEMA", "SCHEMA_VERSION", "PostgresQueue", "describe_dsn"]
 
-SCHEMA = "oci_optimizer"
-CHANNEL = "oci_optimizer_jobs"
-INTAKE_PATIENCE = 3.0
-WORKER_PATIENCE = 900.0
-START_PATIENCE = 30.0
-_LOCK_CLASS = 0x6F63  # advisory lock namespace: ("oc", hash of a name)
-_MIGRATION_LOCK = 1
-
-_V1 = f"""
-CREATE TABLE {SCHEMA}.jobs (
-    id BIGSERIAL PRIMARY KEY,
-    dedupe_key TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    source TEXT NOT NULL,
-    event_format TEXT NOT NULL,
-    event_ids TEXT NOT NULL DEFAULT '[]',
-    registry TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    media_type TEXT,
-    dest_registry TEXT NOT NULL,
-    dest_repository TEXT NOT NULL,
-    dest_tag TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'queued',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    duplicates INTEGER NOT NULL DEFAULT 0,
-    created_at DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL,
-    started_at DOUBLE PRECISION,
-    finished_at DOUBLE PRECISION,
-    next_attempt_at DOUBLE PRECISION NOT NULL,
-    error TEXT,
-    outcome TEXT,
-    result_digest TEXT,
-    timings TEXT,
-    report TEXT,
-    lease_token TEXT,
-    lease_owner TEXT,
-    lease_expires_at DOUBLE PRECISION
-);
-CREATE UNIQUE INDEX jobs_active_key ON {SCHEMA}.jobs (dedupe_key) WHERE status IN ('queued', 'running');
-CREATE INDEX jobs_due ON {SCHEMA}.jobs (next_attempt_at, id) WHERE status = 'queued';
-CREATE INDEX jobs_leases ON {SCHEMA}.jobs (lease_expires_at, id) WHERE status = 'running';
-CREATE INDEX jobs_key ON {SCHEMA}.jobs (dedupe_key);
-CREATE INDEX jobs_status ON {SCHEMA}.jobs (status);
-CREATE TABLE {SCHEMA}.events (
-    event_key TEXT PRIMARY KEY,
-    received_at DOUBLE PRECISION NOT NULL
-);
-CREATE TABLE {SCHEMA}.pushed (
-    digest TEXT PRIMARY KEY,
-    job_id BIGINT NOT NULL,
-    reference TEXT NOT NULL,
-    recorded_at DOUBLE PRECISION NOT NULL
-);
-CREATE TABLE {SCHEMA}.image_layers (
-    registry TEXT NOT NULL,
-    layer TEXT NOT NULL,
-    manifest TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    recorded_at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (registry, layer, manifest, repository)
-);
-CREATE TABLE {SCHEMA}.singletons (
-    name TEXT PRIMARY KEY,
-    holder TEXT NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL
-)
-"""
-
-_MIGRATIONS = (_V1,)
-SCHEMA_VERSION = len(_MIGRATIONS)
-_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8 AS now"
-
 T = TypeVar("T")
-Connection = psycopg.Connection[dict[str, Any]]
-
-
-def describe_dsn(dsn: str) -> str:
-    """``host:port/dbname`` of a DSN, for messages (never the password); the DSN itself if it does not parse."""
-    try:
-        parts = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as error:
-        raise UsageError(f"queue.dsn: not a PostgreSQL connection string: {error}") from None
-    host = parts.get("host") or parts.get("hostaddr") or "localhost"
-    return f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or parts.get('user') or ''}"
-
-
-class _Pool:
-    """At most ``size`` connections, made when needed; a broken one is dropped, never handed out again."""
-
-    def __init__(self, dsn: str, size: int) -> None:
-        self._dsn = dsn
-        self._idle: list[Connection] = []
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(size)
-        self._closed = False
-
-    def connect(self) -> Connection:
-        connection = psycopg.connect(
-            self._dsn,
-            autocommit=True,
-            row_factory=dict_row,
-            connect_timeout=5,
-            application_name="oci-optimizer",
-            keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
-            keepalives_count=3,
-        )
-        connection.execute(f"SET search_path TO {SCHEMA}")
-        return connection
-
-    @contextmanager
-    def connection(self, timeout: float) -> Iterator[Connection]:
-        if not self._slots.acquire(timeout=max(0.01, timeout)):
-            raise psycopg.OperationalError("no free connection to PostgreSQL in the pool")
-        connection: Connection | None = None
-        try:
-            with self._lock:
-                while self._idle and connection is None:
-                    candidate = self._idle.pop()
-                    if candidate.closed or candidate.broken:
-                        candidate.close()
-                    else:
-                        connection = candidate
-            if connection is None:
-                connection = self.connect()
-            yield connection
-        except BaseException:
-            if connection is not None and (connection.broken or connection.closed):
-                connection.close()
-                connection = None
-            raise
-        finally:
-            if connection is not None:
-                with self._lock:
-                    if self._closed:
-                        connection.close()
-                    else:
-                        self._idle.append(connection)
-            self._slots.release()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            for connection in self._idle:
-                connection.close()
-            self._idle.clear()
 
 
 class _Busy(Exception):
@@ -229,13 +92,13 @@ class PostgresQueue:
         self.owner = Owner.current()
         self._holder = f"{self.owner} {uuid.uuid4().hex}"
         self._dsn = dsn
-        self._pool = _Pool(dsn, pool_size)
+        self._pool = Pool(dsn, pool_size)
         self._closed = threading.Event()
         self._run(self._migrate, START_PATIENCE)
 
     def _migrate(self, db: Connection) -> None:
         with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _MIGRATION_LOCK))
+            db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, MIGRATION_LOCK))
             db.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             db.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version (version INTEGER NOT NULL)")
             row = db.execute(f"SELECT max(version) AS version FROM {SCHEMA}.schema_version").fetchone()
@@ -246,7 +109,7 @@ class PostgresQueue:
                     f"knows ({SCHEMA_VERSION}): run a newer oci-optimizer"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[number].split(";"):
+                for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", (number + 1,))
@@ -273,7 +136,7 @@ class PostgresQueue:
 
     @staticmethod
     def _now(db: Connection) -> float:
-        row = db.execute(_NOW).fetchone()
+        row = db.execute(NOW).fetchone()
         assert row is not None
         return float(row["now"])
 
@@ -423,14 +286,14 @@ class PostgresQueue:
                 # Counted again under the registries' locks (held to the commit, taken in name order): two
                 # claimers cannot both see the last free slot.
                 for name in touched:
-                    db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, name))
+                    db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, name))
                 if self._full(db, now, touched):
                     raise _Busy
             token = uuid.uuid4().hex
             # The clock read again here, after the locks: a claim that waited is not dated before the finish
             # of the job whose slot it took.
             found = db.execute(
-                f"WITH now AS ({_NOW}) UPDATE jobs SET status = 'running', attempts = attempts + 1,"
+                f"WITH now AS ({NOW}) UPDATE jobs SET status = 'running', attempts = attempts + 1,"
                 " started_at = now.now, updated_at = now.now, lease_token = %s, lease_owner = %s,"
                 " lease_expires_at = now.now + %s FROM now WHERE id = %s RETURNING jobs.*",
                 (token, str(self.owner), self.settings.lease_seconds, row["id"]),
