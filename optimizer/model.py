@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, BinaryIO
 
-__all__ = ["Content", "Descriptor", "Entry", "EntryKind", "Platform"]
+__all__ = ["Content", "Descriptor", "Entry", "EntryKind", "Platform", "Window"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Content:
     def open(self) -> BinaryIO:
         handle = open(self.path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
         handle.seek(self.offset)
-        return io.BufferedReader(_Slice(handle, self.size), 1 << 16)
+        return io.BufferedReader(Window(handle, self.size), 1 << 16)
 
     def read_bytes(self) -> bytes:
         with open(self.path, "rb") as handle:
@@ -132,8 +132,9 @@ class Content:
             return handle.read(count)
 
 
-class _Slice(io.RawIOBase):
-    """A read-only window of ``size`` bytes on an open file, starting at its current position."""
+class Window(io.RawIOBase):
+    """A read-only window of ``size`` bytes on an open file, from its current position (a spool slice, a tar
+    member's data)."""
 
     def __init__(self, handle: io.BufferedReader, size: int) -> None:
         self._handle = handle

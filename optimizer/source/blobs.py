@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from ..digest import VerifyingReader, sha256_digest, short
 from ..errors import FormatError, MissingBlobError
-from ..model import Descriptor
+from ..model import Descriptor, Window
 
 __all__ = ["BlobStore", "Blobs", "Origin"]
 
@@ -113,26 +113,3 @@ def read_verified(store: Blobs, descriptor: Descriptor, role: str, limit: int) -
         reader.read()  # reach EOF so the digest is checked
     assert isinstance(data, bytes)
     return data
-
-
-class Window(io.RawIOBase):
-    """A file handle limited to ``size`` bytes from its current position (a tar member's data)."""
-
-    def __init__(self, handle: io.BufferedReader, size: int) -> None:
-        self._handle = handle
-        self._left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._left <= 0:
-            return 0
-        view = memoryview(buffer)
-        got = int(self._handle.readinto(view[: min(len(view), self._left)]))
-        self._left -= got
-        return got
-
-    def close(self) -> None:
-        self._handle.close()
-        super().close()
