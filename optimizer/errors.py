@@ -8,8 +8,9 @@ to exit codes or HTTP statuses::
     ├── InputError                      exit 3: the input image cannot be read as promised
     │   ├── FormatError                 not an OCI layout / docker archive, or malformed JSON documents
     │   ├── MissingBlobError            a blob that the image needs is not in the input
-    │   ├── DigestMismatchError         a blob's bytes do not match its digest or size
-    │   └── LayerError                  a layer's tar stream is corrupt or hostile beyond repair
+    │   ├── DigestMismatchError         a blob's bytes do not match its digest or size (or a diff_id)
+    │   ├── LayerError                  a layer's tar stream is corrupt, mislabelled or hostile (``--strict``)
+    │   └── LimitError                  a resource limit was exceeded (``Limits``: sizes, ratio, counts)
     ├── PassFailedError                 exit 4: a pass raised and ``--strict`` was given
     ├── PolicyError                     exit 5: the image violates a policy the user made fatal (``--upx fail``)
     ├── OutputError                     exit 6: the output cannot be written (disk full, permissions)
@@ -26,6 +27,7 @@ __all__ = [
     "FormatError",
     "InputError",
     "LayerError",
+    "LimitError",
     "MissingBlobError",
     "OptimizerError",
     "OutputError",
@@ -77,6 +79,11 @@ class DigestMismatchError(InputError):
 
 class LayerError(InputError):
     """A layer's tar stream is corrupt, truncated or hostile beyond repair."""
+
+
+class LimitError(InputError):
+    """The input exceeds a resource limit (``optimizer.limits.Limits``); the message names the flag that
+    raises it. Raised while streaming, before the excess reaches memory or the work directory."""
 
 
 class PassFailedError(OptimizerError):

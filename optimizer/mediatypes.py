@@ -82,6 +82,11 @@ def sniff_compression(head: bytes) -> Compression:
     """Guess a blob's compression from its first bytes (docker archives do not say)."""
     if head[:2] == b"\x1f\x8b":
         return Compression.GZIP
-    if head[:4] == b"\x28\xb5\x2f\xfd":
+    if head[:4] == b"\x28\xb5\x2f\xfd" or _zstd_skippable(head):
         return Compression.ZSTD
     return Compression.NONE
+
+
+def _zstd_skippable(head: bytes) -> bool:
+    """A zstd skippable frame (magic 0x184D2A50-0x184D2A5F, little-endian): zstd streams may start with one."""
+    return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50

@@ -68,13 +68,18 @@ def source_date_epoch() -> int | None:
 
 
 def compressor_versions() -> dict[str, str]:
-    import libarchive.ffi
+    from .errors import RequiredToolNotFound
+    from .tar_reader import library
 
+    try:
+        libarchive = library().version()
+    except RequiredToolNotFound:
+        libarchive = "missing"  # only runs that read a layer need it; they fail with exit 7
     return {
         "zlib": zlib.ZLIB_RUNTIME_VERSION,
         "zstd": ".".join(str(x) for x in zstandard.ZSTD_VERSION),
         "python-zstandard": zstandard.__version__,
-        "libarchive": str(libarchive.ffi.version_number()),
+        "libarchive": libarchive,
         "gzip-mode": (
             f"{GZIP_BLOCK}-byte deflate blocks, each primed with the previous {_DEFLATE_WINDOW} bytes and "
             "sync-flushed, memLevel 9, CRC-32 over the whole stream: independent of the worker count"
