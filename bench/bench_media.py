@@ -50,8 +50,7 @@ from optimizer.model import Entry, EntryKind
 from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
 from optimizer.report import PassReport
 from optimizer.spool import Spool
-from passes.media import Media, MediaOptions
-from passes.media_codecs import optimize, sniff
+from passes.media import Media, MediaOptions, optimize, sniff
 
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "media"
 DEFAULT_ROOTS = [
@@ -245,7 +244,7 @@ def big_images(workdir: str, options: MediaOptions) -> None:
         subprocess.run([sys.executable, "-c", make, path, str(width)], check=True)
         script = (
             "import sys, time; sys.path.insert(0, sys.argv[2]);"
-            "from passes.media import MediaOptions; from passes.media_codecs import optimize;"
+            "from passes.media import MediaOptions, optimize;"
             "data = open(sys.argv[1], 'rb').read(); t = time.monotonic();"
             f"r = optimize(data, MediaOptions(max_pixels={options.max_pixels}, png_level={options.png_level}));"
             "print(len(data), len(r.data) if r.data else None, round(time.monotonic() - t, 2), r.reason[:90])"

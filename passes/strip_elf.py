@@ -21,7 +21,7 @@ from passes.elf import (
     strip_archive,
     strip_elf,
 )
-from passes.upx import detect_upx
+from passes.upx.detect import detect_upx
 
 __all__ = ["StripElf", "StripElfOptions", "StripJob", "StripOutcome", "strip_file"]
 
@@ -110,7 +110,7 @@ class StripElf:
     kept by default.
 
     Never touched, each reported with its reason: files in protected layers, core dumps, files under
-    ``/usr/lib/debug``, signed kernel modules, UPX-packed files (``passes.upx.detect_upx``), files with data
+    ``/usr/lib/debug``, signed kernel modules, UPX-packed files (``passes.upx.detect``), files with data
     appended after the last section or segment (self-extracting archives, PyInstaller, AppImage), files whose
     headers do not parse, and any result that fails verification. Removed sections that a segment follows
     (patchelf-edited files, manylinux wheels) are zeroed in place instead, as segments never move.

@@ -13,17 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from optimizer import Options, optimize
-from optimizer.changes import Changes, Op
-from optimizer.filesystem import build_filesystem
+from optimizer.changes import Op
 from optimizer.layer import IndexedEntry
 from optimizer.model import Entry, EntryKind
-from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
-from optimizer.report import Finding, PassReport, Report
+from optimizer.pipeline import PassContext
+from optimizer.report import Finding, Report
 from optimizer.spool import Spool
 from passes import PASSES
 from passes.dead_data import DeadData, DeadDataOptions
 from tests.conftest import require_tool
 from tests.imagetools import LayerSpec, Layout, build_image, entry, tree_of, umoci_unpack
+from tests.passes import kit
 from tests.test_filesystem import layer_stack
 
 BIG = bytes(range(256)) * 400  # 102400 bytes
@@ -229,25 +229,6 @@ def test_layer_emptied_by_dead_data_is_dropped(tmp_path: Path) -> None:
     assert [bool(h.get("empty_layer")) for h in config["history"]] == [False, True, True]
 
 
-def context(layers: list[list[IndexedEntry]], tmp_path: Path, protected: frozenset[int] = frozenset()) -> Any:
-    from optimizer.layer import LayerIndex
-    from optimizer.model import Descriptor
-
-    fs = build_filesystem(layers, protected)
-    spool = Spool(str(tmp_path / "spool"))
-    indexes = [LayerIndex(Descriptor("", f"sha256:{i:064x}", 0), list(e)) for i, e in enumerate(layers)]
-    ctx = PassContext(
-        fs,
-        Changes(fs, "dead-data", spool),
-        ImageInfo("test", "sha256:" + "0" * 64, None, {}, []),
-        PassReport("dead-data"),
-        WorkerPool(1),
-        False,
-        indexes,
-    )
-    return ctx, spool
-
-
 def test_links_named_from_above_keep_their_target_through_a_chain(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path / "content"))
     content = spool.store(b"bytes" * 10)
@@ -261,8 +242,7 @@ def test_links_named_from_above_keep_their_target_through_a_chain(tmp_path: Path
         [item("h", LINK, "g")],
         [item(".wh.f"), item(".wh.g")],
     ]
-    ctx, _ = context(layers, tmp_path)
-    DeadData(DeadDataOptions()).run(ctx)
+    ctx = kit.run(tmp_path, DeadData(DeadDataOptions()), layers)
     dropped = [(c.layer, c.path) for c in ctx.changes if c.op is Op.DROP]
     assert (0, "g") not in dropped  # the upper link h names it: kept
     assert (0, "f") in dropped  # g (kept) links to it: the writer promotes g, the bytes stay
@@ -273,9 +253,9 @@ def test_links_named_from_above_keep_their_target_through_a_chain(tmp_path: Path
 
 
 def test_nothing_to_do_without_layer_entries(tmp_path: Path) -> None:
-    ctx, _ = context([[IndexedEntry(entry("d", DIR)[0])]], tmp_path)
+    ctx = kit.make_context(tmp_path, [[IndexedEntry(entry("d", DIR)[0])]], DeadData.name)
     ctx.layers = []
-    DeadData(DeadDataOptions()).run(ctx)
+    kit.run_pass(DeadData(DeadDataOptions()), ctx)
     assert not list(ctx.changes) and ctx.report.warnings
 
 

@@ -16,18 +16,14 @@ from pathlib import Path
 import pytest
 
 from optimizer import Options, optimize
-from optimizer.changes import Changes, Op
-from optimizer.filesystem import build_filesystem
-from optimizer.layer import IndexedEntry
+from optimizer.changes import Op
 from optimizer.model import Entry, EntryKind
-from optimizer.pipeline import ImageInfo, PassContext, WorkerPool
-from optimizer.report import PassReport
-from optimizer.spool import Spool
 from passes import PASSES
 from passes.elf import is_debug_section, section_names
-from passes.strip_elf import SPILL_BYTES, StripElf, StripElfOptions
+from passes.strip_elf import SPILL_BYTES, StripElf, StripElfOptions, StripJob, strip_file
 from tests.conftest import missing, require_tool
 from tests.imagetools import Layout, build_image, entry
+from tests.passes import kit
 
 PROGRAM = r"""
 #include <stdio.h>
@@ -42,27 +38,6 @@ def debug_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     (work / "hello.c").write_text(PROGRAM)
     subprocess.run(["gcc", "-g", "-O0", "-o", "hello", "hello.c"], cwd=work, check=True, capture_output=True)
     return (work / "hello").read_bytes()
-
-
-def context(
-    tmp_path: Path, layers: list[list[tuple[Entry, bytes | None]]], protected: frozenset[int] = frozenset()
-) -> PassContext:
-    spool = Spool(str(tmp_path / "layers.pack"))
-    indexed = [
-        [IndexedEntry(item, spool.store(data) if data is not None else None) for item, data in layer]
-        for layer in layers
-    ]
-    fs = build_filesystem(indexed, protected)
-    info = ImageInfo(
-        "test-image", "sha256:" + "0" * 64, None, {}, [f"sha256:{n:064x}" for n in range(len(layers))]
-    )
-    return PassContext(
-        fs,
-        Changes(fs, StripElf.name, Spool(str(tmp_path / "new.pack"))),
-        info,
-        PassReport(StripElf.name),
-        WorkerPool(2),
-    )
 
 
 def file(path: str, data: bytes) -> tuple[Entry, bytes]:
@@ -88,8 +63,9 @@ def test_pass_strips_once_per_inode_and_says_why_it_left_files_alone(
     packed = fixtures / "upx" / "packed" / "amd64-linux.elf__upx-3.95"
     if not packed.exists():
         missing(f"{packed} not found")
-    ctx = context(
+    ctx = kit.run(
         tmp_path,
+        StripElf(StripElfOptions()),
         [
             [file("usr/bin/protected", debug_binary)],
             [
@@ -106,8 +82,8 @@ def test_pass_strips_once_per_inode_and_says_why_it_left_files_alone(
             ],
         ],
         protected=frozenset({0}),
+        workers=2,
     )
-    StripElf(StripElfOptions()).run(ctx)
     changes = {c.visible_path: c for c in ctx.changes}
     assert sorted(changes) == ["usr/bin/hello", "usr/lib/s390x.o"]
     assert all(c.op is Op.REPLACE for c in changes.values())
@@ -128,16 +104,19 @@ def test_pass_strips_once_per_inode_and_says_why_it_left_files_alone(
 
 
 def test_files_over_the_size_limit_are_left_alone(tmp_path: Path, debug_binary: bytes) -> None:
-    ctx = context(tmp_path, [[file("app", debug_binary)]])
-    StripElf(StripElfOptions(max_size=len(debug_binary) - 1)).run(ctx)
+    ctx = kit.run(
+        tmp_path,
+        StripElf(StripElfOptions(max_size=len(debug_binary) - 1)),
+        [[file("app", debug_binary)]],
+        workers=2,
+    )
     assert not list(ctx.changes)
     ((path, action, reason),) = [(f.path, f.action, f.reason) for f in ctx.report.findings]
     assert (path, action) == ("app", "kept") and "--strip-max-size" in reason
 
 
 def test_debug_mode_keeps_symbols(tmp_path: Path, debug_binary: bytes) -> None:
-    ctx = context(tmp_path, [[file("app", debug_binary)]])
-    StripElf(StripElfOptions(mode="debug")).run(ctx)
+    ctx = kit.run(tmp_path, StripElf(StripElfOptions(mode="debug")), [[file("app", debug_binary)]], workers=2)
     (change,) = list(ctx.changes)
     assert change.content is not None
     names = section_names(change.content.read_bytes())
@@ -225,8 +204,9 @@ def test_large_results_come_back_through_a_file(tmp_path: Path) -> None:
     data = (tmp_path / "big").read_bytes()
     assert len(data) > SPILL_BYTES
     before = set(os.listdir(tempfile.gettempdir()))
-    ctx = context(tmp_path, [[file("big", data)], [file("big2", data + b"\0")]])
-    StripElf(StripElfOptions()).run(ctx)
+    ctx = kit.run(
+        tmp_path, StripElf(StripElfOptions()), [[file("big", data)], [file("big2", data + b"\0")]], workers=2
+    )
     changes = sorted(ctx.changes, key=lambda c: c.visible_path)
     assert [c.visible_path for c in changes] == ["big", "big2"]
     for change in changes:
@@ -249,3 +229,11 @@ def test_cli_strip_mode_debug(tmp_path: Path, debug_binary: bytes) -> None:
     (finding,) = [f for f in report["images"][0]["passes"][0]["findings"] if f["action"] == "stripped"]
     assert finding["path"] == "app" and finding["details"]["mode"] == "debug"
     assert ".symtab" not in finding["details"]["removed"] and ".debug_info" in finding["details"]["removed"]
+
+
+def test_upx_packed_files_are_left_alone(fixtures: Path) -> None:
+    packed = fixtures / "upx" / "packed" / "amd64-linux.elf__upx-3.95"
+    if not packed.exists():
+        missing(f"{packed} not found")
+    outcome = strip_file(packed.read_bytes(), StripJob())
+    assert outcome.action == "kept" and "UPX" in outcome.reason

@@ -1,4 +1,8 @@
-"""The ``media`` pass: re-encode PNG, JPEG, GIF and WebP files losslessly, proven pixel-identical."""
+"""The ``media`` pass: re-encode PNG, JPEG, GIF and WebP files losslessly, proven pixel-identical.
+
+The pass (``Media``) and its worker entry point (``optimize``) live here; the formats live in one module each
+(``png``, ``jpeg``, ``gif``, ``webp``), what they share in ``codec`` and the pixel proofs in ``verify``.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,13 @@ from optimizer.errors import UsageError
 from optimizer.filesystem import Node
 from optimizer.pipeline import PassContext
 
-from .media_codecs import FORMATS, MediaResult, optimize, sniff
+from .codec import FORMATS, CodecOptions, MediaResult, sniff
+from .gif import optimize_gif
+from .jpeg import optimize_jpeg
+from .png import optimize_png
+from .webp import optimize_webp
 
-__all__ = ["Media", "MediaOptions"]
+__all__ = ["Media", "MediaOptions", "MediaResult", "optimize", "sniff"]
 
 _MAX_FILE_BYTES = 256 << 20  # larger image files are left alone without being read
 
@@ -50,6 +58,20 @@ class MediaOptions:
             raise UsageError(
                 f"media: --media-formats takes some of {', '.join(FORMATS)}, not {unknown or 'nothing'}"
             )
+
+
+def optimize(data: bytes, options: CodecOptions) -> MediaResult:
+    """The worker entry point: sniff, then the format's optimizer. Never raises for bad input."""
+    kind = sniff(data[:16])
+    if kind == "png":
+        return optimize_png(data, options)
+    if kind == "jpeg":
+        return optimize_jpeg(data, options)
+    if kind == "gif":
+        return optimize_gif(data, options)
+    if kind == "webp":
+        return optimize_webp(data, options)
+    return MediaResult("", None, "not a PNG, JPEG, GIF or WebP file")
 
 
 @dataclass

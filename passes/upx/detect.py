@@ -1,4 +1,4 @@
-"""Pass ``upx``: find UPX-packed executables, warn about them (or fail, or unpack them); and the UPX detector.
+"""The UPX detector: is an executable UPX-packed, and what do its UPX headers say (``detect_upx``).
 
 UPX leaves two records in every file it packs (see upx ``src/packhead.cpp`` and ``src/p_lx_elf.cpp``):
 
@@ -17,35 +17,26 @@ times) is never flagged. Only the first ``HEAD_SIZE`` and last ``TAIL_SIZE`` byt
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import logging
-import os
 import re
-import shutil
 import struct
-import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, TypeVar
 
-from optimizer.errors import PolicyError, RequiredToolNotFound
 from optimizer.model import Content
-from optimizer.pipeline import PassContext
 
 K = TypeVar("K")
 
 __all__ = [
     "HEAD_SIZE",
+    "MAGIC",
     "TAIL_SIZE",
-    "Upx",
     "UpxInfo",
-    "UpxOptions",
     "detect_upx",
     "detect_upx_content",
     "detect_upx_many",
     "detect_upx_parts",
+    "executable_identity",
     "looks_like_upx",
 ]
 
@@ -425,186 +416,3 @@ def executable_identity(head: bytes) -> tuple[str, str] | None:
         arch = _MACHO_CPUS.get(cputype, f"macho-cpu-{cputype:#x}")
         return "macho", "ppc64le" if arch == "ppc64" and order == "<" else arch
     return None
-
-
-# -- the pass ----------------------------------------------------------------------------------------------
-
-log = logging.getLogger("oci_optimizer.passes.upx")
-
-COST = (
-    "UPX-packed executables decompress their whole program into private memory at every start (slower start, "
-    "no page sharing between processes, more RSS), and in an image layer that is compressed anyway packing "
-    "gains almost nothing"
-)
-UPX_PACKAGE = "upx-ucl"
-_UPX_TIMEOUT = 300
-
-
-@dataclass(frozen=True)
-class UpxOptions:
-    """mode: "warn" (report and stderr), "fail" (PolicyError: exit 5) or "unpack" (``upx -d``, verified)."""
-
-    mode: Literal["warn", "fail", "unpack"] = "warn"
-
-
-class UnpackFailed(Exception):
-    """``upx -d`` failed or produced something that is not the program it should be."""
-
-
-def unpack_upx(data: bytes, upx: str) -> bytes:
-    """Run ``upx -t`` then ``upx -d`` on a packed file in a private directory; the unpacked bytes.
-
-    A pure function of its input for the worker pool; ``verify_unpacked`` checks the result.
-    """
-    with tempfile.TemporaryDirectory(prefix="upx-") as work:
-        packed = os.path.join(work, "packed")
-        unpacked = os.path.join(work, "unpacked")
-        with open(packed, "wb") as out:
-            out.write(data)
-        for argv in ([upx, "-q", "-t", packed], [upx, "-q", "-d", "-o", unpacked, packed]):
-            try:
-                done = subprocess.run(argv, capture_output=True, timeout=_UPX_TIMEOUT, check=False)
-            except subprocess.TimeoutExpired as error:
-                raise UnpackFailed(f"upx {argv[2]} timed out after {_UPX_TIMEOUT} s") from error
-            if done.returncode != 0:
-                lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-                raise UnpackFailed(f"upx {argv[2]} failed: {lines[-1] if lines else done.returncode}")
-        with open(unpacked, "rb") as result:
-            return result.read()
-
-
-def verify_unpacked(info: UpxInfo, output: bytes) -> None:
-    """Raise ``UnpackFailed`` unless ``output`` is the program ``info`` describes, unpacked: no longer packed,
-    the same format and architecture, and exactly the unpacked size the PackHeader records."""
-    if detect_upx(output) is not None:
-        raise UnpackFailed("upx -d left a packed file")
-    identity = executable_identity(output[:HEAD_SIZE])
-    # The linux.exec/linux.sh formats wrap any program, shell scripts included: the size must still match.
-    wraps_any = info.upx_format is not None and info.upx_format.startswith(
-        ("linux.exec/", "linux.sh/", "bsd.sh/")
-    )
-    if identity != (info.format, info.architecture) and not (wraps_any and info.unpacked_size is not None):
-        shown = "/".join(identity) if identity else "an unknown file"
-        raise UnpackFailed(f"upx -d produced {shown}, expected {info.format}/{info.architecture}")
-    if info.unpacked_size is not None and len(output) != info.unpacked_size:
-        raise UnpackFailed(f"upx -d produced {len(output)} bytes, the header says {info.unpacked_size}")
-
-
-class Upx:
-    """Find UPX-packed executables (ELF, PE, Mach-O) and warn about them, fail the run, or unpack them.
-
-    Why: a packed program decompresses itself into private memory at every start (slower start, no page
-    sharing between processes, more RSS), and image layers are compressed already: packing saves little.
-
-    Detection reads only the first 4 KiB and last 8 KiB of files that start like an executable, and needs both
-    UPX records where UPX writes them with their checksum (see the module docstring): a file that merely
-    contains ``UPX!`` is never flagged. ``--upx warn`` (default) lists each packed file in the report and on
-    stderr; ``--upx fail`` raises ``PolicyError`` (exit 5, fatal even without ``--strict``); ``--upx unpack``
-    runs ``upx -d`` (Debian ``upx-ucl``; ``RequiredToolNotFound`` when absent) and replaces the file only when
-    ``upx -t`` accepted it and the output is the same kind of executable with the size the header records.
-
-    It never touches files in protected layers (reported as kept), never repacks, and changes nothing in
-    warn and fail modes.
-    """
-
-    name = "upx"
-    summary = "Warn about UPX-packed executables (or fail, or unpack them with upx -d)"
-    Options = UpxOptions
-
-    def __init__(self, options: UpxOptions) -> None:
-        self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--upx",
-            dest="upx_mode",
-            choices=("warn", "fail", "unpack"),
-            default=UpxOptions.mode,
-            help="UPX-packed executables: warn (default), fail (exit 5), unpack (upx -d; needs upx-ucl)",
-        )
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> UpxOptions:
-        return UpxOptions(mode=getattr(args, "upx_mode", UpxOptions.mode))
-
-    def run(self, ctx: PassContext) -> None:
-        files = {path: node.content for path, node in ctx.fs.unique_files() if node.content is not None}
-        packed = [(path, files[path], info) for path, info in detect_upx_many(files.items())]
-        if not packed:
-            return
-        if self.options.mode == "fail":
-            for path, _, info in packed:
-                ctx.note(
-                    path,
-                    "packed",
-                    "UPX-packed",
-                    info.packed_size,
-                    info.packed_size,
-                    **dataclasses.asdict(info),
-                )
-            listing = "; ".join(f"{self._where(ctx, path)} ({info.describe()})" for path, _, info in packed)
-            raise PolicyError(
-                f"{ctx.image.name}: {len(packed)} UPX-packed executable(s) (--upx fail): {listing}"
-            )
-        if self.options.mode == "warn":
-            for path, _, info in packed:
-                ctx.note(
-                    path,
-                    "warning",
-                    "UPX-packed",
-                    info.packed_size,
-                    info.packed_size,
-                    **dataclasses.asdict(info),
-                )
-                message = f"{self._where(ctx, path)}: UPX-packed ({info.describe()})"
-                ctx.warn(message)
-                log.warning("%s: %s", ctx.image.name, message)
-            log.warning("%s: %s; --upx unpack stores them unpacked", ctx.image.name, COST)
-            ctx.warn(COST + "; --upx unpack stores them unpacked")
-            return
-        self._unpack(ctx, packed)
-
-    def _where(self, ctx: PassContext, path: str) -> str:
-        node = ctx.fs.get(path)
-        layer = node.layer + 1 if node is not None else 0
-        return f"layer {layer}/{ctx.fs.layer_count} {path}"
-
-    def _unpack(self, ctx: PassContext, packed: list[tuple[str, Content, UpxInfo]]) -> None:
-        upx = shutil.which("upx") or shutil.which("upx-ucl")
-        if upx is None:
-            raise RequiredToolNotFound(
-                "upx", UPX_PACKAGE, f"unpack {len(packed)} UPX-packed file(s) (--upx unpack)"
-            )
-        jobs: list[tuple[tuple[str, UpxInfo], Content]] = []
-        for path, content, info in packed:
-            if ctx.fs.is_protected(path):
-                ctx.note(
-                    path,
-                    "kept",
-                    "protected layer",
-                    info.packed_size,
-                    info.packed_size,
-                    **dataclasses.asdict(info),
-                )
-                continue
-            jobs.append(((path, info), content))
-        for (path, info), result in ctx.map(unpack_upx, jobs, upx):
-            if not isinstance(result, BaseException):
-                try:
-                    verify_unpacked(info, result)
-                except UnpackFailed as error:
-                    result = error
-            if isinstance(result, BaseException):
-                ctx.note(path, "kept", f"not unpacked: {result}", info.packed_size, info.packed_size)
-                ctx.warn(f"{self._where(ctx, path)}: UPX-packed, not unpacked: {result}")
-                continue
-            ctx.changes.replace(path, result, "unpacked with upx -d")
-            ctx.note(
-                path,
-                "replaced",
-                "unpacked with upx -d",
-                info.packed_size,
-                len(result),
-                **dataclasses.asdict(info),
-            )

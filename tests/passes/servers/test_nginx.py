@@ -1,0 +1,99 @@
+"""``passes.servers.nginx``: gzip_static/brotli_static roots are kept, roots we cannot tell keep
+everything, includes and quotes are followed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from passes.compressed_duplicates import CompressedDuplicatesOptions
+from passes.servers import nginx_static
+from tests.passes import kit
+from tests.passes.compressed import COMPRESSORS, TEXT, deleted_paths, outcomes, run_duplicates
+from tests.passes.kit import Files
+
+NGINX_CONF = b"""
+user  nginx;
+worker_processes  auto;
+events { worker_connections 1024; }
+http {
+    include       /etc/nginx/mime.types;
+    gzip_static   on;   # serve FILE.gz when the client accepts gzip
+    include /etc/nginx/conf.d/*.conf;
+}
+"""
+
+
+DEFAULT_CONF = b"""
+server {
+    listen 80;
+    server_name "localhost";
+    location / {
+        root   /usr/share/nginx/html;
+        index  index.html;
+    }
+    location /static/ {
+        alias /srv/static/;
+        brotli_static always;
+    }
+}
+"""
+
+
+def _nginx_image(conf: bytes = NGINX_CONF, default: bytes = DEFAULT_CONF) -> Files:
+    gz, br = COMPRESSORS[".gz"], COMPRESSORS[".br"]
+    return {
+        "etc/nginx/nginx.conf": conf,
+        "etc/nginx/mime.types": b"types { text/html html; }\n",
+        "etc/nginx/conf.d/default.conf": default,
+        "usr/share/nginx/html/app.js": TEXT,
+        "usr/share/nginx/html/app.js.gz": gz(TEXT),
+        "usr/share/nginx/html/app.js.br": br(TEXT),
+        "srv/static/site.css": TEXT,
+        "srv/static/site.css.br": br(TEXT),
+        "srv/static/site.css.gz": gz(TEXT),
+        "usr/share/doc/pkg/changelog": TEXT,
+        "usr/share/doc/pkg/changelog.gz": gz(TEXT),
+    }
+
+
+def test_nginx_gzip_static_roots_are_kept(tmp_path: Path) -> None:
+    ctx = run_duplicates(tmp_path, [_nginx_image()])
+    # gzip_static is on everywhere (http level); brotli_static only under /static/ (alias /srv/static).
+    assert deleted_paths(ctx) == ["usr/share/doc/pkg/changelog.gz", "usr/share/nginx/html/app.js.br"]
+    found = outcomes(ctx)
+    assert found["usr/share/nginx/html/app.js.gz"][1].endswith(
+        "served by nginx gzip_static from /usr/share/nginx/html"
+    )
+    assert found["srv/static/site.css.gz"][1].endswith("served by nginx gzip_static from /srv/static")
+    assert found["srv/static/site.css.br"][1].endswith("served by nginx brotli_static from /srv/static")
+    assert ctx.report.warnings == []
+    # Asked to ignore nginx, every duplicate goes.
+    ctx = run_duplicates(tmp_path, [_nginx_image()], CompressedDuplicatesOptions(nginx=False))
+    assert len(deleted_paths(ctx)) == 5
+
+
+def test_nginx_root_we_cannot_tell_keeps_everything(tmp_path: Path) -> None:
+    default = DEFAULT_CONF.replace(b"root   /usr/share/nginx/html;", b"root $app_root;")
+    ctx = run_duplicates(tmp_path, [_nginx_image(default=default)])
+    assert "usr/share/doc/pkg/changelog.gz" not in deleted_paths(ctx)
+    assert not any(p.endswith(".gz") for p in deleted_paths(ctx))
+    assert any("gzip_static on with root $app_root" in w for w in ctx.report.warnings)
+
+
+def test_nginx_without_static_deletes_duplicates(tmp_path: Path) -> None:
+    conf = NGINX_CONF.replace(b"gzip_static   on;", b"gzip_static off;")
+    default = DEFAULT_CONF.replace(b"brotli_static always;", b"")
+    ctx = run_duplicates(tmp_path, [_nginx_image(conf, default)])
+    assert len(deleted_paths(ctx)) == 5
+
+
+def test_nginx_parser_follows_includes_and_quotes(tmp_path: Path) -> None:
+    files: Files = {
+        "etc/nginx/nginx.conf": b"http { include sites-enabled/*; }",
+        "etc/nginx/sites-enabled/site": "->../sites-available/site",
+        "etc/nginx/sites-available/site": b"server { gzip_static \"on\"; root '/var/www/my site'; # root /x;\n}",
+        "etc/nginx/sites-available/unused": b"server { brotli_static on; root /nowhere; }",
+    }
+    static = nginx_static(kit.make_context(tmp_path, [files], parents=True).fs)
+    assert static.roots == {".gz": {"var/www/my site"}, ".br": set()}
+    assert static.keep_all == set()
