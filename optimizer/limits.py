@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-from .errors import UsageError
+from .errors import LimitError, UsageError
 from .settings import setting
 
 __all__ = ["RATIO_FLOOR", "Cap", "Limits", "format_size", "parse_size"]
@@ -56,6 +56,12 @@ class Cap:
 
     bytes: int
     reason: str  # "--max-layer-bytes 16G", "--max-expansion-ratio 200 of its 330 KiB"...
+
+    def exceeded(self, where: str) -> LimitError:
+        return LimitError(
+            f"{where}: the uncompressed layer exceeds {self.bytes} bytes ({self.reason}); "
+            f"raise the limit if the image is trusted"
+        )
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ def sniff_compression(head: bytes) -> Compression:
     return Compression.NONE
 
 
+def describe_compression(compression: Compression) -> str:
+    """For messages: "a plain tar", "gzip-compressed", "zstd-compressed"."""
+    return "a plain tar" if compression is Compression.NONE else f"{compression.value}-compressed"
+
+
 def _zstd_skippable(head: bytes) -> bool:
     """A zstd skippable frame (magic 0x184D2A50-0x184D2A5F, little-endian): zstd streams may start with one."""
     return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50

@@ -17,6 +17,7 @@ reports it as it is (sizes of rewritten layers are then estimates).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from .base import base_layer_lists, protected_count
 from .changes import Change
 from .digest import short
 from .documents import parse_object
-from .errors import FormatError
+from .errors import LayerError
 from .filesystem import FileSystem, build_filesystem
 from .history import config_platform
 from .layer import LayerIndex, index_layer
@@ -39,8 +40,18 @@ from .report import ImageReport, LayerReport, Report
 from .source import Source
 from .spool import Spool
 from .tree import Node, NodeKind
+from .verify import (
+    check_diff_ids,
+    check_media_types,
+    config_diff_ids,
+    missing_blobs,
+    missing_manifest,
+    unsafe_names_kept,
+)
 
 __all__ = ["ImagePlan", "LayerDecision", "RunPlan", "estimate_sizes", "plan_run", "tar_size"]
+
+log = logging.getLogger("oci_optimizer")
 
 EMPTY_LAYER_PLAN = LayerPlan()
 
@@ -102,7 +113,7 @@ class _Planner:
         self.spool = spool
         self.workdir = workdir
         self.report = report
-        self.layer_cache: dict[str, LayerIndex] = {}
+        self.layer_cache: dict[tuple[str, bool], LayerIndex] = {}  # (digest, sanitized) -> its entries
         self.bases: list[list[str]] = base_layer_lists(options.base, workdir) if options.base else []
 
     def progress(self, what: str, done: int, total: int) -> None:
@@ -114,20 +125,29 @@ class _Planner:
         layers = list(node.layers)
         options = self.options
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
-        if self.passes or options.normalize or options.recompress or options.squash:
-            plan.indexes = self.index_layers(layers, plan.name)
+        diff_ids = config_diff_ids(plan.config, len(layers), plan.name)
+        read = bool(self.passes) or options.normalize or options.recompress or options.squash
+        read = read or options.sanitize or options.strict
+        total = len(layers)
+        named = [(f"layer {n}/{total}", layer) for n, layer in enumerate(layers, 1)]
+        plan.report.warnings.extend(
+            missing_blobs(self.source.blobs, plan.name, named, options.allow_partial, read)
+        )
+        if read:
+            sanitize = frozenset(
+                n for n in range(plan.protected, total) if options.sanitize and n not in non_distributable
+            )
+            plan.indexes = self.index_layers(layers, plan.name, sanitize)
+            check_diff_ids(plan.indexes, diff_ids, plan.name)
             for index in plan.indexes:
                 plan.report.warnings.extend(index.warnings)
+        else:
+            check_media_types(self.source.blobs, layers, plan.name)
         changes: list[Change] = []
         if self.passes or options.squash:
             # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
             # needs each layer's own entries, and skipping the view keeps memory down on many-file images.
             changes = self.run_pipeline(plan, frozenset(range(plan.protected)) | non_distributable)
-        diff_ids: list[str] = list((plan.config.get("rootfs") or {}).get("diff_ids") or [])
-        if len(diff_ids) != len(layers):
-            raise FormatError(
-                f"{plan.name}: the config has {len(diff_ids)} diff_ids for {len(layers)} layers"
-            )
         plan.changes = build_plan(changes, len(layers))
         if options.squash and plan.final_fs is not None and len(layers) - plan.protected >= 2:
             if non_distributable & set(range(plan.protected, len(layers))):
@@ -143,7 +163,24 @@ class _Planner:
                 for number, layer in enumerate(layers)
             ]
         plan.report.layers.extend(decision.report for decision in plan.layers)
+        self.unsafe_names(plan)
         return plan
+
+    def unsafe_names(self, plan: ImagePlan) -> None:
+        """Layers that keep member names leaving the root, byte for byte: said on stderr, fatal if strict."""
+        total = len(plan.indexes)
+        for decision in plan.layers:
+            if decision.fate not in ("kept", "unchanged") or decision.number >= total:
+                continue
+            index = plan.indexes[decision.number]
+            where = f"{plan.name}, layer {decision.number + 1}/{total} {short(index.descriptor.digest)}"
+            message = unsafe_names_kept(index, where)
+            if not message:
+                continue
+            if self.options.strict:
+                raise LayerError(message)
+            log.warning("warning: %s", message)
+            plan.report.warnings.append(message)
 
     def new_plan(self, node: Node) -> ImagePlan:
         """An image's plan before its layers are read: config, report, protected base."""
@@ -195,14 +232,13 @@ class _Planner:
     ) -> LayerDecision:
         options = self.options
         layer_plan = plan.changes.layers.get(number)
-        must_write = bool(layer_plan) or (
-            (options.normalize or options.recompress)
-            and number >= plan.protected
-            and number not in non_distributable
-        )
-        if options.recompress and not options.normalize and not layer_plan:
+        rewritable = number >= plan.protected and number not in non_distributable
+        sanitized = bool(plan.indexes) and plan.indexes[number].sanitized
+        must_write = bool(layer_plan) or ((options.normalize or options.recompress) and rewritable)
+        if options.recompress and not options.normalize and not layer_plan and not sanitized:
             current = mt.layer_compression(layer.media_type)
             must_write = must_write and current is not None and (current is not options.compression.codec)
+        must_write = must_write or (sanitized and rewritable)
         changed = layer_plan.changes if layer_plan else 0
         if not must_write:
             status = "kept" if number < plan.protected else "unchanged"
@@ -229,17 +265,31 @@ class _Planner:
         )
         return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report)
 
-    def index_layers(self, layers: Sequence[Descriptor], name: str) -> list[LayerIndex]:
-        self.source.blobs.prefetch([layer for layer in layers if layer.digest not in self.layer_cache])
+    def index_layers(
+        self, layers: Sequence[Descriptor], name: str, sanitize: frozenset[int] = frozenset()
+    ) -> list[LayerIndex]:
+        """Each layer's entries, read once per run (``sanitize``: the layers read without unsafe names).
+        The image's uncompressed bytes are counted against ``--max-image-bytes`` as they are read."""
+        limits = self.options.limits
+        self.source.blobs.prefetch(
+            [layer for n, layer in enumerate(layers) if (layer.digest, n in sanitize) not in self.layer_cache]
+        )
         indexes = []
+        used = 0
         for number, layer in enumerate(layers, 1):
-            cached = self.layer_cache.get(layer.digest)
+            key = (layer.digest, number - 1 in sanitize)
+            where = f"{name}, layer {number}/{len(layers)} {short(layer.digest)}"
+            cap = limits.layer_cap(layer.size, limits.max_image_bytes - used)
+            cached = self.layer_cache.get(key)
             if cached is None:
-                where = f"{name}, layer {number}/{len(layers)} {short(layer.digest)}"
                 self.progress(f"reading layer {number}/{len(layers)}", number - 1, len(layers))
-                spool = os.path.join(self.workdir, f"layer-{layer.digest.replace(':', '-')}.pack")
-                cached = index_layer(self.source.blobs, layer, spool, where)
-                self.layer_cache[layer.digest] = cached
+                suffix = "-sanitized" if key[1] else ""
+                spool = os.path.join(self.workdir, f"layer-{layer.digest.replace(':', '-')}{suffix}.pack")
+                cached = index_layer(self.source.blobs, layer, spool, where, limits, cap, key[1])
+                self.layer_cache[key] = cached
+            elif cached.size > cap.bytes:
+                raise cap.exceeded(where)
+            used += cached.size
             indexes.append(cached)
         return indexes
 
@@ -276,11 +326,14 @@ def plan_run(
     planner = _Planner(source, options, passes, pool, spool, workdir, report)
     run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in passes))
     for node in _image_order(roots):
+        if node.kind is NodeKind.MISSING:
+            report.warnings.append(missing_manifest(node, source.name, options.allow_partial))
+            continue
         report.warnings.extend(node.warnings)
         if node.kind is NodeKind.IMAGE:
             run.images[node.digest] = planner.image(node)
         elif node.kind is NodeKind.MANIFEST:
-            _carried(source, node, report)
+            _carried(source, node, report, options.allow_partial)
     return run
 
 
@@ -302,20 +355,22 @@ def _image_order(roots: Sequence[Node]) -> list[Node]:
     return order
 
 
-def _carried(source: Source, node: Node, report: Report) -> None:
-    """A manifest copied untouched: say so, and warn about the blobs it names that the input lacks."""
+def _carried(source: Source, node: Node, report: Report, allow_partial: bool) -> None:
+    """A manifest copied untouched: say so, and refuse (or with ``allow_partial``, warn about) the blobs it
+    names that the input lacks."""
     assert node.config is not None
     name = node.label(source.name)
     if node.odd_layer_types:
-        report.warnings.append(
-            f"{name}: layers of unknown media type {', '.join(node.odd_layer_types)}: the image passes through untouched"
+        message = (
+            f"{name}: layers of a media type we do not read ({', '.join(node.odd_layer_types)}): "
+            f"the image passes through untouched"
         )
+        log.warning("warning: %s", message)
+        report.warnings.append(message)
     report.carried.append(f"{short(node.digest)} {node.config.media_type}")
-    for blob in [node.config, *node.layers]:
-        if not source.blobs.has(blob.digest) and not blob.raw.get("data"):
-            report.warnings.append(
-                f"{name}: blob {short(blob.digest)} ({blob.media_type}) is missing from the input"
-            )
+    total = len(node.layers)
+    named = [("config", node.config), *((f"layer {n}/{total}", d) for n, d in enumerate(node.layers, 1))]
+    report.warnings.extend(missing_blobs(source.blobs, name, named, allow_partial, read=False))
 
 
 def estimate_sizes(run: RunPlan) -> None:

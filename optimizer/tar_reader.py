@@ -28,9 +28,9 @@ from typing import Any, BinaryIO, TypeVar
 
 import zstandard
 
-from .errors import LayerError, LimitError, RequiredToolNotFound
+from .errors import LayerError, RequiredToolNotFound
 from .limits import Cap
-from .mediatypes import Compression, sniff_compression
+from .mediatypes import Compression, describe_compression, sniff_compression
 
 __all__ = ["LIBARCHIVE_PACKAGE", "LayerStream", "Library", "TarArchive", "TarError", "library"]
 
@@ -119,16 +119,13 @@ class _Decoder:
         found = sniff_compression(head)
         if head and found is not self.compression:
             raise LayerError(
-                f"{self.where}: the blob is {_describe(found)} but its media type says {_describe(self.compression)}"
+                f"{self.where}: the blob is {describe_compression(found)} but its media type says {describe_compression(self.compression)}"
             )
         try:
             for piece in self._decompressed(head):
                 self.size += len(piece)
                 if self.size > self.cap.bytes:
-                    raise LimitError(
-                        f"{self.where}: the uncompressed layer exceeds {self.cap.bytes} bytes "
-                        f"({self.cap.reason}); raise the limit if the image is trusted"
-                    )
+                    raise self.cap.exceeded(self.where)
                 self.hash.update(piece)
                 yield piece
         except zlib.error as error:
@@ -225,10 +222,6 @@ class LayerStream(io.RawIOBase):
         super().close()
 
 
-def _describe(compression: Compression) -> str:
-    return "a plain tar" if compression is Compression.NONE else f"{compression.value}-compressed"
-
-
 class _Prefixed(io.RawIOBase):
     """``head`` then the rest of ``raw``: what was read to sniff the blob is given back to the decompressor."""
 
@@ -280,7 +273,7 @@ class TarArchive:
     def _read(self, archive: int, context: int, pointer: Any) -> int:
         try:
             count = int(self._stream.readinto(self._view))
-        except BaseException as error:  # noqa: BLE001 - carried out of the C frames and raised again
+        except BaseException as error:  # carried out of the C frames, raised again by _call
             self._carried = error
             return _ARCHIVE_FATAL
         ctypes.cast(pointer, ctypes.POINTER(ctypes.c_void_p))[0] = self._address
