@@ -27,7 +27,13 @@ from typing import Any, BinaryIO
 from .documents import ANNOTATION_SOURCE_DIGEST, parse_object
 from .errors import RegistryError, UsageError
 from .options import Options
-from .output import compressor_versions, source_date_epoch, write_oci_archive, write_oci_dir
+from .output import (
+    check_destination,
+    compressor_versions,
+    source_date_epoch,
+    write_oci_archive,
+    write_oci_dir,
+)
 from .pipeline import Pass, WorkerPool
 from .pipeline import select_passes as _select
 from .plan import RunPlan, estimate_sizes, plan_run
@@ -60,6 +66,8 @@ def optimize(src: str, dst: str | None, options: Options | None = None) -> Repor
         raise UsageError("an output path is needed unless dry_run is set")
     if dst is not None and os.path.abspath(src) == os.path.abspath(dst):
         raise UsageError("the output must not be the input: nothing the user had is overwritten")
+    if dst is not None and not options.dry_run and not is_registry_ref(dst):
+        check_destination(dst, options.output_format)  # before any work, not after it
     with Optimization(src, options, dst) as run:
         run.execute()
         if dst is not None and not options.dry_run:
@@ -134,7 +142,7 @@ class Optimization:
     def tree(self) -> list[Node]:
         """The input's index tree (read once)."""
         if self._tree is None:
-            self._tree = read_tree(self.source.blobs, self.source.root_manifests)
+            self._tree = read_tree(self.source.blobs, self.source.root_manifests, limits=self.options.limits)
         return self._tree
 
     def execute(self) -> Report:
@@ -178,14 +186,16 @@ class Optimization:
     def _open(self, src: str) -> Source:
         if is_registry_ref(src):
             return open_registry(src, self.workdir, self._clients)
-        return open_source(src, self.workdir)
+        return open_source(src, self.workdir, limits=self.options.limits)
 
 
 def _check_options(options: Options) -> None:
     if options.output_format not in ("oci-archive", "oci-dir"):
         raise UsageError(f"unknown output format {options.output_format!r}: use oci-archive or oci-dir")
     if options.keep_layers < 0:
-        raise UsageError("keep_layers cannot be negative")
+        raise UsageError("--keep-layers cannot be negative")
+    if options.workers is not None and options.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {options.workers} (leave it out for all cores)")
 
 
 def _settings(options: Options, workers: int) -> WriteSettings:

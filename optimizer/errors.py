@@ -22,6 +22,8 @@ Messages name the image, the layer and the path, in that order, and the cause is
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "DigestMismatchError",
     "FormatError",
@@ -36,6 +38,7 @@ __all__ = [
     "RegistryError",
     "RequiredToolNotFound",
     "UsageError",
+    "out_of_space",
 ]
 
 
@@ -119,3 +122,9 @@ class RegistryError(OptimizerError):
     """A registry request failed (network, authentication, protocol)."""
 
     exit_code = 8
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether an OSError says the disk (or the quota, or the file size limit) is full: an output error,
+    wherever it happens (the work directory, the destination), never a fault of the input."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

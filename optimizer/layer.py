@@ -18,16 +18,14 @@ from the layer.
 from __future__ import annotations
 
 import ctypes
-import errno
 import hashlib
 import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .digest import short
-from .errors import InputError, LayerError, LimitError, OutputError
+from .errors import InputError, LayerError, LimitError, OutputError, out_of_space
 from .limits import Cap, Limits
-from .mediatypes import Compression, layer_compression
 from .model import Content, Descriptor, Entry, EntryKind
 from .source import Blobs
 from .tar_reader import LayerStream, Library, TarArchive, TarError
@@ -37,7 +35,6 @@ __all__ = ["IndexedEntry", "LayerIndex", "clean_path", "index_layer"]
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 _READ_BLOCK = 256 * 1024
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +201,6 @@ def index_layer(
     """
     limits = limits or Limits()
     cap = cap or limits.layer_cap(descriptor.size, limits.max_image_bytes)
-    compression = layer_compression(descriptor.media_type) or Compression.NONE
     names = _Names(where, sanitize)
     entries: list[IndexedEntry] = []
     last = ""
@@ -212,7 +208,7 @@ def index_layer(
     buffer = ctypes.create_string_buffer(_READ_BLOCK)
     try:
         with (
-            LayerStream(blobs.open(descriptor, "layer"), compression, cap, where) as stream,
+            LayerStream(blobs.open(descriptor, "layer"), descriptor.media_type, cap, where) as stream,
             open(spool_path, "ab") as spool,
             TarArchive(stream, _READ_BLOCK) as archive,
         ):
@@ -240,10 +236,11 @@ def index_layer(
     except InputError:
         raise
     except OSError as error:
-        if error.errno in _DISK_FULL:
+        if out_of_space(error):
             raise OutputError(f"{where}: the work directory is full: {error}") from error
         raise LayerError(f"{where}: reading failed{' after ' + last if last else ''}: {error}") from error
-    index = LayerIndex(descriptor, entries, names.warnings, stream.diff_id, stream.size, names.unsafe)
+    warnings = [stream.note, *names.warnings] if stream.note else names.warnings
+    index = LayerIndex(descriptor, entries, warnings, stream.diff_id, stream.size, names.unsafe)
     index.sanitized = bool(names.dropped)
     return index
 

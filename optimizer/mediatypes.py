@@ -87,6 +87,19 @@ def sniff_compression(head: bytes) -> Compression:
     return Compression.NONE
 
 
+def read_as(media_type: str, found: Compression) -> Compression | None:
+    """How to decompress a layer of ``media_type`` whose first bytes look ``found`` (``sniff_compression``):
+    as declared when they agree; as a plain tar when a plain tar carries Docker's gzip type (Docker and
+    containerd detect compression from the bytes, and skopeo writes such layers from docker archives); None
+    for any other disagreement, which is refused (umoci and other readers trust the media type)."""
+    declared = layer_compression(media_type)
+    if declared is None or found is declared:
+        return declared
+    if media_type == DOCKER_LAYER_GZIP and found is Compression.NONE:
+        return Compression.NONE
+    return None
+
+
 def describe_compression(compression: Compression) -> str:
     """For messages: "a plain tar", "gzip-compressed", "zstd-compressed"."""
     return "a plain tar" if compression is Compression.NONE else f"{compression.value}-compressed"

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from .errors import OutputError
+from .errors import OutputError, out_of_space
 from .mediatypes import Compression
 from .model import Entry, EntryKind
 
@@ -40,6 +41,7 @@ __all__ = [
     "CompressionSpec",
     "LayerWriter",
     "canonical_json",
+    "check_destination",
     "compressor_versions",
     "source_date_epoch",
     "write_oci_archive",
@@ -396,10 +398,35 @@ def _layout_members(
             yield f"blobs/{algorithm}/{digest.split(':', 1)[1]}", size, opener
 
 
+def check_destination(destination: str, output_format: str) -> None:
+    """Refuse, before any work, a destination the output cannot replace: ``OutputError`` (exit 6)."""
+    parent = os.path.dirname(os.path.abspath(destination)) or "."
+    if not os.path.isdir(parent):
+        raise OutputError(f"{destination}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{destination}: the directory {parent} is not writable")
+    if output_format == "oci-dir":
+        if os.path.lexists(destination) and not os.path.isdir(destination):
+            raise OutputError(f"{destination} exists and is not a directory (--format oci-dir writes one)")
+        if os.path.isdir(destination) and not _replaceable_layout(destination):
+            raise OutputError(f"{destination} exists and is not an OCI layout: it is not replaced")
+    elif os.path.isdir(destination):
+        raise OutputError(
+            f"{destination} is a directory: an oci-archive output is a file (--format oci-dir writes a layout)"
+        )
+
+
+def _replaceable_layout(directory: str) -> bool:
+    """An empty directory, or an OCI layout (an earlier output): what ``write_oci_dir`` may replace."""
+    names = os.listdir(directory)
+    return not names or "oci-layout" in names or "index.json" in names
+
+
 def write_oci_archive(
     destination: str, index_bytes: bytes, docker_manifest: bytes | None, blobs: Mapping[str, OutputBlob]
 ) -> None:
     """Write an OCI archive (plus docker's manifest.json) atomically at ``destination``."""
+    check_destination(destination, "oci-archive")
     mtime = source_date_epoch() or 0
     directory = os.path.dirname(os.path.abspath(destination)) or "."
     try:
@@ -434,20 +461,25 @@ def write_oci_archive(
                         _finish(reader)
         os.chmod(temporary, 0o644 & ~_umask())
         os.replace(temporary, destination)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise _write_failed(destination, error) from error
         raise
 
 
 def write_oci_dir(
     destination: str, index_bytes: bytes, docker_manifest: bytes | None, blobs: Mapping[str, OutputBlob]
 ) -> None:
-    """Write an OCI layout directory atomically (built beside ``destination``, then renamed)."""
+    """Write an OCI layout directory atomically: built beside ``destination``, then swapped in for it (an
+    empty directory or an earlier layout there is replaced, as an archive is)."""
+    check_destination(destination, "oci-dir")
     parent = os.path.dirname(os.path.abspath(destination)) or "."
-    if os.path.exists(destination) and not (os.path.isdir(destination) and not os.listdir(destination)):
-        raise OutputError(f"{destination} exists and is not an empty directory")
-    temporary = tempfile.mkdtemp(prefix=".optimize-", dir=parent)
+    try:
+        temporary = tempfile.mkdtemp(prefix=".optimize-", dir=parent)
+    except OSError as error:
+        raise OutputError(f"cannot write in {parent}: {error}") from error
     try:
         for name, _size, content in _layout_members(index_bytes, docker_manifest, blobs):
             target = os.path.join(temporary, name)
@@ -460,12 +492,58 @@ def write_oci_dir(
                 with content() as reader, open(target, "wb") as out:
                     shutil.copyfileobj(reader, out, _CHUNK)
                     _finish(reader)
-        if os.path.isdir(destination):
-            os.rmdir(destination)
-        os.replace(temporary, destination)
-    except BaseException:
+        os.chmod(temporary, 0o755 & ~_umask())
+        _swap_in(temporary, destination)
+    except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _write_failed(destination, error) from error
         raise
+
+
+def _swap_in(built: str, destination: str) -> None:
+    """Put the directory ``built`` at ``destination``. An existing one is exchanged with it in one step
+    (renameat2 RENAME_EXCHANGE) and then removed, so ``destination`` is never missing or half written; where
+    the filesystem cannot exchange, the old one is renamed aside first."""
+    if not os.path.isdir(destination):
+        os.replace(built, destination)
+        return
+    if _exchange(built, destination):
+        shutil.rmtree(built)  # now the earlier output
+        return
+    aside = tempfile.mkdtemp(prefix=".optimize-old-", dir=os.path.dirname(os.path.abspath(destination)))
+    os.rmdir(aside)
+    os.rename(destination, aside)
+    try:
+        os.rename(built, destination)
+    except BaseException:
+        os.rename(aside, destination)
+        raise
+    shutil.rmtree(aside)
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Atomically swap two paths; False where the C library or the filesystem cannot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+def _write_failed(destination: str, error: OSError) -> OutputError:
+    if out_of_space(error):
+        return OutputError(f"{destination}: the disk is full: {error}")
+    return OutputError(f"{destination}: writing failed: {error}")
 
 
 def _finish(reader: BinaryIO) -> None:

@@ -126,6 +126,13 @@ class _Planner:
         options = self.options
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
         diff_ids = config_diff_ids(plan.config, len(layers), plan.name)
+        if options.keep_layers > len(layers):
+            message = (
+                f"{plan.name}: --keep-layers {options.keep_layers} is more than its {len(layers)} layers: "
+                f"every layer is kept as it is"
+            )
+            log.warning("warning: %s", message)
+            plan.report.warnings.append(message)
         read = bool(self.passes) or options.normalize or options.recompress or options.squash
         read = read or options.sanitize or options.strict
         total = len(layers)
@@ -142,7 +149,7 @@ class _Planner:
             for index in plan.indexes:
                 plan.report.warnings.extend(index.warnings)
         else:
-            check_media_types(self.source.blobs, layers, plan.name)
+            plan.report.warnings.extend(check_media_types(self.source.blobs, layers, plan.name))
         changes: list[Change] = []
         if self.passes or options.squash:
             # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
@@ -216,7 +223,7 @@ class _Planner:
         outcome = run_passes(
             self.passes,
             lambda view, recorder, report: PassContext(
-                view, recorder, info, report, self.pool, self.options.dry_run, indexes
+                view, recorder, info, report, self.pool, self.options.dry_run, indexes, workdir=self.workdir
             ),
             fs,
             self.spool,

@@ -30,9 +30,17 @@ import zstandard
 
 from .errors import LayerError, RequiredToolNotFound
 from .limits import Cap
-from .mediatypes import Compression, describe_compression, sniff_compression
+from .mediatypes import Compression, describe_compression, layer_compression, read_as, sniff_compression
 
-__all__ = ["LIBARCHIVE_PACKAGE", "LayerStream", "Library", "TarArchive", "TarError", "library"]
+__all__ = [
+    "LIBARCHIVE_PACKAGE",
+    "LayerStream",
+    "Library",
+    "TarArchive",
+    "TarError",
+    "library",
+    "mislabelled_note",
+]
 
 LIBARCHIVE_PACKAGE = "libarchive13"
 _BLOCK = 256 * 1024
@@ -104,23 +112,32 @@ def library() -> Library:
 
 
 class _Decoder:
-    """A layer blob as pieces of plain tar: sniffed, decompressed as declared, counted against the cap, hashed."""
+    """A layer blob as pieces of plain tar: sniffed, decompressed as its media type says, counted against the
+    cap, hashed. ``note`` says when the media type was tolerated rather than followed (``read_as``)."""
 
-    def __init__(self, raw: BinaryIO, compression: Compression, cap: Cap, where: str) -> None:
+    def __init__(self, raw: BinaryIO, media_type: str, cap: Cap, where: str) -> None:
         self.raw = raw
-        self.compression = compression
+        self.media_type = media_type
+        self.compression = layer_compression(media_type) or Compression.NONE
         self.cap = cap
         self.where = where
         self.hash = hashlib.sha256()
         self.size = 0
+        self.note = ""
 
     def pieces(self) -> Generator[bytes, None, None]:
         head = self.raw.read(_BLOCK)
-        found = sniff_compression(head)
-        if head and found is not self.compression:
-            raise LayerError(
-                f"{self.where}: the blob is {describe_compression(found)} but its media type says {describe_compression(self.compression)}"
-            )
+        if head:
+            found = sniff_compression(head)
+            compression = read_as(self.media_type, found)
+            if compression is None:
+                raise LayerError(
+                    f"{self.where}: the blob is {describe_compression(found)} but its media type "
+                    f"{self.media_type} says {describe_compression(self.compression)}"
+                )
+            if compression is not self.compression:
+                self.note = mislabelled_note(self.where, found, self.media_type)
+                self.compression = compression
         try:
             for piece in self._decompressed(head):
                 self.size += len(piece)
@@ -175,15 +192,16 @@ class _Decoder:
 class LayerStream(io.RawIOBase):
     """The plain tar stream of a layer blob, decompressed as ``compression`` says, hashed, and capped.
 
-    ``raw`` is the blob (a verifying reader: its digest is checked when it reaches its end). After ``drain``
+    ``raw`` is the blob (a verifying reader: its digest is checked when it reaches its end); ``media_type`` says
+    how it is compressed, and its first bytes must agree (``mediatypes.read_as``). After ``drain``
     (read to the end of both streams), ``diff_id`` is the sha256 of the plain stream and ``size`` its length.
     ``where`` names the image and layer in messages.
     """
 
-    def __init__(self, raw: BinaryIO, compression: Compression, cap: Cap, where: str) -> None:
+    def __init__(self, raw: BinaryIO, media_type: str, cap: Cap, where: str) -> None:
         super().__init__()
         self._raw = raw
-        self._decoder = _Decoder(raw, compression, cap, where)
+        self._decoder = _Decoder(raw, media_type, cap, where)
         self._pieces = self._decoder.pieces()
         self._pending = memoryview(b"")
 
@@ -194,6 +212,11 @@ class LayerStream(io.RawIOBase):
     @property
     def size(self) -> int:
         return self._decoder.size
+
+    @property
+    def note(self) -> str:
+        """A warning when the blob was read otherwise than its media type says (tolerated, see ``read_as``)."""
+        return self._decoder.note
 
     def readable(self) -> bool:
         return True
@@ -220,6 +243,13 @@ class LayerStream(io.RawIOBase):
         self._pieces.close()
         self._raw.close()
         super().close()
+
+
+def mislabelled_note(where: str, found: Compression, media_type: str) -> str:
+    return (
+        f"{where}: the blob is {describe_compression(found)} under the media type {media_type}: read as it is "
+        f"(Docker and containerd detect compression; OCI readers such as umoci trust the media type)"
+    )
 
 
 class _Prefixed(io.RawIOBase):

@@ -6,8 +6,9 @@
 - diff_ids (``config_diff_ids``, ``check_diff_ids``): a layer's uncompressed digest, computed as it is read,
   equals the config's ``rootfs.diff_ids`` entry (runtimes and umoci reject an image where they differ).
 - Media types (``check_media_types``): a layer that is carried without being read starts like its media type
-  says (gzip, zstd or a plain tar): a mislabelled blob is refused rather than copied through. Read layers are
-  checked as they are decompressed (``tar_reader``). Blobs of a registry input are not sniffed: they are only
+  says (gzip, zstd or a plain tar): a mislabelled blob is refused rather than copied through, but for a plain
+  tar under Docker's gzip type, which Docker itself reads (``mediatypes.read_as``). Read layers are checked as
+  they are decompressed (``tar_reader``). Blobs of a registry input are not sniffed: they are only
   downloaded when something reads them.
 - Unsafe names (``unsafe_names_kept``): layers that keep, byte for byte, member names that leave the root.
 
@@ -22,9 +23,10 @@ from typing import Any
 from .digest import short
 from .errors import DigestMismatchError, FormatError, LayerError, MissingBlobError
 from .layer import LayerIndex, layer_label
-from .mediatypes import describe_compression, layer_compression, sniff_compression
+from .mediatypes import describe_compression, layer_compression, read_as, sniff_compression
 from .model import Descriptor
 from .source import Blobs
+from .tar_reader import mislabelled_note
 from .tree import Node
 
 __all__ = [
@@ -92,21 +94,30 @@ def check_diff_ids(indexes: Sequence[LayerIndex], diff_ids: Sequence[str], name:
             )
 
 
-def check_media_types(blobs: Blobs, layers: Sequence[Descriptor], name: str) -> None:
-    """Every local layer blob starts like its media type says (its first bytes, never the whole blob)."""
+def check_media_types(blobs: Blobs, layers: Sequence[Descriptor], name: str) -> list[str]:
+    """Every local layer blob starts like its media type says (its first bytes, never the whole blob);
+    the warnings for the tolerated exception (``mediatypes.read_as``)."""
     total = len(layers)
+    warnings = []
     for number, layer in enumerate(layers, 1):
         declared = layer_compression(layer.media_type)
         if declared is None or not blobs.has(layer.digest) or blobs.origin(layer.digest) is not None:
             continue
         with blobs.open(layer, "layer") as reader:
             head = reader.read(_SNIFF_BYTES)
+        if not head:
+            continue
         found = sniff_compression(head)
-        if head and found is not declared:
+        where = layer_label(name, number, total, layer)
+        read = read_as(layer.media_type, found)
+        if read is None:
             raise LayerError(
-                f"{layer_label(name, number, total, layer)}: the blob is {describe_compression(found)} "
+                f"{where}: the blob is {describe_compression(found)} "
                 f"but its media type {layer.media_type} says {describe_compression(declared)}"
             )
+        if read is not declared:
+            warnings.append(mislabelled_note(where, found, layer.media_type))
+    return warnings
 
 
 def unsafe_names_kept(index: LayerIndex, where: str) -> str:

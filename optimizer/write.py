@@ -22,6 +22,7 @@ from typing import Any
 from . import mediatypes as mt
 from .digest import short
 from .documents import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, ANNOTATION_SOURCE_DIGEST
+from .errors import OutputError, out_of_space
 from .filesystem import build_filesystem
 from .history import created_epoch, squash_config, update_config
 from .model import Content, Descriptor, Entry
@@ -265,7 +266,11 @@ class _Writer:
         """Write one layer of the run's codec into the work directory."""
         path = os.path.join(self.workdir, f"out-{next(self.numbers)}.blob")
         settings = self.settings
-        return write_layer(items, path, settings.compression, settings.layer_clamp, settings.workers)
+        try:
+            return write_layer(items, path, settings.compression, settings.layer_clamp, settings.workers)
+        except OSError as error:
+            full = "is full" if out_of_space(error) else "cannot be written"
+            raise OutputError(f"the work directory {self.workdir} {full}: {error}") from error
 
     def finish(self, plan: ImagePlan, new_config: dict[str, Any], new_layers: list[Descriptor]) -> Descriptor:
         """Write the new config and manifest (unless every layer stayed the same) and return the manifest."""

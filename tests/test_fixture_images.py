@@ -93,7 +93,6 @@ def options(name: str, **fields: Any) -> Options:
     return Options(allow_partial=name in PARTIAL, **fields)
 
 
-
 # input -> (exception, words the message must contain)
 BROKEN = {
     "distroless/static-debian11-rootfs.tar.gz": (FormatError, "neither index.json"),
