@@ -66,6 +66,8 @@ class _Blobs:
         self.carried: set[str] = set()
 
     def from_source(self, store: Blobs, descriptor: Descriptor, role: str) -> None:
+        if not store.has(descriptor.digest):
+            return  # absent from a partial input: the plan refused it unless --allow-partial, a reference only
         self.carried.add(descriptor.digest)
         if descriptor.digest not in self.items:
             self.items[descriptor.digest] = (
