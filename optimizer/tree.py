@@ -138,8 +138,15 @@ class _Reader:
         data = self.blobs.read(descriptor, "manifest")
         document = parse_object(data, f"{name}: manifest {short(descriptor.digest)}")
         media_type = descriptor.media_type
-        if media_type not in mt.INDEX_TYPES | mt.MANIFEST_TYPES:
-            media_type = str(document.get("mediaType", ""))
+        own = document.get("mediaType")
+        known = mt.INDEX_TYPES | mt.MANIFEST_TYPES
+        if media_type and isinstance(own, str) and own != media_type and (own in known or media_type in known):
+            raise FormatError(
+                f"{name}: {where}: {short(descriptor.digest)} is named as {media_type!r} "
+                f"but is a document of type {own!r}"
+            )
+        if media_type not in known:
+            media_type = str(own or "")
         if media_type in mt.INDEX_TYPES or (not media_type and "manifests" in document):
             return self._index(descriptor, where, data, document, depth)
         if media_type in mt.MANIFEST_TYPES or (not media_type and "layers" in document):
