@@ -140,7 +140,12 @@ class _Reader:
         media_type = descriptor.media_type
         own = document.get("mediaType")
         known = mt.INDEX_TYPES | mt.MANIFEST_TYPES
-        if media_type and isinstance(own, str) and own != media_type and (own in known or media_type in known):
+        if (
+            media_type
+            and isinstance(own, str)
+            and own != media_type
+            and (own in known or media_type in known)
+        ):
             raise FormatError(
                 f"{name}: {where}: {short(descriptor.digest)} is named as {media_type!r} "
                 f"but is a document of type {own!r}"

@@ -74,7 +74,7 @@ def missing_blobs(
 def config_diff_ids(config: Mapping[str, Any], layer_count: int, name: str) -> list[str]:
     rootfs = config.get("rootfs")
     if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
-        raise FormatError(f"{name}: the config's rootfs.type is not \"layers\"")
+        raise FormatError(f'{name}: the config\'s rootfs.type is not "layers"')
     diff_ids = rootfs.get("diff_ids")
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise FormatError(f"{name}: the config's rootfs.diff_ids is not a list of digests")
