@@ -140,12 +140,7 @@ class _Reader:
         media_type = descriptor.media_type
         own = document.get("mediaType")
         known = mt.INDEX_TYPES | mt.MANIFEST_TYPES
-        if (
-            media_type
-            and isinstance(own, str)
-            and own != media_type
-            and (own in known or media_type in known)
-        ):
+        if media_type and isinstance(own, str) and own and _contradict(media_type, own):
             raise FormatError(
                 f"{name}: {where}: {short(descriptor.digest)} is named as {media_type!r} "
                 f"but is a document of type {own!r}"
@@ -180,6 +175,15 @@ class _Reader:
             what = f"{name}: index {short(descriptor.digest)}: manifests[{number}]"
             nodes.append(self.node(parse_descriptor(child, what), below, depth + 1))
         return Node(descriptor, NodeKind.INDEX, where, data, document, tuple(nodes))
+
+
+def _contradict(named: str, own: str) -> bool:
+    """Whether an index's media type for a document and the document's own cannot both be right: an index
+    and a manifest, or a known type and an unknown one (an OCI name for a Docker manifest is common: ggcr)."""
+    kinds = [
+        "index" if t in mt.INDEX_TYPES else "manifest" if t in mt.MANIFEST_TYPES else t for t in (named, own)
+    ]
+    return kinds[0] != kinds[1]
 
 
 def _manifest(

@@ -29,7 +29,6 @@ VALID = [
     "dive/test-oci-zstd-image.tar",
     "ggcr/hello-world-v25.tar",
     "ggcr/oci-layout-test_gc_image_unknown_mediatype",
-    "ggcr/oci-layout-test_index",
     "ggcr/oci-layout-test_index_media_type",
     "ggcr/oci-layout-test_index_one_image",
     "ggcr/overwritten_file.tar",
@@ -105,6 +104,8 @@ BROKEN = {
     "regclient/layer.tar": (FormatError, "neither index.json"),
     "sylabs-oci-tools/aufs-docker-v2-manifest": (DigestMismatchError, "sha256:6c9c1b8d1adb"),
     "imgutil/oci-layout-busybox-sparse": (MissingBlobError, "sha256:405fecb6a2fa"),
+    # index.json names a Docker manifest with the media type application/vnd.oci.descriptor.v1+json
+    "ggcr/oci-layout-test_index": (FormatError, "is named as 'application/vnd.oci.descriptor.v1+json'"),
     # Their layer blobs are placeholder text labelled tar+gzip: refused before anything is copied through.
     "containers-image/oci-layout-multiple-images": (
         LayerError,

@@ -37,7 +37,6 @@ DEFAULT_INPUTS = [
     "dive/test-oci-uncompressed-image.tar",
     "dive/test-oci-zstd-image.tar",
     "ggcr/hello-world-v25.tar",
-    "ggcr/oci-layout-test_index",
     "ggcr/test_bundle.tar",
     "ggcr/whiteout_dir.tar",
     "ggcr/whiteout_image.tar",

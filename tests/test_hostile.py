@@ -385,6 +385,17 @@ def test_a_3000_deep_chain_of_indexes_is_exit_3(tmp_path: Path, capsys: pytest.C
     refused(capsys, 3, [str(source), str(tmp_path / "out.tar")], "indexes nested more than 16 deep")
 
 
+def test_an_index_entry_whose_media_type_contradicts_its_document_is_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = simple_image_files()
+    index = json.loads(files["index.json"])
+    index["manifests"][0]["mediaType"] = "application/vnd.oci.image.index.v1+json"
+    files["index.json"] = canonical_json(index)
+    source = write_tar(tmp_path / "in.tar", files)
+    refused(capsys, 3, [str(source), str(tmp_path / "out.tar")], "is named as", "but is a document of type")
+
+
 # -- 4. Truncated and incomplete archives ----------------------------------------------------------------
 
 
