@@ -58,6 +58,7 @@ MODES = {
 
 def baseline_tree(revision: str, into: Path) -> Path:
     """The ``optimizer`` and ``passes`` packages of ``revision``, extracted under ``into``."""
+    into.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", revision, "optimizer", "passes"], check=True, capture_output=True
     ).stdout

@@ -125,31 +125,7 @@ class _Planner:
         layers = list(node.layers)
         options = self.options
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
-        diff_ids = config_diff_ids(plan.config, len(layers), plan.name)
-        if options.keep_layers > len(layers):
-            message = (
-                f"{plan.name}: --keep-layers {options.keep_layers} is more than its {len(layers)} layers: "
-                f"every layer is kept as it is"
-            )
-            log.warning("warning: %s", message)
-            plan.report.warnings.append(message)
-        read = bool(self.passes) or options.normalize or options.recompress or options.squash
-        read = read or options.sanitize or options.strict
-        total = len(layers)
-        named = [(f"layer {n}/{total}", layer) for n, layer in enumerate(layers, 1)]
-        plan.report.warnings.extend(
-            missing_blobs(self.source.blobs, plan.name, named, options.allow_partial, read)
-        )
-        if read:
-            sanitize = frozenset(
-                n for n in range(plan.protected, total) if options.sanitize and n not in non_distributable
-            )
-            plan.indexes = self.index_layers(layers, plan.name, sanitize)
-            check_diff_ids(plan.indexes, diff_ids, plan.name)
-            for index in plan.indexes:
-                plan.report.warnings.extend(index.warnings)
-        else:
-            plan.report.warnings.extend(check_media_types(self.source.blobs, layers, plan.name))
+        diff_ids = self.read_layers(plan, non_distributable)
         changes: list[Change] = []
         if self.passes or options.squash:
             # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
@@ -172,6 +148,38 @@ class _Planner:
         plan.report.layers.extend(decision.report for decision in plan.layers)
         self.unsafe_names(plan)
         return plan
+
+    def read_layers(self, plan: ImagePlan, non_distributable: set[int]) -> list[str]:
+        """Check the image's blobs and, when the run needs them, read its layers into ``plan.indexes``
+        (verified against the config's diff_ids, which are returned); layers not read are sniffed."""
+        options = self.options
+        layers = plan.node.layers
+        total = len(layers)
+        diff_ids = config_diff_ids(plan.config, total, plan.name)
+        if options.keep_layers > total:
+            message = (
+                f"{plan.name}: --keep-layers {options.keep_layers} is more than its {total} layers: "
+                f"every layer is kept as it is"
+            )
+            log.warning("warning: %s", message)
+            plan.report.warnings.append(message)
+        read = bool(self.passes) or options.normalize or options.recompress or options.squash
+        read = read or options.sanitize or options.strict
+        named = [(f"layer {n}/{total}", layer) for n, layer in enumerate(layers, 1)]
+        plan.report.warnings.extend(
+            missing_blobs(self.source.blobs, plan.name, named, options.allow_partial, read)
+        )
+        if not read:
+            plan.report.warnings.extend(check_media_types(self.source.blobs, layers, plan.name))
+            return diff_ids
+        sanitize = frozenset(
+            n for n in range(plan.protected, total) if options.sanitize and n not in non_distributable
+        )
+        plan.indexes = self.index_layers(layers, plan.name, sanitize)
+        check_diff_ids(plan.indexes, diff_ids, plan.name)
+        for index in plan.indexes:
+            plan.report.warnings.extend(index.warnings)
+        return diff_ids
 
     def unsafe_names(self, plan: ImagePlan) -> None:
         """Layers that keep member names leaving the root, byte for byte: said on stderr, fatal if strict."""

@@ -44,6 +44,7 @@ __all__ = [
 
 LIBARCHIVE_PACKAGE = "libarchive13"
 _BLOCK = 256 * 1024
+_ZSTD_SLICE = 1024
 _ARCHIVE_EOF = 1
 _ARCHIVE_FATAL = -30
 T = TypeVar("T")
@@ -156,15 +157,7 @@ class _Decoder:
         if self.compression is Compression.GZIP:
             yield from self._gunzip(head)
         elif self.compression is Compression.ZSTD:
-            source = _Prefixed(head, self.raw)
-            with zstandard.ZstdDecompressor().stream_reader(
-                source,  # type: ignore[arg-type]
-                read_size=_BLOCK,
-                read_across_frames=True,
-                closefd=False,
-            ) as reader:
-                while piece := reader.read(_BLOCK):
-                    yield piece
+            yield from self._unzstd(head)
         else:
             piece = head
             while piece:
@@ -185,6 +178,33 @@ class _Decoder:
                 decompressor = zlib.decompressobj(31)
             piece = decompressor.decompress(data, _BLOCK)
             data = decompressor.unused_data if decompressor.eof else b""
+            if piece:
+                yield piece
+
+
+    def _unzstd(self, data: bytes) -> Iterator[bytes]:
+        """Every zstd frame in turn. The input goes in ``_ZSTD_SLICE`` bytes at a time: libzstd has no output
+        bound per call, and a slice expands at most 32,768 times (RLE blocks). A frame cut short is an error
+        (a stream reader would end silently)."""
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+        fed = False  # the current frame has started
+        pending = memoryview(data)
+        while True:
+            if not pending:
+                more = self.raw.read(_BLOCK)
+                if not more:
+                    if fed and not decompressor.eof:
+                        raise LayerError(f"{self.where}: the zstd stream is truncated")
+                    return
+                pending = memoryview(more)
+            if decompressor.eof:  # a frame ended and more bytes follow: the next frame
+                decompressor = zstandard.ZstdDecompressor().decompressobj()
+                fed = False
+            piece = decompressor.decompress(pending[:_ZSTD_SLICE])
+            pending = pending[_ZSTD_SLICE:]
+            fed = True
+            if decompressor.eof and decompressor.unused_data:
+                pending = memoryview(bytes(decompressor.unused_data) + bytes(pending))
             if piece:
                 yield piece
 
@@ -250,29 +270,6 @@ def mislabelled_note(where: str, found: Compression, media_type: str) -> str:
         f"{where}: the blob is {describe_compression(found)} under the media type {media_type}: read as it is "
         f"(Docker and containerd detect compression; OCI readers such as umoci trust the media type)"
     )
-
-
-class _Prefixed(io.RawIOBase):
-    """``head`` then the rest of ``raw``: what was read to sniff the blob is given back to the decompressor."""
-
-    def __init__(self, head: bytes, raw: BinaryIO) -> None:
-        super().__init__()
-        self._head = memoryview(head)
-        self._raw = raw
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._head:
-            count = min(len(view), len(self._head))
-            view[:count] = self._head[:count]
-            self._head = self._head[count:]
-            return count
-        data = self._raw.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
 
 class TarArchive:

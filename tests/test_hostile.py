@@ -324,6 +324,18 @@ def test_a_layer_that_is_not_its_media_type_is_exit_3(
     )
 
 
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_a_compressed_layer_cut_short_is_exit_3(
+    codec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = tar_of([("data", "file", os.urandom(200_000))])
+    blob = compressed(plain, codec)[:-1000]  # a consistent blob (its digest is its own), cut mid-stream
+    source = image_with(tmp_path, [(MEDIA[codec], blob, digest_of(plain))])
+    refused(
+        capsys, 3, [str(source), str(tmp_path / "out.tar"), "--passes", "dead-data"], "layer 1/1", "truncated"
+    )
+
+
 def test_a_plain_tar_under_dockers_gzip_type_is_read_with_a_warning(tmp_path: Path) -> None:
     plain = tar_of(FILES)
     files, digest = oci_files([(DOCKER_LAYER_GZIP, plain, digest_of(plain))])
