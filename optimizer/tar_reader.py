@@ -181,7 +181,6 @@ class _Decoder:
             if piece:
                 yield piece
 
-
     def _unzstd(self, data: bytes) -> Iterator[bytes]:
         """Every zstd frame in turn. The input goes in ``_ZSTD_SLICE`` bytes at a time: libzstd has no output
         bound per call, and a slice expands at most 32,768 times (RLE blocks). A frame cut short is an error
