@@ -30,16 +30,14 @@ Usage: python bench/build_bench_image.py [--only big|small] [--force] [--mirror 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,12 +52,26 @@ from common import (
     open_member,
     raw_stream,
 )
+from imagebuild import (
+    CREATED,
+    PATH_ENV,
+    BuildError,
+    chroot_run,
+    clean_base,
+    debootstrap,
+    log,
+    mounted_under,
+    new_image,
+    repack,
+    require,
+    run,
+    umoci,
+    write_archive,
+)
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"
-CREATED = "2024-01-01T00:00:00Z"  # history and config times: fixed, so only file mtimes vary between builds
 TAG = "bench"
-PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 APT_INSTALL = "apt-get install -y --no-install-recommends"
 STEPS: tuple[tuple[str, str], ...] = (
@@ -78,193 +90,6 @@ STEPS: tuple[tuple[str, str], ...] = (
     ),
     ("drop the apt lists", "rm -rf /var/lib/apt/lists/*"),
 )
-
-
-class BuildError(Exception):
-    """A step of the build failed; the message says which and why."""
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def run(command: Sequence[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
-    try:
-        result = subprocess.run(list(command), check=False, capture_output=True, text=True, env=env, cwd=cwd)
-    except FileNotFoundError as error:
-        raise BuildError(f"{what}: {command[0]} not found") from error
-    if result.returncode != 0:
-        tail = "\n".join(((result.stdout or "") + (result.stderr or "")).splitlines()[-25:])
-        raise BuildError(f"{what}: `{' '.join(command)}` exited with {result.returncode}\n{tail}")
-    return result.stdout or ""
-
-
-def require(program: str, package: str) -> None:
-    if shutil.which(program) is None:
-        raise BuildError(f"{program} not found: apt-get install {package}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The debootstrap cache.
-
-
-def debootstrap(cache: Path, suite: str, mirror: str, force: bool) -> Path:
-    """A minbase tree of ``suite``, built once and kept in ``cache``."""
-    tree = cache / f"debootstrap-{suite}-minbase"
-    stamp = cache / f"debootstrap-{suite}-minbase.complete"
-    if tree.is_dir() and stamp.is_file() and not force:
-        log(f"debootstrap tree cached: {tree}")
-        return tree
-    require("debootstrap", "debootstrap")
-    temporary = cache / f"debootstrap-{suite}-minbase.tmp"
-    for stale in (temporary, tree):
-        if stale.exists():
-            shutil.rmtree(stale)
-    stamp.unlink(missing_ok=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    log(f"debootstrap --variant=minbase {suite} from {mirror} (about 30 s)")
-    run(["debootstrap", "--variant=minbase", suite, str(temporary), mirror], f"debootstrap {suite}")
-    temporary.rename(tree)
-    stamp.write_text(f"debootstrap --variant=minbase {suite} {mirror}\n")
-    return tree
-
-
-def _clear(directory: Path) -> None:
-    if not directory.is_dir():
-        return
-    for child in directory.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-def clean_base(rootfs: Path) -> None:
-    """What the Debian base images drop: downloaded .debs, apt lists and caches, device nodes, resolv.conf."""
-    for directory in ("var/cache/apt/archives", "var/lib/apt/lists", "dev", "tmp", "var/log/apt"):
-        _clear(rootfs / directory)
-    (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-    (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
-    for cache in (rootfs / "var/cache/apt").glob("*.bin"):
-        cache.unlink()
-    for name in ("debootstrap",):
-        target = rootfs / name
-        if target.exists():
-            shutil.rmtree(target)
-    resolv = rootfs / "etc/resolv.conf"
-    resolv.unlink(missing_ok=True)
-    resolv.write_text("")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# umoci and the chroot.
-
-
-def _mounted_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
-    with open("/proc/mounts") as handle:
-        points = [line.split()[1] for line in handle]
-    return [p for p in points if p.startswith(prefix)]
-
-
-@contextlib.contextmanager
-def chroot_mounts(rootfs: Path) -> Iterator[None]:
-    """/proc, /dev and the host's resolv.conf inside ``rootfs`` for one step; nothing of them is packed."""
-    mounted: list[Path] = []
-    try:
-        for source, target, options in (
-            ("proc", rootfs / "proc", ["-t", "proc"]),
-            ("/dev", rootfs / "dev", ["--bind"]),
-            ("/etc/resolv.conf", rootfs / "etc/resolv.conf", ["--bind"]),
-        ):
-            if target.is_symlink():
-                raise BuildError(f"{target} is a symlink: refusing to mount over it")
-            run(["mount", *options, source, str(target)], f"mounting {source} in the chroot")
-            mounted.append(target)
-        yield
-    finally:
-        for target in reversed(mounted):
-            with contextlib.suppress(BuildError):
-                run(["umount", str(target)], f"unmounting {target}")
-        left = _mounted_under(rootfs)
-        if left:
-            raise BuildError(f"still mounted under {rootfs}: {', '.join(left)}: unmount them before packing")
-
-
-def chroot_run(rootfs: Path, script: str, what: str) -> None:
-    env = {
-        "PATH": PATH_ENV,
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "DEBIAN_FRONTEND": "noninteractive",
-    }
-    with chroot_mounts(rootfs):
-        run(["chroot", str(rootfs), "/bin/sh", "-ec", script], what, env=env)
-
-
-def umoci(*args: str, what: str) -> None:
-    run(["umoci", *args], what)
-
-
-def repack(layout: Path, bundle: Path, created_by: str, comment: str = "") -> None:
-    if _mounted_under(bundle):
-        raise BuildError(f"{bundle} has mounts: refusing to pack them")
-    args = ["repack", "--refresh-bundle", "--history.created", CREATED, "--history.created_by", created_by]
-    if comment:
-        args += ["--history.comment", comment]
-    umoci(*args, "--image", f"{layout}:{TAG}", str(bundle), what=f"packing layer '{created_by}'")
-
-
-def new_image(layout: Path, bundle: Path, cmd: str) -> Path:
-    """An empty image in ``layout`` and its bundle; returns the bundle's rootfs."""
-    umoci("init", "--layout", str(layout), what="umoci init")
-    umoci("new", "--image", f"{layout}:{TAG}", what="umoci new")
-    umoci(
-        "config",
-        "--image",
-        f"{layout}:{TAG}",
-        "--created",
-        CREATED,
-        "--history.created",
-        CREATED,
-        "--config.cmd",
-        cmd,
-        "--config.env",
-        f"PATH={PATH_ENV}",
-        "--os",
-        "linux",
-        "--architecture",
-        "amd64",
-        what="umoci config",
-    )
-    umoci("unpack", "--image", f"{layout}:{TAG}", str(bundle), what="umoci unpack")
-    return bundle / "rootfs"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The OCI archive.
-
-
-def write_archive(layout: Path, destination: Path) -> None:
-    """Tar the layout: members sorted, mtime 0, owner root; written beside ``destination`` and renamed."""
-    temporary = destination.with_name(destination.name + ".tmp")
-    paths = sorted(p for p in layout.rglob("*"))
-    with tarfile.open(temporary, "w", format=tarfile.PAX_FORMAT) as tar:
-        for path in paths:
-            name = path.relative_to(layout).as_posix()
-            info = tarfile.TarInfo(name)
-            info.mtime = 0
-            info.uid = info.gid = 0
-            if path.is_dir():
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            else:
-                info.size = path.stat().st_size
-                info.mode = 0o644
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-    temporary.replace(destination)
 
 
 def describe(archive: Path) -> None:
@@ -294,20 +119,20 @@ def build_big(out: Path, suite: str, mirror: str, force: bool) -> None:
     tree = debootstrap(out / "cache", suite, mirror, force=False)
     work = out / "work-big"
     if work.exists():
-        if _mounted_under(work):
+        if mounted_under(work):
             raise BuildError(f"{work} has mounts left by an interrupted build: unmount them first")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     layout, bundle = work / "layout", work / "bundle"
-    rootfs = new_image(layout, bundle, "/bin/bash")
+    rootfs = new_image(layout, bundle, TAG, "/bin/bash")
     log("layer 1: the debootstrap tree")
     run(["cp", "-a", f"{tree}/.", str(rootfs)], "copying the debootstrap tree")
     clean_base(rootfs)
-    repack(layout, bundle, f"debootstrap --variant=minbase {suite} {mirror}", "base layer")
+    repack(layout, bundle, TAG, f"debootstrap --variant=minbase {suite} {mirror}", "base layer")
     for number, (label, script) in enumerate(STEPS, 2):
         log(f"layer {number}: {label}")
         chroot_run(rootfs, script, f"layer {number} ({label})")
-        repack(layout, bundle, f"/bin/sh -c {script}")
+        repack(layout, bundle, TAG, f"/bin/sh -c {script}")
     packages = run(
         ["chroot", str(rootfs), "dpkg-query", "-W", "-f", "${Package} ${Version}\n"], "listing packages"
     )
@@ -348,7 +173,7 @@ def build_small(out: Path, force: bool) -> None:
         if not busybox.is_file():
             raise BuildError(f"{deb.name} has no bin/busybox")
         layout, bundle = work / "layout", work / "bundle"
-        rootfs = new_image(layout, bundle, "/bin/sh")
+        rootfs = new_image(layout, bundle, TAG, "/bin/sh")
         (rootfs / "bin").mkdir(mode=0o755)
         shutil.copy2(busybox, rootfs / "bin/busybox")
         for applet in SMALL_APPLETS:
@@ -360,7 +185,7 @@ def build_small(out: Path, force: bool) -> None:
         (rootfs / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
         for directory in ("tmp", "root"):
             (rootfs / directory).mkdir(mode=0o755)
-        repack(layout, bundle, "busybox-static", "busybox and /etc")
+        repack(layout, bundle, TAG, "busybox-static", "busybox and /etc")
         app = rootfs / "app"
         app.mkdir(mode=0o755)
         (app / "run.sh").write_text('#!/bin/sh\necho "hello from $(cat /app/config.json)"\nsleep 1\n')
@@ -371,7 +196,7 @@ def build_small(out: Path, force: bool) -> None:
             for i in range(16000)
         ]
         (app / "data.txt").write_text("".join(words))
-        repack(layout, bundle, "COPY app /app", "the app")
+        repack(layout, bundle, TAG, "COPY app /app", "the app")
         umoci("gc", "--layout", str(layout), what="umoci gc")
         write_archive(layout, SMALL_IMAGE)
     shutil.rmtree(work)

@@ -21,13 +21,18 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from .accounting import summarize
+from .base import BaseFinder, base_layer_lists, layers_of_document
 from .documents import ANNOTATION_SOURCE_DIGEST, parse_object
-from .errors import RegistryError, UsageError
+from .errors import OptimizerError, RegistryError, UsageError
+from .model import Platform
 from .options import Options
 from .output import (
+    CompressionSpec,
     check_destination,
     compressor_versions,
     source_date_epoch,
@@ -37,12 +42,13 @@ from .output import (
 from .pipeline import Pass, WorkerPool
 from .pipeline import select_passes as _select
 from .plan import RunPlan, estimate_sizes, plan_run
+from .pull import pull_bytes
 from .registry.access import Clients
 from .registry.client import Manifest
 from .registry.copy import manifest_of, push_image, single_root
-from .registry.reference import is_registry_ref, parse_registry_ref
+from .registry.reference import Reference, is_registry_ref, parse_registry_ref
 from .report import Report
-from .source import Source, open_source
+from .source import Blobs, Source, open_source
 from .source.registry import RegistryBlobs, open_registry
 from .spool import Spool
 from .tree import Node, read_tree
@@ -51,7 +57,7 @@ from .write import Output, WriteSettings, write_run
 __all__ = ["ANNOTATION_SOURCE_DIGEST", "Optimization", "optimize", "select_passes"]
 
 
-def select_passes(options: Options) -> list[tuple[type[Pass], Any]]:
+def select_passes(options: Options) -> list[tuple[type[Pass[Any]], Any]]:
     """The passes to run, in pipeline order, each with its options."""
     from passes import PASSES
 
@@ -81,7 +87,8 @@ class Optimization:
     Entering opens the input (and a work directory, removed on exit: nothing is left behind). ``tree`` is the
     input's index tree; ``execute`` plans and (unless ``dry_run``) writes, filling ``report``; ``store``
     writes the output atomically or pushes it. Between the steps a caller can look and decide (the service
-    skips its own outputs, and images that did not shrink).
+    skips its own outputs and images that did not shrink, and sets ``options`` again before ``execute`` to
+    protect the layers other images share).
     """
 
     def __init__(self, src: str, options: Options | None = None, dst: str | None = None) -> None:
@@ -101,6 +108,9 @@ class Optimization:
         self._started = time.monotonic()
         self._workdir: str | None = None
         self._clients = Clients(self.options.registry)
+        self._lookups = Clients(
+            replace(self.options.registry, retries=0, timeout=min(10.0, self.options.registry.timeout))
+        )
         self._source: Source | None = None
         self._tree: list[Node] | None = None
 
@@ -121,6 +131,7 @@ class Optimization:
         if self._source is not None and isinstance(self._source.blobs, RegistryBlobs):
             self._source.blobs.close()
         self._clients.close()
+        self._lookups.close()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -148,12 +159,15 @@ class Optimization:
     def execute(self) -> Report:
         """Plan every image and, unless ``dry_run``, write what the plan calls for (a dry run estimates the
         sizes of the layers it would write instead of compressing them)."""
-        options = self.options
+        options = self.options  # a caller may have changed them since (the service adds shared layers)
+        self.passes = select_passes(options)
+        self.report.options = options.describe()
         pool = WorkerPool(options.workers)
         try:
             spool = Spool(os.path.join(self.workdir, "new-content.pack"))
+            bases = self._base_finder()
             self.plan = plan_run(
-                self.source, self.tree, options, self.passes, pool, spool, self.workdir, self.report
+                self.source, self.tree, options, self.passes, pool, spool, self.workdir, self.report, bases
             )
         finally:
             pool.close()
@@ -164,6 +178,10 @@ class Optimization:
             self.output = write_run(self.plan, settings, self.workdir, self.report, options.progress)
         self.report.bytes_before = sum(i.size_before for i in self.report.images)
         self.report.bytes_after = sum(i.size_after for i in self.report.images)
+        _pull_figures(self.plan, self.report)
+        self.report.summary = summarize(self.report, self.plan.images.values())
+        self.report.bytes_before = self.report.summary.bytes_before
+        self.report.bytes_after = self.report.summary.bytes_after
         return self.report
 
     def store(self, dst: str, before_push: Callable[[list[str]], None] | None = None) -> None:
@@ -183,6 +201,43 @@ class Optimization:
         writer = write_oci_dir if self.options.output_format == "oci-dir" else write_oci_archive
         writer(dst, self.output.index_bytes, self.output.docker_manifest, self.output.blobs)
 
+    def _base_finder(self) -> BaseFinder:
+        options = self.options
+        lists: list[list[str]] = []
+        if options.base is not None and options.base != "none":
+            lists = base_layer_lists(options.base, self._open_tree)
+        fetch = self._fetch_layers if self.source.kind == "registry" else None
+        return BaseFinder(self.source.blobs, self.tree, options.base, options.base_layers, lists, fetch)
+
+    def _open_tree(self, src: str) -> tuple[Blobs, list[Node]]:
+        """Another input (``--base IMAGE``), read in this run's work directory."""
+        workdir = tempfile.mkdtemp(prefix="base-", dir=self.workdir)
+        if is_registry_ref(src):
+            source = open_registry(src, workdir, self._clients)
+        else:
+            source = open_source(src, workdir, name=f"base {src}")
+        return source.blobs, read_tree(source.blobs, source.root_manifests)
+
+    def _fetch_layers(self, reference: str, digest: str, platform: Platform | None) -> list[str] | None:
+        """The layers of a base image named by reference and digest, from its registry (one attempt: a base
+        on a registry we cannot reach must not slow every run)."""
+        try:
+            ref = Reference.parse(reference)
+            client = self._lookups.get(ref.registry, source=True)
+            document = client.get_manifest(ref.repository, digest, digest).document
+            return layers_of_document(
+                document,
+                platform,
+                lambda child: layers_of_document(
+                    client.get_manifest(ref.repository, child, child).document, None, lambda _: None
+                ),
+            )
+        except OptimizerError as error:
+            self.report.warnings.append(
+                f"base image {reference}@{digest}: its layers could not be read: {error}"
+            )
+            return None
+
     def _open(self, src: str) -> Source:
         if is_registry_ref(src):
             return open_registry(src, self.workdir, self._clients)
@@ -192,8 +247,8 @@ class Optimization:
 def _check_options(options: Options) -> None:
     if options.output_format not in ("oci-archive", "oci-dir"):
         raise UsageError(f"unknown output format {options.output_format!r}: use oci-archive or oci-dir")
-    if options.keep_layers < 0:
-        raise UsageError("--keep-layers cannot be negative")
+    if options.base_layers is not None and options.base_layers < 0:
+        raise UsageError("--base-layers cannot be negative")
     if options.workers is not None and options.workers < 1:
         raise UsageError(f"--workers must be at least 1, not {options.workers} (leave it out for all cores)")
 
@@ -203,7 +258,17 @@ def _settings(options: Options, workers: int) -> WriteSettings:
     # the digest). The config's times follow SOURCE_DATE_EPOCH only.
     config_clamp = source_date_epoch()
     layer_clamp = 0 if options.normalize and config_clamp is None else config_clamp
-    return WriteSettings(options.compression, options.normalize, workers, layer_clamp, config_clamp)
+    keep_smaller = not (
+        options.normalize or options.recompress
+    )  # those rewrite on purpose, whatever the size
+    return WriteSettings(
+        options.compression or CompressionSpec(),
+        options.normalize,
+        workers,
+        layer_clamp,
+        config_clamp,
+        keep_smaller,
+    )
 
 
 class _OutputImage:
@@ -238,3 +303,14 @@ class _OutputImage:
     def mount_sources(self, digest: str, registry: str) -> list[str]:
         origin = self.source.blobs.origin(digest) if digest in self.output.from_input else None
         return [origin.repository] if origin is not None and origin.registry == registry else []
+
+
+def _pull_figures(run: RunPlan, report: Report) -> None:
+    """Cold and warm pull bytes, per image and for every image of the input together."""
+    befores, afters = [], []
+    for plan in run.images.values():
+        after = plan.pull_after or plan.pull_before
+        plan.report.pull = pull_bytes([plan.pull_before], [after])
+        befores.append(plan.pull_before)
+        afters.append(after)
+    report.pull = pull_bytes(befores, afters)

@@ -21,17 +21,51 @@ from .errors import OptimizerError, OutputError, UsageError
 from .limits import Limits
 from .options import Options
 from .registry import access
+from .render import print_summary
 from .report import Report
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_CODES", "build_parser", "main", "version_text"]
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
 EXIT_TERMINATED = 143  # SIGTERM
+# What each exit status means, for --help; the README's table and the errors' exit_code say the same (tested).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "done (warnings may have been printed on stderr)"),
+    (1, "another error of ours"),
+    (2, "usage: bad option, unknown pass, output equal to the input"),
+    (
+        3,
+        "input: not an image, malformed or too deep JSON, missing blob (see --allow-partial), truncated "
+        "archive, digest, size or diff_id mismatch, mislabelled, corrupt or hostile layer, a limit exceeded",
+    ),
+    (4, "a pass failed and --strict was given"),
+    (5, "policy: the image breaks a rule made fatal (--upx fail)"),
+    (6, "output could not be written (disk full, destination a directory, --report path unwritable)"),
+    (7, "a required program or library is missing (the message names the Debian package)"),
+    (8, "registry: network, authentication or protocol failure"),
+    (130, "interrupted (Ctrl-C)"),
+    (143, "terminated (SIGTERM): like Ctrl-C, nothing left behind"),
+)
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread: unwinds (and cleans up) exactly as Ctrl-C does."""
+
+
+def version_text() -> str:
+    """This tool's version and the compressor versions that byte-identical output depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .output import compressor_versions
+
+    try:
+        ours = version("oci-optimizer")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "unknown (not installed)"
+    lines = [f"optimize (oci-optimizer) {ours}", f"python: {sys.version.split()[0]}"]
+    lines += [f"{name}: {value}" for name, value in compressor_versions().items()]
+    return "\n".join(lines) + "\n"
 
 
 def _pass_classes() -> Sequence[Any]:
@@ -44,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimize",
         description="Write a smaller copy of a container image that still works.",
-        epilog="Subcommand: 'optimize serve --config service.yaml' runs the registry webhook service.",
+        epilog="Subcommand: 'optimize serve --config service.yaml' runs the registry webhook service.\n\n"
+        "exit status:\n" + "".join(f"  {code:<5}{meaning}\n" for code, meaning in EXIT_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the exit status table as written
     )
     parser.add_argument(
         "input",
@@ -57,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--list-passes", action="store_true", help="print every pass and what it does, then exit"
     )
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print the version and the compressor versions byte identity depends on, then exit",
+    )
     parser.add_argument("--report", metavar="FILE", help="write the JSON report to FILE ('-' for stdout)")
     settings.add_arguments(parser, Options)
     settings.add_arguments(
@@ -68,67 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every finding")
     for cls in _pass_classes():
         group = parser.add_argument_group(f"pass {cls.name}")
-        cls.add_arguments(group)
+        settings.add_arguments(group, cls.Options, cls.flag_prefix)
     return parser
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    pass_options = {cls.name: cls.options_from_args(args) for cls in _pass_classes()}
+    pass_options = tuple(settings.from_args(cls.Options, args, cls.flag_prefix) for cls in _pass_classes())
     limits = settings.from_args(Limits, args)
     return settings.from_args(  # type: ignore[no-any-return]
         Options, args, pass_options=pass_options, registry=access.from_args(args), limits=limits
-    )
-
-
-def _size(value: int) -> str:
-    amount = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(amount) < 1024 or unit == "GiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{value} B"
-
-
-def print_summary(report: Report, out: TextIO, verbose: bool = False) -> None:
-    """The table at the end of a run: bytes before/after per pass and per layer."""
-    for image in report.images:
-        out.write(f"{image.name}\n")
-        out.write(f"  {'pass':<24}{'status':<9}{'files':>7}{'before':>12}{'after':>12}{'saved':>12}\n")
-        for item in image.passes:
-            out.write(
-                f"  {item.name:<24}{item.status.value:<9}{item.files_changed:>7}{_size(item.bytes_before):>12}"
-                f"{_size(item.bytes_after):>12}{_size(item.bytes_saved):>12}\n"
-            )
-            if item.error:
-                out.write(f"    error: {item.error}\n")
-            for warning in item.warnings:
-                out.write(f"    warning: {warning}\n")
-            if verbose:
-                for finding in item.findings:
-                    out.write(
-                        f"    {finding.action:<9} {finding.path} {finding.reason} "
-                        f"({_size(finding.bytes_before)} -> {_size(finding.bytes_after)})\n"
-                    )
-        out.write(
-            f"  {'layer':<8}{'status':<11}{'digest before':<22}{'digest after':<22}{'before':>12}{'after':>12}\n"
-        )
-        for layer in image.layers:
-            out.write(
-                f"  {layer.index + 1:<8}{layer.status:<11}{layer.digest_before[7:19] or '-':<22}"
-                f"{layer.digest_after[7:19] or '-':<22}{_size(layer.size_before):>12}{_size(layer.size_after):>12}\n"
-            )
-        for warning in image.warnings:
-            out.write(f"  warning: {warning}\n")
-    for warning in report.warnings:
-        out.write(f"warning: {warning}\n")
-    if report.pushed_digest:
-        out.write(f"pushed {report.output}@{report.pushed_digest}\n")
-    saved = report.bytes_before - report.bytes_after
-    percent = (100.0 * abs(saved) / report.bytes_before) if report.bytes_before else 0.0
-    change = f"{percent:.1f}% smaller" if saved >= 0 else f"{percent:.1f}% larger: files were added"
-    out.write(
-        f"total: {_size(report.bytes_before)} -> {_size(report.bytes_after)} compressed layers ({change}) "
-        f"in {report.seconds:.2f} s{' (dry run: nothing written)' if report.dry_run else ''}\n"
     )
 
 
@@ -154,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if args.version:
+            sys.stdout.write(version_text())
+            return EXIT_OK
         if args.list_passes:
             for cls in _pass_classes():
                 print(f"{cls.name:<24}{cls.summary}")
@@ -248,17 +240,9 @@ def _restore_sigterm(previous: Any) -> None:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="optimize serve", description="Run the registry webhook service.")
-    parser.add_argument("--config", required=True, help="service configuration (YAML)")
-    args = parser.parse_args(argv)
     try:
-        from .service import serve
+        from .service import main as serve_main
     except ImportError as error:
         print(f"optimize serve: the service is not available: {error}", file=sys.stderr)
         return 1
-    try:
-        serve(args.config)
-    except OptimizerError as error:
-        print(f"optimize serve: error: {error}", file=sys.stderr)
-        return error.exit_code
-    return EXIT_OK
+    return serve_main(argv)

@@ -3,14 +3,19 @@ derived from these fields. Pass options live in each pass's own ``Options`` data
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .limits import Limits
 from .output import CompressionSpec
 from .registry.access import RegistryAccess
 from .settings import setting
+
+if TYPE_CHECKING:
+    from .pipeline import Pass
+
+OptionsT = TypeVar("OptionsT")
 
 __all__ = ["Options", "Progress", "pass_names"]
 
@@ -31,7 +36,10 @@ class Options:
     (what, done, total) as the run goes; ``pass_classes`` is the pipeline to choose from, in order (default
     ``passes.PASSES``), for your own passes; ``registry`` says how to reach the registries of ``docker://``
     inputs and outputs (TLS, credentials, timeouts); ``limits`` bounds what an input may make the run read
-    and hold (``Limits``: its fields are settings of their own, ``--max-layer-bytes`` and so on)."""
+    and hold (``Limits``: its fields are settings of their own, ``--max-layer-bytes`` and so on).
+
+    ``pass_options`` holds passes' ``Options`` instances (``(StripElfOptions(mode="debug"),)``): each names its
+    pass by its type, so options cannot go to the wrong pass; ``options_for(StripElf)`` reads them back."""
 
     passes: tuple[str, ...] | None = setting(
         None,
@@ -39,7 +47,7 @@ class Options:
         parse=pass_names,
     )
     skip: tuple[str, ...] = setting((), "comma-separated passes not to run", parse=pass_names)
-    pass_options: Mapping[str, Any] = field(default_factory=dict)
+    pass_options: tuple[object, ...] = ()
     strict: bool = setting(
         False,
         "a failing pass fails the run (else its changes are dropped), and so does an unsafe member name "
@@ -55,21 +63,37 @@ class Options:
     )
     dry_run: bool = setting(False, "plan and report, write nothing (sizes after are estimates)", config=False)
     normalize: bool = setting(False, "rewrite every layer canonically (reproducible digests)")
-    keep_layers: int = setting(0, "keep the first N layers byte-identical", metavar="N")
-    base: str | None = setting(None, "keep the layers of this base image byte-identical", metavar="IMAGE")
+    base: str | None = setting(
+        None,
+        "the base image whose layers stay byte-identical (a file, a directory or docker://...); 'none' lets "
+        "passes rewrite every layer (default: detected from annotations, provenance and history)",
+        metavar="IMAGE|none",
+    )
+    base_layers: int | None = setting(
+        None, "the first N layers are the base (kept byte-identical)", metavar="N", aliases=("--keep-layers",)
+    )
+    protect_layers: frozenset[str] = setting(
+        frozenset(),
+        "keep this layer byte-identical wherever it is (a digest; repeatable): the service passes the layers "
+        "other images of the registry share",
+        flag="--protect-layer",
+        metavar="DIGEST",
+        repeat=True,
+    )
     output_format: Literal["oci-archive", "oci-dir"] = setting(
         "oci-archive",
         "output form (default: an OCI archive that docker load also takes)",
         flag="--format",
         config=False,
     )
-    compression: CompressionSpec = setting(
-        CompressionSpec(),
-        "codec of rewritten layers: gzip[:1-9] (default gzip:6), zstd[:1-22] (default 3), none",
+    compression: CompressionSpec | None = setting(
+        None,
+        "codec of the layers the run writes: gzip[:1-9] (level 6 by default), zstd[:1-22] (3), none "
+        "(default: a rewritten layer keeps its codec; uncompressed and new layers get gzip:6)",
         metavar="CODEC[:LEVEL]",
         parse=CompressionSpec.parse,
     )
-    recompress: bool = setting(False, "recompress unchanged layers with --compression too")
+    recompress: bool = setting(False, "recompress unchanged layers with --compression (default gzip:6) too")
     squash: bool = setting(
         False, "merge every layer above the kept base (--keep-layers, --base) into one layer"
     )
@@ -82,6 +106,12 @@ class Options:
     pass_classes: tuple[type[Any], ...] | None = field(default=None, compare=False)
     registry: RegistryAccess = field(default_factory=RegistryAccess, compare=False)
 
+    def options_for(self, cls: type[Pass[OptionsT]]) -> OptionsT:
+        """The options given for the pass ``cls``, or its defaults."""
+        from .pipeline import options_for
+
+        return options_for(self.pass_options, cls)
+
     def describe(self) -> dict[str, Any]:
         """The options as they go in the report (and so in byte-identity comparisons of reports)."""
         return {
@@ -92,10 +122,11 @@ class Options:
             "allow_partial": self.allow_partial,
             "dry_run": self.dry_run,
             "normalize": self.normalize,
-            "keep_layers": self.keep_layers,
             "base": self.base,
+            "base_layers": self.base_layers,
+            "protect_layers": sorted(self.protect_layers),
             "output_format": self.output_format,
-            "compression": str(self.compression),
+            "compression": str(self.compression) if self.compression is not None else "keep",
             "recompress": self.recompress,
             "squash": self.squash,
         }

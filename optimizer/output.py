@@ -256,6 +256,7 @@ class BlobSpec:
     digest: str
     size: int
     diff_id: str = ""
+    raw_size: int = 0  # the uncompressed tar's bytes
 
 
 class LayerWriter:
@@ -300,6 +301,7 @@ class LayerWriter:
             "sha256:" + self._compressor.blob_hash.hexdigest(),
             self._compressor.blob_size,
             "sha256:" + self._compressor.diff_hash.hexdigest(),
+            self._compressor.raw_size,
         )
 
     def abort(self) -> None:

@@ -2,16 +2,17 @@
 
 A pass is a class in its own module under ``passes/`` (listed once, in order, in ``passes.PASSES``):
 
-    class StripElf:
+    @dataclass(frozen=True)
+    class StripElfOptions:               # each field a ``settings.setting``: its flag and config key derive
+        mode: Literal["debug", "unneeded", "all"] = setting("unneeded", "what to strip ...")
+
+    class StripElf:                      # a Pass[StripElfOptions]
         name = "strip-elf"
         summary = "Strip debug info and unneeded symbols from ELF files of any architecture"
-        Options = StripElfOptions          # a frozen dataclass with defaults
+        flag_prefix = "strip"            # its flags: --strip-mode ...
+        Options = StripElfOptions
 
-        def __init__(self, options: StripElfOptions) -> None: ...
-        @classmethod
-        def add_arguments(cls, parser: argparse.ArgumentParser) -> None: ...   # its CLI flags
-        @classmethod
-        def options_from_args(cls, args: argparse.Namespace) -> StripElfOptions: ...
+        def __init__(self, options: StripElfOptions) -> None: ...   # raises UsageError on bad options
         def run(self, ctx: PassContext) -> None: ...
 
 ``run`` reads ``ctx.fs`` (the merged filesystem, with the changes of earlier passes applied), decides, and
@@ -22,7 +23,6 @@ input order. A pass that raises is reported ``failed`` and its changes are dropp
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,26 +45,34 @@ from .model import Content, Platform
 from .report import Finding, PassReport, PassStatus
 from .spool import Spool
 
-__all__ = ["ImageInfo", "Pass", "PassContext", "PipelineRun", "WorkerPool", "run_passes", "select_passes"]
+__all__ = [
+    "ImageInfo",
+    "Pass",
+    "PassContext",
+    "PipelineRun",
+    "WorkerPool",
+    "options_by_pass",
+    "options_for",
+    "run_passes",
+    "select_passes",
+]
 
 A = TypeVar("A")
 K = TypeVar("K")
 R = TypeVar("R")
+OptionsT = TypeVar("OptionsT")
 
 
-class Pass(Protocol):
+class Pass(Protocol[OptionsT]):
+    """A pass, generic in its options type: ``Options`` is that frozen dataclass, and ``__init__`` takes it."""
+
     # Plain annotations, not ClassVar: mypy does not accept classes as ``type[Pass]`` against ClassVar members.
     name: str
     summary: str
-    Options: type[Any]
+    flag_prefix: str  # the prefix of its derived command-line flags ("strip" -> --strip-mode)
+    Options: type[OptionsT]
 
-    def __init__(self, options: Any) -> None: ...
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None: ...
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> Any: ...
+    def __init__(self, options: OptionsT) -> None: ...
 
     def run(self, ctx: PassContext) -> None: ...
 
@@ -152,31 +160,86 @@ class PassContext:
         reason: str = "",
         bytes_before: int = 0,
         bytes_after: int = 0,
+        *,
+        layer: int | None = None,
         **details: Any,
     ) -> None:
-        """Record a finding for the report (every change, and every file deliberately left alone)."""
-        self.report.findings.append(Finding(path, action, reason, bytes_before, bytes_after, details))
+        """Record a finding for the report (every change, and every file deliberately left alone).
+
+        ``layer``: the layer's index (from 0) when the path is not where the merged view says (a dead entry);
+        by default, the layer that holds the path's bytes, or the new top layer for a path added in this run.
+        The report numbers layers from 1."""
+        if layer is None:
+            layer = self.layer_of(path)
+        number = layer + 1 if layer is not None else None
+        self.report.findings.append(Finding(path, action, reason, bytes_before, bytes_after, details, number))
+
+    def layer_of(self, path: str) -> int | None:
+        """The layer (from 0) that holds the bytes seen at ``path``; None when the view has no such path."""
+        if not path:
+            return None
+        holder = self.fs.holder_of(path)
+        if holder is not None:
+            return holder.layer
+        node = self.fs.get(path)
+        if node is not None:
+            return node.layer
+        return self.fs.layer_count if any(c.visible_path == path for c in self.changes) else None
 
 
 def select_passes(
-    pipeline: Sequence[type[Pass]],
+    pipeline: Sequence[type[Pass[Any]]],
     passes: Sequence[str] | None,
     skip: Sequence[str],
-    pass_options: Mapping[str, Any],
-) -> list[tuple[type[Pass], Any]]:
-    """The passes to run, in pipeline order, each with its options (``passes`` None: every pass)."""
+    pass_options: Sequence[object],
+) -> list[tuple[type[Pass[Any]], Any]]:
+    """The passes to run, in pipeline order, each with its options (``passes`` None: every pass).
+
+    ``pass_options`` holds passes' ``Options`` instances, each naming its pass by its type; a pass without
+    one gets its defaults. Every pass is built once here, so bad options fail before any work starts.
+    """
     known = {p.name: p for p in pipeline}
-    for name in [*(passes or ()), *skip, *pass_options]:
+    for name in [*(passes or ()), *skip]:
         if name not in known:
             raise UsageError(f"unknown pass {name!r}; known passes: {', '.join(known) or '(none)'}")
+    chosen = options_by_pass(pipeline, pass_options)
     wanted = set(known) if passes is None else set(passes)
     wanted -= set(skip)
-    selected = []
+    selected: list[tuple[type[Pass[Any]], Any]] = []
     for cls in pipeline:
         if cls.name in wanted:
-            options = pass_options.get(cls.name)
-            selected.append((cls, options if options is not None else cls.Options()))
+            options = chosen.get(cls.name) or cls.Options()
+            cls(options)
+            selected.append((cls, options))
     return selected
+
+
+def options_by_pass(pipeline: Sequence[type[Pass[Any]]], pass_options: Sequence[object]) -> dict[str, object]:
+    """pass name -> the options instance given for it (by its type); a stranger or a second one is an error."""
+    owner = {cls.Options: cls.name for cls in pipeline}
+    found: dict[str, object] = {}
+    if isinstance(pass_options, Mapping):
+        raise UsageError(
+            "pass_options takes each pass's Options instances, e.g. (StripElfOptions(mode='debug'),)"
+        )
+    for value in pass_options:
+        name = owner.get(type(value))
+        if name is None:
+            raise UsageError(
+                f"{type(value).__name__} is not the options of any pass ({', '.join(owner.values())})"
+            )
+        if name in found:
+            raise UsageError(f"{type(value).__name__} given twice (one per pass)")
+        found[name] = value
+    return found
+
+
+def options_for(pass_options: Sequence[object], cls: type[Pass[OptionsT]]) -> OptionsT:
+    """The options given for ``cls`` among ``pass_options``, or its defaults."""
+    for value in pass_options:
+        if type(value) is cls.Options:
+            return value
+    return cls.Options()
 
 
 @dataclass
@@ -188,7 +251,7 @@ class PipelineRun:
 
 
 def run_passes(
-    passes: Sequence[tuple[type[Pass], Any]],
+    passes: Sequence[tuple[type[Pass[Any]], Any]],
     ctx_for: Callable[[FileSystem, Changes, PassReport], PassContext],
     fs: FileSystem,
     spool: Spool,

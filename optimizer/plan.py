@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import mediatypes as mt
-from .base import base_layer_lists, protected_count
+from .base import BaseFinder, Protection
 from .changes import Change
 from .digest import short
 from .documents import parse_object
@@ -34,7 +34,9 @@ from .history import config_platform
 from .layer import LayerIndex, index_layer
 from .model import Descriptor, Entry
 from .options import Options
+from .output import CompressionSpec
 from .pipeline import ImageInfo, Pass, PassContext, WorkerPool, run_passes
+from .pull import ImageBlobs
 from .rebuild import ChangePlan, LayerPlan, build_plan, layer_entries, lower_paths_of
 from .report import ImageReport, LayerReport, Report
 from .source import Source
@@ -66,6 +68,7 @@ class LayerDecision:
     fate: str  # "kept", "unchanged", "rewrite", "dropped", "merged"
     plan: LayerPlan | None
     report: LayerReport
+    spec: CompressionSpec = field(default_factory=CompressionSpec)  # the codec a rewrite is written with
 
 
 @dataclass
@@ -78,11 +81,32 @@ class ImagePlan:
     docker_family: bool
     protected: int  # the first layers that stay byte-identical (the base)
     report: ImageReport
+    base: Protection  # the base as detected (``protected`` is 0 with --base none)
+    pull_after: ImageBlobs | None = None  # what a node pulls for the output image (set once it is written)
     indexes: list[LayerIndex] = field(default_factory=list)  # each layer's entries, when they were read
     layers: list[LayerDecision] = field(default_factory=list)
     changes: ChangePlan = field(default_factory=ChangePlan)
     final_fs: FileSystem | None = None  # the merged view after the passes
     squash: bool = False
+    held: set[int] = field(default_factory=set)  # layers kept wherever they stand (non-distributable, shared)
+    shared: set[int] = field(default_factory=set)  # layers other images of the registry share
+
+    @property
+    def squash_base(self) -> int:
+        """The layers --squash keeps as they are: the base, and everything up to the last shared layer."""
+        return max([self.protected, *(i + 1 for i in self.shared)])
+
+    @property
+    def base_digests(self) -> frozenset[str]:
+        return frozenset(d.digest for d in self.node.layers[: self.base.count])
+
+    @property
+    def pull_before(self) -> ImageBlobs:
+        node = self.node
+        assert node.config is not None
+        blobs = {node.digest: node.descriptor.size, node.config.digest: node.config.size}
+        blobs.update((d.digest, d.size) for d in node.layers)
+        return ImageBlobs(blobs, self.base_digests)
 
 
 @dataclass
@@ -100,11 +124,12 @@ class _Planner:
         self,
         source: Source,
         options: Options,
-        passes: Sequence[tuple[type[Pass], Any]],
+        passes: Sequence[tuple[type[Pass[Any]], Any]],
         pool: WorkerPool,
         spool: Spool,
         workdir: str,
         report: Report,
+        bases: BaseFinder,
     ) -> None:
         self.source = source
         self.options = options
@@ -114,7 +139,7 @@ class _Planner:
         self.workdir = workdir
         self.report = report
         self.layer_cache: dict[tuple[str, bool], LayerIndex] = {}  # (digest, sanitized) -> its entries
-        self.bases: list[list[str]] = base_layer_lists(options.base, workdir) if options.base else []
+        self.bases = bases
 
     def progress(self, what: str, done: int, total: int) -> None:
         if self.options.progress is not None:
@@ -124,41 +149,52 @@ class _Planner:
         plan = self.new_plan(node)
         layers = list(node.layers)
         options = self.options
+        # Non-distributable layers and layers other images share (``protect_layers``) are held as they are,
+        # wherever they stand; --squash merges only what lies above the last of them.
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
-        diff_ids = self.read_layers(plan, non_distributable)
+        plan.shared = {i for i, d in enumerate(layers) if d.digest in options.protect_layers}
+        plan.held = non_distributable | plan.shared
+        diff_ids = self.read_layers(plan, plan.held)
         changes: list[Change] = []
         if self.passes or options.squash:
             # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
             # needs each layer's own entries, and skipping the view keeps memory down on many-file images.
-            changes = self.run_pipeline(plan, frozenset(range(plan.protected)) | non_distributable)
+            below = plan.squash_base if options.squash else plan.protected
+            changes = self.run_pipeline(plan, frozenset(range(below)) | plan.held)
         plan.changes = build_plan(changes, len(layers))
-        if options.squash and plan.final_fs is not None and len(layers) - plan.protected >= 2:
-            if non_distributable & set(range(plan.protected, len(layers))):
+        if options.squash and plan.final_fs is not None and len(layers) - plan.squash_base >= 2:
+            if non_distributable & set(range(plan.squash_base, len(layers))):
                 plan.report.warnings.append(
                     f"{plan.name}: not squashed: layers above the base are non-distributable and stay as they are"
                 )
             else:
                 plan.squash = True
-                plan.layers = _squash_decisions(layers, diff_ids, plan.protected, plan.changes)
+                plan.layers = _squash_decisions(layers, diff_ids, plan.squash_base, plan.changes)
         if not plan.squash:
             plan.layers = [
-                self.decide(number, layer, diff_ids[number], plan, non_distributable)
+                self.decide(number, layer, diff_ids[number], plan, plan.held)
                 for number, layer in enumerate(layers)
             ]
+        for decision in plan.layers:
+            decision.report.media_type_before = decision.descriptor.media_type
+        for decision, index in zip(plan.layers, plan.indexes, strict=False):
+            decision.report.uncompressed_before = tar_size(item.entry for item in index.entries)
+            if decision.fate in ("kept", "unchanged"):
+                decision.report.uncompressed_after = decision.report.uncompressed_before
         plan.report.layers.extend(decision.report for decision in plan.layers)
         self.unsafe_names(plan)
         return plan
 
-    def read_layers(self, plan: ImagePlan, non_distributable: set[int]) -> list[str]:
+    def read_layers(self, plan: ImagePlan, held: set[int]) -> list[str]:
         """Check the image's blobs and, when the run needs them, read its layers into ``plan.indexes``
         (verified against the config's diff_ids, which are returned); layers not read are sniffed."""
         options = self.options
         layers = plan.node.layers
         total = len(layers)
         diff_ids = config_diff_ids(plan.config, total, plan.name)
-        if options.keep_layers > total:
+        if options.base_layers is not None and options.base_layers > total:
             message = (
-                f"{plan.name}: --keep-layers {options.keep_layers} is more than its {total} layers: "
+                f"{plan.name}: --base-layers {options.base_layers} is more than its {total} layers: "
                 f"every layer is kept as it is"
             )
             log.warning("warning: %s", message)
@@ -172,9 +208,7 @@ class _Planner:
         if not read:
             plan.report.warnings.extend(check_media_types(self.source.blobs, layers, plan.name))
             return diff_ids
-        sanitize = frozenset(
-            n for n in range(plan.protected, total) if options.sanitize and n not in non_distributable
-        )
+        sanitize = frozenset(n for n in range(plan.protected, total) if options.sanitize and n not in held)
         plan.indexes = self.index_layers(layers, plan.name, sanitize)
         check_diff_ids(plan.indexes, diff_ids, plan.name)
         for index in plan.indexes:
@@ -208,18 +242,11 @@ class _Planner:
         platform = str(descriptor.platform or config_platform(config))
         report = ImageReport(name, platform, node.digest, node.digest)
         self.report.images.append(report)
-        options = self.options
-        protection = protected_count(
-            node.layers,
-            node.document,
-            descriptor.platform,
-            options.keep_layers,
-            self.bases,
-            self.source.blobs,
-            name,
-        )
-        self.report.warnings.extend(protection.warnings)
-        return ImagePlan(node, name, config, docker_family, protection.count, report)
+        protection = self.bases.protection(node, config, name)
+        report.warnings.extend(protection.warnings)
+        protected = protection.count if self.options.base != "none" else 0
+        report.base = {**protection.describe(), "protected": protected}
+        return ImagePlan(node, name, config, docker_family, protected, report, protection)
 
     def run_pipeline(self, plan: ImagePlan, protected: frozenset[int]) -> list[Change]:
         """Run the passes over the image's merged view; the view they leave is ``plan.final_fs``."""
@@ -250,15 +277,16 @@ class _Planner:
         rewritable = number >= plan.protected and number not in non_distributable
         sanitized = bool(plan.indexes) and plan.indexes[number].sanitized
         must_write = bool(layer_plan) or ((options.normalize or options.recompress) and rewritable)
+        spec = layer_spec(options.compression, layer.media_type, options.recompress)
         if options.recompress and not options.normalize and not layer_plan and not sanitized:
             current = mt.layer_compression(layer.media_type)
-            must_write = must_write and current is not None and (current is not options.compression.codec)
+            must_write = must_write and current is not None and (current is not spec.codec)
         must_write = must_write or (sanitized and rewritable)
         changed = layer_plan.changes if layer_plan else 0
         if not must_write:
-            status = "kept" if number < plan.protected else "unchanged"
+            status = "kept" if number < plan.protected or number in plan.held else "unchanged"
             report = LayerReport(
-                number, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type
+                number + 1, layer.digest, layer.digest, layer.size, layer.size, status, layer.media_type
             )
             return LayerDecision(number, layer, diff_id, status, layer_plan, report)
         items = layer_entries(
@@ -269,16 +297,16 @@ class _Planner:
         )
         if not items:
             report = LayerReport(
-                number, layer.digest, "", layer.size, 0, "dropped", layer.media_type, changed
+                number + 1, layer.digest, "", layer.size, 0, "dropped", layer.media_type, changed
             )
             return LayerDecision(number, layer, diff_id, "dropped", layer_plan, report)
-        media_type = mt.layer_media_type(plan.docker_family, options.compression.codec)
+        media_type = mt.layer_media_type(plan.docker_family, spec.codec)
         if layer.media_type in mt.NON_DISTRIBUTABLE:
             media_type = layer.media_type
         report = LayerReport(
-            number, layer.digest, "", layer.size, layer.size, "rewritten", media_type, changed
+            number + 1, layer.digest, "", layer.size, layer.size, "rewritten", media_type, changed
         )
-        return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report)
+        return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report, spec)
 
     def index_layers(
         self, layers: Sequence[Descriptor], name: str, sanitize: frozenset[int] = frozenset()
@@ -309,6 +337,17 @@ class _Planner:
         return indexes
 
 
+def layer_spec(chosen: CompressionSpec | None, media_type: str, recompress: bool) -> CompressionSpec:
+    """The codec a layer is written with: the one asked for; else its own (gzip or zstd, at our level), so a
+    zstd layer does not become a larger gzip one; uncompressed layers (and ``--recompress``) get gzip."""
+    if chosen is not None:
+        return chosen
+    current = mt.layer_compression(media_type)
+    if current in (mt.Compression.GZIP, mt.Compression.ZSTD) and not recompress:
+        return CompressionSpec(current)
+    return CompressionSpec()
+
+
 def _squash_decisions(
     layers: Sequence[Descriptor], diff_ids: Sequence[str], protected: int, changes: ChangePlan
 ) -> list[LayerDecision]:
@@ -317,12 +356,14 @@ def _squash_decisions(
         layer_plan = changes.layers.get(number)
         if number < protected:
             report = LayerReport(
-                number, layer.digest, layer.digest, layer.size, layer.size, "kept", layer.media_type
+                number + 1, layer.digest, layer.digest, layer.size, layer.size, "kept", layer.media_type
             )
             decisions.append(LayerDecision(number, layer, diff_ids[number], "kept", layer_plan, report))
         else:
             changed = layer_plan.changes if layer_plan else 0
-            report = LayerReport(number, layer.digest, "", layer.size, 0, "merged", layer.media_type, changed)
+            report = LayerReport(
+                number + 1, layer.digest, "", layer.size, 0, "merged", layer.media_type, changed
+            )
             decisions.append(LayerDecision(number, layer, diff_ids[number], "merged", layer_plan, report))
     return decisions
 
@@ -331,14 +372,15 @@ def plan_run(
     source: Source,
     roots: list[Node],
     options: Options,
-    passes: Sequence[tuple[type[Pass], Any]],
+    passes: Sequence[tuple[type[Pass[Any]], Any]],
     pool: WorkerPool,
     spool: Spool,
     workdir: str,
     report: Report,
+    bases: BaseFinder,
 ) -> RunPlan:
     """Decide every image's layers (the passes run here); ``roots``: the input's tree (``tree.read_tree``)."""
-    planner = _Planner(source, options, passes, pool, spool, workdir, report)
+    planner = _Planner(source, options, passes, pool, spool, workdir, report, bases)
     run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in passes))
     for node in _image_order(roots):
         if node.kind is NodeKind.MISSING:
@@ -409,6 +451,7 @@ def estimate_sizes(run: RunPlan) -> None:
             plan.report.layers.append(extra)
         if extra is not None or any(d.fate in ("rewrite", "dropped") for d in plan.layers):
             plan.report.manifest_after = ""  # it would change; its digest is not known without writing
+        plan.pull_after = _estimated_pull(plan, extra)
 
 
 def tar_size(entries: Iterable[Entry]) -> int:
@@ -428,11 +471,26 @@ def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
     media_type = plan.layers[0].report.media_type if plan.layers else ""
     if plan.squash:
         assert plan.final_fs is not None
-        merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.protected]
+        merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.squash_base]
         size = round(tar_size(merged) * ratio)
-        return LayerReport(count, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
+        return LayerReport(count + 1, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
     if plan.changes.added:
         added = [entry for entry, _ in plan.changes.added.values()]
         size = round(tar_size(added) * ratio)
-        return LayerReport(count, "", "", 0, size, "added", media_type, len(added), estimated=True)
+        return LayerReport(count + 1, "", "", 0, size, "added", media_type, len(added), estimated=True)
     return None
+
+
+def _estimated_pull(plan: ImagePlan, extra: LayerReport | None) -> ImageBlobs:
+    """What a node would pull for the output of a dry run: new layers under made-up names, estimated sizes."""
+    before = plan.pull_before
+    blobs = {k: v for k, v in before.blobs.items() if k not in {d.descriptor.digest for d in plan.layers}}
+    for decision in plan.layers:
+        report = decision.report
+        if decision.fate in ("kept", "unchanged"):
+            blobs[decision.descriptor.digest] = decision.descriptor.size
+        elif decision.fate == "rewrite":
+            blobs[f"estimate:{plan.node.digest}:{decision.number}"] = report.size_after
+    if extra is not None:
+        blobs[f"estimate:{plan.node.digest}:{extra.status}"] = extra.size_after
+    return ImageBlobs(blobs, before.base)

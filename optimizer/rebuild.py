@@ -37,6 +37,9 @@ class LayerPlan:
     delete: set[str] = field(default_factory=set)
     drop: set[str] = field(default_factory=set)  # dead entries: removed, never replaced by a whiteout
     changes: int = 0
+    # Every change here only saves bytes (smaller contents, removals): a rewrite that is not smaller then has no
+    # reason to be. A change made for another reason (unpacking, a user's own pass) clears it.
+    savings_only: bool = True
 
     def __bool__(self) -> bool:
         return bool(self.replace or self.delete or self.drop)
@@ -71,6 +74,8 @@ def build_plan(changes: Iterable[Change], layer_count: int) -> ChangePlan:
             continue
         layer = plan.layer(change.layer)
         layer.changes += 1
+        if change.op is Op.REPLACE and change.bytes_after >= change.bytes_before:
+            layer.savings_only = False
         if change.op is Op.REPLACE:
             assert change.content is not None
             layer.replace[change.path] = change.content

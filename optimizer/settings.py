@@ -160,10 +160,14 @@ def add_arguments(
 
 
 def _default_text(default: Any) -> str:
-    if default is None or default is dataclasses.MISSING or default == () or isinstance(default, bool):
+    if default in (None, dataclasses.MISSING, (), "", frozenset()) or isinstance(default, bool):
         return ""
     if isinstance(default, Enum):
         default = default.value
+    if isinstance(default, tuple | frozenset):
+        default = ",".join(
+            str(item) for item in (sorted(default) if isinstance(default, frozenset) else default)
+        )
     return f" (default: {default})"
 
 
@@ -214,7 +218,10 @@ def from_mapping(cls: type[Any], data: Mapping[str, Any] | None, at: str, **more
 def coerce(value: Any, hint: Any, at: str, parse: Callable[[str], Any] | None = None) -> Any:
     """Check a configuration value against a type hint; lists become tuples (frozen dataclasses)."""
     if parse is not None and isinstance(value, str):
-        return parse(value)
+        try:
+            return parse(value)
+        except UsageError as error:
+            raise UsageError(f"{at}: {error}") from error
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:

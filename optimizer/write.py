@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ from .documents import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, ANNOTATION_SO
 from .errors import OutputError, out_of_space
 from .filesystem import build_filesystem
 from .history import created_epoch, squash_config, update_config
+from .layer import OPAQUE_MARKER, WHITEOUT_PREFIX
 from .model import Content, Descriptor, Entry
 from .options import Progress
 from .output import BlobSpec, CompressionSpec, OutputBlob, canonical_json
 from .plan import EMPTY_LAYER_PLAN, ImagePlan, LayerDecision, RunPlan
+from .pull import ImageBlobs
 from .rebuild import layer_entries, lower_paths_of, squash_entries, top_layer_entries, write_layer
 from .report import LayerReport, Report
 from .source import Blobs
@@ -48,14 +51,21 @@ class Output:
     blobs: dict[str, OutputBlob] = field(default_factory=dict)
     from_input: frozenset[str] = frozenset()  # digests of the blobs carried from the input as they were
 
+    @property
+    def root_digest(self) -> str:
+        """The digest of the first (for a push: the only) manifest the root index lists."""
+        manifests = json.loads(self.index_bytes).get("manifests") or []
+        return str(manifests[0]["digest"]) if manifests else ""
+
 
 @dataclass(frozen=True)
 class WriteSettings:
-    compression: CompressionSpec
+    compression: CompressionSpec  # of the layers the run adds (a squashed layer, the new top layer)
     normalize: bool
     workers: int
     layer_clamp: int | None  # mtimes of rewritten layers are clamped to this (SOURCE_DATE_EPOCH, or 0)
     config_clamp: int | None  # SOURCE_DATE_EPOCH, for configs and added layers
+    keep_smaller: bool = True  # a layer whose rewrite is not smaller keeps its own bytes (when that is safe)
 
 
 class _Blobs:
@@ -198,17 +208,53 @@ class _Writer:
             lower_paths_of(plan.indexes, decision.number, plan.changes),
             self.settings.normalize,
         )
-        blob = self.write_blob(items)
+        blob = self.write_blob(items, decision.spec)
         report = decision.report
-        if blob.digest == layer.digest:
+        same_codec = mt.layer_compression(layer.media_type) is decision.spec.codec
+        if blob.digest == layer.digest or (
+            blob.size >= layer.size and same_codec and self.revertible(plan, decision)
+        ):
             self.blobs.from_source(self.source.blobs, layer, "layer")
             os.unlink(blob.path)
-            report.digest_after, report.size_after, report.status = layer.digest, layer.size, "unchanged"
+            if blob.digest != layer.digest:
+                plan.report.warnings.append(
+                    f"{plan.name}: layer {decision.number + 1}/{len(plan.layers)} {short(layer.digest)}: rewritten it "
+                    f"would be {blob.size - layer.size} bytes larger ({blob.size} vs {layer.size}), so it keeps "
+                    f"its own bytes; the {report.files_changed} change(s) the passes made there are not applied"
+                )
+            report.status = "unchanged" if blob.digest == layer.digest else "reverted"
+            report.uncompressed_after = report.uncompressed_before
+            report.digest_after, report.size_after = layer.digest, layer.size
             report.media_type, report.files_changed = layer.media_type, 0
             return layer, decision.diff_id
         self.blobs.from_file(blob)
-        report.digest_after, report.size_after = blob.digest, blob.size
+        report.digest_after, report.size_after, report.uncompressed_after = (
+            blob.digest,
+            blob.size,
+            blob.raw_size,
+        )
         return Descriptor(report.media_type, blob.digest, blob.size, {}), blob.diff_id
+
+    def revertible(self, plan: ImagePlan, decision: LayerDecision) -> bool:
+        """Whether a changed layer can keep its own bytes without changing what upper layers rely on: true
+        unless it drops or deletes paths that an upper layer's dropped whiteout used to hide."""
+        if not self.settings.keep_smaller or (decision.plan is not None and not decision.plan.savings_only):
+            return False
+        removed = (decision.plan.delete | decision.plan.drop) if decision.plan else set()
+        if not removed:
+            return True
+        for upper in plan.layers[decision.number + 1 :]:
+            for path in upper.plan.drop if upper.plan else ():
+                parent, _, name = path.rpartition("/")
+                if name == OPAQUE_MARKER:
+                    hidden = any(p.startswith(parent + "/") or not parent for p in removed)
+                elif name.startswith(WHITEOUT_PREFIX):
+                    hidden = _under(f"{parent}/{name[len(WHITEOUT_PREFIX) :]}".lstrip("/"), removed)
+                else:
+                    continue
+                if hidden:
+                    return False
+        return True
 
     def added_layer(self, plan: ImagePlan) -> tuple[Descriptor, str] | None:
         """The new top layer with the files passes added, if any."""
@@ -221,7 +267,15 @@ class _Writer:
         media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
         plan.report.layers.append(
             LayerReport(
-                len(plan.layers), "", blob.digest, 0, blob.size, "added", media_type, len(plan.changes.added)
+                len(plan.layers) + 1,
+                "",
+                blob.digest,
+                0,
+                blob.size,
+                "added",
+                media_type,
+                len(plan.changes.added),
+                uncompressed_after=blob.raw_size,
             )
         )
         return Descriptor(media_type, blob.digest, blob.size, {}), blob.diff_id
@@ -232,7 +286,7 @@ class _Writer:
 
     def squashed(self, plan: ImagePlan) -> Descriptor:
         """``--squash``: the base layers as they are, then one layer holding everything above them."""
-        protected = plan.protected
+        protected = plan.squash_base
         assert plan.final_fs is not None
         new_layers = [d.descriptor for d in plan.layers[:protected]]
         new_diff_ids = [d.diff_id for d in plan.layers[:protected]]
@@ -256,7 +310,15 @@ class _Writer:
                 decision.report.digest_after = blob.digest
             plan.report.layers.append(
                 LayerReport(
-                    len(plan.layers), "", blob.digest, 0, blob.size, "squashed", media_type, len(items)
+                    len(plan.layers) + 1,
+                    "",
+                    blob.digest,
+                    0,
+                    blob.size,
+                    "squashed",
+                    media_type,
+                    len(items),
+                    uncompressed_after=blob.raw_size,
                 )
             )
         new_config = squash_config(
@@ -264,12 +326,16 @@ class _Writer:
         )
         return self.finish(plan, new_config, new_layers)
 
-    def write_blob(self, items: Sequence[tuple[Entry, Content | None]]) -> BlobSpec:
-        """Write one layer of the run's codec into the work directory."""
+    def write_blob(
+        self, items: Sequence[tuple[Entry, Content | None]], spec: CompressionSpec | None = None
+    ) -> BlobSpec:
+        """Write one layer into the work directory (``spec``: its codec; the run's for the layers it adds)."""
         path = os.path.join(self.workdir, f"out-{next(self.numbers)}.blob")
         settings = self.settings
         try:
-            return write_layer(items, path, settings.compression, settings.layer_clamp, settings.workers)
+            return write_layer(
+                items, path, spec or settings.compression, settings.layer_clamp, settings.workers
+            )
         except OSError as error:
             full = "is full" if out_of_space(error) else "cannot be written"
             raise OutputError(f"the work directory {self.workdir} {full}: {error}") from error
@@ -282,6 +348,7 @@ class _Writer:
             self.blobs.from_source(self.source.blobs, node.config, "config")
             self.blobs.from_source(self.source.blobs, node.descriptor, "manifest")
             self.record_docker_entry(node.descriptor, node.config, new_layers, node.config)
+            plan.pull_after = plan.pull_before
             return node.descriptor
         config_bytes = canonical_json(new_config)
         config = node.config.replace(digest=self.blobs.from_bytes(config_bytes), size=len(config_bytes))
@@ -295,6 +362,9 @@ class _Writer:
         digest = self.blobs.from_bytes(manifest_bytes)
         plan.report.manifest_after = digest
         self.changed.add(node.digest)
+        blobs = {digest: len(manifest_bytes), config.digest: config.size}
+        blobs.update((d.digest, d.size) for d in new_layers)
+        plan.pull_after = ImageBlobs(blobs, plan.base_digests)
         self.record_docker_entry(node.descriptor, config, new_layers, node.config)
         return node.descriptor.replace(digest=digest, size=len(manifest_bytes))
 
@@ -379,3 +449,8 @@ def write_run(
     report.index_digest_after = "sha256:" + hashlib.sha256(index_bytes).hexdigest()
     blobs = writer.blobs
     return Output(index_bytes, writer.docker_manifest(new_root), blobs.items, frozenset(blobs.carried))
+
+
+def _under(path: str, paths: set[str]) -> bool:
+    parts = path.split("/")
+    return any("/".join(parts[:i]) in paths for i in range(1, len(parts) + 1))

@@ -1,10 +1,15 @@
 """The passes, in the one order they run. Order is meaning: a pass sees the changes of the passes before it.
 
-Each pass is one class in its own module (see ``optimizer.pipeline`` for the interface). Add a pass by
-writing its module and adding one line here; nothing registers itself on import.
+Each pass is one class in its own module (see ``optimizer.pipeline`` for the interface); a pass with several
+concerns is a package whose ``__init__`` holds the pass (``media``, ``upx``, ``inject``). Libraries the passes
+share sit beside them: ``elf`` (the ELF stripper), ``decompression``, ``servers`` (which web servers send
+precompressed files, and from where). Add a pass by writing its module and adding one line here; nothing
+registers itself on import.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from optimizer.pipeline import Pass
 from passes.compressed_duplicates import CompressedDuplicates
@@ -14,7 +19,7 @@ from passes.media import Media
 from passes.strip_elf import StripElf
 from passes.upx import Upx
 
-PASSES: tuple[type[Pass], ...] = (
+PASSES: tuple[type[Pass[Any]], ...] = (
     DeadData,
     StripElf,
     Media,

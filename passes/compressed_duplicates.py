@@ -10,11 +10,12 @@ Decompression is streamed (nothing is held whole), bounded by the size of the la
 decompress cleanly (corrupt, truncated, trailing garbage, wrong magic) is left alone. A match found by digest
 is verified by comparing the decompressed stream with the twin byte for byte before the deletion is recorded.
 
-Precompressed files that a web server serves on purpose are kept: the image's nginx configuration
-(``/etc/nginx/nginx.conf`` and what it includes, or every file under ``/etc/nginx`` when there is no
-``nginx.conf``) is parsed (``passes.servers``), and ``.gz`` files under the ``root``/``alias`` of a context with
-``gzip_static`` on (``.br`` with ``brotli_static``) are kept; when a context with it on has no root we can read
-(none set, variables), every such file is kept, with a warning. ``--keep GLOB`` keeps files for any other server.
+Precompressed files that a web server of the image sends on purpose are kept: ``passes.servers`` reads the
+image's own configuration and application files (nginx ``gzip_static``/``brotli_static``, Apache rewrite
+recipes, Caddy ``precompressed``, h2o ``file.send-compressed``, lighttpd magnet scripts, and Node middleware
+such as express-static-gzip), resolves their roots through the image's symlinks, and the twins under those
+roots are kept; when such a server is there but its root cannot be told, every twin with the suffixes it
+sends is kept, with a warning. ``--keep GLOB`` keeps files for any other server.
 
 It never deletes the twin, a symlink, a file hardlinked from another layer, or anything in a protected layer
 (reported as kept). Decompression is ``passes.decompression``'s (``zstandard``, ``brotli`` 1.2+ and ``lz4``).
@@ -22,14 +23,14 @@ It never deletes the twin, a symlink, a file hardlinked from another layer, or a
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from optimizer.filesystem import FileSystem, Node
 from optimizer.model import Content, EntryKind
 from optimizer.pipeline import PassContext
+from optimizer.settings import setting
 from passes.decompression import (
     CODECS,
     CorruptStream,
@@ -39,8 +40,10 @@ from passes.decompression import (
     digest_decompressed,
     same_decompressed,
 )
-from passes.servers import NginxStatic, nginx_static
 from passes.servers.files import node_at
+
+if TYPE_CHECKING:
+    from passes.servers import Served
 
 __all__ = ["CompressedDuplicates", "CompressedDuplicatesOptions"]
 
@@ -50,13 +53,29 @@ class CompressedDuplicatesOptions:
     """match: "same-dir" (twin = same name without the suffix) or "any-path" (same content anywhere).
     keep: globs of paths never deleted (matched against "/path" and "path"; ``*`` crosses ``/``).
     max_size: decompressed bytes read per file at most; max_ratio: decompressed per compressed byte at most.
-    nginx: keep what the image's nginx serves with gzip_static/brotli_static."""
+    servers: keep what the image's web servers send precompressed (``passes.servers``)."""
 
-    match: Literal["same-dir", "any-path"] = "same-dir"
-    keep: tuple[str, ...] = ()
-    nginx: bool = True
-    max_size: int = 1 << 30
-    max_ratio: int = 1100
+    match: Literal["same-dir", "any-path"] = setting(
+        "same-dir",
+        "where the twin may be: same-dir (FILE.gz beside FILE; default) or any-path (same bytes)",
+        flag="--duplicates",
+    )
+    keep: tuple[str, ...] = setting(
+        (),
+        "never delete compressed files matching GLOB (repeatable; for servers not detected)",
+        flag="--keep",
+        aliases=("--duplicates-keep",),
+        metavar="GLOB",
+        repeat=True,
+    )
+    servers: bool = setting(
+        True,
+        "delete duplicates even where the image's web servers send them precompressed",
+        flag="--duplicates-ignore-servers",
+        aliases=("--duplicates-ignore-nginx",),
+    )
+    max_size: int = setting(1 << 30, "decompress at most BYTES per file", metavar="BYTES")
+    max_ratio: int = setting(1100, "give up past N decompressed bytes per compressed byte", metavar="N")
 
 
 @dataclass(frozen=True)
@@ -72,69 +91,17 @@ class CompressedDuplicates:
 
     See the module docstring: the twin is the same name without the suffix in the same directory (or, with
     ``--duplicates any-path``, any regular file with the same content); decompression is streamed and bounded;
-    matches are verified byte for byte; nginx ``gzip_static``/``brotli_static`` roots and ``--keep`` globs are
+    matches are verified byte for byte; what the image's web servers send precompressed and ``--keep`` globs are
     kept; protected layers are reported, never changed.
     """
 
     name = "compressed-duplicates"
+    flag_prefix = "duplicates"
     summary = "Delete compressed files (.gz .bz2 .xz .zst .br .lz4) whose content is already in the image"
     Options = CompressedDuplicatesOptions
 
     def __init__(self, options: CompressedDuplicatesOptions) -> None:
         self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        defaults = CompressedDuplicatesOptions()
-        parser.add_argument(
-            "--duplicates",
-            dest="duplicates_match",
-            choices=("same-dir", "any-path"),
-            default=defaults.match,
-            help="where the twin may be: same-dir (FILE.gz beside FILE; default) or any-path (same bytes)",
-        )
-        parser.add_argument(
-            "--keep",
-            "--duplicates-keep",
-            dest="duplicates_keep",
-            action="append",
-            default=[],
-            metavar="GLOB",
-            help="never delete compressed files matching GLOB (repeatable; for servers other than nginx)",
-        )
-        parser.add_argument(
-            "--duplicates-ignore-nginx",
-            dest="duplicates_nginx",
-            action="store_false",
-            help="delete duplicates even where nginx gzip_static/brotli_static serves them",
-        )
-        parser.add_argument(
-            "--duplicates-max-size",
-            dest="duplicates_max_size",
-            type=int,
-            default=defaults.max_size,
-            metavar="BYTES",
-            help=f"decompress at most BYTES per file (default {defaults.max_size})",
-        )
-        parser.add_argument(
-            "--duplicates-max-ratio",
-            dest="duplicates_max_ratio",
-            type=int,
-            default=defaults.max_ratio,
-            metavar="N",
-            help=f"give up past N decompressed bytes per compressed byte (default {defaults.max_ratio})",
-        )
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> CompressedDuplicatesOptions:
-        defaults = CompressedDuplicatesOptions()
-        return CompressedDuplicatesOptions(
-            match=getattr(args, "duplicates_match", defaults.match),
-            keep=tuple(getattr(args, "duplicates_keep", None) or ()),
-            nginx=getattr(args, "duplicates_nginx", defaults.nginx),
-            max_size=getattr(args, "duplicates_max_size", defaults.max_size),
-            max_ratio=getattr(args, "duplicates_max_ratio", defaults.max_ratio),
-        )
 
     def run(self, ctx: PassContext) -> None:
         fs = ctx.fs
@@ -153,9 +120,6 @@ class CompressedDuplicates:
             return
         # Output larger than the largest possible twin can match nothing: that bounds every decompression.
         limits = Limits(min(self.options.max_size, largest), self.options.max_ratio)
-        served = nginx_static(fs) if self.options.nginx else NginxStatic()
-        for note in served.notes:
-            ctx.warn(f"nginx: {note}")
         decoded = self._decode(ctx, candidates, limits)
         matched: dict[str, tuple[_Candidate, list[str]]] = {}
         for candidate in candidates:
@@ -177,13 +141,28 @@ class CompressedDuplicates:
             elif self.options.match == "same-dir":
                 plain = candidate.path[: -len(candidate.suffix)]
                 ctx.note(candidate.path, "kept", f"differs from /{plain}", size, size, codec=candidate.codec)
+        if not matched:
+            return
+        servers = self._servers(ctx)
         for path in sorted(matched):
             candidate, twins = matched[path]
             # A twin that is itself deleted here cannot stand for the content.
             usable = [t for t in twins if t not in matched]
             twin = next((t for t in usable if self._verified(fs, candidate, t, limits)), None)
             if twin is not None:
-                self._remove(ctx, candidate, twin, served)
+                self._remove(ctx, candidate, twin, servers)
+
+    def _servers(self, ctx: PassContext) -> Served:
+        # Imported here: reading servers (and importing their parsers, YAML's among them) is needed only when
+        # a twin matched, and most images have none.
+        from passes.servers import Served, served
+
+        if not self.options.servers:
+            return Served()
+        found = served(ctx.fs, ctx.image.config)
+        for note in found.notes:
+            ctx.warn(note)
+        return found
 
     def _decode(
         self, ctx: PassContext, candidates: list[_Candidate], limits: Limits
@@ -243,18 +222,20 @@ class CompressedDuplicates:
         except (CorruptStream, LimitExceeded):
             return False
 
-    def _remove(self, ctx: PassContext, candidate: _Candidate, twin: str, served: NginxStatic) -> None:
+    def _remove(self, ctx: PassContext, candidate: _Candidate, twin: str, servers: Served) -> None:
         path, size = candidate.path, candidate.node.size
         reason = f"same content as /{twin}"
-        details = {"codec": candidate.codec, "twin": "/" + twin}
-        kept = self._kept_by_glob(path) or served.keeps(path, candidate.suffix)
+        details: dict[str, Any] = {"codec": candidate.codec, "twin": "/" + twin}
+        kept = self._kept_by_glob(path) or servers.keeps(path, candidate.suffix)
         if kept:
             ctx.note(path, "kept", f"{reason}; {kept}", size, size, **details)
             return
         if ctx.fs.is_protected(path):
             ctx.note(path, "kept", f"{reason}; protected layer", size, size, **details)
             return
-        others = [p for p in ctx.fs.paths_of(candidate.node.inode) if p != path]
+        # paths_of walks every path: ask only when a hardlink shares the inode (many deletions were quadratic)
+        inode = candidate.node.inode
+        others = [p for p in ctx.fs.paths_of(inode) if p != path] if ctx.fs.links(inode) else []
         if others:
             ctx.note(path, "kept", f"{reason}; hardlinked as /{others[0]}", size, size, **details)
             return

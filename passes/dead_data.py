@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ from optimizer.filesystem import FileSystem, opaque_directory, whiteout_target
 from optimizer.layer import LayerIndex
 from optimizer.model import Entry, EntryKind
 from optimizer.pipeline import PassContext
+from optimizer.settings import setting
 
 __all__ = ["DeadData", "DeadDataOptions", "LayerDeadData", "find_dead_data"]
 
@@ -21,9 +21,13 @@ class DeadDataOptions:
     duplicates: report files with exactly the same bytes at several paths (report only, nothing changes).
     duplicates_listed: how many duplicate groups (the largest first) are listed one by one in the report."""
 
-    whiteouts: bool = True
-    duplicates: bool = True
-    duplicates_listed: int = 50
+    whiteouts: bool = setting(
+        True, "keep whiteouts that no longer hide anything", flag="--dead-keep-whiteouts"
+    )
+    duplicates: bool = setting(
+        True, "do not look for files with the same bytes at several paths", flag="--dead-no-duplicates"
+    )
+    duplicates_listed: int = setting(50, "duplicate groups listed one by one in the report", metavar="N")
 
 
 @dataclass
@@ -244,6 +248,7 @@ class DeadData:
     """
 
     name = "dead-data"
+    flag_prefix = "dead"
     summary = "Drop files that upper layers delete or replace from the lower layers that carry them"
     Options = DeadDataOptions
 
@@ -251,26 +256,6 @@ class DeadData:
         if options.duplicates_listed < 0:
             raise ValueError("dead-data: duplicates_listed cannot be negative")
         self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--dead-keep-whiteouts",
-            action="store_true",
-            help="dead-data: keep whiteouts that no longer hide anything",
-        )
-        parser.add_argument(
-            "--dead-no-duplicates",
-            action="store_true",
-            help="dead-data: do not look for files with the same bytes at several paths",
-        )
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> DeadDataOptions:
-        return DeadDataOptions(
-            whiteouts=not getattr(args, "dead_keep_whiteouts", False),
-            duplicates=not getattr(args, "dead_no_duplicates", False),
-        )
 
     def run(self, ctx: PassContext) -> None:
         if len(ctx.layers) != ctx.fs.layer_count:

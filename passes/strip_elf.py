@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -11,6 +10,7 @@ from typing import Literal
 
 from optimizer.model import Content
 from optimizer.pipeline import PassContext
+from optimizer.settings import setting
 from passes.elf import (
     AR_MAGIC,
     ELF_MAGIC,
@@ -34,10 +34,18 @@ class StripElfOptions:
     """mode: "debug", "unneeded" (default, as ``strip --strip-unneeded``) or "all" (also ``.comment`` and
     build annotations). Relocatable objects always get "debug" at most."""
 
-    mode: Literal["debug", "unneeded", "all"] = "unneeded"
-    keep_debuglink: bool = True  # keep .gnu_debuglink / .gnu_debugaltlink (a debugger finds the debug file)
-    archives: bool = True  # strip debugging sections from the members of static archives (.a)
-    max_size: int = 512 * 1024 * 1024  # larger files are left alone: a worker holds about twice a file's size
+    mode: Literal["debug", "unneeded", "all"] = setting(
+        "unneeded", "debug (DWARF only), unneeded (default: also symbol tables), all (also .comment)"
+    )
+    keep_debuglink: bool = setting(
+        True, "also remove .gnu_debuglink/.gnu_debugaltlink (kept by default)", flag="--strip-drop-debuglink"
+    )
+    archives: bool = setting(True, "leave static archives (.a) alone", flag="--strip-no-archives")
+    max_size: int = setting(
+        512 * 1024 * 1024,
+        "leave larger files alone (a worker holds about twice a file's size; default 512 MiB)",
+        metavar="BYTES",
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,7 @@ class StripElf:
     """
 
     name = "strip-elf"
+    flag_prefix = "strip"
     summary = "Strip debug info and unneeded symbols from ELF files of any architecture (pure Python)"
     Options = StripElfOptions
 
@@ -126,41 +135,6 @@ class StripElf:
         if options.mode not in MODES:
             raise ValueError(f"strip-elf: unknown mode {options.mode!r} (expected one of {', '.join(MODES)})")
         self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--strip-mode",
-            choices=MODES,
-            default=StripElfOptions.mode,
-            help="strip-elf: debug (DWARF only), unneeded (default: also symbol tables), all (also .comment)",
-        )
-        parser.add_argument(
-            "--strip-drop-debuglink",
-            action="store_true",
-            help="strip-elf: also remove .gnu_debuglink/.gnu_debugaltlink (kept by default)",
-        )
-        parser.add_argument(
-            "--strip-max-size",
-            type=int,
-            default=StripElfOptions.max_size,
-            metavar="BYTES",
-            help="strip-elf: leave larger files alone (a worker holds about twice a file's size; default 512 MiB)",
-        )
-        parser.add_argument(
-            "--strip-no-archives",
-            action="store_true",
-            help="strip-elf: leave static archives (.a) alone",
-        )
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> StripElfOptions:
-        return StripElfOptions(
-            mode=getattr(args, "strip_mode", StripElfOptions.mode),
-            keep_debuglink=not getattr(args, "strip_drop_debuglink", False),
-            archives=not getattr(args, "strip_no_archives", False),
-            max_size=getattr(args, "strip_max_size", StripElfOptions.max_size),
-        )
 
     def run(self, ctx: PassContext) -> None:
         items: list[tuple[str, Content]] = []

@@ -1,6 +1,8 @@
 """Build the small demo image ``testdata/demo/demo-image.tar`` (an OCI archive) from nothing but this machine.
 
-Two layers, like a typical `FROM scratch` app image:
+Three layers, like an app image built on a small base (``FROM base``, then two ``COPY`` steps):
+  0. the base: ``etc/os-release`` and a note, with the base's own history (``ADD``, then ``CMD``), so the
+     optimizer detects it as the base and keeps it byte-identical;
   1. ``app/``: a C program compiled with ``gcc -g`` (debug info to strip; skipped when gcc is absent), an
      uncompressed PNG (re-encodes losslessly), ``app.js`` with an identical ``app.js.gz`` beside it;
   2. ``app/config.json`` and a note: a small second layer no pass touches (its digest survives).
@@ -108,10 +110,15 @@ def build(output: Path) -> None:
             _file("app/config.json", b'{"greeting": "hello", "port": 8080}\n'),
             _file("app/NOTE.txt", b"demo\n"),
         ]
+        layer0 = [
+            _dir("etc"),
+            _file("etc/os-release", b'ID=demo\nNAME="Demo base"\nVERSION_ID=1\n'),
+            _file("etc/motd", b"a small base image shared by the demo's images\n"),
+        ]
         blobs = {}
         layers = []
         diff_ids = []
-        for number, files in enumerate((layer1, layer2)):
+        for number, files in enumerate((layer0, layer1, layer2)):
             path = os.path.join(workdir, f"layer{number}")
             digest, size, diff_id = _write_layer(path, files)
             blobs[digest] = (digest, size, (lambda p=path: open(p, "rb")))  # noqa: SIM115
@@ -127,6 +134,8 @@ def build(output: Path) -> None:
                 "config": {"Entrypoint": ["/app/hello"], "Env": ["TZ=Europe/Paris"], "User": "nobody"},
                 "rootfs": {"type": "layers", "diff_ids": diff_ids},
                 "history": [
+                    {"created": "2023-10-01T08:00:00Z", "created_by": "ADD demo-base.tar /"},
+                    {"created": "2023-10-01T08:00:00Z", "created_by": 'CMD ["/bin/sh"]', "empty_layer": True},
                     {"created": "2023-11-14T22:13:20Z", "created_by": "COPY app/ /app/"},
                     {"created": "2023-11-14T22:13:20Z", "created_by": "COPY config.json NOTE.txt /app/"},
                 ],

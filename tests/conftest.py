@@ -1,13 +1,26 @@
-"""Shared test fixtures: where the third-party fixtures live, and tools that must exist in CI."""
+"""Shared test fixtures: where the third-party fixtures live, and tools that must exist in CI.
+
+The third-party fixtures (real images, ELF and UPX files, media, OCI schemas, captured registry events) live
+outside the repository, in ``../shared/fixtures`` beside the project root or in ``$OCI_OPTIMIZER_FIXTURES``;
+``PROVENANCE.md`` there names the origin of every file. A test reaches them only through ``fixture()`` (or
+the ``fixtures`` pytest fixture for the whole tree), so an absent fixture is a skip with its path as the reason,
+or a failure when ``CI`` is set, never a crash. At the end of a run, a short summary says how many tests that
+cost and how to get the fixtures.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
+
+if TYPE_CHECKING:
+    from tests.realimages import Fleet
 
 # In CI, property tests draw the same examples every run: a red build is reproducible, not a coin toss.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
@@ -17,10 +30,14 @@ IN_CI = bool(os.environ.get("CI"))
 if IN_CI:
     settings.load_profile("ci")
 
+FIXTURES_VARIABLE = "OCI_OPTIMIZER_FIXTURES"
+# Every reason for a missing fixture starts with this, which is how the summary finds them among the skips.
+FIXTURE_NOT_FOUND = "fixture not found: "
+
 
 def fixtures_dir() -> Path:
     """``../shared/fixtures`` from the project root, or ``$OCI_OPTIMIZER_FIXTURES``."""
-    override = os.environ.get("OCI_OPTIMIZER_FIXTURES")
+    override = os.environ.get(FIXTURES_VARIABLE)
     return Path(override) if override else (ROOT.parent / "shared" / "fixtures")
 
 
@@ -29,6 +46,24 @@ def missing(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
+
+
+def fixture(relative: str) -> Path:
+    """The fixture file or folder at ``relative`` (``"images/dive/x.tar"``); absent, it is ``missing()``."""
+    path = fixtures_dir() / relative
+    if not path.exists():
+        missing(FIXTURE_NOT_FOUND + str(path))
+    return path
+
+
+def fixture_names(folder: str, pattern: str, keep: bool = True) -> list[str]:
+    """Names (relative to the fixture ``folder``) matching ``pattern``, for ``parametrize`` at collection.
+
+    An absent folder gives the pattern itself as the only name: the test then reaches ``fixture()`` and reports
+    the missing fixture, where an empty parameter set would be skipped without a word, even in CI."""
+    base = fixtures_dir() / folder
+    names = sorted(str(p.relative_to(base)) for p in base.glob(pattern)) if base.is_dir() else []
+    return names or [pattern]
 
 
 def require_tool(program: str, package: str) -> str:
@@ -41,7 +76,53 @@ def require_tool(program: str, package: str) -> str:
 
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
-    path = fixtures_dir()
-    if not path.is_dir():
-        missing(f"fixtures directory {path} not found (set OCI_OPTIMIZER_FIXTURES)")
-    return path
+    """The root of the fixture tree (tests that list it); one file or folder is ``fixture(relative)``."""
+    return fixture("")
+
+
+def _reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (path, line, "Skipped: reason")
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: after pytest's short summary, by the last line
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """How many tests the missing fixtures cost, and how to get them."""
+    yield
+    stats = terminalreporter.stats
+    skipped = sum(FIXTURE_NOT_FOUND in _reason(r) for r in stats.get("skipped", []))
+    failed = sum(FIXTURE_NOT_FOUND in _reason(r) for r in stats.get("failed", []) + stats.get("error", []))
+    if not skipped and not failed:
+        return
+    source = f"${FIXTURES_VARIABLE}" if os.environ.get(FIXTURES_VARIABLE) else "the default place"
+    counted = " and ".join(
+        text
+        for count, text in ((skipped, f"{skipped} skipped"), (failed, f"{failed} failed (CI is set)"))
+        if count
+    )
+    write = terminalreporter.write_line
+    terminalreporter.section("missing fixtures", sep="-")
+    write(f"{counted}: their third-party fixtures are not under {fixtures_dir()} ({source}).")
+    write(
+        "The fixtures are files from public projects and Debian packages (real images, ELF and UPX binaries, media,"
+        " OCI schemas, registry events), kept out of this repository; PROVENANCE.md in the tree names the origin"
+        " of each file."
+    )
+    write(
+        f"To run these tests, place the tree at {ROOT.parent / 'shared' / 'fixtures'} (../shared/fixtures from"
+        f" the project root) or set {FIXTURES_VARIABLE}=/path/to/fixtures; README 'Fixtures' says more."
+    )
+
+
+@pytest.fixture(scope="session")
+def real_fleet_images(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """The fleet of ``tests/realimages.py``: built fresh in CI, from the recipe-keyed cache elsewhere."""
+    from tests.realimages import FleetUnavailable, real_fleet
+
+    try:
+        return real_fleet(tmp_path_factory.mktemp("fleet") if IN_CI else None)
+    except FleetUnavailable as error:
+        missing(str(error))
+        raise AssertionError from error  # unreachable

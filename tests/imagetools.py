@@ -143,6 +143,23 @@ class Layout:
     def layer_digests(self) -> list[list[str]]:
         return [[layer["digest"] for layer in manifest["layers"]] for _, manifest in self.manifests()]
 
+    def merged_files(self) -> dict[str, bytes]:
+        """path -> bytes of every regular file the first image shows, its layers applied naively in order
+        (whiteouts delete, nothing else is interpreted)."""
+        (_, manifest), *_ = self.manifests()
+        files: dict[str, bytes] = {}
+        for layer in manifest["layers"]:
+            with tarfile.open(fileobj=io.BytesIO(self.blob(layer["digest"]))) as tar:
+                for member in tar:
+                    name = member.name.removeprefix("./")
+                    if "/.wh." in "/" + name:
+                        files.pop(name.replace(".wh.", ""), None)
+                    elif member.isfile():
+                        reader = tar.extractfile(member)
+                        assert reader is not None
+                        files[name] = reader.read()
+        return files
+
 
 def oci_layout_of(archive: Path, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)

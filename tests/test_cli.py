@@ -40,9 +40,17 @@ def test_pure_repack_with_report(tmp_path: Path) -> None:
     result = run(str(image), str(tmp_path / "out.tar"), "--passes", "none", "--report", str(report_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
-    assert report["images"][0]["layers"][0]["status"] == "unchanged"
+    (image_report,) = report["images"]
+    # the only layer, kept as the base: no rule (history, annotations) says otherwise
+    assert image_report["layers"][0]["status"] == "kept"
+    assert image_report["base"] == {
+        "layers": 1,
+        "protected": 1,
+        "rule": "first-layer",
+        "detail": "no rule decided: the first layer is kept (--base none optimizes every layer)",
+    }
     assert report["compressors"]["zlib"] and report["compressors"]["zstd"]
-    assert "total:" in result.stdout
+    assert "compressed layers:" in result.stdout and "pull, node with the base:" in result.stdout
 
 
 def test_missing_input_is_an_input_error(tmp_path: Path) -> None:
@@ -93,3 +101,38 @@ def test_console_script_is_installed() -> None:
     assert script.exists()
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=dict(os.environ))
     assert result.returncode == 0 and "--passes" in result.stdout
+
+
+def test_version_names_the_tool_and_the_compressors_byte_identity_depends_on() -> None:
+    from importlib.metadata import version
+
+    from optimizer.output import compressor_versions
+
+    result = run("--version")
+    assert result.returncode == 0 and not result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"optimize (oci-optimizer) {version('oci-optimizer')}"
+    assert lines[1] == f"python: {sys.version.split()[0]}"
+    assert lines[2:] == [f"{name}: {value}" for name, value in compressor_versions().items()]
+    assert f"zlib: {__import__('zlib').ZLIB_RUNTIME_VERSION}" in lines
+
+
+def test_help_exit_codes_match_the_errors_and_the_readme() -> None:
+    import re
+
+    from optimizer import errors
+    from optimizer.cli import EXIT_CODES
+
+    raised = {
+        cls.exit_code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.OptimizerError)
+    }
+    codes = [code for code, _ in EXIT_CODES]
+    assert set(codes) == raised | {0, 130, 143} and codes == sorted(codes)
+    help_text = run("--help").stdout
+    table = help_text[help_text.index("exit status:") :].splitlines()[1:]
+    assert [line.split()[0] for line in table if line.strip()] == [str(code) for code in codes]
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Errors and exit codes") :].split("\n## ")[0]
+    assert [int(c) for c in re.findall(r"^\| (\d+) +\|", section, re.M)] == codes

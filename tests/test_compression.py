@@ -108,7 +108,7 @@ def test_rewritten_layers_use_the_codec_untouched_ones_keep_theirs(
     scenario: Path, tmp_path: Path, codec: str, media_type: str
 ) -> None:
     out = tmp_path / "out.tar"
-    options = Options(passes=("dead-data",), compression=CompressionSpec.parse(codec))
+    options = Options(base="none", passes=("dead-data",), compression=CompressionSpec.parse(codec))
     report = optimize(str(scenario), str(out), options)
     statuses = [layer.status for layer in report.images[0].layers]
     assert statuses == ["rewritten", "rewritten", "unchanged", "unchanged"]
@@ -118,7 +118,7 @@ def test_rewritten_layers_use_the_codec_untouched_ones_keep_theirs(
     optimize(
         str(scenario),
         str(recompressed),
-        Options(passes=("dead-data",), compression=options.compression, recompress=True),
+        Options(base="none", passes=("dead-data",), compression=options.compression, recompress=True),
     )
     assert media_types(recompressed) == [media_type] * 4
     assert report.compressors == compressor_versions()
@@ -133,7 +133,7 @@ def test_byte_identical_with_one_and_two_workers(scenario: Path, tmp_path: Path,
         optimize(
             str(scenario),
             str(out),
-            Options(passes=("dead-data",), compression=spec, recompress=True, workers=workers),
+            Options(base="none", passes=("dead-data",), compression=spec, recompress=True, workers=workers),
         )
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
@@ -146,7 +146,9 @@ def test_skopeo_accepts_zstd_and_uncompressed_output(scenario: Path, tmp_path: P
     optimize(
         str(scenario),
         str(out),
-        Options(passes=("dead-data",), compression=CompressionSpec.parse(codec), recompress=True),
+        Options(
+            base="none", passes=("dead-data",), compression=CompressionSpec.parse(codec), recompress=True
+        ),
     )
     inspected = subprocess.run(
         [skopeo, "inspect", "--raw", f"oci-archive:{out}"], capture_output=True, text=True
@@ -169,7 +171,9 @@ def test_umoci_unpacks_uncompressed_output_to_the_same_tree(scenario: Path, tmp_
     optimize(
         str(scenario),
         str(out),
-        Options(passes=("dead-data",), compression=CompressionSpec.parse("none"), recompress=True),
+        Options(
+            base="none", passes=("dead-data",), compression=CompressionSpec.parse("none"), recompress=True
+        ),
     )
     assert tree_of(umoci_unpack(scenario, tmp_path, "before")) == tree_of(
         umoci_unpack(out, tmp_path, "after")
@@ -184,7 +188,9 @@ def test_umoci_refuses_zstd_layers(scenario: Path, tmp_path: Path) -> None:
         pytest.skip(f"the README's statement is about umoci 0.4.7; this is {version.strip()}")
     out = tmp_path / "out.tar"
     optimize(
-        str(scenario), str(out), Options(passes=("dead-data",), compression=CompressionSpec.parse("zstd"))
+        str(scenario),
+        str(out),
+        Options(base="none", passes=("dead-data",), compression=CompressionSpec.parse("zstd")),
     )
     with pytest.raises(subprocess.CalledProcessError) as raised:
         umoci_unpack(out, tmp_path, "zstd")
@@ -196,6 +202,8 @@ def test_small_layers_unchanged_by_layer_spec(tmp_path: Path) -> None:
     layers: list[LayerSpec] = [[entry("a", data=b"a")], [entry("b", data=b"b")]]
     image = build_image(tmp_path / "in.tar", layers)
     out = tmp_path / "out.tar"
-    report = optimize(str(image), str(out), Options(passes=(), compression=CompressionSpec.parse("zstd")))
+    report = optimize(
+        str(image), str(out), Options(base="none", passes=(), compression=CompressionSpec.parse("zstd"))
+    )
     assert not report.changed
     assert media_types(out) == [OCI_LAYER_GZIP, OCI_LAYER_GZIP]

@@ -14,7 +14,7 @@ import pytest
 from optimizer import Options, optimize
 from optimizer.errors import DigestMismatchError, FormatError, InputError, LayerError, MissingBlobError
 
-from .conftest import ROOT, fixtures_dir, missing, require_tool
+from .conftest import ROOT, fixture, require_tool
 from .imagetools import Layout, sha256_file, tree_of, umoci_unpack
 
 # Inputs that are images (tar or layout directory), relative to fixtures/images.
@@ -146,14 +146,12 @@ UNPACKABLE = [
 
 
 def image(name: str) -> Path:
-    path = fixtures_dir() / "images" / name
-    if not path.exists():
-        missing(f"fixture {path} not found")
+    path = fixture(f"images/{name}")
     return path
 
 
 def test_every_fixture_is_classified(fixtures: Path) -> None:
-    images = fixtures / "images"
+    images = fixture("images")
     present = {
         str(p.relative_to(images))
         for p in images.glob("*/*")
@@ -167,7 +165,7 @@ def test_every_fixture_is_classified(fixtures: Path) -> None:
 def test_empty_pipeline_keeps_every_layer_digest(name: str, tmp_path: Path) -> None:
     source = image(name)
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), options(name, passes=()))
+    report = optimize(str(source), str(out), options(name, base="none", passes=()))
     assert out.exists()
     before = _layers_of_input(source, tmp_path)
     after = Layout(out).layer_digests()
@@ -207,7 +205,7 @@ def test_broken_inputs_give_the_documented_error(name: str, tmp_path: Path) -> N
     error_type, words = BROKEN[name]
     out = tmp_path / "out.tar"
     with pytest.raises(error_type) as caught:
-        optimize(str(image(name)), str(out), Options(passes=()))
+        optimize(str(image(name)), str(out), Options(base="none", passes=()))
     assert words in str(caught.value)
     assert name.split("/")[-1] in str(caught.value)
     assert list(tmp_path.iterdir()) == []
@@ -262,7 +260,11 @@ def test_two_runs_are_byte_identical_under_any_tz_umask_locale(name: str, tmp_pa
 def test_source_date_epoch_clamps_and_is_recorded(tmp_path: Path) -> None:
     env = dict(os.environ, SOURCE_DATE_EPOCH="1000000000")
     out = tmp_path / "out.tar"
-    result = _run_cli([str(image("dive/test-docker-image.tar")), str(out), "--normalize", "-q"], env, 0o022)
+    result = _run_cli(
+        [str(image("dive/test-docker-image.tar")), str(out), "--normalize", "--base", "none", "-q"],
+        env,
+        0o022,
+    )
     assert result.returncode == 0, result.stderr
     import tarfile
 
@@ -282,7 +284,10 @@ def _schema_validators(fixtures: Path) -> dict[str, object]:
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT4
 
-    directory = fixtures / "oci-schema" / "v1.1.1"
+    directory = fixture("oci-schema/v1.1.1")
+    for needed in ("image-layout-schema.json", "image-index-schema.json", "image-manifest-schema.json",
+                   "config-schema.json"):  # fmt: skip
+        fixture(f"oci-schema/v1.1.1/{needed}")  # absent: missing(), not a KeyError in the test
     registry: Registry = Registry()
     schemas = {}
     for file in directory.glob("*.json"):
@@ -298,7 +303,7 @@ def _schema_validators(fixtures: Path) -> dict[str, object]:
 def test_output_validates_against_the_oci_schemas(name: str, tmp_path: Path, fixtures: Path) -> None:
     validators = _schema_validators(fixtures)
     out = tmp_path / "out.tar"
-    optimize(str(image(name)), str(out), options(name, normalize=True))
+    optimize(str(image(name)), str(out), options(name, base="none", normalize=True))
     layout = Layout(out)
     original = Layout(image(name))
     validators["image-layout-schema.json"].validate(json.loads(layout.files["oci-layout"]))  # type: ignore[attr-defined]
@@ -315,7 +320,7 @@ def test_output_validates_against_the_oci_schemas(name: str, tmp_path: Path, fix
 def test_skopeo_inspects_and_copies_the_output(name: str, tmp_path: Path) -> None:
     skopeo = require_tool("skopeo", "skopeo")
     out = tmp_path / "out.tar"
-    optimize(str(image(name)), str(out), Options(normalize=True))
+    optimize(str(image(name)), str(out), Options(base="none", normalize=True))
     inspected = subprocess.run([skopeo, "inspect", f"oci-archive:{out}"], capture_output=True, text=True)
     assert inspected.returncode == 0, inspected.stderr
     layers = json.loads(inspected.stdout)["Layers"]
@@ -332,9 +337,9 @@ def test_skopeo_inspects_and_copies_the_output(name: str, tmp_path: Path) -> Non
 def test_umoci_unpacks_the_same_tree_before_and_after(name: str, tmp_path: Path) -> None:
     require_tool("umoci", "umoci")
     repacked = tmp_path / "repacked.tar"  # same layer bytes as the input, in an OCI archive umoci can open
-    optimize(str(image(name)), str(repacked), Options(passes=()))
+    optimize(str(image(name)), str(repacked), Options(base="none", passes=()))
     normalized = tmp_path / "normalized.tar"
-    optimize(str(image(name)), str(normalized), Options(passes=(), normalize=True))
+    optimize(str(image(name)), str(normalized), Options(base="none", passes=(), normalize=True))
     before = tree_of(umoci_unpack(repacked, tmp_path, "before"))
     after = tree_of(umoci_unpack(normalized, tmp_path, "after"))
     assert before == after
@@ -342,7 +347,7 @@ def test_umoci_unpacks_the_same_tree_before_and_after(name: str, tmp_path: Path)
 
 def test_hybrid_docker_25_archive_keeps_repo_tags(tmp_path: Path) -> None:
     out = tmp_path / "out.tar"
-    optimize(str(image("ggcr/test_bundle.tar")), str(out), Options(passes=()))
+    optimize(str(image("ggcr/test_bundle.tar")), str(out), Options(base="none", passes=()))
     docker = json.loads(Layout(out).files["manifest.json"])
     tags = sorted(tag for entry in docker for tag in entry["RepoTags"])
     assert len(docker) == 2 and len(tags) >= 2
@@ -350,7 +355,9 @@ def test_hybrid_docker_25_archive_keeps_repo_tags(tmp_path: Path) -> None:
 
 def test_partial_multi_platform_export_warns_for_each_missing_manifest(tmp_path: Path) -> None:
     report = optimize(
-        str(image("oras/hello-world.tar")), str(tmp_path / "out.tar"), Options(passes=(), allow_partial=True)
+        str(image("oras/hello-world.tar")),
+        str(tmp_path / "out.tar"),
+        Options(base="none", passes=(), allow_partial=True),
     )
     missing = [w for w in report.warnings if "missing from the input" in w]
     assert len(missing) == 10 and any("linux/arm64" in w for w in missing)
@@ -366,7 +373,7 @@ def test_partial_export_is_refused_without_allow_partial(name: str, tmp_path: Pa
 def test_artifacts_and_signatures_are_carried_untouched(tmp_path: Path) -> None:
     source = image("sylabs-oci-tools/hello-world-cosign-manifest-list")
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), Options(passes=(), normalize=True))
+    report = optimize(str(source), str(out), Options(base="none", passes=(), normalize=True))
     assert report.carried, "cosign signatures and attestations are carried over"
     layout = Layout(out)
     original = Layout(source)
@@ -393,7 +400,7 @@ def test_hostile_images_write_nothing_outside_the_work_directory(name: str, tmp_
     work.mkdir(parents=True)
     outside_before = sorted(p.name for p in tmp_path.parent.iterdir())
     out = sandbox / "out.tar"
-    optimize(str(image(name)), str(out), Options(normalize=True, workdir=str(work)))
+    optimize(str(image(name)), str(out), Options(base="none", normalize=True, workdir=str(work)))
     assert sorted(str(p.relative_to(sandbox)) for p in sandbox.rglob("*")) == ["out.tar", "work"]
     assert sorted(p.name for p in tmp_path.parent.iterdir()) == outside_before
     for suspicious in (Path("/secret.txt"), Path("/tmp/secret.txt"), tmp_path.parent / "secret.txt"):
@@ -405,7 +412,7 @@ def test_escape_layer_inside_an_image_is_neutralised(tmp_path: Path, fixtures: P
 
     from optimizer.output import canonical_json
 
-    layer = (fixtures / "images/osv-scalibr/escape-layer.tar").read_bytes()
+    layer = fixture("images/osv-scalibr/escape-layer.tar").read_bytes()
     digest = "sha256:" + hashlib.sha256(layer).hexdigest()
     config = canonical_json(
         {
@@ -449,7 +456,7 @@ def test_escape_layer_inside_an_image_is_neutralised(tmp_path: Path, fixtures: P
         )
     )
     out = tmp_path / "out.tar"
-    report = optimize(str(layout), str(out), Options(normalize=True, workdir=str(tmp_path)))
+    report = optimize(str(layout), str(out), Options(base="none", normalize=True, workdir=str(tmp_path)))
     assert any("neutralised" in w for i in report.images for w in i.warnings)
     import io
     import tarfile

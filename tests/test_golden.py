@@ -23,7 +23,7 @@ import pytest
 from optimizer.cli import main
 from optimizer.output import compressor_versions
 
-from .conftest import ROOT, fixtures_dir, missing
+from .conftest import ROOT, fixture
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "outputs.json"
 UPDATE = bool(os.environ.get("OCI_OPTIMIZER_UPDATE_GOLDEN"))
@@ -130,12 +130,7 @@ def test_output_bytes_are_golden(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    if name == "demo":
-        source = demo_image
-    else:
-        source = fixtures_dir() / "images" / name
-        if not source.exists():
-            missing(f"fixture {source} not found")
+    source = demo_image if name == "demo" else fixture(f"images/{name}")
     out = tmp_path / "out.tar"
     assert main([str(source), str(out), "-q", "--workers", "1", *argv]) == 0
     digest = "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest()

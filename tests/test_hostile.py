@@ -654,7 +654,7 @@ def test_oci_dir_output_replaces_its_own_earlier_output(
 def test_keep_layers_past_the_layer_count_is_said(tmp_path: Path) -> None:
     source = write_tar(tmp_path / "in.tar", simple_image_files())
     done = run_cli(str(source), str(tmp_path / "out.tar"), "--keep-layers", "5")
-    assert done.returncode == 0 and "--keep-layers 5 is more than its 2 layers" in done.stderr
+    assert done.returncode == 0 and "--base-layers 5 is more than its 2 layers" in done.stderr
 
 
 def test_zero_workers_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

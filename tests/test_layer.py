@@ -16,6 +16,7 @@ from optimizer.mediatypes import Compression, layer_media_type
 from optimizer.model import Descriptor, Entry, EntryKind
 from optimizer.output import CompressionSpec, LayerWriter
 from optimizer.source import BlobStore
+from tests.conftest import fixture
 
 names = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\x00"),
@@ -138,7 +139,7 @@ def test_clean_path_stays_inside_the_root(raw: str, clean: str) -> None:
 
 
 def test_hostile_layer_names_are_neutralised_and_reported(fixtures: Path, tmp_path: Path) -> None:
-    layer = fixtures / "images" / "osv-scalibr" / "escape-layer.tar"
+    layer = fixture("images/osv-scalibr/escape-layer.tar")
     import hashlib
 
     data = layer.read_bytes()

@@ -34,7 +34,7 @@ from optimizer.registry import (
     RegistryUnavailable,
     credentials_for,
 )
-from tests.conftest import fixtures_dir, require_tool
+from tests.conftest import fixture, require_tool
 from tests.imagetools import oci_layout_of, tree_of
 from tests.registry_fixtures import (
     FaultProxy,
@@ -50,7 +50,6 @@ from tests.registry_fixtures import (
 
 __all__ = ["registry", "registry_factory"]  # fixtures imported for pytest
 
-FIXTURES = fixtures_dir()
 FIXTURE_IMAGES = [
     # (fixture layout, image name inside it, root media type)
     ("stereoscope/oci-layout-multiplatform", None, mt.OCI_INDEX),
@@ -63,10 +62,12 @@ FIXTURE_IMAGES = [
 # ---------------------------------------------------------------- an independent layout checker
 
 
-def _schema_registry(fixtures: Path) -> tuple[Registry, dict[str, Any]]:
+def _schema_registry() -> tuple[Registry, dict[str, Any]]:
+    for needed in ("image-index-schema.json", "image-manifest-schema.json"):
+        fixture(f"oci-schema/v1.1.1/{needed}")  # absent: missing(), not a KeyError in the test
     schemas: dict[str, Any] = {}
     registry_: Registry = Registry()
-    for path in sorted((fixtures / "oci-schema" / "v1.1.1").glob("*.json")):
+    for path in sorted(fixture("oci-schema/v1.1.1").glob("*.json")):
         document = json.loads(path.read_text())
         schemas[path.name] = document
         resource = Resource.from_contents(document, default_specification=DRAFT4)
@@ -75,11 +76,11 @@ def _schema_registry(fixtures: Path) -> tuple[Registry, dict[str, Any]]:
     return registry_, schemas
 
 
-def check_layout(layout: Path, fixtures: Path) -> dict[str, bytes]:
+def check_layout(layout: Path) -> dict[str, bytes]:
     """Every blob named by its sha256, every referenced blob present with its size, OCI schemas valid.
 
     Returns the manifests reached (digest -> bytes)."""
-    registry_, schemas = _schema_registry(fixtures)
+    registry_, schemas = _schema_registry()
 
     def validate(document: Any, schema_name: str) -> None:
         Draft4Validator(schemas[schema_name], registry=registry_).validate(document)
@@ -112,7 +113,7 @@ def check_layout(layout: Path, fixtures: Path) -> dict[str, bytes]:
 def _pushed(
     registry: RunningRegistry, fixtures: Path, layout: str, image: str | None, name: str
 ) -> Reference:
-    reference = push_layout(fixtures / "images" / layout, registry, name, image=image)
+    reference = push_layout(fixture(f"images/{layout}"), registry, name, image=image)
     return Reference.parse(reference.removeprefix("docker://"))
 
 
@@ -180,7 +181,7 @@ def test_pull_then_push_round_trip(
             "annotations": {"org.opencontainers.image.ref.name": "v1"},
         }
     ]
-    manifests = check_layout(tmp_path / "pulled", fixtures)
+    manifests = check_layout(tmp_path / "pulled")
     assert manifests[digest] == raw  # the exact bytes served, not re-serialised
     for child, data in manifests.items():  # every child manifest as the registry serves it (plain HTTP GET)
         served = requests.get(
@@ -240,7 +241,7 @@ def test_corrupt_blob_in_registry_is_detected(
     ref = _pushed(registry, fixtures, "sylabs-oci-tools/hard-link-1", None, "corrupt/x:v1")
     client = RegistryClient(registry.host, insecure=True, anonymous=True, retries=1, backoff=0.01)
     client.pull(ref, str(tmp_path / "good"))
-    manifest = json.loads(next(iter(check_layout(tmp_path / "good", fixtures).values())))
+    manifest = json.loads(next(iter(check_layout(tmp_path / "good").values())))
     layer = manifest["layers"][0]["digest"]
     stored = registry.root / "storage" / "docker/registry/v2/blobs/sha256" / layer[7:9] / layer[7:] / "data"
     original = stored.read_bytes()
@@ -255,7 +256,7 @@ def test_corrupt_blob_in_registry_is_detected(
 
 def test_push_refuses_a_corrupt_layout(registry: RunningRegistry, tmp_path: Path) -> None:
     layout = _big_layout(tmp_path / "layout", 4096)  # random bytes: a blob the registry does not have
-    manifest = json.loads(next(iter(check_layout(layout, FIXTURES).values())))
+    manifest = json.loads(next(iter(check_layout(layout).values())))
     blob = layout / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]
     blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
     client = RegistryClient(registry.host, insecure=True, anonymous=True)
@@ -270,7 +271,7 @@ def test_push_refuses_a_corrupt_layout(registry: RunningRegistry, tmp_path: Path
 def test_present_blobs_are_not_uploaded_again(
     registry: RunningRegistry, fixtures: Path, tmp_path: Path
 ) -> None:
-    layout = fixtures / "images" / "sylabs-oci-tools" / "hello-world-docker-v2-manifest-list"
+    layout = fixture("images/sylabs-oci-tools/hello-world-docker-v2-manifest-list")
     with FaultProxy(registry.host) as proxy:
         first = RegistryClient(proxy.host, insecure=True, anonymous=True)
         digest = first.push(str(layout), Reference.parse(f"{proxy.host}/dedupe/a:v1"))
@@ -335,7 +336,7 @@ def test_htpasswd_registry_basic_auth_is_preemptive(
         == "sha256:"
         + hashlib.sha256(skopeo_inspect_raw(f"docker://{ref}", creds=protected.creds())).hexdigest()
     )
-    check_layout(tmp_path / "pulled", fixtures)
+    check_layout(tmp_path / "pulled")
 
     # A wrong password fails at once (no retry loop) and the message carries no secret.
     with FaultProxy(protected.host) as proxy:
@@ -392,7 +393,7 @@ def test_real_token_auth_refreshes_expired_tokens(
     ) as tokens:
         protected = registry_factory(extra_config=tokens.registry_config())
         source = push_layout(
-            fixtures / "images" / "sylabs-oci-tools" / "hello-world-docker-v2-manifest",
+            fixture("images/sylabs-oci-tools/hello-world-docker-v2-manifest"),
             protected,
             "jwt/x:v1",
             creds="bob:pw",
@@ -465,7 +466,7 @@ def test_429_and_503_with_retry_after_are_retried(
         elapsed = time.monotonic() - started
         assert 1.0 <= elapsed < 4, elapsed  # Retry-After: 1 honoured, the 503 retried after a short backoff
         assert proxy.count(status=429) == 1 and proxy.count(status=503) == 1
-        check_layout(tmp_path / "pulled", fixtures)
+        check_layout(tmp_path / "pulled")
         assert digest == client.manifest_digest(Reference(proxy.host, ref.repository, ref.tag))
 
         # Failures beyond the bound: an error after retries + 1 attempts, quickly.
@@ -487,7 +488,7 @@ def test_429_and_503_with_retry_after_are_retried(
 
 def test_uploads_are_retried_from_the_start(registry: RunningRegistry, fixtures: Path) -> None:
     """A blob PUT answered 503 cannot be resent to the same session: the upload starts again."""
-    layout = fixtures / "images" / "sylabs-oci-tools" / "hard-link-1"
+    layout = fixture("images/sylabs-oci-tools/hard-link-1")
     with FaultProxy(registry.host) as proxy:
         proxy.fail(1, 503, {"Retry-After": "0"}, match=lambda m, p: m == "PUT" and "/blobs/uploads/" in p)
         client = RegistryClient(proxy.host, insecure=True, anonymous=True, backoff=0.01)
@@ -634,7 +635,7 @@ def test_registry_down_then_back_is_retried(registry_factory: Any, fixtures: Pat
         assert time.monotonic() - started >= 0.9
     finally:
         thread.join()
-    check_layout(tmp_path / "pulled", fixtures)
+    check_layout(tmp_path / "pulled")
 
     restarted[0].stop()
     quick = RegistryClient(first.host, insecure=True, anonymous=True, retries=2, backoff=0.01, timeout=1)
@@ -682,7 +683,7 @@ def test_pulled_oci_image_unpacks_with_umoci(
 ) -> None:
     """The layout we write is one umoci accepts, and it unpacks to the same tree as the fixture itself."""
     umoci = require_tool("umoci", "umoci")
-    archive = fixtures / "images" / "dive" / "test-oci-gzip-image.tar"
+    archive = fixture("images/dive/test-oci-gzip-image.tar")
     skopeo_copy(f"oci-archive:{archive}", f"docker://{registry.host}/umoci/x:v1")
     client = RegistryClient(registry.host, insecure=True, anonymous=True)
     client.pull(Reference.parse(f"{registry.host}/umoci/x:v1"), str(tmp_path / "pulled"))

@@ -113,7 +113,7 @@ def test_run_options_flags_keep_their_names() -> None:
     )  # fmt: skip
     options = from_args(Options, args)
     assert options.passes == () and options.skip == ("upx", "inject")
-    assert options.output_format == "oci-dir" and options.keep_layers == 2 and options.squash
+    assert options.output_format == "oci-dir" and options.base_layers == 2 and options.squash
     assert str(options.compression) == "zstd:3" and options.workers == 1 and options.base == "b.tar"
     with pytest.raises(UsageError, match="unknown key"):
         from_mapping(Options, {"workdir": "/tmp"}, "rule")  # not a configuration setting

@@ -40,7 +40,7 @@ def config_of(layout: Layout) -> dict[str, object]:
 def test_squash_keeps_the_base_and_the_merged_filesystem(scenario: Path, tmp_path: Path, keep: int) -> None:
     require_tool("umoci", "umoci")
     out = tmp_path / "out.tar"
-    report = optimize(str(scenario), str(out), Options(passes=(), squash=True, keep_layers=keep))
+    report = optimize(str(scenario), str(out), Options(passes=(), squash=True, base_layers=keep))
     (before,) = Layout(scenario).layer_digests()
     (after,) = Layout(out).layer_digests()
     assert len(after) == keep + 1
@@ -56,7 +56,7 @@ def test_squashed_layer_is_canonical_and_history_lists_what_was_merged(
     scenario: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.tar"
-    optimize(str(scenario), str(out), Options(passes=(), squash=True, keep_layers=1))
+    optimize(str(scenario), str(out), Options(passes=(), squash=True, base_layers=1))
     layout = Layout(out)
     (digests,) = layout.layer_digests()
     names = member_names(layout, digests[1])
@@ -91,9 +91,9 @@ def test_squashed_layer_is_canonical_and_history_lists_what_was_merged(
 
 def test_squash_is_byte_identical_run_to_run_and_idempotent(scenario: Path, tmp_path: Path) -> None:
     first, second, again = tmp_path / "1.tar", tmp_path / "2.tar", tmp_path / "3.tar"
-    options = Options(passes=(), squash=True, keep_layers=1)
+    options = Options(passes=(), squash=True, base_layers=1)
     optimize(str(scenario), str(first), options)
-    optimize(str(scenario), str(second), Options(passes=(), squash=True, keep_layers=1, workers=1))
+    optimize(str(scenario), str(second), Options(passes=(), squash=True, base_layers=1, workers=1))
     assert first.read_bytes() == second.read_bytes()
     report = optimize(str(first), str(again), options)
     assert Layout(again).layer_digests() == Layout(first).layer_digests()
@@ -110,7 +110,7 @@ def test_squash_with_passes_and_a_base_hardlink(tmp_path: Path) -> None:
     ]
     image = build_image(tmp_path / "in.tar", layers)
     out = tmp_path / "out.tar"
-    report = optimize(str(image), str(out), Options(passes=("dead-data",), squash=True, keep_layers=1))
+    report = optimize(str(image), str(out), Options(passes=("dead-data",), squash=True, base_layers=1))
     layout = Layout(out)
     (digests,) = layout.layer_digests()
     assert len(digests) == 2
@@ -125,7 +125,7 @@ def test_squash_with_passes_and_a_base_hardlink(tmp_path: Path) -> None:
 
 def test_nothing_to_squash_above_the_base(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.tar"
-    report = optimize(str(scenario), str(out), Options(passes=(), squash=True, keep_layers=2))
+    report = optimize(str(scenario), str(out), Options(passes=(), squash=True, base_layers=2))
     assert Layout(out).layer_digests() == Layout(scenario).layer_digests()
     assert not report.changed
 
@@ -147,7 +147,7 @@ def test_random_layer_stacks_squash_to_the_same_tree(
     image = build_image(tmp / "in.tar", layers)
     out = tmp / "out.tar"
     passes = ("dead-data",) if dead_data else ()
-    optimize(str(image), str(out), Options(passes=passes, squash=True, keep_layers=keep))
+    optimize(str(image), str(out), Options(passes=passes, squash=True, base_layers=keep))
     (before,) = Layout(image).layer_digests()
     (after,) = Layout(out).layer_digests()
     assert after[:keep] == before[:keep]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -288,23 +289,28 @@ class RegistryClient:
         self.remember(manifest.digest, repository)
 
     def list_tags(self, repository: str) -> list[str]:
-        """Every tag of a repository (following the ``Link`` pagination)."""
+        """Every tag of ``repository`` (``GET /v2/NAME/tags/list``, following ``Link`` pages); [] when the
+        registry has no such repository."""
+        where = f"listing the tags of {self.where(repository)}"
         url: str | None = f"{self.base_url}/v2/{repository}/tags/list?n=1000"
         tags: list[str] = []
         while url is not None:
-            response = self.transport.request(
-                "GET", url, what=f"listing the tags of {self.where(repository)}"
-            )
+            response = self.transport.request("GET", url, stream=True, what=where)
             with response:
                 if response.status_code == 404:
-                    return tags
+                    return []
                 if response.status_code != 200:
-                    raise status_error(f"listing the tags of {self.where(repository)}", response)
-                document = json.loads(read_limited(response, MAX_MANIFEST, "tags list"))
-                link = response.links.get("next", {}).get("url")
-            page = document.get("tags") if isinstance(document, dict) else None
-            tags.extend(str(tag) for tag in page or [])
-            url = urljoin(url, link) if link else None
+                    raise status_error(where, response)
+                data = read_limited(response, MAX_MANIFEST, where)
+                link = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', response.headers.get("Link", ""))
+            try:
+                page = json.loads(data).get("tags") or []
+            except (ValueError, AttributeError) as error:
+                raise RegistryError(f"{where}: not a tag list: {error}") from error
+            if not isinstance(page, list) or not all(isinstance(tag, str) for tag in page):
+                raise RegistryError(f"{where}: not a tag list")
+            tags.extend(page)
+            url = urljoin(self.base_url + "/", link.group(1)) if link else None
         return tags
 
     # ---------------------------------------------------------------- blobs

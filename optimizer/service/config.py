@@ -12,8 +12,11 @@ Shape (see ``testdata/service.example.yaml`` for a commented example)::
     concurrency: 2
     max_body_bytes: 1048576
     retry: {attempts: 5, backoff_seconds: 2, max_backoff_seconds: 300}
+    queue: {backend: postgres, dsn: {env: OPTIMIZER_DSN}, lease_seconds: 120, heartbeat_seconds: 30}
+    reconcile: {interval_seconds: 600, repositories: {local: [team/app]}}
     registries:
-      local: {url: "http://127.0.0.1:5000", credentials: {username: bot, password: {env: REG_PASSWORD}}}
+      local: {url: "http://127.0.0.1:5000", credentials: {username: bot, password: {env: REG_PASSWORD}},
+              max_concurrent_jobs: 4}
     sources:
       local-notify: {registry: local, bearer_token: {env: HOOK_TOKEN}}
       github: {registry: ghcr, format: github, hmac_secret: {file: /run/secrets/gh}}
@@ -22,37 +25,38 @@ Shape (see ``testdata/service.example.yaml`` for a commented example)::
         registry: local
         repositories: ["team/*"]
         tags: ["*"]
-        destination: {tag_suffix: "-opt"}
+        destination: {tag_suffix: "-opt", allowed_tags: ["*-opt"]}
         options: {skip: [upx], pass_options: {strip-elf: {mode: debug}}}
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
 import string
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 
+from .. import settings
 from ..errors import UsageError
+from ..options import Options
+from ..pipeline import select_passes
 
 __all__ = [
     "DEFAULT_USER_AGENT",
     "Config",
     "Destination",
+    "QueueConfig",
+    "ReconcileConfig",
     "RegistryConfig",
     "RetryConfig",
     "Rule",
-    "RuleOptions",
     "Secret",
     "SourceConfig",
     "load_config",
@@ -96,6 +100,7 @@ class RegistryConfig:
     username: str | None = None
     password: Secret | None = None
     timeout: float = 30.0
+    max_concurrent_jobs: int | None = None  # running jobs that pull from or push to it, fleet-wide
 
 
 @dataclass(frozen=True)
@@ -115,36 +120,14 @@ class Destination:
     repository: str  # template: {repository}, {name}, {tag}
     tag: str  # template: {repository}, {name}, {tag}
     tag_suffix: str = ""  # from the ``tag_suffix`` shorthand: source tags ending with it are skipped
+    allowed_tags: tuple[str, ...] = ()  # globs a rendered destination tag must match; empty: any tag
 
     def render(self, repository: str, tag: str) -> tuple[str, str]:
         values = {"repository": repository, "name": repository.rsplit("/", 1)[-1], "tag": tag}
         return self.repository.format(**values), self.tag.format(**values)
 
-
-@dataclass(frozen=True)
-class RuleOptions:
-    """What the optimizer is asked to do for a rule; pass options are the passes' own frozen dataclasses."""
-
-    passes: tuple[str, ...] | None = None  # None: every pass
-    skip: tuple[str, ...] = ()
-    strict: bool = False
-    pass_options: Mapping[str, Any] = field(default_factory=dict)
-    normalize: bool = False
-    recompress: bool = False
-    compression: str | None = None  # "gzip[:LEVEL]", "zstd[:LEVEL]" or "none"; None: the optimizer's default
-    keep_layers: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "passes": list(self.passes) if self.passes is not None else None,
-            "skip": list(self.skip),
-            "strict": self.strict,
-            "pass_options": {k: dataclasses.asdict(v) for k, v in sorted(self.pass_options.items())},
-            "normalize": self.normalize,
-            "recompress": self.recompress,
-            "compression": self.compression,
-            "keep_layers": self.keep_layers,
-        }
+    def allows(self, tag: str) -> bool:
+        return not self.allowed_tags or any(fnmatch.fnmatchcase(tag, p) for p in self.allowed_tags)
 
 
 @dataclass(frozen=True)
@@ -155,7 +138,8 @@ class Rule:
     tags: tuple[str, ...]
     exclude_tags: tuple[str, ...]
     destination: Destination
-    options: RuleOptions
+    options: Options  # what the optimizer does (the same settings as the command line's)
+    push_if_larger: bool = False  # push a result larger than its source (inject adds files on purpose)
 
     def matches(self, registry: str, repository: str, tag: str) -> bool:
         if registry != self.registry:
@@ -182,6 +166,24 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """Where jobs live: ``sqlite`` (``state_dir/queue.sqlite3``, one machine) or ``postgres`` (a fleet)."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    dsn: Secret | None = None  # postgres: a libpq connection string or URI (it holds the password)
+    lease_seconds: float = 120.0  # a running job is another worker's to take once its lease is this old
+    heartbeat_seconds: float = 30.0  # how often a worker renews the leases of its running jobs
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    """Catch up on notifications the registry dropped: list these repositories' tags every interval."""
+
+    interval_seconds: float
+    repositories: Mapping[str, tuple[str, ...]]  # registry name -> repository names
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
@@ -196,10 +198,16 @@ class Config:
     admin_token: Secret | None = None  # when set, /jobs needs it
     log_level: str = "INFO"
     keep_workdirs: bool = False
+    queue: QueueConfig = QueueConfig()
+    reconcile: ReconcileConfig | None = None
 
     @property
     def database(self) -> Path:
         return self.state_dir / "queue.sqlite3"
+
+    @property
+    def registry_limits(self) -> dict[str, int]:
+        return {name: r.max_concurrent_jobs for name, r in self.registries.items() if r.max_concurrent_jobs}
 
     @property
     def workdir(self) -> Path:
@@ -354,8 +362,9 @@ def _registry(name: str, r: _Reader) -> RegistryConfig:
             raise UsageError(f"{creds.path}.password: required")
         creds.done()
     timeout = r.number("timeout", 30.0, minimum=0.1)
+    limit = r.integer("max_concurrent_jobs", 0, minimum=1) or None
     r.done()
-    return RegistryConfig(name, parts.netloc, parts.scheme == "http", username, password, timeout)
+    return RegistryConfig(name, parts.netloc, parts.scheme == "http", username, password, timeout, limit)
 
 
 def _source(name: str, r: _Reader, registries: Mapping[str, RegistryConfig]) -> SourceConfig:
@@ -387,6 +396,7 @@ def _destination(
     suffix = r.opt_str("tag_suffix")
     repository = _check_template(r.text("repository", "{repository}"), f"{r.path}.repository")
     tag = r.opt_str("tag")
+    allowed_tags = r.str_list("allowed_tags", ())
     r.done()
     if sum((same_tag, suffix is not None, tag is not None)) > 1:
         raise UsageError(f"{r.path}: give only one of same_tag, tag_suffix or tag")
@@ -400,116 +410,78 @@ def _destination(
         raise UsageError(
             f"{r.path}: the result would replace the source tag: say same_tag: true if that is meant"
         )
-    return Destination(registry, repository, tag, suffix or "")
+    return Destination(registry, repository, tag, suffix or "", allowed_tags)
 
 
-def _pass_classes() -> dict[str, type[Any]]:
+def _rule_options(r: _Reader | None, at: str) -> Options:
+    """A rule's ``options``: the run options (the command line's settings, by field name) and
+    ``pass_options: {PASS: {FIELD: VALUE}}``, each derived from the declared settings and checked now."""
     from passes import PASSES
 
-    return {p.name: p for p in PASSES}
-
-
-def _coerce(value: Any, hint: Any, at: str) -> Any:
-    """Check a YAML value against a pass option's type hint; lists become tuples for frozen dataclasses."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin is Literal:
-        if value not in args:
-            raise UsageError(f"{at}: expected one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            try:
-                return _coerce(value, arg, at)
-            except UsageError:
-                continue
-        raise UsageError(f"{at}: {value!r} does not fit {hint}")
-    if hint is type(None):
-        if value is not None:
-            raise UsageError(f"{at}: expected nothing, got {value!r}")
-        return None
-    if origin in (tuple, list, frozenset, set):
-        if not isinstance(value, list):
-            raise UsageError(f"{at}: expected a list, got {_kind(value)}")
-        item = args[0] if args else Any
-        items = [_coerce(v, item, f"{at}[{i}]") for i, v in enumerate(value)]
-        return frozenset(items) if origin in (frozenset, set) else tuple(items)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UsageError(f"{at}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"{at}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UsageError(f"{at}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise UsageError(f"{at}: expected a string, got {_kind(value)}")
-        return value
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        try:
-            return hint(value)
-        except ValueError as error:
-            raise UsageError(f"{at}: {value!r} is not one of {[m.value for m in hint]}") from error
-    raise UsageError(f"{at}: options of type {hint} cannot be set from the service config")
-
-
-def _pass_options(name: str, raw: Any, at: str, classes: Mapping[str, type[Any]]) -> Any:
-    cls = classes.get(name)
-    if cls is None:
-        raise UsageError(f"{at}: unknown pass {name!r} (known: {', '.join(classes) or 'none'})")
-    options_cls = cls.Options
-    r = _Reader(raw if raw is not None else {}, at)
-    hints = typing.get_type_hints(options_cls)
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(options_cls):
-        key = f.name.replace("_", "-") if r.has(f.name.replace("_", "-")) else f.name
-        if r.has(key):
-            values[f.name] = _coerce(r.raw(key), hints[f.name], f"{at}.{key}")
-    r.done()
-    try:
-        return options_cls(**values)
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"{at}: {error}") from error
-
-
-def _rule_options(r: _Reader | None, at: str) -> RuleOptions:
-    if r is None:
-        return RuleOptions()
-    classes = _pass_classes()
-    passes = r.str_list("passes", ()) if r.has("passes") else None
-    skip = r.str_list("skip", ())
-    for name in (passes or ()) + skip:
+    raw = dict(r.data) if r is not None and isinstance(r.data, dict) else {}
+    if "keep_layers" in raw:  # the name of base_layers before 0.2
+        raw["base_layers"] = raw.pop("keep_layers")
+    classes = {cls.name: cls for cls in PASSES}
+    chosen = raw.pop("pass_options", None) or {}
+    if not isinstance(chosen, dict):
+        raise UsageError(f"{at}.pass_options: expected a mapping of pass names, got {_kind(chosen)}")
+    pass_options = []
+    for name, values in chosen.items():
         if name not in classes:
-            raise UsageError(f"{at}: unknown pass {name!r} (known: {', '.join(classes) or 'none'})")
-    strict = r.flag("strict", False)
-    normalize = r.flag("normalize", False)
-    recompress = r.flag("recompress", False)
-    keep_layers = r.integer("keep_layers", 0)
-    compression = r.opt_str("compression")
-    if compression is not None:
-        from ..output import CompressionSpec
+            raise UsageError(f"{at}.pass_options: unknown pass {name!r} (known: {', '.join(classes)})")
+        pass_options.append(settings.from_mapping(classes[name].Options, values, f"{at}.pass_options.{name}"))
+    options: Options = settings.from_mapping(Options, raw, at, pass_options=tuple(pass_options))
+    try:
+        select_passes(PASSES, options.passes, options.skip, options.pass_options)
+    except UsageError as error:
+        raise UsageError(f"{at}: {error}") from error
+    return options
 
-        try:
-            CompressionSpec.parse(compression)
-        except UsageError as error:
-            raise UsageError(f"{at}.compression: {error}") from error
-    raw_pass_options = r.mapping("pass_options")
-    pass_options: dict[str, Any] = {}
-    if raw_pass_options is not None:
-        for name in list(raw_pass_options.data):
-            pass_options[name] = _pass_options(
-                name, raw_pass_options.raw(name), f"{at}.pass_options.{name}", classes
-            )
-        raw_pass_options.done()
+
+def _queue(r: _Reader | None) -> QueueConfig:
+    if r is None:
+        return QueueConfig()
+    backend = r.text("backend", "sqlite")
+    if backend not in ("sqlite", "postgres"):
+        raise UsageError(f"queue.backend: expected sqlite or postgres, got {backend!r}")
+    dsn = r.secret("dsn")
+    if backend == "postgres" and dsn is None:
+        raise UsageError("queue.dsn: required for the postgres backend (e.g. {env: OPTIMIZER_DSN})")
+    if backend == "sqlite" and dsn is not None:
+        raise UsageError("queue.dsn: only for the postgres backend")
+    default = QueueConfig()
+    lease = r.number("lease_seconds", default.lease_seconds, minimum=1.0)
+    heartbeat = r.number("heartbeat_seconds", min(default.heartbeat_seconds, lease / 4), minimum=0.1)
+    if heartbeat * 2 > lease:
+        raise UsageError(
+            f"queue.heartbeat_seconds: {heartbeat:g} is more than half of lease_seconds ({lease:g}): one late "
+            "beat would lose the lease"
+        )
     r.done()
-    return RuleOptions(passes, skip, strict, pass_options, normalize, recompress, compression, keep_layers)
+    return QueueConfig(typing.cast(Literal["sqlite", "postgres"], backend), dsn, lease, heartbeat)
+
+
+def _reconcile(r: _Reader | None, registries: Mapping[str, RegistryConfig]) -> ReconcileConfig | None:
+    if r is None:
+        return None
+    from .events import valid_reference
+
+    interval = r.number("interval_seconds", 600.0, minimum=1.0)
+    section = r.mapping("repositories")
+    if section is None or not section.data:
+        raise UsageError("reconcile.repositories: required: registry name -> list of repositories")
+    repositories: dict[str, tuple[str, ...]] = {}
+    for name in list(section.data):
+        if name not in registries:
+            raise UsageError(f"reconcile.repositories.{name}: no registry named {name!r} is configured")
+        names = section.str_list(name, ())
+        for repository in names:
+            if not valid_reference(repository, "latest"):
+                raise UsageError(f"reconcile.repositories.{name}: {repository!r} is not a repository name")
+        repositories[name] = names
+    section.done()
+    r.done()
+    return ReconcileConfig(interval, repositories)
 
 
 def parse_config(data: Any, base: Path | None = None) -> Config:
@@ -562,6 +534,7 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
                     r.mapping("destination"), f"rules[{i}].destination", registry, registries
                 ),
                 options=_rule_options(r.mapping("options"), f"rules[{i}].options"),
+                push_if_larger=r.flag("push_if_larger", False),
             )
         )
         r.done()
@@ -575,6 +548,9 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
             max_backoff_seconds=section.number("max_backoff_seconds", retry.max_backoff_seconds),
         )
         section.done()
+
+    queue = _queue(root.mapping("queue"))
+    reconcile = _reconcile(root.mapping("reconcile"), registries)
 
     log_level = root.text("log_level", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -593,6 +569,8 @@ def parse_config(data: Any, base: Path | None = None) -> Config:
         admin_token=root.secret("admin_token"),
         log_level=log_level,
         keep_workdirs=root.flag("keep_workdirs", False),
+        queue=queue,
+        reconcile=reconcile,
     )
     root.done()
     return config

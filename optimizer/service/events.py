@@ -24,11 +24,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy
+
 from ..documents import parse_json
 from ..errors import FormatError
 from ..mediatypes import INDEX_TYPES, MANIFEST_TYPES
 
-__all__ = ["Event", "EventError", "detect_format", "parse_events", "valid_reference"]
+__all__ = ["MAX_JSON_DEPTH", "Event", "EventError", "detect_format", "parse_events", "valid_reference"]
+
+# No registry nests its webhook bodies more than a few levels; Python's JSON parser recurses once per level
+# and raises RecursionError (a 500) near a thousand, so deeper bodies are refused before parsing.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_OPENING = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")
 
 _REPOSITORY = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
@@ -349,11 +358,24 @@ def detect_format(body: Any, headers: Mapping[str, str]) -> str:
     raise EventError("not a webhook body of any registry we read (distribution, harbor, zot, github, acr)")
 
 
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON text nests arrays and objects deeper than ``limit`` (brackets inside strings do not
+    count): the running sum of +1 per opening and -1 per closing bracket, in numpy (a body may be 1 MiB)."""
+    brackets = _JSON_STRING.sub(b"", body).translate(_OPENING, _NOT_BRACKETS)
+    if len(brackets) <= limit:
+        return False
+    steps = numpy.frombuffer(brackets, dtype=numpy.int8).astype(numpy.int32)
+    return bool(numpy.cumsum(steps).max() > limit)
+
+
 def parse_events(body: bytes, headers: Mapping[str, str], fmt: str = "auto") -> list[Event]:
-    """Parse a webhook request body strictly (UTF-8, no duplicate keys, no NaN) into events.
+    """Parse a webhook request body strictly (UTF-8, no duplicate keys, no NaN, at most ``MAX_JSON_DEPTH``
+    levels) into events.
 
     Raises ``EventError`` for a body that is not JSON or not of the expected shape.
     """
+    if json_depth_exceeds(body):
+        raise EventError(f"webhook body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = parse_json(body, "webhook body")
     except FormatError as error:

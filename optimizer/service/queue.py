@@ -1,16 +1,28 @@
-"""The durable job queue: one SQLite file, no server.
+"""The job queue: what the HTTP side and the workers share, behind one ``Queue`` protocol with two backends.
 
-Tables: ``jobs`` (one row per unit of work, with its status, attempts, timings and report), ``events``
-(every event id seen, so a redelivered event makes no second job) and ``pushed`` (every manifest digest this
-service wrote, recorded *before* the manifest PUT, one of the loop guards).
+    queue = open_queue(config)      # SqliteQueue (default: one file, no server) or PostgresQueue (a fleet)
+
+Neither the webhook handler nor the workers know which backend they have; one contract test suite
+(``tests/service/test_queue.py``) runs against both.
+
+What the queue holds: jobs (one per unit of work: status, attempts, timings, report), the event ids seen (a
+redelivered event makes no second job), the manifest digests this service pushed (recorded *before* the
+manifest PUT: a loop guard), the layer digests of every source image seen (``record_layers``: which layers
+other images share) and fleet-wide singleton leases (``hold``: one replica runs the periodic reconcile).
 
 De-duplication: an event id already seen (per source) is dropped; a job is keyed by rule, source digest and
 destination, and while a job with that key is queued or running, another event for it joins it instead of
-making a second job (a partial unique index enforces it). A later event with a new id for a finished key is
-a new push (registries fire one for every re-push) and makes a new job.
+making a second job. A later event with a new id for a finished key is a new push and makes a new job.
 
-Jobs left ``running`` by a killed service are put back in the queue at start-up; their attempt count is kept,
-so a job that kills the service every time still ends ``failed``.
+Leases: ``claim`` marks a job running for one worker with a fresh random token and an expiry
+``lease_seconds`` ahead; the worker renews it (``renew``) every ``heartbeat_seconds``. Every later write of the
+job's state (``finish``, ``retry``, ``fail``, ``record_pushed``) names the token and is refused with
+``LeaseLost`` once another claim has replaced it (fencing): a worker that stalled past its lease cannot
+overwrite the work of the worker that took the job over. A running job whose lease expired is claimed again
+(its interrupted attempt counts; with no attempts left it ends ``failed``). At start-up (``recover``) a worker
+only takes back jobs whose owner is a process of this host that no longer exists; a job another live
+process holds stays with it. ``max_concurrent_jobs`` of a registry bounds the running jobs that pull from or
+push to it, across every process sharing the queue.
 
 Statuses: ``queued`` -> ``running`` -> ``done`` | ``failed`` (and back to ``queued`` for a retry).
 """
@@ -18,67 +30,42 @@ Statuses: ``queued`` -> ``running`` -> ``done`` | ``failed`` (and back to ``queu
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
+import socket
 import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Job", "JobSpec", "Queue", "SubmitResult"]
+from ..errors import OptimizerError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    dedupe_key TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    source TEXT NOT NULL,
-    event_format TEXT NOT NULL,
-    event_ids TEXT NOT NULL DEFAULT '[]',
-    registry TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    media_type TEXT,
-    dest_registry TEXT NOT NULL,
-    dest_repository TEXT NOT NULL,
-    dest_tag TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'queued',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    duplicates INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    next_attempt_at REAL NOT NULL,
-    error TEXT,
-    outcome TEXT,
-    result_digest TEXT,
-    timings TEXT,
-    report TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_active_key ON jobs(dedupe_key) WHERE status IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(status, next_attempt_at);
-CREATE TABLE IF NOT EXISTS events (
-    event_key TEXT PRIMARY KEY,
-    received_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS pushed (
-    digest TEXT PRIMARY KEY,
-    job_id INTEGER NOT NULL,
-    reference TEXT NOT NULL,
-    recorded_at REAL NOT NULL
-);
-"""
+__all__ = [
+    "MAX_JOB_ID",
+    "STATUSES",
+    "Job",
+    "JobSpec",
+    "LeaseLost",
+    "Owner",
+    "Queue",
+    "QueueSettings",
+    "QueueUnavailable",
+    "SubmitResult",
+    "open_queue",
+]
 
+STATUSES = ("queued", "running", "done", "failed")
 ACTIVE = ("queued", "running")
-_SUMMARY_COLUMNS = (
-    "id, rule, source, event_format, event_ids, registry, repository, tag, digest, media_type, dest_registry,"
-    " dest_repository, dest_tag, status, attempts, duplicates, created_at, updated_at, started_at, finished_at,"
-    " next_attempt_at, error, outcome, result_digest, timings"
-)
+MAX_JOB_ID = (1 << 63) - 1  # job ids are signed 64-bit integers in both backends
+MAX_EVENT_IDS = 50  # event ids kept per job (a job joined by thousands of redeliveries keeps the first ones)
+
+
+class LeaseLost(Exception):
+    """This worker's claim on a job was replaced by another one: it must not write the job's state."""
+
+
+class QueueUnavailable(OptimizerError):
+    """The queue's database cannot be reached (PostgreSQL down or restarting): try again later."""
 
 
 @dataclass(frozen=True)
@@ -122,9 +109,13 @@ class Job:
     result_digest: str | None
     timings: dict[str, float]
     report: dict[str, Any] | None
+    lease: str | None = None  # the current claim's token (only the claimer is handed it)
+    owner: str | None = None  # the process holding the claim: "host boot-id pid start-time"
+    lease_expires_at: float | None = None
 
     def to_json(self, with_report: bool = True) -> dict[str, Any]:
         s = self.spec
+        running = self.status == "running"
         data: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
@@ -148,6 +139,8 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "next_attempt_at": self.next_attempt_at if self.status == "queued" else None,
+            "owner": self.owner if running else None,
+            "lease_expires_at": self.lease_expires_at if running else None,
             "timings": self.timings,
         }
         if with_report:
@@ -162,7 +155,86 @@ class SubmitResult:
     joined: tuple[int, ...]  # existing active jobs this event joined
 
 
-def _job(row: sqlite3.Row, with_report: bool = True) -> Job:
+@dataclass(frozen=True)
+class QueueSettings:
+    """How claims behave; the same for every backend."""
+
+    lease_seconds: float = 120.0
+    max_attempts: int = 5  # an expired lease on the last attempt ends the job failed
+    registry_limits: Mapping[str, int] | None = None  # registry name -> most running jobs touching it
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that holds a claim, precise enough to tell, on its own host, whether it still runs.
+
+    ``start`` is the process's start time in clock ticks since boot (``/proc/PID/stat``) so that a recycled
+    pid, or pid 1 of a restarted container with the same host name, is not mistaken for the old process.
+    """
+
+    host: str
+    boot: str
+    pid: int
+    start: str
+
+    def __str__(self) -> str:
+        return f"{self.host} {self.boot} {self.pid} {self.start}"
+
+    @classmethod
+    def parse(cls, text: str) -> Owner | None:
+        parts = text.split(" ")
+        if len(parts) != 4 or not parts[2].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), parts[3])
+
+    @classmethod
+    def current(cls) -> Owner:
+        pid = os.getpid()
+        return cls(socket.gethostname() or "-", _boot_id(), pid, _start_time(pid) or "-")
+
+    def is_gone(self, here: Owner) -> bool:
+        """True only when this owner is provably not running: same host and boot, and no such process."""
+        if self.host != here.host or self.boot != here.boot or self.boot == "-":
+            return False  # another machine (or unknown): only its lease expiring tells
+        started = _start_time(self.pid)
+        return started is None or started != self.start
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or "-"
+    except OSError:
+        return "-"
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of ``/proc/PID/stat`` (after the parenthesised command name, which may hold spaces)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def owner_gone(owner: str | None, here: Owner) -> bool:
+    """Whether the process recorded as a running job's owner is provably gone (see ``Owner.is_gone``)."""
+    if owner is None:
+        return True  # claimed before owners were recorded: by a service that has since stopped
+    parsed = Owner.parse(owner)
+    return parsed is not None and parsed.is_gone(here)
+
+
+class Row(Protocol):
+    """A result row of either backend (``sqlite3.Row``, psycopg's dict rows)."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+def job_from_row(row: Row, with_report: bool = True) -> Job:
+    """A ``Job`` from a row of either backend (same column names, JSON kept as text)."""
     spec = JobSpec(
         rule=row["rule"],
         source=row["source"],
@@ -177,7 +249,7 @@ def _job(row: sqlite3.Row, with_report: bool = True) -> Job:
         dest_tag=row["dest_tag"],
     )
     return Job(
-        id=row["id"],
+        id=int(row["id"]),
         spec=spec,
         status=row["status"],
         attempts=row["attempts"],
@@ -193,220 +265,168 @@ def _job(row: sqlite3.Row, with_report: bool = True) -> Job:
         result_digest=row["result_digest"],
         timings=json.loads(row["timings"]) if row["timings"] else {},
         report=json.loads(row["report"]) if with_report and row["report"] else None,
+        lease=None,  # never read back: only ``claim`` hands the token to its claimer
+        owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
     )
 
 
-class Queue:
-    """Thread-safe: one connection, one lock; every write is one short transaction."""
+SUMMARY_COLUMNS = (
+    "id, rule, source, event_format, event_ids, registry, repository, tag, digest, media_type, dest_registry,"
+    " dest_repository, dest_tag, status, attempts, duplicates, created_at, updated_at, started_at, finished_at,"
+    " next_attempt_at, error, outcome, result_digest, timings, NULL AS report, lease_owner, lease_expires_at"
+)
+INSERT_COLUMNS = (
+    "dedupe_key, rule, source, event_format, event_ids, registry, repository, tag, digest, media_type,"
+    " dest_registry, dest_repository, dest_tag, created_at, updated_at, next_attempt_at"
+)
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a job acknowledged to the registry survives power loss
-        with self._lock:
-            self._db.executescript(SCHEMA)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+def insert_values(spec: JobSpec, event_id: str | None, now: float) -> tuple[Any, ...]:
+    return (
+        spec.dedupe_key,
+        spec.rule,
+        spec.source,
+        spec.event_format,
+        json.dumps([event_id] if event_id else []),
+        spec.registry,
+        spec.repository,
+        spec.tag,
+        spec.digest,
+        spec.media_type,
+        spec.dest_registry,
+        spec.dest_repository,
+        spec.dest_tag,
+        now,
+        now,
+        now,
+    )
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
-    # --- intake ---------------------------------------------------------------------------------------------
+def joined_event_ids(current: str, event_id: str | None) -> str:
+    ids = json.loads(current)
+    if event_id is not None and len(ids) < MAX_EVENT_IDS:
+        ids.append(event_id)
+    return json.dumps(ids)
 
-    def submit(self, source: str, event_id: str | None, specs: Sequence[JobSpec]) -> SubmitResult:
-        """Record an event and its jobs in one transaction."""
-        return self.submit_many([(source, event_id, specs)])[0]
 
-    def submit_many(self, items: Sequence[tuple[str, str | None, Sequence[JobSpec]]]) -> list[SubmitResult]:
-        """Record several events (those of one webhook request) in one transaction: one disk sync."""
-        with self._tx() as db:
-            return [self._submit(db, source, event_id, specs) for source, event_id, specs in items]
+def full_registries(running: Sequence[tuple[str, str]], limits: Mapping[str, int] | None) -> set[str]:
+    """Registries at their limit, from the (source, destination) registries of the jobs holding live leases."""
+    if not limits:
+        return set()
+    counts: dict[str, int] = {}
+    for source, destination in running:
+        for name in {source, destination}:
+            counts[name] = counts.get(name, 0) + 1
+    return {name for name, limit in limits.items() if counts.get(name, 0) >= limit}
 
-    def _submit(
-        self, db: sqlite3.Connection, source: str, event_id: str | None, specs: Sequence[JobSpec]
-    ) -> SubmitResult:
-        now = time.time()
-        created: list[int] = []
-        joined: list[int] = []
-        if event_id is not None:
-            key = f"{source}\x1f{event_id}"
-            if db.execute("SELECT 1 FROM events WHERE event_key = ?", (key,)).fetchone():
-                return SubmitResult(True, (), ())
-            db.execute("INSERT INTO events (event_key, received_at) VALUES (?, ?)", (key, now))
-        for spec in specs:
-            row = db.execute(
-                "SELECT id, event_ids FROM jobs WHERE dedupe_key = ? AND status IN ('queued', 'running')",
-                (spec.dedupe_key,),
-            ).fetchone()
-            if row is not None:
-                ids = json.loads(row["event_ids"])
-                if event_id is not None and len(ids) < 50:
-                    ids.append(event_id)
-                db.execute(
-                    "UPDATE jobs SET duplicates = duplicates + 1, event_ids = ?, updated_at = ? WHERE id = ?",
-                    (json.dumps(ids), now, row["id"]),
-                )
-                joined.append(row["id"])
-                continue
-            cursor = db.execute(
-                "INSERT INTO jobs (dedupe_key, rule, source, event_format, event_ids, registry,"
-                " repository, tag, digest, media_type, dest_registry, dest_repository, dest_tag,"
-                " created_at, updated_at, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    spec.dedupe_key,
-                    spec.rule,
-                    spec.source,
-                    spec.event_format,
-                    json.dumps([event_id] if event_id else []),
-                    spec.registry,
-                    spec.repository,
-                    spec.tag,
-                    spec.digest,
-                    spec.media_type,
-                    spec.dest_registry,
-                    spec.dest_repository,
-                    spec.dest_tag,
-                    now,
-                    now,
-                    now,
-                ),
-            )
-            assert cursor.lastrowid is not None
-            created.append(cursor.lastrowid)
-        return SubmitResult(False, tuple(created), tuple(joined))
 
-    # --- the worker's side ------------------------------------------------------------------------------
+def touches(spec_registry: str, spec_dest: str, registries: set[str]) -> bool:
+    return spec_registry in registries or spec_dest in registries
 
+
+def encode(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+class Queue(Protocol):
+    """What the HTTP side and the workers use; ``SqliteQueue`` and ``PostgresQueue`` implement it."""
+
+    backend: str  # "sqlite" or "postgres"
+    owner: Owner  # the claims this process makes carry it
+
+    def close(self) -> None: ...
+
+    # intake (the HTTP side)
+    def submit(self, source: str, event_id: str | None, specs: Sequence[JobSpec]) -> SubmitResult: ...
+
+    def submit_many(
+        self, items: Sequence[tuple[str, str | None, Sequence[JobSpec]]]
+    ) -> list[SubmitResult]: ...
+
+    def known_keys(self, keys: Sequence[str]) -> set[str]:
+        """The de-duplication keys among ``keys`` that have a job, whatever its status."""
+        ...
+
+    def was_pushed(self, digest: str) -> bool: ...
+
+    # claims (the workers)
     def recover(self) -> int:
-        """Put jobs a killed service left running back in the queue; returns how many."""
-        with self._tx() as db:
-            # next_attempt_at is kept: interrupted jobs resume first, in their original order.
-            cursor = db.execute(
-                "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'", (time.time(),)
-            )
-            return cursor.rowcount
+        """Queue again the running jobs of processes of this host that are gone; returns how many."""
+        ...
 
-    def claim(self, now: float | None = None) -> Job | None:
-        """Take the oldest due job and mark it running (one more attempt)."""
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT 1",
-                (now,),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, updated_at = ?"
-                " WHERE id = ?",
-                (now, now, row["id"]),
-            )
-            return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+    def claim(self) -> Job | None:
+        """Take the oldest due job (or a running one whose lease expired) and lease it to this process."""
+        ...
 
-    def next_due(self) -> float | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(next_attempt_at) AS t FROM jobs WHERE status = 'queued'"
-            ).fetchone()
-        return None if row is None or row["t"] is None else float(row["t"])
+    def renew(self, job: Job) -> bool:
+        """Extend the job's lease; False when the lease is no longer this claim's (the job was taken over)."""
+        ...
 
+    def next_due(self) -> float | None: ...
+
+    def listen(self, wake: threading.Event, stop: threading.Event) -> None:
+        """Set ``wake`` whenever another process queues work, until ``stop``; returns at once if it cannot."""
+        ...
+
+    # writes fenced by the claim's token: each raises LeaseLost when another claim replaced it
     def finish(
         self,
-        job_id: int,
+        job: Job,
         outcome: str,
         timings: dict[str, float],
         report: dict[str, Any] | None,
         result_digest: str | None,
-    ) -> None:
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET status = 'done', outcome = ?, timings = ?, report = ?, result_digest = ?,"
-                " error = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
-                (
-                    outcome,
-                    json.dumps(timings),
-                    json.dumps(report) if report else None,
-                    result_digest,
-                    now,
-                    now,
-                    job_id,
-                ),
-            )
+    ) -> None: ...
 
-    def retry(self, job_id: int, error: str, delay: float, timings: dict[str, float]) -> None:
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET status = 'queued', error = ?, timings = ?, next_attempt_at = ?,"
-                " updated_at = ? WHERE id = ?",
-                (error, json.dumps(timings), now + delay, now, job_id),
-            )
+    def retry(self, job: Job, error: str, delay: float, timings: dict[str, float]) -> None: ...
 
     def fail(
-        self, job_id: int, error: str, timings: dict[str, float], report: dict[str, Any] | None = None
-    ) -> None:
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET status = 'failed', outcome = 'failed', error = ?, timings = ?, report = ?,"
-                " finished_at = ?, updated_at = ? WHERE id = ?",
-                (error, json.dumps(timings), json.dumps(report) if report else None, now, now, job_id),
-            )
+        self, job: Job, error: str, timings: dict[str, float], report: dict[str, Any] | None = None
+    ) -> None: ...
 
-    # --- loop guard -------------------------------------------------------------------------------------
+    def record_pushed(self, digests: Sequence[str], job: Job, reference: str) -> None: ...
 
-    def record_pushed(self, digests: Sequence[str], job_id: int, reference: str) -> None:
-        now = time.time()
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO pushed (digest, job_id, reference, recorded_at) VALUES (?, ?, ?, ?)",
-                [(d, job_id, reference, now) for d in digests],
-            )
+    # what the service has seen of a registry
+    def record_layers(self, registry: str, repository: str, images: Mapping[str, Sequence[str]]) -> None:
+        """Remember the layer digests of each image manifest (digest -> layers) pulled from ``registry``."""
+        ...
 
-    def was_pushed(self, digest: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM pushed WHERE digest = ?", (digest,)).fetchone() is not None
+    def shared_layers(self, registry: str, images: Mapping[str, Sequence[str]]) -> set[str]:
+        """The layers of ``images`` that an image manifest not among them, seen in ``registry``, also has."""
+        ...
 
-    # --- reading ----------------------------------------------------------------------------------------
+    def hold(self, name: str, seconds: float) -> bool:
+        """Take or keep the fleet-wide singleton lease ``name`` for ``seconds``; False if another holds it."""
+        ...
 
-    def get(self, job_id: int) -> Job | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job(row)
+    # reading
+    def get(self, job_id: int) -> Job | None: ...
 
-    def jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
-        """The newest jobs first, without their reports (``get`` has them)."""
-        query = f"SELECT {_SUMMARY_COLUMNS} FROM jobs"
-        args: list[Any] = []
-        if status is not None:
-            query += " WHERE status = ?"
-            args.append(status)
-        query += " ORDER BY id DESC LIMIT ? OFFSET ?"
-        args += [limit, offset]
-        with self._lock:
-            rows = self._db.execute(query, args).fetchall()
-        return [_job(row, with_report=False) for row in rows]
+    def jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]: ...
 
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
-        counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
-        counts.update({row["status"]: row["n"] for row in rows})
-        return counts
+    def counts(self) -> dict[str, int]: ...
+
+
+def open_queue(
+    backend: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    dsn: str | None = None,
+    settings: QueueSettings | None = None,
+    connections: int = 8,
+) -> Queue:
+    """The configured backend, with its schema created or migrated to this version; ``connections``: most
+    connections a PostgreSQL queue opens (the worker threads, the heartbeat and the HTTP side share them)."""
+    settings = settings or QueueSettings()
+    if backend == "postgres":
+        if dsn is None:
+            raise OptimizerError("the postgres queue needs a dsn")
+        from .postgres_queue import PostgresQueue
+
+        return PostgresQueue(dsn, settings, pool_size=connections)
+    if path is None:
+        raise OptimizerError("the sqlite queue needs a path")
+    from .sqlite_queue import SqliteQueue
+
+    return SqliteQueue(Path(path), settings)

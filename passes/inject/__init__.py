@@ -34,7 +34,6 @@ The modules: ``certs`` (what counts as present, what a bundle may hold, where it
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -44,6 +43,7 @@ import tzdata
 from optimizer.errors import OptimizerError, UsageError
 from optimizer.filesystem import FileSystem
 from optimizer.pipeline import PassContext
+from optimizer.settings import setting
 
 from .accounts import (
     NAME,
@@ -80,31 +80,25 @@ from .zoneinfo import (
 
 __all__ = ["CA_BUNDLE_PATHS", "CA_DIRECTORIES", "Inject", "InjectOptions", "validate_ca_bundle"]
 
-KINDS: tuple[str, ...] = ("certs", "zoneinfo", "passwd")
-
 
 @dataclass(frozen=True)
 class InjectOptions:
-    certs: bool = True
-    zoneinfo: bool = True
-    passwd: bool = True
-    ca_bundle: str = ""  # a PEM file used instead of certifi's bundle
-    zones: str = "default"  # "default", "all", or a comma list of zones added to the default ones
-
-
-def parse_kinds(text: str) -> frozenset[str]:
-    """``--inject`` -> the chosen kinds: a comma list of certs, zoneinfo, passwd; or all; or none."""
-    names = {n.strip() for n in text.split(",") if n.strip()}
-    if names <= {"all"}:
-        return frozenset(KINDS) if names else frozenset()
-    if names == {"none"}:
-        return frozenset()
-    unknown = sorted(names - set(KINDS))
-    if unknown:
-        raise UsageError(
-            f"--inject: unknown {', '.join(unknown)} (choose from {', '.join(KINDS)}, all, none)"
-        )
-    return frozenset(names)
+    certs: bool = setting(True, "never add a CA bundle", flag="--no-inject-certs")
+    zoneinfo: bool = setting(True, "never add zone files", flag="--no-inject-zoneinfo")
+    passwd: bool = setting(True, "never add /etc/passwd and /etc/group entries", flag="--no-inject-passwd")
+    ca_bundle: str = setting(
+        "",
+        "PEM certificates to add instead of Mozilla's bundle from certifi",
+        flag="--ca-bundle",
+        metavar="FILE",
+    )
+    zones: str = setting(
+        "default",
+        "zones to add when /usr/share/zoneinfo is missing: default (UTC, Etc/*, the config's TZ), all, "
+        "or a comma list of zones added to the default ones",
+        flag="--zoneinfo",
+        metavar="default|all|LIST",
+    )
 
 
 class Inject:
@@ -114,6 +108,7 @@ class Inject:
     """
 
     name = "inject"
+    flag_prefix = "inject"
     summary = "Add the CA certificates, zoneinfo files and passwd/group entries that minimal images lack"
     Options = InjectOptions
 
@@ -132,54 +127,6 @@ class Inject:
                 raise UsageError(f"{what}: {error.strerror or error}") from error
             count = validate_ca_bundle(data, what)
             self._bundle, self._bundle_source = data, f"{count} certificates from {options.ca_bundle}"
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-        parser.add_argument(
-            "--inject",
-            dest="inject",
-            default="all",
-            metavar="LIST",
-            help="inject: add when missing: a comma list of certs, zoneinfo, passwd; all (default); none",
-        )
-        for kind in KINDS:
-            parser.add_argument(
-                f"--no-inject-{kind}",
-                dest=f"inject_no_{kind}",
-                action="store_true",
-                help=f"inject: never add {kind}",
-            )
-        parser.add_argument(
-            "--ca-bundle",
-            dest="inject_ca_bundle",
-            default="",
-            metavar="FILE",
-            help="inject: PEM certificates to add instead of Mozilla's bundle from certifi",
-        )
-        parser.add_argument(
-            "--zoneinfo",
-            dest="inject_zoneinfo",
-            default="default",
-            metavar="default|all|LIST",
-            help="inject: zones to add when /usr/share/zoneinfo is missing: default (UTC, Etc/*, the "
-            "config's TZ), all, or a comma list of zones added to the default ones",
-        )
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> InjectOptions:
-        kinds = set(parse_kinds(str(getattr(args, "inject", "all"))))
-        for kind in KINDS:
-            if getattr(args, f"inject_no_{kind}", False):
-                kinds.discard(kind)
-        options = InjectOptions(
-            certs="certs" in kinds,
-            zoneinfo="zoneinfo" in kinds,
-            passwd="passwd" in kinds,
-            ca_bundle=str(getattr(args, "inject_ca_bundle", "") or ""),
-            zones=str(getattr(args, "inject_zoneinfo", "default")),
-        )
-        cls(options)  # a bad zone or --ca-bundle is a usage error now, not a failed pass later
-        return options
 
     def run(self, ctx: PassContext) -> None:
         system = str(ctx.image.config.get("os") or "linux")

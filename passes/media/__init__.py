@@ -6,14 +6,14 @@ The pass (``Media``) and its worker entry point (``optimize``) live here; the fo
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from optimizer.changes import ChangeRefused
 from optimizer.errors import UsageError
 from optimizer.filesystem import Node
 from optimizer.pipeline import PassContext
+from optimizer.settings import setting
 
 from .codec import FORMATS, CodecOptions, MediaResult, sniff
 from .gif import optimize_gif
@@ -28,15 +28,31 @@ _MAX_FILE_BYTES = 256 << 20  # larger image files are left alone without being r
 
 @dataclass(frozen=True)
 class MediaOptions:
-    strip_metadata: bool = False  # drop text/time chunks, EXIF (unless it rotates), XMP, IPTC, comments
-    png_interlace: str = "keep"  # "keep" or "off"
-    png_level: int = 4  # oxipng optimisation level 0-6 (4: no per-file loss to optipng -o2 on the fixtures)
-    png_engine: str = "auto"  # "auto" (oxipng, Pillow when oxipng is absent or fails), "oxipng", "pillow"
-    lossy: bool = False  # allow lossy JPEG re-encoding at jpeg_quality
-    jpeg_quality: int = 85
-    ssim_floor: float = 0.98  # lowest mean SSIM (luma, 7x7 window) a lossy JPEG may have against the original
-    max_pixels: int = 40_000_000  # pixels decoded per file, every frame counted; more is left alone
-    formats: tuple[str, ...] = FORMATS
+    strip_metadata: bool = setting(
+        False, "drop text/time chunks, EXIF (unless it rotates the image), XMP, IPTC and comments"
+    )
+    png_interlace: Literal["keep", "off"] = setting(
+        "keep", "keep PNG interlacing (default) or write non-interlaced PNGs"
+    )
+    # 4: no per-file loss to optipng -o2 on the fixtures
+    png_level: int = setting(4, "oxipng optimisation level", metavar="0-6")
+    png_engine: Literal["auto", "oxipng", "pillow"] = setting(
+        "auto", "PNG encoder (default auto: oxipng, Pillow when oxipng is absent or fails)"
+    )
+    lossy: bool = setting(False, "allow lossy JPEG re-encoding at --jpeg-quality when the SSIM floor holds")
+    jpeg_quality: int = setting(
+        85,
+        "target JPEG quality for --media-lossy",
+        flag="--jpeg-quality",
+        aliases=("--media-jpeg-quality",),
+        metavar="Q",
+    )
+    # mean SSIM over the luma, 7x7 windows, against the original
+    ssim_floor: float = setting(0.98, "lowest mean SSIM a lossy JPEG may have", metavar="S")
+    max_pixels: int = setting(
+        40_000_000, "leave files with more decoded pixels (all frames) alone", metavar="N"
+    )
+    formats: tuple[str, ...] = setting(FORMATS, "formats to optimize, comma-separated", metavar="LIST")
 
     def __post_init__(self) -> None:
         if self.png_interlace not in ("keep", "off"):
@@ -109,6 +125,7 @@ class Media:
     """
 
     name = "media"
+    flag_prefix = "media"
     summary = (
         "Recompress PNG/JPEG/GIF/WebP losslessly (oxipng, MozJPEG), proven pixel-identical; lossy JPEG opt-in"
     )
@@ -116,82 +133,6 @@ class Media:
 
     def __init__(self, options: MediaOptions) -> None:
         self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        defaults = MediaOptions()
-        parser.add_argument(
-            "--media-strip-metadata",
-            action="store_true",
-            help="drop text/time chunks, EXIF (unless it rotates the image), XMP, IPTC and comments",
-        )
-        parser.add_argument(
-            "--media-png-interlace",
-            choices=("keep", "off"),
-            default=defaults.png_interlace,
-            help="keep PNG interlacing (default) or write non-interlaced PNGs",
-        )
-        parser.add_argument(
-            "--media-png-level",
-            type=int,
-            default=defaults.png_level,
-            metavar="0-6",
-            help=f"oxipng optimisation level (default {defaults.png_level})",
-        )
-        parser.add_argument(
-            "--media-png-engine",
-            choices=("auto", "oxipng", "pillow"),
-            default=defaults.png_engine,
-            help="PNG encoder (default auto: oxipng, Pillow when oxipng is absent or fails)",
-        )
-        parser.add_argument(
-            "--media-lossy",
-            action="store_true",
-            help="allow lossy JPEG re-encoding at --jpeg-quality when the SSIM floor holds",
-        )
-        parser.add_argument(
-            "--jpeg-quality",
-            "--media-jpeg-quality",
-            dest="media_jpeg_quality",
-            type=int,
-            default=defaults.jpeg_quality,
-            metavar="Q",
-            help=f"target JPEG quality for --media-lossy (default {defaults.jpeg_quality})",
-        )
-        parser.add_argument(
-            "--media-ssim-floor",
-            type=float,
-            default=defaults.ssim_floor,
-            metavar="S",
-            help=f"lowest mean SSIM a lossy JPEG may have (default {defaults.ssim_floor})",
-        )
-        parser.add_argument(
-            "--media-max-pixels",
-            type=int,
-            default=defaults.max_pixels,
-            metavar="N",
-            help=f"leave files with more decoded pixels (all frames) alone (default {defaults.max_pixels})",
-        )
-        parser.add_argument(
-            "--media-formats",
-            default=",".join(defaults.formats),
-            metavar="LIST",
-            help=f"formats to optimize (default {','.join(defaults.formats)})",
-        )
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> MediaOptions:
-        return MediaOptions(
-            strip_metadata=bool(args.media_strip_metadata),
-            png_interlace=str(args.media_png_interlace),
-            png_level=int(args.media_png_level),
-            png_engine=str(args.media_png_engine),
-            lossy=bool(args.media_lossy),
-            jpeg_quality=int(args.media_jpeg_quality),
-            ssim_floor=float(args.media_ssim_floor),
-            max_pixels=int(args.media_max_pixels),
-            formats=tuple(f.strip() for f in str(args.media_formats).split(",") if f.strip()),
-        )
 
     def run(self, ctx: PassContext) -> None:
         groups = self._candidates(ctx)

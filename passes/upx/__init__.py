@@ -6,7 +6,6 @@ and tail of files that start like an executable; ``passes.upx.unpack`` runs ``up
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import logging
@@ -17,6 +16,7 @@ from typing import Literal
 from optimizer.errors import PolicyError, RequiredToolNotFound
 from optimizer.model import Content
 from optimizer.pipeline import PassContext
+from optimizer.settings import setting
 
 from .detect import (
     HEAD_SIZE,
@@ -59,7 +59,11 @@ COST = (
 class UpxOptions:
     """mode: "warn" (report and stderr), "fail" (PolicyError: exit 5) or "unpack" (``upx -d``, verified)."""
 
-    mode: Literal["warn", "fail", "unpack"] = "warn"
+    mode: Literal["warn", "fail", "unpack"] = setting(
+        "warn",
+        "UPX-packed executables: warn (default), fail (exit 5), unpack (upx -d; needs upx-ucl)",
+        flag="--upx",
+    )
 
 
 class Upx:
@@ -80,25 +84,12 @@ class Upx:
     """
 
     name = "upx"
+    flag_prefix = "upx"
     summary = "Warn about UPX-packed executables (or fail, or unpack them with upx -d)"
     Options = UpxOptions
 
     def __init__(self, options: UpxOptions) -> None:
         self.options = options
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--upx",
-            dest="upx_mode",
-            choices=("warn", "fail", "unpack"),
-            default=UpxOptions.mode,
-            help="UPX-packed executables: warn (default), fail (exit 5), unpack (upx -d; needs upx-ucl)",
-        )
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> UpxOptions:
-        return UpxOptions(mode=getattr(args, "upx_mode", UpxOptions.mode))
 
     def run(self, ctx: PassContext) -> None:
         files = {path: node.content for path, node in ctx.fs.unique_files() if node.content is not None}

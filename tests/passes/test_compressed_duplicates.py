@@ -4,16 +4,13 @@ bombs next to twins, kept globs and layers, links, and end to end."""
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
-import json
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from optimizer import Options, optimize
 from passes.compressed_duplicates import CompressedDuplicates, CompressedDuplicatesOptions
+from tests.imagetools import Layout, build_image, entry
 from tests.passes.compressed import (
     CODEC_OF,
     COMPRESSORS,
@@ -130,114 +127,32 @@ def test_twin_through_a_symlink(tmp_path: Path) -> None:
     assert deleted_paths(ctx) == ["a/words.bz2"]
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, data in sorted(files.items()):
-            info = tarfile.TarInfo(path)
-            info.size, info.mtime, info.mode = len(data), 1700000000, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
-def _oci_layout(root: Path, layers: list[dict[str, bytes]]) -> Path:
-    blobs = root / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def put(data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return f"sha256:{digest}"
-
-    descriptors, diff_ids = [], []
-    for files in layers:
-        raw = _tar(files)
-        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
-        blob = gzip.compress(raw, mtime=0)
-        descriptors.append(
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": put(blob),
-                "size": len(blob),
-            }
-        )
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "config": {},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": put(config),
-                "size": len(config),
-            },
-            "layers": descriptors,
-        }
-    ).encode()
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": put(manifest),
-                "size": len(manifest),
-            }
-        ],
-    }
-    (root / "index.json").write_text(json.dumps(index))
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    return root
-
-
-def _output_files(layout: Path) -> dict[str, bytes]:
-    index = json.loads((layout / "index.json").read_text())
-    blobs = layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
-    files: dict[str, bytes] = {}
-    for layer in manifest["layers"]:
-        with tarfile.open(fileobj=io.BytesIO((blobs / layer["digest"].split(":")[1]).read_bytes())) as tar:
-            for member in tar:
-                name = member.name
-                if "/.wh." in "/" + name:
-                    files.pop(name.replace(".wh.", ""), None)
-                elif member.isfile():
-                    reader = tar.extractfile(member)
-                    assert reader is not None
-                    files[name] = reader.read()
-    return files
-
-
 def test_end_to_end_through_optimize(tmp_path: Path) -> None:
     gz = COMPRESSORS[".gz"](TEXT)
-    src = _oci_layout(
-        tmp_path / "in",
+    src = build_image(
+        tmp_path / "in.tar",
         [
-            {"usr/share/doc/a/NEWS": TEXT, "usr/share/doc/a/NEWS.gz": gz, "etc/motd": b"hi\n"},
-            {"srv/words.zst": COMPRESSORS[".zst"](TEXT), "srv/words.txt": b"other"},
+            [entry("usr/share/doc/a/NEWS", data=TEXT), entry("usr/share/doc/a/NEWS.gz", data=gz),
+             entry("etc/motd", data=b"hi\n")],
+            [entry("srv/words.zst", data=COMPRESSORS[".zst"](TEXT)), entry("srv/words.txt", data=b"other")],
         ],
-    )
-    options = Options(passes=("compressed-duplicates",), output_format="oci-dir", keep_layers=0)
+    )  # fmt: skip
+    options = Options(passes=("compressed-duplicates",), output_format="oci-dir", base_layers=0)
     report = optimize(str(src), str(tmp_path / "out"), options)
     result = report.images[0].passes[0]
     assert (result.name, result.status.value, result.files_changed) == ("compressed-duplicates", "ok", 1)
     assert [(f.path, f.action, f.bytes_before) for f in result.findings if f.action == "deleted"] == [
         ("usr/share/doc/a/NEWS.gz", "deleted", len(gz))
     ]
-    files = _output_files(tmp_path / "out")
+    files = Layout(tmp_path / "out").merged_files()
     assert "usr/share/doc/a/NEWS.gz" not in files
     assert files["usr/share/doc/a/NEWS"] == TEXT and "srv/words.zst" in files
     # any-path finds the same content under another name.
     options = Options(
+        base="none",
         passes=("compressed-duplicates",),
         output_format="oci-dir",
-        pass_options={"compressed-duplicates": CompressedDuplicatesOptions(match="any-path")},
+        pass_options=(CompressedDuplicatesOptions(match="any-path"),),
     )
     report = optimize(str(src), str(tmp_path / "out2"), options)
     assert sorted(f.path for f in report.images[0].passes[0].findings if f.action == "deleted") == [
@@ -247,21 +162,27 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
 
 
 def test_command_line_options() -> None:
-    from optimizer.cli import build_parser
+    from optimizer.cli import build_parser, options_from_args
 
     parser = build_parser()
     args = parser.parse_args(
         ["in.tar", "out.tar", "--duplicates", "any-path", "--keep", "*.svgz", "--keep", "/srv/**"]
     )
-    assert CompressedDuplicates.options_from_args(args) == CompressedDuplicatesOptions(
+    assert options_from_args(args).options_for(CompressedDuplicates) == CompressedDuplicatesOptions(
         match="any-path", keep=("*.svgz", "/srv/**")
     )
     args = parser.parse_args(
-        ["in.tar", "out.tar", "--duplicates-ignore-nginx", "--duplicates-max-ratio", "50"]
+        ["in.tar", "out.tar", "--duplicates-ignore-servers", "--duplicates-max-ratio", "50"]
     )
-    assert CompressedDuplicates.options_from_args(args) == CompressedDuplicatesOptions(
-        nginx=False, max_ratio=50
+    assert options_from_args(args).options_for(CompressedDuplicates) == CompressedDuplicatesOptions(
+        servers=False, max_ratio=50
     )
     assert (
-        CompressedDuplicates.options_from_args(parser.parse_args(["a", "b"])) == CompressedDuplicatesOptions()
+        options_from_args(parser.parse_args(["a", "b"])).options_for(CompressedDuplicates)
+        == CompressedDuplicatesOptions()
+    )
+    # The flag of earlier releases still works.
+    args = parser.parse_args(["in.tar", "out.tar", "--duplicates-ignore-nginx"])
+    assert options_from_args(args).options_for(CompressedDuplicates) == CompressedDuplicatesOptions(
+        servers=False
     )

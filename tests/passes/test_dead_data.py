@@ -6,7 +6,6 @@ import gzip
 import io
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -110,7 +109,7 @@ def test_registered_first() -> None:
 
 def test_dead_entries_leave_their_layers(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.tar"
-    report = optimize(str(scenario), str(out), Options(passes=("dead-data",)))
+    report = optimize(str(scenario), str(out), Options(base="none", passes=("dead-data",)))
     layout = Layout(out)
     (digests,) = layout.layer_digests()
     assert len(digests) == 3
@@ -132,7 +131,7 @@ def test_dead_entries_leave_their_layers(scenario: Path, tmp_path: Path) -> None
     assert {"data/keep", "bin/tool", "sym", "dup1", "dup2"} <= set(base)
     dropped = {f.path for f in findings(report, "dropped")}
     assert {"data/a", "data/sub/c", "repl", "hl/orig"} <= dropped
-    summary = {f.details["layer"]: f for f in findings(report, "layer")}
+    summary = {f.layer - 1: f for f in findings(report, "layer") if f.layer}
     # data/a, data/sub/c, opq/old1, opq/old2, repl, dir2file/x, file2dir
     removed = len(BIG) + 5001 + 700 + 700 + 650 + 700 + 900
     # dead but not removed: the cross-layer link's target (kept), hl/orig (its bytes stay on hl/link)
@@ -149,7 +148,7 @@ def test_dead_entries_leave_their_layers(scenario: Path, tmp_path: Path) -> None
 def test_merged_filesystem_is_the_same_as_umoci_builds_it(scenario: Path, tmp_path: Path) -> None:
     require_tool("umoci", "umoci")
     out = tmp_path / "out.tar"
-    optimize(str(scenario), str(out), Options(passes=("dead-data",)))
+    optimize(str(scenario), str(out), Options(base="none", passes=("dead-data",)))
     before = tree_of(umoci_unpack(scenario, tmp_path, "before"))
     after = tree_of(umoci_unpack(out, tmp_path, "after"))
     assert before == after
@@ -158,13 +157,13 @@ def test_merged_filesystem_is_the_same_as_umoci_builds_it(scenario: Path, tmp_pa
 
 def test_protected_layers_are_reported_not_rewritten(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.tar"
-    report = optimize(str(scenario), str(out), Options(passes=("dead-data",), keep_layers=1))
+    report = optimize(str(scenario), str(out), Options(passes=("dead-data",), base_layers=1))
     (before,) = Layout(scenario).layer_digests()
     (after,) = Layout(out).layer_digests()
     assert after[0] == before[0]
     reclaimable = {f.path for f in findings(report, "reclaimable")}
     assert {"data/a", "data/sub/c", "repl", "opq/old1"} <= reclaimable
-    summary = {f.details["layer"]: f for f in findings(report, "layer")}
+    summary = {f.layer - 1: f for f in findings(report, "layer") if f.layer}
     assert summary[0].details["removed_bytes"] == 0
     assert summary[0].details["reclaimable_bytes"] == summary[0].details["dead_bytes"] > len(BIG)
     middle = layer_members(Layout(out), after[1])
@@ -174,7 +173,7 @@ def test_protected_layers_are_reported_not_rewritten(scenario: Path, tmp_path: P
 
 
 def test_duplicates_count_only_the_copies_beyond_the_first(scenario: Path) -> None:
-    report = optimize(str(scenario), None, Options(passes=("dead-data",), dry_run=True))
+    report = optimize(str(scenario), None, Options(base="none", passes=("dead-data",), dry_run=True))
     (group,) = findings(report, "duplicate")
     size = len(b"same bytes" * 300)
     assert sorted(group.details["copies"]) == ["dup1", "dup2", "dup3"]
@@ -187,7 +186,10 @@ def test_duplicates_count_only_the_copies_beyond_the_first(scenario: Path) -> No
         str(scenario),
         None,
         Options(
-            passes=("dead-data",), dry_run=True, pass_options={"dead-data": DeadDataOptions(duplicates=False)}
+            base="none",
+            passes=("dead-data",),
+            dry_run=True,
+            pass_options=(DeadDataOptions(duplicates=False),),
         ),
     )
     assert not findings(none, "duplicate") and not findings(none, "duplicates")
@@ -195,7 +197,7 @@ def test_duplicates_count_only_the_copies_beyond_the_first(scenario: Path) -> No
 
 def test_keep_whiteouts_option(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.tar"
-    options = Options(passes=("dead-data",), pass_options={"dead-data": DeadDataOptions(whiteouts=False)})
+    options = Options(base="none", passes=("dead-data",), pass_options=(DeadDataOptions(whiteouts=False),))
     optimize(str(scenario), str(out), options)
     layout = Layout(out)
     middle = layer_members(layout, layout.layer_digests()[0][1])
@@ -205,8 +207,8 @@ def test_keep_whiteouts_option(scenario: Path, tmp_path: Path) -> None:
 def test_second_run_changes_nothing(scenario: Path, tmp_path: Path) -> None:
     once = tmp_path / "once.tar"
     twice = tmp_path / "twice.tar"
-    optimize(str(scenario), str(once), Options(passes=("dead-data",)))
-    report = optimize(str(once), str(twice), Options(passes=("dead-data",)))
+    optimize(str(scenario), str(once), Options(base="none", passes=("dead-data",)))
+    report = optimize(str(once), str(twice), Options(base="none", passes=("dead-data",)))
     assert Layout(once).layer_digests() == Layout(twice).layer_digests()
     assert not findings(report, "dropped")
 
@@ -219,7 +221,7 @@ def test_layer_emptied_by_dead_data_is_dropped(tmp_path: Path) -> None:
     ]
     image = build_image(tmp_path / "in.tar", layers)
     out = tmp_path / "out.tar"
-    report = optimize(str(image), str(out), Options(passes=("dead-data",)))
+    report = optimize(str(image), str(out), Options(base="none", passes=("dead-data",)))
     (digests,) = Layout(out).layer_digests()
     assert len(digests) == 1 and digests[0] == Layout(image).layer_digests()[0][0]
     assert [layer.status for layer in report.images[0].layers] == ["unchanged", "dropped", "dropped"]
@@ -266,16 +268,10 @@ class _DeleteRepl:
     summary = "test pass"
     Options = DeadDataOptions
 
+    flag_prefix = "delete-repl"
+
     def __init__(self, options: DeadDataOptions) -> None:
         pass
-
-    @classmethod
-    def add_arguments(cls, parser: Any) -> None:
-        pass
-
-    @classmethod
-    def options_from_args(cls, args: Any) -> DeadDataOptions:
-        return DeadDataOptions()
 
     def run(self, ctx: PassContext) -> None:
         ctx.changes.delete("repl", "test")
@@ -283,12 +279,12 @@ class _DeleteRepl:
 
 def test_no_whiteout_for_a_lower_copy_that_was_dropped(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.tar"
-    options = Options(pass_classes=(DeadData, _DeleteRepl))
+    options = Options(base="none", pass_classes=(DeadData, _DeleteRepl))
     optimize(str(scenario), str(out), options)
     layout = Layout(out)
     middle = layer_members(layout, layout.layer_digests()[0][1])
     assert "repl" not in middle and ".wh.repl" not in middle
-    again = optimize(str(out), str(tmp_path / "again.tar"), Options(passes=("dead-data",)))
+    again = optimize(str(out), str(tmp_path / "again.tar"), Options(base="none", passes=("dead-data",)))
     assert not again.changed
 
 
@@ -305,5 +301,5 @@ def test_random_layer_stacks_keep_the_tree_umoci_builds(
     tmp = tmp_path_factory.mktemp("random")
     image = build_image(tmp / "in.tar", layers)
     out = tmp / "out.tar"
-    optimize(str(image), str(out), Options(passes=("dead-data",), keep_layers=keep))
+    optimize(str(image), str(out), Options(passes=("dead-data",), base_layers=keep))
     assert tree_of(umoci_unpack(image, tmp, "before")) == tree_of(umoci_unpack(out, tmp, "after"))

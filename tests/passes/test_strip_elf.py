@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer import Options, optimize
+from optimizer import Options, optimize, settings
 from optimizer.changes import Op
 from optimizer.model import Entry, EntryKind
 from passes import PASSES
@@ -125,9 +125,12 @@ def test_debug_mode_keeps_symbols(tmp_path: Path, debug_binary: bytes) -> None:
 
 def test_cli_flags_round_trip() -> None:
     parser = argparse.ArgumentParser()
-    StripElf.add_arguments(parser)
-    assert StripElf.options_from_args(parser.parse_args([])) == StripElfOptions()
-    options = StripElf.options_from_args(
+    settings.add_arguments(parser, StripElfOptions, StripElf.flag_prefix)
+    assert (
+        settings.from_args(StripElfOptions, parser.parse_args([]), StripElf.flag_prefix) == StripElfOptions()
+    )
+    options = settings.from_args(
+        StripElfOptions,
         parser.parse_args(
             [
                 "--strip-mode",
@@ -137,7 +140,8 @@ def test_cli_flags_round_trip() -> None:
                 "--strip-max-size",
                 "1000",
             ]
-        )
+        ),
+        StripElf.flag_prefix,
     )
     assert options == StripElfOptions(mode="all", keep_debuglink=False, archives=False, max_size=1000)
     with pytest.raises(ValueError, match="unknown mode"):
@@ -171,7 +175,7 @@ def test_end_to_end_through_optimize(tmp_path: Path, debug_binary: bytes) -> Non
         ],
     )
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), Options(passes=("strip-elf",)))
+    report = optimize(str(source), str(out), Options(base="none", passes=("strip-elf",)))
     (image,) = report.images
     (strip_report,) = image.passes
     assert strip_report.status.value == "ok" and strip_report.files_changed == 1
@@ -221,7 +225,7 @@ def test_cli_strip_mode_debug(tmp_path: Path, debug_binary: bytes) -> None:
     out, report_path = tmp_path / "out.tar", tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "optimizer", str(source), str(out), "--passes", "strip-elf", "--strip-mode", "debug",
-         "--report", str(report_path)],
+         "--base", "none", "--report", str(report_path)],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -1,14 +1,17 @@
-"""Helpers for the service tests: the service as a real process (or an in-process HTTP server), test images."""
+"""Helpers for the service tests: the service as a real process (or an in-process HTTP server), test images,
+and a real PostgreSQL server (one per session, a fresh database per test)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,19 +22,53 @@ import uvicorn
 import yaml
 
 from optimizer.mediatypes import OCI_INDEX
-from tests.conftest import missing
+from tests.conftest import fixture, missing
 from tests.imagetools import build_image, entry, oci_layout_of
-from tests.registry_fixtures import free_port, registry_factory  # noqa: F401  (a fixture used by the tests)
+from tests.registry_fixtures import FaultProxy, free_port, registry_factory  # noqa: F401  (a fixture)
+from tests.service.postgres_server import PostgresServer, postgres_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hook-token-for-tests"
+# The rule most end-to-end tests use: strip-elf on team/*, results tagged -opt.
+RULE: dict[str, Any] = {
+    "name": "opt",
+    "registry": "local",
+    "repositories": ["team/*"],
+    "destination": {"tag_suffix": "-opt"},
+    "options": {"passes": ["strip-elf"]},
+}
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-class ServiceProcess:
-    """``python -m optimizer serve --config FILE`` (the CLI) on a free port; JSON-line logs go to a file."""
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (Debian ``postgresql``; ``make test`` installs it)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing("psycopg is not installed (pip install -e '.[test]')")
+    if postgres_bin() is None:
+        missing("PostgreSQL server not found (Debian package postgresql)")
+    server = PostgresServer.start()
+    yield server
+    server.close()
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's server."""
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+class ServiceProcess:
+    """``python -m optimizer serve --config FILE [--role ROLE]`` (the CLI) on a free port; JSON-line logs go
+    to a file; ``env`` is added to the process environment (a DSN in ``{env: NAME}``)."""
+
+    def __init__(
+        self, workdir: Path, config: dict[str, Any], role: str = "all", env: dict[str, str] | None = None
+    ) -> None:
+        self.role = role
+        self.env = dict(env or {})
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -45,7 +82,17 @@ class ServiceProcess:
     def start(self, timeout: float = 20.0) -> ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "optimizer", "serve", "--config", str(self.config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "optimizer",
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--role",
+                    self.role,
+                ],
+                env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -152,14 +199,34 @@ def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """``service_factory(config)`` starts a service process; every one is stopped at teardown."""
     started: list[ServiceProcess] = []
 
-    def start(config: dict[str, Any], workdir: Path | None = None) -> ServiceProcess:
-        service = ServiceProcess(workdir or tmp_path / f"service-{len(started)}", config)
+    def start(
+        config: dict[str, Any],
+        workdir: Path | None = None,
+        role: str = "all",
+        env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
+        service = ServiceProcess(workdir or tmp_path / f"service-{len(started)}", config, role, env)
         started.append(service)
         return service.start()
 
     yield start
     for service in started:
         service.stop()
+
+
+class SlowProxy(FaultProxy):
+    """A ``FaultProxy`` that holds each request ``match`` accepts for ``delay`` seconds before forwarding it
+    (blob downloads by default): jobs that take long enough to be killed, or to outlive a lease."""
+
+    def __init__(self, backend: str, delay: float, match: Callable[[str, str], bool] | None = None) -> None:
+        super().__init__(backend)
+        self.delay = delay
+        self.slow = match or (lambda method, path: method == "GET" and "/blobs/" in path)
+
+    def _handle(self, handler: Any) -> None:
+        if self.slow(handler.command, handler.path):
+            time.sleep(self.delay)
+        super()._handle(handler)
 
 
 class InProcessServer:
@@ -193,10 +260,18 @@ class InProcessServer:
 
 
 def elf_payload(fixtures: Path, name: str) -> bytes:
-    path = fixtures / "elf" / name
-    if not path.exists():
-        missing(f"fixture {path} not found")
+    path = fixture(f"elf/{name}")
     return path.read_bytes()
+
+
+# Test images are built on a small base layer, with the history a Dockerfile build gives (the base's CMD,
+# then the app's steps): the optimizer detects that base and keeps it, and optimizes the app layer.
+BASE_LAYER = [entry("etc/os-release", data=b"ID=test\n")]
+HISTORY = [
+    {"created": "2024-01-01T00:00:00Z", "created_by": "ADD base.tar /"},
+    {"created": "2024-01-01T00:00:00Z", "created_by": 'CMD ["sh"]', "empty_layer": True},
+    {"created": "2024-02-01T00:00:00Z", "created_by": "COPY app /usr/bin/app"},
+]
 
 
 def single_layout(fixtures: Path, directory: Path, tag: str = "v1", salt: str = "") -> Path:
@@ -204,7 +279,26 @@ def single_layout(fixtures: Path, directory: Path, tag: str = "v1", salt: str = 
     elf = elf_payload(fixtures, "dwarfv5_basic.elf")
     archive = build_image(
         directory.parent / f"{directory.name}.tar",
-        [[entry("usr/bin/app", data=elf, mode=0o755), entry("etc/salt", data=salt.encode())]],
+        [BASE_LAYER, [entry("usr/bin/app", data=elf, mode=0o755), entry("etc/salt", data=salt.encode())]],
+        config_extra={"history": HISTORY},
+    )
+    layout = oci_layout_of(archive, directory)
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["annotations"] = {REF_NAME: tag}
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def layered_layout(fixtures: Path, directory: Path, salt: str, tag: str = "v1") -> Path:
+    """An OCI layout of two layers: a base (an unstripped shared library: strip-elf would shrink it) that is
+    byte-identical in every image this makes, and a top layer of its own (an unstripped program, ``salt``)."""
+    elf = elf_payload(fixtures, "dwarfv5_basic.elf")
+    archive = build_image(
+        directory.parent / f"{directory.name}.tar",
+        [
+            [entry("usr/lib/libbase.so", data=elf, mode=0o755)],
+            [entry("usr/bin/app", data=elf, mode=0o755), entry("etc/salt", data=salt.encode())],
+        ],
     )
     layout = oci_layout_of(archive, directory)
     index = json.loads((layout / "index.json").read_text())
@@ -229,8 +323,8 @@ def multi_layout(fixtures: Path, directory: Path, tag: str = "v1") -> Path:
     for architecture, elf_name in platforms.items():
         archive = build_image(
             directory.parent / f"{directory.name}-{architecture}.tar",
-            [[entry("usr/bin/app", data=elf_payload(fixtures, elf_name), mode=0o755)]],
-            config_extra={"architecture": architecture},
+            [BASE_LAYER, [entry("usr/bin/app", data=elf_payload(fixtures, elf_name), mode=0o755)]],
+            config_extra={"architecture": architecture, "history": HISTORY},
         )
         part = oci_layout_of(archive, directory.parent / f"{directory.name}-{architecture}")
         for blob in (part / "blobs" / "sha256").iterdir():

@@ -14,10 +14,12 @@ import requests
 from optimizer.service.app import Service, create_app
 from optimizer.service.auth import github_signature
 from optimizer.service.config import parse_config
+from optimizer.service.queue import JobSpec
 from tests.conftest import missing
 from tests.service.conftest import TOKEN, InProcessServer, hook
 
 V1 = "application/vnd.docker.distribution.events.v1+json"
+DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.fixture
@@ -116,7 +118,28 @@ def test_no_rule_or_our_own_digest_is_ignored(served: tuple[Service, str], fixtu
     assert (decided["outcome"], decided["reason"]) == ("ignored", "no rule matches")
     body["events"][0]["target"]["repository"] = "team/app"
     body["events"][0]["id"] = "new"
-    service.queue.record_pushed([body["events"][0]["target"]["digest"]], 1, "x")
+    service.queue.submit(
+        "other",
+        "e",
+        [
+            JobSpec(
+                "opt",
+                "registry",
+                "distribution",
+                "local",
+                "team/x",
+                "1",
+                DIGEST,
+                None,
+                "local",
+                "team/x",
+                "1-o",
+            )
+        ],
+    )
+    job = service.queue.claim()
+    assert job is not None
+    service.queue.record_pushed([body["events"][0]["target"]["digest"]], job, "x")
     decided = hook(url, body).json()["events"][0]
     assert (decided["outcome"], decided["reason"]) == ("ignored", "pushed by this service (digest)")
 
@@ -219,7 +242,11 @@ def test_health_metrics_and_missing_jobs(served: tuple[Service, str], fixtures: 
     hook(url, body_of(fixtures, "push-oci-index-tag.body.json"))
     hook(url, b"{", token="bad")
     health = requests.get(f"{url}/healthz", timeout=5).json()
-    assert health == {"status": "ok", "jobs": {"queued": 1, "running": 0, "done": 0, "failed": 0}}
+    assert health == {
+        "status": "ok",
+        "role": "all",
+        "jobs": {"queued": 1, "running": 0, "done": 0, "failed": 0},
+    }
     metrics = requests.get(f"{url}/metrics", timeout=5).text
     assert 'optimizer_service_jobs{status="queued"} 1.0' in metrics
     assert 'optimizer_service_hook_requests_total{outcome="unauthorized"} 1.0' in metrics

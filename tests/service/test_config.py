@@ -40,6 +40,8 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.sources["local-registry"].bearer_token == Secret("hook", "x")
     apps, mirror = config.rules
     assert apps.destination.render("team/app", "1.0") == ("team/app", "1.0-opt")
+    assert apps.destination.allows("1.0-opt") and not apps.destination.allows("1.0")
+    assert config.registry_limits == {"local": 4} and config.queue.backend == "sqlite"
     assert mirror.destination.render("release/tool", "2") == ("optimized/tool", "2")
     assert apps.options.skip == ("upx",) and mirror.options.passes == ("strip-elf",) and mirror.options.strict
 
@@ -47,6 +49,12 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_minimal_config_defaults() -> None:
     config = parse_config(BASE)
     assert (config.listen_host, config.listen_port, config.concurrency) == ("127.0.0.1", 9000, 2)
+    assert (config.queue.backend, config.queue.lease_seconds, config.queue.heartbeat_seconds) == (
+        "sqlite",
+        120,
+        30,
+    )
+    assert config.reconcile is None and config.registry_limits == {} and not config.rules[0].push_if_larger
     assert config.database == Path("/tmp/x/queue.sqlite3")
     rule = config.rules[0]
     assert rule.matches("local", "a/b", "v1") and not rule.matches("other", "a/b", "v1")
@@ -123,6 +131,38 @@ def test_minimal_config_defaults() -> None:
             "unknown pass 'x'",
         ),
         ({"retry": {"attempts": 0}}, "retry.attempts"),
+        ({"queue": {"backend": "mysql"}}, "queue.backend: expected sqlite or postgres"),
+        ({"queue": {"backend": "postgres"}}, "queue.dsn: required for the postgres backend"),
+        ({"queue": {"dsn": "postgresql://x"}}, "queue.dsn: only for the postgres backend"),
+        ({"queue": {"lease_seconds": 10, "heartbeat_seconds": 6}}, "more than half of lease_seconds"),
+        ({"queue": {"lease_seconds": 0.5}}, "queue.lease_seconds: expected a number >= 1.0"),
+        ({"queue": {"pool": 3}}, "queue.pool: unknown key"),
+        ({"registries": {"local": {"url": "http://x", "max_concurrent_jobs": 0}}}, "max_concurrent_jobs"),
+        ({"reconcile": {"interval_seconds": 60}}, "reconcile.repositories: required"),
+        ({"reconcile": {"repositories": {"nope": ["a"]}}}, "reconcile.repositories.nope: no registry"),
+        ({"reconcile": {"repositories": {"local": ["../x"]}}}, "'../x' is not a repository name"),
+        ({"reconcile": {"repositories": {"local": ["a"]}, "every": 1}}, "reconcile.every: unknown key"),
+        (
+            {
+                "rules": [
+                    {"name": "r", "registry": "local", "destination": {"tag_suffix": "-o", "allowed_tags": 3}}
+                ]
+            },
+            "rules[0].destination.allowed_tags",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "name": "r",
+                        "registry": "local",
+                        "destination": {"tag_suffix": "-o"},
+                        "push_if_larger": 1,
+                    }
+                ]
+            },
+            "rules[0].push_if_larger: expected true or false",
+        ),
         ({"log_level": "chatty"}, "log_level"),
     ],
 )
@@ -152,6 +192,22 @@ def test_secrets_from_env_and_file_never_print(tmp_path: Path, monkeypatch: pyte
     assert "env HOOK_SECRET_T" in shown
 
 
+def test_queue_and_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTIMIZER_DSN_T", "postgresql://optimizer:pw-in-dsn@db:5432/q")
+    config = parse_config(
+        config_with(
+            queue={"backend": "postgres", "dsn": {"env": "OPTIMIZER_DSN_T"}, "lease_seconds": 8},
+            reconcile={"interval_seconds": 30, "repositories": {"local": ["team/app", "team/tool"]}},
+        )
+    )
+    assert config.queue.backend == "postgres" and config.queue.dsn is not None
+    assert config.queue.heartbeat_seconds == 2  # a quarter of a short lease unless given
+    assert config.reconcile is not None and config.reconcile.repositories == {
+        "local": ("team/app", "team/tool")
+    }
+    assert "pw-in-dsn" not in repr(config)
+
+
 def test_pass_options_are_typed(tmp_path: Path) -> None:
     from passes import PASSES
 
@@ -169,12 +225,12 @@ def test_pass_options_are_typed(tmp_path: Path) -> None:
         "options": {"pass_options": {"strip-elf": {name: not default}}},
     }
     config = parse_config(config_with(rules=[rule]))
-    assert getattr(config.rules[0].options.pass_options["strip-elf"], name) is (not default)
+    assert getattr(config.rules[0].options.options_for(strip), name) is (not default)
     rule["options"] = {"pass_options": {"strip-elf": {name: "yes"}}}
     with pytest.raises(UsageError, match=f"strip-elf.{name}: expected true or false"):
         parse_config(config_with(rules=[rule]))
     rule["options"] = {"pass_options": {"strip-elf": {"no_such_option": 1}}}
-    with pytest.raises(UsageError, match="no_such_option: unknown key"):
+    with pytest.raises(UsageError, match=r"strip-elf: unknown key\(s\) no_such_option"):
         parse_config(config_with(rules=[rule]))
 
 
@@ -196,23 +252,24 @@ def test_run_options_of_a_rule() -> None:
         "destination": {"tag_suffix": "-o"},
         "options": {"compression": "zstd:19", "recompress": True, "normalize": True, "keep_layers": 2},
     }
-    options = parse_config(config_with(rules=[rule])).rules[0].options
-    assert (options.compression, options.recompress, options.normalize, options.keep_layers) == (
+    config = parse_config(config_with(rules=[rule]))
+    options = config.rules[0].options
+    assert (str(options.compression), options.recompress, options.normalize, options.base_layers) == (
         "zstd:19",
         True,
         True,
         2,
     )
-    from optimizer.service.worker import options_for
+    from optimizer.service.job import options_for
 
-    built = options_for(options, Path("/tmp"), None)
-    assert (str(built.compression), built.recompress, built.normalize, built.keep_layers) == (
+    built = options_for(options, config, "/tmp/job", None)
+    assert (str(built.compression), built.recompress, built.normalize, built.base_layers) == (
         "zstd:19",
         True,
         True,
         2,
     )
-    assert built.output_format == "oci-dir"
+    assert built.workdir == "/tmp/job" and built.registry.user_agent == config.user_agent
     rule["options"] = {"compression": "brotli"}
     with pytest.raises(UsageError, match=r"rules\[0\].options.compression: unknown compression"):
         parse_config(config_with(rules=[rule]))
@@ -233,3 +290,19 @@ def test_optimize_serve_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert f"{path}: concurrency: expected an integer" in done.stderr
+
+
+def test_optimize_serve_refuses_an_unknown_role(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "service.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    done = subprocess.run(
+        [sys.executable, "-m", "optimizer", "serve", "--config", str(path), "--role", "janitor"],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--role: invalid choice: 'janitor'" in done.stderr

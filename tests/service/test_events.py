@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from optimizer.service.events import Event, EventError, detect_format, parse_events
-from tests.conftest import missing
+from tests.conftest import FIXTURE_NOT_FOUND, fixture, missing
 
 V1 = {"Content-Type": "application/vnd.docker.distribution.events.v1+json"}
 V2 = {"Content-Type": "application/vnd.docker.distribution.events.v2+json"}
@@ -18,10 +18,10 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 def captured(fixtures: Path) -> list[Path]:
-    folder = fixtures / "registry-events"
+    folder = fixture("registry-events")
     files = sorted(folder.glob("*.body.json"))
     if not files:
-        missing(f"no captured events in {folder}")
+        missing(f"{FIXTURE_NOT_FOUND}{folder}/*.body.json")
     return files
 
 
@@ -61,7 +61,7 @@ def test_only_tagged_manifest_and_index_pushes_are_acted_on(fixtures: Path) -> N
 
 
 def test_reasons_for_ignored_events(fixtures: Path) -> None:
-    folder = fixtures / "registry-events"
+    folder = fixture("registry-events")
     (blob,) = parse_events((folder / "push-blob.body.json").read_bytes(), V1)
     assert blob.ignore_reason(OURS) == "not tagged (a push by digest)"
     (child,) = parse_events((folder / "push-child-manifest-by-digest.body.json").read_bytes(), V1)
@@ -73,7 +73,7 @@ def test_reasons_for_ignored_events(fixtures: Path) -> None:
 
 
 def test_our_own_user_agent_is_ignored(fixtures: Path) -> None:
-    body = json.loads((fixtures / "registry-events" / "push-oci-manifest-tag.body.json").read_bytes())
+    body = json.loads(fixture("registry-events/push-oci-manifest-tag.body.json").read_bytes())
     body["events"][0]["request"]["useragent"] = OURS + " (python-requests)"
     (event,) = parse_events(json.dumps(body).encode(), V1)
     assert event.ignore_reason(OURS) == "pushed by this service (user agent)"

@@ -18,19 +18,21 @@ import pytest
 import requests
 
 from optimizer import ANNOTATION_SOURCE_DIGEST
-from tests.conftest import require_tool
+from tests.conftest import fixture, require_tool
 from tests.registry_fixtures import FaultProxy, RunningRegistry, free_port, push_layout, skopeo_inspect_raw
-from tests.service.conftest import TOKEN, ServiceProcess, hook, multi_layout, service_config, single_layout
+from tests.service.conftest import (
+    RULE,
+    TOKEN,
+    ServiceProcess,
+    hook,
+    layered_layout,
+    multi_layout,
+    service_config,
+    single_layout,
+)
 
 pytestmark = pytest.mark.slow
 
-RULE = {
-    "name": "opt",
-    "registry": "local",
-    "repositories": ["team/*"],
-    "destination": {"tag_suffix": "-opt"},
-    "options": {"passes": ["strip-elf"]},
-}
 Factory = Callable[..., Any]
 
 
@@ -130,7 +132,7 @@ def test_single_platform_image_is_optimized_and_loop_guarded(
         [umoci, "unpack", "--image", f"{tmp_path / 'back'}:v1", str(tmp_path / "bundle")], check=True
     )
     app = tmp_path / "bundle" / "rootfs" / "usr" / "bin" / "app"
-    original = (fixtures / "elf" / "dwarfv5_basic.elf").read_bytes()
+    original = fixture("elf/dwarfv5_basic.elf").read_bytes()
     assert app.exists() and 0 < app.stat().st_size < len(original)
     assert app.read_bytes()[:4] == b"\x7fELF"
     done_lines = [r for r in service.log_records() if r.get("msg") == "job done"]
@@ -378,3 +380,90 @@ def test_refused_registry_credentials_fail_at_once(
     assert (job["status"], job["attempts"]) == ("failed", 1)
     assert job["error"].startswith("pull ") and "RegistryAuthError" in job["error"]
     assert "wrong-password" not in service.log_text() and "right-password" not in service.log_text()
+
+
+def test_a_layer_other_images_share_is_kept_byte_identical(
+    registry_factory: Factory, service_factory: Factory, tmp_path: Path, fixtures: Path
+) -> None:
+    # base: none, so that only the registry's sharing protects a layer (no detected base does)
+    rule = dict(RULE, repositories=["team/*", "other/*"], options={"passes": ["strip-elf"], "base": "none"})
+    registry, service = start_pair(registry_factory, service_factory, tmp_path, rules=[rule])
+    first = layered_layout(fixtures, tmp_path / "first", salt="first")
+    push_layout(first, registry, "team/first:v1")
+    (job_a,) = service.settled(1)
+    source_a = json.loads(skopeo_inspect_raw(f"docker://{registry.host}/team/first:v1"))
+    result_a = json.loads(skopeo_inspect_raw(f"docker://{registry.host}/team/first:v1-opt"))
+    base = source_a["layers"][0]["digest"]
+    # Alone in the registry, the base layer is the first image's own: strip-elf rewrites it.
+    assert job_a["outcome"] == "pushed" and result_a["layers"][0]["digest"] != base
+    assert service.job(job_a["id"])["report"]["shared_layers"] == []
+
+    push_layout(layered_layout(fixtures, tmp_path / "second", salt="second"), registry, "other/second:v1")
+    jobs = service.settled(2)
+    (job_b,) = [j for j in jobs if j["repository"] == "other/second"]
+    source_b = json.loads(skopeo_inspect_raw(f"docker://{registry.host}/other/second:v1"))
+    result_b = json.loads(skopeo_inspect_raw(f"docker://{registry.host}/other/second:v1-opt"))
+    assert source_b["layers"][0]["digest"] == base  # the two images share their base
+    assert job_b["outcome"] == "pushed"
+    assert result_b["layers"][0]["digest"] == base  # kept: both images keep pulling one copy
+    assert result_b["layers"][1]["digest"] != source_b["layers"][1]["digest"]  # its own layer was optimized
+    report = service.job(job_b["id"])["report"]
+    assert report["shared_layers"] == [base]
+    assert report["options"]["protect_layers"] == [base]
+    assert report["images"][0]["layers"][0]["status"] == "kept"
+
+
+def test_an_image_the_optimizer_only_grows_is_not_pushed(
+    registry_factory: Factory, service_factory: Factory, tmp_path: Path, fixtures: Path
+) -> None:
+    grow = {"passes": ["inject"]}  # adds CA certificates, zones and passwd to an image that has none
+    rules = [
+        dict(RULE, name="grows", repositories=["team/*"], options=grow),
+        dict(RULE, name="wanted", repositories=["certs/*"], options=grow, push_if_larger=True),
+    ]
+    registry, service = start_pair(registry_factory, service_factory, tmp_path, rules=rules)
+    layout = single_layout(fixtures, tmp_path / "image")
+    push_layout(layout, registry, "team/app:v1")
+    push_layout(layout, registry, "certs/app:v1")
+    jobs = {j["rule"]: j for j in service.settled(2)}
+    assert (jobs["grows"]["status"], jobs["grows"]["outcome"], jobs["grows"]["result_digest"]) == (
+        "done",
+        "larger",
+        None,
+    )
+    report = service.job(jobs["grows"]["id"])["report"]
+    assert report["bytes_after"] > report["bytes_before"]
+    answer = requests.head(
+        f"{registry.url}/v2/team/app/manifests/v1-opt",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=5,
+    )
+    assert answer.status_code == 404
+    assert jobs["wanted"]["outcome"] == "pushed"  # the rule asked for it
+    assert skopeo_inspect_raw(f"docker://{registry.host}/certs/app:v1-opt")
+
+
+def test_missed_notifications_are_caught_up_by_reconcile(
+    registry_factory: Factory, service_factory: Factory, tmp_path: Path, fixtures: Path
+) -> None:
+    registry = registry_factory()  # notifies nobody: every event is lost
+    push_layout(single_layout(fixtures, tmp_path / "image-1", salt="1"), registry, "team/app:v1")
+    push_layout(single_layout(fixtures, tmp_path / "image-x", salt="x"), registry, "elsewhere/app:v1")
+    reconcile = {"interval_seconds": 1, "repositories": {"local": ["team/app", "team/never-pushed"]}}
+    config = service_config(tmp_path / "state", {"local": {"url": registry.url}}, [RULE], reconcile=reconcile)
+    service = service_factory(config)
+    (job,) = service.settled(1, timeout=60)
+    assert (job["status"], job["outcome"], job["event_format"], job["tag"]) == (
+        "done",
+        "pushed",
+        "reconcile",
+        "v1",
+    )
+    assert skopeo_inspect_raw(f"docker://{registry.host}/team/app:v1-opt")
+    time.sleep(2.5)  # more passes: the handled tag and our own -opt tag make no job
+    assert len(service.jobs()) == 1
+    passes = [r for r in service.log_records() if r.get("msg") == "reconcile done"]
+    assert len(passes) >= 2 and passes[-1]["tags"] == 2 and passes[-1]["job_ids"] == []
+    push_layout(single_layout(fixtures, tmp_path / "image-2", salt="2"), registry, "team/app:v2")
+    jobs = service.settled(2, timeout=60)
+    assert sorted(j["tag"] for j in jobs) == ["v1", "v2"] and all(j["outcome"] == "pushed" for j in jobs)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from passes.elf import is_debug_section, section_names, strip_elf, verify_stripped
-from tests.conftest import fixtures_dir, missing, require_tool
+from tests.conftest import fixture, missing, require_tool
 
 ANNOTATIONS = (".comment", ".gnu.build.attributes", ".GCC.command.line")
 
@@ -147,7 +147,7 @@ def archive_seed() -> bytes:
     require_tool("ar", "binutils")
     work = Path(tempfile.mkdtemp(prefix="test-elf-ar-"))
     try:
-        folder = fixtures_dir() / "elf"
+        folder = fixture("elf")
         shutil.copy(folder / "s390x-relocs.o.elf", work / "a-member-with-a-long-name.o")
         shutil.copy(folder / "compressed_64.o", work / "b.o")
         subprocess.run(["ar", "rcs", "lib.a", "a-member-with-a-long-name.o", "b.o"], cwd=work, check=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import certifi
 
+from optimizer import settings
 from optimizer.changes import Change, Op
 from optimizer.filesystem import FileSystem
 from optimizer.model import Entry, EntryKind
@@ -115,8 +116,10 @@ def run_inject(
 
 def parse(argv: list[str]) -> InjectOptions:
     parser = argparse.ArgumentParser()
-    Inject.add_arguments(parser)
-    return Inject.options_from_args(parser.parse_args(argv))
+    settings.add_arguments(parser, InjectOptions, Inject.flag_prefix)
+    options: InjectOptions = settings.from_args(InjectOptions, parser.parse_args(argv), Inject.flag_prefix)
+    Inject(options)  # as the command line does: a bad zone or --ca-bundle is a usage error before any work
+    return options
 
 
 def top_layer(archive: Path) -> tuple[dict[str, tarfile.TarInfo], dict[str, bytes], dict[str, Any]]:

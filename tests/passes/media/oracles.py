@@ -17,14 +17,14 @@ from PIL import Image
 
 from passes.media import MediaOptions, MediaResult
 from passes.media import optimize as optimize_media
-from tests.conftest import fixtures_dir, missing
+from tests.conftest import fixture, fixture_names, fixtures_dir
 
-MEDIA = fixtures_dir() / "media"
+MEDIA = (
+    fixtures_dir() / "media"
+)  # read only through read() / media(): a missing file is reported, not a crash
 
-
-FILES = sorted(
-    str(p.relative_to(MEDIA)) for p in MEDIA.glob("*/*") if p.suffix != ".svg"
-) if MEDIA.is_dir() else []  # fmt: skip
+# Every media fixture but the SVGs (an absent tree gives one name, which reports it missing when read).
+FILES = [name for name in fixture_names("media", "*/*") if not name.endswith(".svg")]
 
 
 # Corrupt, truncated or bomb inputs (see the fixture NOTES): left alone with a warning.
@@ -40,11 +40,13 @@ HOSTILE = {
 SLOW = {"pillow/iss634.webp"}  # an animated WebP: a lossless re-encode takes seconds
 
 
+def media(name: str) -> Path:
+    """The media fixture ``name`` (``pillow/hopper.png``); absent, the test skips (fails in CI)."""
+    return fixture(f"media/{name}")
+
+
 def read(name: str) -> bytes:
-    path = MEDIA / name
-    if not path.is_file():
-        missing(f"fixture {path} not found (set OCI_OPTIMIZER_FIXTURES)")
-    return path.read_bytes()
+    return media(name).read_bytes()
 
 
 @cache

@@ -17,9 +17,9 @@ from tests.conftest import require_tool
 from tests.passes.media.oracles import (
     FILES,
     HOSTILE,
-    MEDIA,
     exif_orientation,
     jpeg_segments,
+    media,
     naive_ssim,
     ours,
     read,
@@ -104,7 +104,7 @@ def test_lossy_leaves_cmyk_lossless() -> None:
 @pytest.mark.parametrize("quality", [20, 50, 75, 90, 95])
 def test_quality_estimate_matches_the_encoder(quality: int) -> None:
     buffer = io.BytesIO()
-    Image.open(MEDIA / "pillow/hopper.png").convert("RGB").save(buffer, "JPEG", quality=quality)
+    Image.open(media("pillow/hopper.png")).convert("RGB").save(buffer, "JPEG", quality=quality)
     assert estimate_jpeg_quality(Image.open(buffer).quantization) == quality  # type: ignore[attr-defined]
 
 

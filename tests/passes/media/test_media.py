@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from optimizer import Options, optimize
-from optimizer.cli import build_parser
+from optimizer.cli import build_parser, options_from_args
 from optimizer.errors import UsageError
 from optimizer.model import EntryKind
 from optimizer.pipeline import PassContext
 from passes.media import Media, MediaOptions, sniff
 from passes.media import optimize as optimize_media
-from tests.conftest import missing
+from tests.conftest import fixture
 from tests.imagetools import Layout, build_image, entry
 from tests.passes import kit
 from tests.passes.media.oracles import (
@@ -42,8 +42,8 @@ from tests.passes.media.oracles import (
 
 
 def test_the_media_fixtures_are_there() -> None:
-    if len(FILES) < 50:
-        missing(f"media fixtures not found under {MEDIA} (set OCI_OPTIMIZER_FIXTURES)")
+    fixture("media")
+    assert len(FILES) >= 50, f"only {len(FILES)} media fixtures under {MEDIA}"
 
 
 @pytest.mark.parametrize("name", [n for n in FILES if n not in SLOW])
@@ -180,7 +180,7 @@ def test_cli_flags_reach_the_options() -> None:
         ["in.tar", "out.tar", "--media-strip-metadata", "--media-lossy", "--jpeg-quality", "70",
          "--media-png-interlace", "off", "--media-max-pixels", "1000", "--media-formats", "png,jpeg"]
     )  # fmt: skip
-    assert Media.options_from_args(args) == MediaOptions(
+    assert options_from_args(args).options_for(Media) == MediaOptions(
         strip_metadata=True,
         lossy=True,
         jpeg_quality=70,
@@ -189,7 +189,7 @@ def test_cli_flags_reach_the_options() -> None:
         formats=("png", "jpeg"),
     )
     defaults = build_parser().parse_args(["in.tar", "out.tar"])
-    assert Media.options_from_args(defaults) == MediaOptions()
+    assert options_from_args(defaults).options_for(Media) == MediaOptions()
     assert isinstance(defaults, argparse.Namespace)
 
 
@@ -206,7 +206,7 @@ def test_end_to_end_through_optimize(tmp_path: Path) -> None:
           entry("srv/static/photo.jpg", data=photo), entry("srv/static/broken.jpg", data=broken)]],
     )  # fmt: skip
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), Options(passes=("media",)))
+    report = optimize(str(source), str(out), Options(base="none", passes=("media",)))
     (image,) = report.images
     (media,) = image.passes
     assert media.status.value == "ok" and media.files_changed == 2 and media.bytes_after < media.bytes_before

@@ -20,9 +20,9 @@ from tests.conftest import require_tool
 from tests.passes.media.oracles import (
     FILES,
     HOSTILE,
-    MEDIA,
     exif_orientation,
     icc,
+    media,
     ours,
     pillow_frames,
     png,
@@ -36,7 +36,7 @@ from tests.passes.media.oracles import (
 
 def small_still_png(name: str) -> bool:
     """Small enough for the pure-Python reference decoder, and not animated."""
-    data = (MEDIA / name).read_bytes()
+    data = (media(name)).read_bytes()
     width, height = struct.unpack(">II", data[16:24])
     return width * height <= 40_000 and b"acTL" not in data[: data.find(b"IDAT")]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from passes.compressed_duplicates import CompressedDuplicatesOptions
-from passes.servers import nginx_static
+from passes.servers import nginx
 from tests.passes import kit
 from tests.passes.compressed import COMPRESSORS, TEXT, deleted_paths, outcomes, run_duplicates
 from tests.passes.kit import Files
@@ -62,13 +62,13 @@ def test_nginx_gzip_static_roots_are_kept(tmp_path: Path) -> None:
     assert deleted_paths(ctx) == ["usr/share/doc/pkg/changelog.gz", "usr/share/nginx/html/app.js.br"]
     found = outcomes(ctx)
     assert found["usr/share/nginx/html/app.js.gz"][1].endswith(
-        "served by nginx gzip_static from /usr/share/nginx/html"
+        "served by nginx (gzip_static) from /usr/share/nginx/html"
     )
-    assert found["srv/static/site.css.gz"][1].endswith("served by nginx gzip_static from /srv/static")
-    assert found["srv/static/site.css.br"][1].endswith("served by nginx brotli_static from /srv/static")
+    assert found["srv/static/site.css.gz"][1].endswith("served by nginx (gzip_static) from /srv/static")
+    assert found["srv/static/site.css.br"][1].endswith("served by nginx (brotli_static) from /srv/static")
     assert ctx.report.warnings == []
-    # Asked to ignore nginx, every duplicate goes.
-    ctx = run_duplicates(tmp_path, [_nginx_image()], CompressedDuplicatesOptions(nginx=False))
+    # Asked to ignore the servers, every duplicate goes.
+    ctx = run_duplicates(tmp_path, [_nginx_image()], CompressedDuplicatesOptions(servers=False))
     assert len(deleted_paths(ctx)) == 5
 
 
@@ -77,7 +77,13 @@ def test_nginx_root_we_cannot_tell_keeps_everything(tmp_path: Path) -> None:
     ctx = run_duplicates(tmp_path, [_nginx_image(default=default)])
     assert "usr/share/doc/pkg/changelog.gz" not in deleted_paths(ctx)
     assert not any(p.endswith(".gz") for p in deleted_paths(ctx))
-    assert any("gzip_static on with root $app_root" in w for w in ctx.report.warnings)
+    (warning,) = ctx.report.warnings
+    assert warning == (
+        "nginx: /etc/nginx/nginx.conf: gzip_static with a root that cannot be told (root $app_root): "
+        "every .gz twin is kept"
+    )
+    reason = outcomes(ctx)["usr/share/nginx/html/app.js.gz"][1]
+    assert reason.endswith("nginx gzip_static is on and its root cannot be told (root $app_root)")
 
 
 def test_nginx_without_static_deletes_duplicates(tmp_path: Path) -> None:
@@ -94,6 +100,40 @@ def test_nginx_parser_follows_includes_and_quotes(tmp_path: Path) -> None:
         "etc/nginx/sites-available/site": b"server { gzip_static \"on\"; root '/var/www/my site'; # root /x;\n}",
         "etc/nginx/sites-available/unused": b"server { brotli_static on; root /nowhere; }",
     }
-    static = nginx_static(kit.make_context(tmp_path, [files], parents=True).fs)
-    assert static.roots == {".gz": {"var/www/my site"}, ".br": set()}
-    assert static.keep_all == set()
+    found = nginx.find(kit.make_filesystem(tmp_path, [files], parents=True), {})
+    assert [(s.how, s.suffixes, s.root) for s in found] == [("gzip_static", {".gz"}, "var/www/my site")]
+
+
+def test_symlinked_root_capistrano_style(tmp_path: Path) -> None:
+    """root /var/www/current, a symlink to the release: the twins under the release are served and stay."""
+    gz = COMPRESSORS[".gz"]
+    conf = b"http { gzip_static on; server { listen 80; root /var/www/current; } }"
+    files: Files = {
+        "etc/nginx/nginx.conf": conf,
+        "var/www/current": "->/srv/releases/42",
+        "srv/releases/42/app.css": TEXT,
+        "srv/releases/42/app.css.gz": gz(TEXT),
+        "srv/releases/42/vendor": "->../../shared/vendor",
+        "srv/shared/vendor/lib.js": TEXT,
+        "srv/shared/vendor/lib.js.gz": gz(TEXT),
+        "srv/releases/41/app.css": TEXT,
+        "srv/releases/41/app.css.gz": gz(TEXT),
+    }
+    ctx = run_duplicates(tmp_path, [files])
+    assert deleted_paths(ctx) == ["srv/releases/41/app.css.gz"]  # the old release is not served
+    found = outcomes(ctx)
+    assert found["srv/releases/42/app.css.gz"][1].endswith(
+        "served by nginx (gzip_static) from /var/www/current (/srv/releases/42)"
+    )
+    assert found["srv/shared/vendor/lib.js.gz"][1].endswith(
+        "served by nginx (gzip_static) from /var/www/current (/srv/shared/vendor)"
+    )
+
+
+def test_include_cycles_stop(tmp_path: Path) -> None:
+    files: Files = {
+        "etc/nginx/nginx.conf": b"include nginx.conf; include nginx.conf; http { include site; }",
+        "etc/nginx/site": b"include site; include site; server { gzip_static on; root /srv; }",
+    }
+    found = nginx.find(kit.make_filesystem(tmp_path, [files], parents=True), {})
+    assert [(s.how, s.root) for s in found] == [("gzip_static", "srv")]

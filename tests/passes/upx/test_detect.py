@@ -151,7 +151,7 @@ def test_no_false_positive_in_fixture_images(fixtures: Path, image: str) -> None
     if not path.exists():
         missing(f"fixture image {path}")
     report = optimize(
-        str(path), None, Options(passes=("upx",), dry_run=True, pass_options={"upx": UpxOptions("fail")})
+        str(path), None, Options(passes=("upx",), dry_run=True, pass_options=(UpxOptions("fail"),))
     )
     runs = [p for i in report.images for p in i.passes if p.name == "upx"]
     assert runs and all(p.status.value == "ok" and p.findings == [] for p in runs)

@@ -13,6 +13,7 @@ from optimizer.pipeline import PassContext
 from passes.upx import Upx, UpxOptions
 from passes.upx.detect import detect_upx
 from tests.conftest import require_tool
+from tests.imagetools import Layout, build_image, entry
 from tests.passes import kit
 
 # What `upx -l` (Debian upx-ucl 4.2.2) says about each packed fixture (fixtures/upx/NOTES.md): the OCI
@@ -120,27 +121,29 @@ def test_unpack_keeps_a_damaged_file(fixtures: Path, tmp_path: Path) -> None:
 
 
 def _image_with(fixtures: Path, root: Path) -> Path:
-    from tests.passes.test_compressed_duplicates import _oci_layout
-
-    return _oci_layout(
-        root,
+    root.mkdir(parents=True, exist_ok=True)
+    return build_image(
+        root / "image.tar",
         [
-            {"etc/hostname": b"box\n"},
-            {"usr/local/bin/app": packed_fixture(fixtures), "usr/local/bin/upx": trap(fixtures)},
+            [entry("etc/hostname", data=b"box\n")],
+            [
+                entry("usr/local/bin/app", data=packed_fixture(fixtures), mode=0o755),
+                entry("usr/local/bin/upx", data=trap(fixtures), mode=0o755),
+            ],
         ],
     )
 
 
 def test_end_to_end_unpack(fixtures: Path, tmp_path: Path) -> None:
     require_tool("upx", "upx-ucl")
-    from tests.passes.test_compressed_duplicates import _output_files
-
     src = _image_with(fixtures, tmp_path / "in")
-    options = Options(passes=("upx",), output_format="oci-dir", pass_options={"upx": UpxOptions("unpack")})
+    options = Options(
+        base="none", passes=("upx",), output_format="oci-dir", pass_options=(UpxOptions("unpack"),)
+    )
     report = optimize(str(src), str(tmp_path / "out"), options)
     result = report.images[0].passes[0]
     assert (result.status.value, result.files_changed) == ("ok", 1)
-    files = _output_files(tmp_path / "out")
+    files = Layout(tmp_path / "out").merged_files()
     assert files["usr/local/bin/app"] == trap(fixtures)  # what upx -d gives (fixtures/upx/NOTES.md)
     assert files["usr/local/bin/upx"] == trap(fixtures)
     assert detect_upx(files["usr/local/bin/app"]) is None

@@ -1,0 +1,93 @@
+"""Where the bytes went: the report's summary, from the layers a run kept, rewrote, dropped and added.
+
+The compressed bytes a run saves have two causes that a headline must not mix: the files the passes shrank or
+removed, and the codec of the layers written again (a ``docker save`` input has uncompressed layers: any layer
+written again is gzip-compressed, which saves most of its bytes whatever the passes did). A layer written again
+with its own codec owes its whole change to the passes. A layer whose codec changed owes the passes the
+uncompressed bytes they removed at its new compression ratio, and the rest to recompression. Layers emptied by
+the passes count wholly for them; layers only recompressed, wholly for recompression. What the passes added
+(inject) is counted apart, with the reasons they gave, never as a regression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .plan import ImagePlan
+from .report import ImageReport, LayerReport, Report, Summary
+
+__all__ = ["summarize"]
+
+
+def _passes_share(layers: Sequence[LayerReport]) -> float:
+    """The compressed bytes the passes saved in one image's layers (an estimate, see the module)."""
+    saved = 0.0
+    merged_before = 0
+    for layer in layers:
+        if layer.status == "dropped":
+            saved += layer.size_before
+        elif layer.status == "merged":
+            merged_before += layer.uncompressed_before
+        elif (
+            layer.status == "rewritten"
+            and layer.files_changed
+            and layer.media_type == layer.media_type_before
+        ):
+            saved += layer.size_before - layer.size_after
+        elif layer.status == "rewritten" and layer.files_changed and layer.uncompressed_after:
+            ratio = layer.size_after / layer.uncompressed_after
+            saved += (layer.uncompressed_before - layer.uncompressed_after) * ratio
+        elif layer.status == "squashed" and layer.uncompressed_after:
+            ratio = layer.size_after / layer.uncompressed_after
+            saved += (merged_before - layer.uncompressed_after) * ratio
+    return saved
+
+
+def _reasons(plans: Iterable[ImagePlan]) -> list[str]:
+    """One line per pass: how many files it added, and its first reasons ("inject: 41 files: CA ...; ...")."""
+    found: dict[str, list[str]] = {}
+    for plan in plans:
+        for pass_name, _path, reason in plan.changes.reasons:
+            found.setdefault(pass_name, []).append(reason or "added")
+    lines = []
+    for pass_name, reasons in found.items():
+        distinct = list(dict.fromkeys(reasons))
+        shown = "; ".join(distinct[:3]) + ("; ..." if len(distinct) > 3 else "")
+        lines.append(f"{pass_name}: {len(reasons)} file{'s' if len(reasons) > 1 else ''}: {shown}")
+    return lines
+
+
+def _distinct(images: Iterable[ImageReport], after: bool) -> int:
+    sizes: dict[str, int] = {}
+    for image in images:
+        for layer in image.layers:
+            digest = layer.digest_after if after else layer.digest_before
+            size = layer.size_after if after else layer.size_before
+            if digest:
+                sizes[digest] = size
+    return sum(sizes.values())
+
+
+def summarize(report: Report, plans: Iterable[ImagePlan]) -> Summary:
+    """The report's summary (its images' layer reports and pull figures must be final)."""
+    plans = list(plans)
+    images = report.images
+    passes = 0.0
+    changed = 0
+    added = 0
+    for image in images:
+        passes += _passes_share(image.layers)
+        for layer in image.layers:
+            if layer.status == "added":
+                added += layer.size_after
+            else:
+                changed += layer.size_before - layer.size_after
+    return Summary(
+        bytes_before=_distinct(images, after=False),
+        bytes_after=_distinct(images, after=True),
+        saved_by_passes=round(passes),
+        saved_by_recompression=changed - round(passes),
+        added=added,
+        added_because=_reasons(plans),
+        pull=report.pull,
+    )

@@ -1,0 +1,135 @@
+"""Apache httpd: ``RewriteRule`` recipes that send ``FILE.gz``/``FILE.br`` for ``FILE``.
+
+httpd has no directive that sends precompressed files by itself; the mod_deflate documentation's recipe (and
+its many copies) rewrites a request to ``FILE.gz`` when the client accepts gzip and the file exists. A
+``RewriteRule`` whose substitution ends in ``.gz``, ``.br`` or ``.zst`` (``$1.gz``, ``%{REQUEST_FILENAME}.br``)
+is such a recipe; it serves its ``<Directory>``, the directory of its ``.htaccess``, or the ``DocumentRoot``
+around it. The main file is ``apache2.conf``/``httpd.conf``; ``Include``/``IncludeOptional`` are followed
+(relative to ``ServerRoot``); ``.htaccess`` files are read wherever the image has them, when it has httpd.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from optimizer.filesystem import FileSystem
+
+from .files import config_paths, node_at, read_text
+from .serving import Serving, image_path
+
+__all__ = ["MAIN_FILES", "find"]
+
+MAIN_FILES = (
+    ("etc/apache2/apache2.conf", "etc/apache2"),
+    ("etc/httpd/conf/httpd.conf", "etc/httpd"),
+    ("usr/local/apache2/conf/httpd.conf", "usr/local/apache2"),
+    ("opt/bitnami/apache/conf/httpd.conf", "opt/bitnami/apache"),
+)
+_SUBSTITUTION = re.compile(r"\.(gz|br|zst)(?:$|[\]\[?\s])", re.IGNORECASE)
+_MAX_INCLUDE_DEPTH = 16
+_MAX_HTACCESS = 1000
+
+
+@dataclass
+class _Scope:
+    """A <Directory> (its path), a <VirtualHost> or the main server (their DocumentRoot, set anywhere in it)."""
+
+    kind: str
+    root: str | None = None
+
+
+@dataclass
+class _State:
+    server_root: str
+    rules: list[tuple[_Scope, frozenset[str], str]] = field(default_factory=list)
+
+
+def _lines(text: str) -> list[str]:
+    joined = re.sub(r"\\\n", " ", text)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _words(line: str) -> list[str]:
+    try:
+        return shlex.split(line, posix=True)
+    except ValueError:
+        return line.split()
+
+
+def _suffixes(words: list[str]) -> frozenset[str]:
+    """The precompressed suffixes a RewriteRule's substitution sends, if any."""
+    if len(words) < 3 or words[0].lower() != "rewriterule":
+        return frozenset()
+    return frozenset("." + m.group(1).lower() for m in _SUBSTITUTION.finditer(words[2] + " "))
+
+
+def _read(
+    fs: FileSystem, path: str, state: _State, scopes: list[_Scope], chain: tuple[str, ...] = ()
+) -> None:
+    text = read_text(fs, path)
+    if text is None:
+        return
+    for line in _lines(text):
+        words = _words(line)
+        name = words[0].lower() if words else ""
+        if name in ("include", "includeoptional") and len(words) > 1 and len(chain) < _MAX_INCLUDE_DEPTH:
+            target = words[1] if words[1].startswith("/") else f"/{state.server_root}/{words[1]}"
+            for included in config_paths(fs, posixpath.normpath(target).lstrip("/")):
+                if included not in chain and included != path:  # a file including itself: once is enough
+                    _read(fs, included, state, scopes, (*chain, path))
+        elif name == "serverroot" and len(words) > 1:
+            state.server_root = image_path(words[1]) or state.server_root
+        elif name == "documentroot" and len(words) > 1:
+            next(s for s in reversed(scopes) if s.kind != "directory").root = words[1]
+        elif name.startswith("<directory") and len(words) > 1:
+            scopes.append(_Scope("directory", words[1].rstrip(">") if not name.endswith("match") else None))
+        elif name == "<virtualhost":
+            scopes.append(_Scope("host", scopes[0].root))
+        elif name in ("</directory>", "</directorymatch>", "</virtualhost>") and len(scopes) > 1:
+            scopes.pop()
+        elif suffixes := _suffixes(words):
+            state.rules.append((scopes[-1], suffixes, "/" + path))
+
+
+def _servings(state: _State) -> list[Serving]:
+    out = []
+    for scope, suffixes, source in state.rules:
+        path = image_path(scope.root) if scope.root else None
+        why = "" if path is not None else f"root {scope.root or '(none)'}"
+        out.append(Serving("Apache httpd", "RewriteRule", source, suffixes, path, why))
+    return out
+
+
+def _htaccess(fs: FileSystem) -> list[Serving]:
+    state = _State("")
+    found = 0
+    for path, _node in fs.files():
+        if path.rsplit("/", 1)[-1] != ".htaccess":
+            continue
+        found += 1
+        if found > _MAX_HTACCESS:
+            break
+        directory = _Scope("directory", "/" + (path.rsplit("/", 1)[0] if "/" in path else ""))
+        for line in _lines(read_text(fs, path) or ""):
+            if suffixes := _suffixes(_words(line)):
+                state.rules.append((directory, suffixes, "/" + path))
+    return _servings(state)
+
+
+def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
+    """Every RewriteRule of the image's httpd (main configuration and .htaccess) that sends FILE.gz/.br/.zst."""
+    servings: list[Serving] = []
+    present = False
+    for main, server_root in MAIN_FILES:
+        if node_at(fs, main) is None:
+            continue
+        present = True
+        state = _State(server_root)
+        _read(fs, main, state, [_Scope("main")])
+        servings += _servings(state)
+    return servings + (_htaccess(fs) if present else [])

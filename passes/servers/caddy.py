@@ -1,0 +1,123 @@
+"""Caddy: ``file_server { precompressed ... }`` in a Caddyfile, or ``"precompressed"`` in a JSON config.
+
+``precompressed`` with no format means ``br zstd gzip``; the files come from the ``root`` of the site block (or
+of the enclosing ``handle``/``route`` block that sets one), and in JSON from the handler's ``"root"``. A
+``file_server`` without a readable root (none, a placeholder) is a serving with an unknown root.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from optimizer.filesystem import FileSystem
+
+from .blocks import Directive, parse_blocks
+from .files import config_paths, read_text
+from .serving import Serving, image_path
+
+__all__ = ["CADDYFILES", "JSON_CONFIGS", "find"]
+
+CADDYFILES = ("etc/caddy/Caddyfile",)
+JSON_CONFIGS = ("etc/caddy/*.json", "config/caddy/autosave.json")
+_FORMATS = {"br": ".br", "zstd": ".zst", "gzip": ".gz"}
+_MAX_IMPORT_DEPTH = 16
+
+
+def _suffixes(formats: Sequence[str]) -> frozenset[str]:
+    return frozenset(_FORMATS[f] for f in formats if f in _FORMATS) or frozenset(_FORMATS.values())
+
+
+def _root(directive: Directive) -> str | None:
+    # root [<matcher>] <path>: the path is the last argument
+    return directive.args[-1] if directive.args else None
+
+
+def _imports(
+    fs: FileSystem,
+    directives: list[Directive],
+    base: str,
+    snippets: dict[str, list[Directive]],
+    chain: tuple[str, ...] = (),
+) -> list[Directive]:
+    """``import`` replaced by the snippet or the files it names; ``chain`` (snippets and files being imported)
+    stops cycles."""
+    snippets = snippets | {
+        d.name[1:-1]: d.block or [] for d in directives if d.name.startswith("(") and d.name.endswith(")")
+    }
+    out: list[Directive] = []
+    for directive in directives:
+        if directive.name == "import" and directive.args:
+            name = directive.args[0]
+            if name in snippets:
+                if name not in chain and len(chain) < _MAX_IMPORT_DEPTH:
+                    out += _imports(fs, snippets[name], base, snippets, (*chain, name))
+                continue
+            target = name if name.startswith("/") else f"/{base}/{name}"
+            for path in config_paths(fs, posixpath.normpath(target).lstrip("/")):
+                if path not in chain and len(chain) < _MAX_IMPORT_DEPTH:
+                    included = parse_blocks(read_text(fs, path) or "", newlines=True)
+                    out += _imports(fs, included, base, snippets, (*chain, path))
+            continue
+        if directive.block is not None:
+            block = _imports(fs, directive.block, base, snippets, chain)
+            directive = Directive(directive.name, directive.args, block)
+        out.append(directive)
+    return out
+
+
+def _walk(directives: Sequence[Directive], root: str | None, source: str) -> Iterator[Serving]:
+    for directive in directives:
+        if directive.name == "root" and directive.block is None:
+            root = _root(directive)
+    for directive in directives:
+        if directive.name == "file_server" and directive.block:
+            for inner in directive.block:
+                if inner.name == "precompressed":
+                    path = image_path(root or "")
+                    why = "" if path is not None else f"root {root or '(none)'}"
+                    yield Serving("Caddy", "precompressed", source, _suffixes(inner.args), path, why)
+        elif directive.block is not None and not directive.name.startswith("("):
+            yield from _walk(directive.block, root, source)
+
+
+def _json_servings(value: Any, source: str) -> Iterator[Serving]:
+    if isinstance(value, dict):
+        if value.get("handler") == "file_server" and isinstance(value.get("precompressed"), dict):
+            root = value.get("root")
+            path = image_path(root) if isinstance(root, str) else None
+            why = "" if path is not None else f"root {root!r}"
+            yield Serving(
+                "Caddy", "precompressed", source, _suffixes(list(value["precompressed"])), path, why
+            )
+        for item in value.values():
+            yield from _json_servings(item, source)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _json_servings(item, source)
+
+
+def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
+    """Every Caddy file_server of the image that sends precompressed files."""
+    servings: list[Serving] = []
+    for path in CADDYFILES:
+        text = read_text(fs, path)
+        if text is None:
+            continue
+        try:
+            directives = _imports(fs, parse_blocks(text, newlines=True), path.rsplit("/", 1)[0], {})
+        except ValueError as error:
+            why = f"/{path} does not parse: {error}"
+            servings.append(Serving("Caddy", "precompressed", "/" + path, _suffixes(()), None, why))
+            continue
+        servings += _walk(directives, None, "/" + path)
+    for pattern in JSON_CONFIGS:
+        for path in config_paths(fs, pattern):
+            try:
+                document = json.loads(read_text(fs, path) or "null")
+            except ValueError:
+                continue
+            servings += _json_servings(document, "/" + path)
+    return servings

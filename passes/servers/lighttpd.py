@@ -1,0 +1,61 @@
+"""lighttpd: a ``mod_magnet`` Lua script that sends ``FILE.gz``/``FILE.br``, and the document root it serves.
+
+lighttpd 1.4 compresses on the fly (``mod_deflate``, with an optional cache of its own) and does not look for
+precompressed twins; sites that ship them attract a Lua script (``magnet.attract-physical-path-to``,
+``magnet.attract-raw-url-to``) that rewrites the path to the twin. Such a script (one that names ``.gz``,
+``.br`` or ``.zst``) serves ``server.document-root``. Includes are followed; ``include_shell`` is not run.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from optimizer.filesystem import FileSystem
+
+from .files import config_paths, read_text
+from .serving import Serving, image_path
+
+__all__ = ["CONFIGS", "find"]
+
+CONFIGS = ("etc/lighttpd/lighttpd.conf", "usr/local/etc/lighttpd/lighttpd.conf")
+_INCLUDE = re.compile(r"""^\s*include\s+"([^"]+)"|^\s*include\s+'([^']+)'""", re.M)
+_ROOT = re.compile(r"""^\s*server\.document-root\s*=\s*"([^"]*)\"""", re.M)
+_MAGNET = re.compile(r"""magnet\.attract-[\w-]+\s*\+?=\s*\(([^)]*)\)""")
+_SCRIPT = re.compile(r'"([^"]+\.lua)"')
+_TWIN = re.compile(r"""["']\.(gz|br|zst)["']""")
+_MAX_INCLUDE_DEPTH = 16
+
+
+def _text(fs: FileSystem, path: str, chain: tuple[str, ...] = ()) -> str:
+    text = read_text(fs, path) or ""
+    base = posixpath.dirname(path)
+    parts = [text]
+    for match in _INCLUDE.finditer(text):
+        target = match.group(1) or match.group(2)
+        pattern = posixpath.normpath(target if target.startswith("/") else f"/{base}/{target}").lstrip("/")
+        if len(chain) < _MAX_INCLUDE_DEPTH:
+            chained = (*chain, path)
+            parts += [_text(fs, p, chained) for p in config_paths(fs, pattern) if p not in chained]
+    return "\n".join(parts)
+
+
+def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
+    """The document root of an image's lighttpd whose mod_magnet scripts send precompressed twins."""
+    servings: list[Serving] = []
+    for path in CONFIGS:
+        if read_text(fs, path) is None:
+            continue
+        text = _text(fs, path)
+        roots = _ROOT.findall(text)
+        for attract in _MAGNET.finditer(text):
+            for script in _SCRIPT.findall(attract.group(1)):
+                suffixes = frozenset("." + s for s in _TWIN.findall(read_text(fs, script.lstrip("/")) or ""))
+                if not suffixes:
+                    continue
+                root = image_path(roots[-1]) if roots else None
+                why = "" if root is not None else f"server.document-root {roots[-1] if roots else '(none)'}"
+                servings.append(Serving("lighttpd", f"mod_magnet {script}", "/" + path, suffixes, root, why))
+    return servings

@@ -1,0 +1,61 @@
+"""``passes.servers.caddy``: ``precompressed`` in a Caddyfile (snippets and imports) and in JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.passes.servers.helpers import kept, served_by
+
+
+def test_caddyfile_site_root_and_formats(tmp_path: Path) -> None:
+    caddyfile = b"""
+(assets) {
+    file_server {
+        precompressed br gzip
+    }
+}
+example.com {
+    root * /srv/www
+    import assets
+}
+:8080 {
+    root /srv/other
+    file_server
+}
+"""
+    result = served_by(tmp_path, {"etc/caddy/Caddyfile": caddyfile})
+    assert kept(result, "srv/www/a.js.br", "srv/www/a.js.gz", "srv/www/a.js.zst", "srv/other/a.js.gz") == {
+        "srv/www/a.js.br": "served by Caddy (precompressed) from /srv/www",
+        "srv/www/a.js.gz": "served by Caddy (precompressed) from /srv/www",
+        "srv/www/a.js.zst": None,  # not among the formats listed
+        "srv/other/a.js.gz": None,  # file_server without precompressed
+    }
+
+
+def test_bare_precompressed_means_every_format_and_placeholders_keep_everything(tmp_path: Path) -> None:
+    caddyfile = b":80 {\n root * {env.SITE}\n file_server {\n precompressed\n }\n}\n"
+    result = served_by(tmp_path, {"etc/caddy/Caddyfile": caddyfile})
+    assert set(result.everywhere) == {".br", ".gz", ".zst"}
+    assert "root {env.SITE}" in result.notes[0]
+
+
+def test_json_config(tmp_path: Path) -> None:
+    handler = {
+        "handler": "file_server",
+        "root": "/usr/share/caddy",
+        "precompressed": {"gzip": {}, "zstd": {}},
+    }
+    document = {"apps": {"http": {"servers": {"srv0": {"routes": [{"handle": [handler]}]}}}}}
+    result = served_by(tmp_path, {"config/caddy/autosave.json": json.dumps(document).encode()})
+    assert result.keeps("usr/share/caddy/index.html.zst", ".zst") == (
+        "served by Caddy (precompressed) from /usr/share/caddy"
+    )
+    assert result.keeps("usr/share/caddy/index.html.br", ".br") is None
+
+
+def test_import_cycles_stop(tmp_path: Path) -> None:
+    caddyfile = b"(a) {\n import a\n import a\n file_server {\n precompressed gzip\n }\n}\n"
+    caddyfile += b":80 {\n root * /srv\n import a\n import Caddyfile\n}\n"
+    result = served_by(tmp_path, {"etc/caddy/Caddyfile": caddyfile})
+    assert result.keeps("srv/x.gz", ".gz") == "served by Caddy (precompressed) from /srv"

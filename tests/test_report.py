@@ -1,0 +1,93 @@
+"""The JSON report: its schema (optimizer/report.schema.json) holds for real runs, layers are numbered from 1
+everywhere, every finding about a file names its layer, and the summary's figures add up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from optimizer import Options, optimize
+from optimizer.report import SCHEMA_VERSION, report_schema, tool_version
+
+from .conftest import ROOT
+from .imagetools import build_image, entry
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "demo.tar"
+    subprocess.run(
+        [sys.executable, str(ROOT / "testdata" / "make_demo_image.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def check(data: dict[str, Any]) -> None:
+    Draft202012Validator.check_schema(report_schema())
+    errors = sorted(Draft202012Validator(report_schema()).iter_errors(data), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:5])
+    assert data["schema_version"] == SCHEMA_VERSION and data["tool"]["version"] == tool_version()
+    for image in data["images"]:
+        numbers = [layer["number"] for layer in image["layers"]]
+        assert numbers == list(range(1, len(numbers) + 1)), numbers
+        for report in image["passes"]:
+            for finding in report["findings"]:
+                if finding["path"]:
+                    assert finding["layer"] in numbers, finding
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        Options(),
+        Options(dry_run=True),
+        Options(squash=True),
+        Options(base="none", passes=("dead-data", "media")),
+    ],
+    ids=["default", "dry-run", "squash", "no-base"],
+)
+def test_reports_validate_against_the_schema(demo: Path, tmp_path: Path, options: Options) -> None:
+    report = optimize(str(demo), None if options.dry_run else str(tmp_path / "out.tar"), options)
+    check(report.to_json())
+
+
+def test_the_cli_report_validates_and_dead_entries_name_their_layer(tmp_path: Path) -> None:
+    image = build_image(
+        tmp_path / "in.tar",
+        [
+            [entry("var/cache/big", data=b"x" * 5000)],
+            [entry("app", data=b"a")],
+            [entry("var/cache/big", data=b"y")],
+        ],
+    )
+    out, path = tmp_path / "out.tar", tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "optimizer", str(image), str(out), "--base", "none", "--report", str(path)],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(path.read_text())
+    check(data)
+    (dead,) = [p for p in data["images"][0]["passes"] if p["name"] == "dead-data"]
+    dropped = [f for f in dead["findings"] if f["action"] == "dropped"]
+    assert [(f["path"], f["layer"]) for f in dropped] == [("var/cache/big", 1)]
+
+
+def test_summary_splits_savings_from_additions(demo: Path, tmp_path: Path) -> None:
+    report = optimize(str(demo), str(tmp_path / "out.tar"))
+    summary = report.summary
+    assert summary.bytes_before == report.bytes_before and summary.bytes_after == report.bytes_after
+    assert summary.saved_by_passes > 0
+    assert summary.bytes_before - summary.bytes_after == (
+        summary.saved_by_passes + summary.saved_by_recompression - summary.added
+    )
+    if summary.added:
+        assert summary.added_because and all(line.startswith("inject: ") for line in summary.added_because)
