@@ -213,6 +213,7 @@ def index_layer(
             TarArchive(stream, _READ_BLOCK) as archive,
         ):
             offset = spool.tell()
+            end = 0  # where the last member (header, data, padding) ends in the tar stream
             for pointer in archive.entries():
                 count += 1
                 if count > limits.max_layer_entries:
@@ -221,15 +222,21 @@ def index_layer(
                         f"(--max-layer-entries); raise the limit if the image is trusted"
                     )
                 entry = _to_entry(archive.lib, pointer, names)
-                if entry is None:
-                    continue
-                last = entry.path
-                content = None
-                if entry.kind is EntryKind.FILE:
-                    content = _spool(archive, buffer, spool, offset, entry, spool_path, where)
-                    offset += content.size
-                entries.append(IndexedEntry(entry, content))
+                if entry is not None:
+                    last = entry.path
+                    content = None
+                    if entry.kind is EntryKind.FILE:
+                        content = _spool(archive, buffer, spool, offset, entry, spool_path, where)
+                        offset += content.size
+                    entries.append(IndexedEntry(entry, content))
+                archive.skip_data()
+                end = archive.position()
+            consumed = archive.position()
             stream.drain()
+            if consumed == end + 512 and stream.size > consumed:
+                # libarchive ends at one zero block; Go's archive/tar (containerd, umoci) wants the next one
+                # zero too, and refuses the layer.
+                raise LayerError(f"{where}: bytes that are not zeros in the end-of-archive blocks after {last}")
     except TarError as error:
         at = f" after {last}" if last else ""
         raise LayerError(f"{where}: corrupt tar stream{at}: {error.msg}") from error

@@ -327,6 +327,14 @@ class TarArchive:
             assert entry.value is not None
             yield entry.value
 
+    def skip_data(self) -> None:
+        """Consume the rest of the current member (its data and padding): nothing, if it was read."""
+        self._call(self.lib.ffi.read_data_skip, self._pointer)
+
+    def position(self) -> int:
+        """Bytes of the tar stream libarchive has consumed."""
+        return int(self.lib.ffi.filter_bytes(self._pointer, 0))
+
     def read_data(self, buffer: ctypes.Array[ctypes.c_char]) -> int:
         return int(self._call(self.lib.ffi.read_data, self._pointer, buffer, len(buffer)))
 

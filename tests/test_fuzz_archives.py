@@ -157,7 +157,7 @@ def write_tar_bytes(files: dict[str, bytes]) -> bytes:
 
 def _accepted_by_skopeo_and_umoci(out: Path, work: Path, every_layer_read: bool) -> None:
     """skopeo copies the output (verifying every blob); umoci unpacks it (verifying diff_ids too) when every
-    layer was read and none is zstd (umoci 0.4.7 reads none). A run that reads no layer copies them as they
+    layer was read, none is zstd (umoci 0.4.7 reads none) and the config says linux (the only OS it unpacks). A run that reads no layer copies them as they
     came, digests intact: what is inside them was not looked at, and umoci may refuse it."""
     skopeo = require_tool("skopeo", "skopeo")
     work.mkdir(exist_ok=True)
@@ -166,7 +166,13 @@ def _accepted_by_skopeo_and_umoci(out: Path, work: Path, every_layer_read: bool)
     )
     assert copied.returncode == 0, copied.stderr
     manifest = json.loads((work / "copy" / "manifest.json").read_text())
-    if every_layer_read and not any("zstd" in layer["mediaType"] for layer in manifest["layers"]):
+    try:
+        config = json.loads((work / "copy" / manifest["config"]["digest"][7:]).read_bytes())
+    except ValueError:  # an artifact's config need not be JSON
+        config = None
+    linux = isinstance(config, dict) and config.get("os") == "linux"  # umoci unpacks linux images only
+    zstd = any("zstd" in str(layer.get("mediaType")) for layer in manifest["layers"])
+    if every_layer_read and linux and not zstd:
         umoci = require_tool("umoci", "umoci")
         layout = work / "layout"
         with tarfile.open(out) as tar:

@@ -324,6 +324,17 @@ def test_a_layer_that_is_not_its_media_type_is_exit_3(
     )
 
 
+def test_junk_in_the_end_of_archive_blocks_is_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # libarchive stops at the first zero block; Go's archive/tar (containerd, umoci) refuses a second that is not
+    plain = bytearray(tar_of([("etc", "dir", b""), ("etc/motd", "file", b"hi\n")]))
+    plain[2048] = 7  # headers at 0 and 512, data at 1024, end-of-archive blocks at 1536 and 2048
+    source = image_with(tmp_path, [(OCI_LAYER_TAR, bytes(plain), digest_of(bytes(plain)))])
+    argv = [str(source), str(tmp_path / "out.tar"), "--passes", "dead-data"]
+    refused(capsys, 3, argv, "layer 1/1", "end-of-archive blocks after etc/motd")
+
+
 @pytest.mark.parametrize("codec", ["gzip", "zstd"])
 def test_a_compressed_layer_cut_short_is_exit_3(
     codec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -484,7 +495,7 @@ def test_sanitize_rewrites_the_layer_without_unsafe_names(tmp_path: Path) -> Non
     require_tool("umoci", "umoci")
     source = image_with(tmp_path, [plain_layer(FILES), plain_layer(HOSTILE)])
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), Options(passes=(), sanitize=True))
+    report = optimize(str(source), str(out), Options(base="none", passes=(), sanitize=True))
     assert [layer.status for layer in report.images[0].layers] == ["unchanged", "rewritten"]
     layout = Layout(out)
     ((_, manifest),) = layout.manifests()
@@ -615,8 +626,9 @@ def test_strip_elf_and_upx_work_in_the_run_work_directory(
     work.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-directory"))  # no default temp dir
     options = Options(
+        base="none",
         passes=("strip-elf", "upx"),
-        pass_options={"upx": UpxOptions(mode="unpack")},
+        pass_options=(UpxOptions(mode="unpack"),),
         strict=True,
         workers=1,
         workdir=str(work),
@@ -637,7 +649,10 @@ def test_oci_dir_output_replaces_its_own_earlier_output(
     out = tmp_path / "layout"
     assert main([str(source), str(out), "--format", "oci-dir", "--passes", "none", "-q"]) == 0
     first = json.loads((out / "index.json").read_text())
-    assert main([str(source), str(out), "--format", "oci-dir", "--passes", "dead-data", "-q"]) == 0
+    assert (
+        main([str(source), str(out), "--format", "oci-dir", "--passes", "dead-data", "--base", "none", "-q"])
+        == 0
+    )
     second = json.loads((out / "index.json").read_text())
     assert first != second and (out / "oci-layout").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".optimize")] == []
