@@ -236,7 +236,9 @@ def index_layer(
             if consumed == end + 512 and stream.size > consumed:
                 # libarchive ends at one zero block; Go's archive/tar (containerd, umoci) wants the next one
                 # zero too, and refuses the layer.
-                raise LayerError(f"{where}: bytes that are not zeros in the end-of-archive blocks after {last}")
+                raise LayerError(
+                    f"{where}: bytes that are not zeros in the end-of-archive blocks after {last}"
+                )
     except TarError as error:
         at = f" after {last}" if last else ""
         raise LayerError(f"{where}: corrupt tar stream{at}: {error.msg}") from error
