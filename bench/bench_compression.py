@@ -35,7 +35,7 @@ from common import BENCH_IMAGE, ROOT, human, image_layers, measure, open_member,
 
 sys.path.insert(0, str(ROOT))
 
-from optimizer.output import CompressionSpec, _Compressor
+from optimizer.codec import CompressionSpec, Compressor
 
 WRITE = 16 * 1024  # tarfile's copy buffer: the size of the writes the layer writer receives
 
@@ -55,7 +55,7 @@ def raw_sample(image: Path, megabytes: int) -> bytes:
 def codec_run(data: bytes, spec: CompressionSpec, workers: int) -> tuple[float, int, str]:
     sink = io.BytesIO()
     started = time.monotonic()
-    compressor = _Compressor(sink, spec, workers)
+    compressor = Compressor(sink, spec, workers)
     view = memoryview(data)
     for start in range(0, len(data), WRITE):
         compressor.write(view[start : start + WRITE])

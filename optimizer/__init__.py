@@ -17,6 +17,7 @@ from .errors import (
     FormatError,
     InputError,
     LayerError,
+    LimitError,
     MissingBlobError,
     OptimizerError,
     OutputError,
@@ -28,6 +29,7 @@ from .errors import (
 )
 from .filesystem import FileSystem, Node, build_filesystem
 from .layer import IndexedEntry, LayerIndex, index_layer
+from .limits import Limits
 from .model import Content, Descriptor, Entry, EntryKind, Platform
 from .options import Options
 from .output import CompressionSpec
@@ -58,6 +60,8 @@ __all__ = [
     "LayerError",
     "LayerIndex",
     "LayerReport",
+    "LimitError",
+    "Limits",
     "MissingBlobError",
     "Node",
     "OptimizerError",

@@ -29,12 +29,20 @@ from .accounting import summarize
 from .base import BaseFinder, base_layer_lists, layers_of_document
 from .documents import ANNOTATION_SOURCE_DIGEST, parse_object
 from .errors import OptimizerError, RegistryError, UsageError
+from .estimate import estimate_sizes
 from .model import Platform
 from .options import Options
-from .output import CompressionSpec, compressor_versions, source_date_epoch, write_oci_archive, write_oci_dir
+from .output import (
+    CompressionSpec,
+    check_destination,
+    compressor_versions,
+    source_date_epoch,
+    write_oci_archive,
+    write_oci_dir,
+)
 from .pipeline import Pass, WorkerPool
 from .pipeline import select_passes as _select
-from .plan import RunPlan, estimate_sizes, plan_run
+from .plan import RunPlan, plan_run
 from .pull import pull_bytes
 from .registry.access import Clients
 from .registry.client import Manifest
@@ -65,6 +73,8 @@ def optimize(src: str, dst: str | None, options: Options | None = None) -> Repor
         raise UsageError("an output path is needed unless dry_run is set")
     if dst is not None and os.path.abspath(src) == os.path.abspath(dst):
         raise UsageError("the output must not be the input: nothing the user had is overwritten")
+    if dst is not None and not options.dry_run and not is_registry_ref(dst):
+        check_destination(dst, options.output_format)  # before any work, not after it
     with Optimization(src, options, dst) as run:
         run.execute()
         if dst is not None and not options.dry_run:
@@ -144,7 +154,7 @@ class Optimization:
     def tree(self) -> list[Node]:
         """The input's index tree (read once)."""
         if self._tree is None:
-            self._tree = read_tree(self.source.blobs, self.source.root_manifests)
+            self._tree = read_tree(self.source.blobs, self.source.root_manifests, limits=self.options.limits)
         return self._tree
 
     def execute(self) -> Report:
@@ -232,7 +242,7 @@ class Optimization:
     def _open(self, src: str) -> Source:
         if is_registry_ref(src):
             return open_registry(src, self.workdir, self._clients)
-        return open_source(src, self.workdir)
+        return open_source(src, self.workdir, limits=self.options.limits)
 
 
 def _check_options(options: Options) -> None:
@@ -243,6 +253,8 @@ def _check_options(options: Options) -> None:
     for platform in options.platforms:
         if len(platform.strip("/").split("/")) not in (2, 3):
             raise UsageError(f"--platform {platform!r}: expected OS/ARCH or OS/ARCH/VARIANT (linux/arm64/v8)")
+    if options.workers is not None and options.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {options.workers} (leave it out for all cores)")
 
 
 def _settings(options: Options, workers: int) -> WriteSettings:

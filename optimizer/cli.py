@@ -1,41 +1,56 @@
-"""The ``optimize`` command: a thin ``main(argv)`` over the library. Only here do errors become exit codes."""
+"""The ``optimize`` command: a thin ``main(argv)`` over the library. Only here do errors become exit codes.
+
+Documented errors (``OptimizerError``) print one line, never a traceback. Ctrl-C exits 130 and SIGTERM 143
+(128 + the signal, as shells report them); either way the work directory is removed and nothing is written
+at the destination (the output is renamed into place only when complete).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import settings
 from .api import optimize
-from .errors import OptimizerError, UsageError
+from .errors import OptimizerError, OutputError, UsageError
+from .limits import Limits
 from .options import Options
 from .registry import access
 from .render import print_summary
+from .report import Report
 
 __all__ = ["EXIT_CODES", "build_parser", "main", "version_text"]
 
 EXIT_OK = 0
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
+EXIT_TERMINATED = 143  # SIGTERM
 # What each exit status means, for --help; the README's table and the errors' exit_code say the same (tested).
 EXIT_CODES: tuple[tuple[int, str], ...] = (
-    (0, "done (warnings may have been printed)"),
+    (0, "done (warnings may have been printed on stderr)"),
     (1, "another error of ours"),
     (2, "usage: bad option, unknown pass, output equal to the input"),
     (
         3,
-        "input: not an image, malformed JSON, missing blob, digest or size mismatch, corrupt or hostile layer",
+        "input: not an image, malformed or too deep JSON, missing blob (see --allow-partial), truncated "
+        "archive, digest, size or diff_id mismatch, mislabelled, corrupt or hostile layer, a limit exceeded",
     ),
     (4, "a pass failed and --strict was given"),
     (5, "policy: the image breaks a rule made fatal (--upx fail)"),
-    (6, "output could not be written"),
-    (7, "a required external program is missing (the message names the Debian package)"),
+    (6, "output could not be written (disk full, destination a directory, --report path unwritable)"),
+    (7, "a required program or library is missing (the message names the Debian package)"),
     (8, "registry: network, authentication or protocol failure"),
-    (130, "interrupted"),
+    (130, "interrupted (Ctrl-C)"),
+    (143, "terminated (SIGTERM): like Ctrl-C, nothing left behind"),
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: unwinds (and cleans up) exactly as Ctrl-C does."""
 
 
 def version_text() -> str:
@@ -86,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--report", metavar="FILE", help="write the JSON report to FILE ('-' for stdout)")
     settings.add_arguments(parser, Options)
+    settings.add_arguments(
+        parser.add_argument_group("limits (exceeding one is exit 3; SIZE: bytes, or 64K, 512M, 16G)"), Limits
+    )
     access.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -98,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     pass_options = tuple(settings.from_args(cls.Options, args, cls.flag_prefix) for cls in _pass_classes())
-    return settings.from_args(Options, args, pass_options=pass_options, registry=access.from_args(args))  # type: ignore[no-any-return]
+    limits = settings.from_args(Limits, args)
+    return settings.from_args(  # type: ignore[no-any-return]
+        Options, args, pass_options=pass_options, registry=access.from_args(args), limits=limits
+    )
 
 
 class _Progress:
@@ -152,30 +173,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dataclasses import replace
 
         options = replace(options, progress=progress)
+    previous = _on_sigterm()
     try:
+        if args.report and args.report != "-":
+            check_report_path(args.report)  # before the image is written, not after
         report = optimize(args.input, args.output, options)
+        if args.report:
+            write_report(report, args.report)
     except OptimizerError as error:
         if progress is not None:
             progress.clear()
         print(f"optimize: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("optimize: interrupted; no output written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        what = "terminated" if terminated else "interrupted"
+        print(f"optimize: {what}; no output written", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        _restore_sigterm(previous)
     if progress is not None:
         progress.clear()
-    if args.report:
-        data = json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
-        if args.report == "-":
-            sys.stdout.write(data)
-        else:
-            tmp = args.report + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as out:
-                out.write(data)
-            os.replace(tmp, args.report)
     if not args.quiet and args.report != "-":
         print_summary(report, sys.stdout, args.verbose)
     return EXIT_OK
+
+
+def check_report_path(path: str) -> None:
+    """The report can be written at ``path`` (its directory exists and is writable, it is not a directory)."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise OutputError(f"--report {path}: is a directory")
+    if not os.path.isdir(directory):
+        raise OutputError(f"--report {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise OutputError(f"--report {path}: not writable")
+
+
+def write_report(report: Report, path: str) -> None:
+    """The JSON report on stdout (``-``) or in ``path``, replaced atomically."""
+    data = json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"
+    if path == "-":
+        sys.stdout.write(data)
+        return
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except OSError as error:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OutputError(f"--report {path}: writing failed: {error}") from error
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _on_sigterm() -> Any:
+    """Make SIGTERM unwind like Ctrl-C (only the main thread can install a handler; elsewhere: unchanged)."""
+    try:
+        return signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _serve(argv: Sequence[str]) -> int:

@@ -8,8 +8,9 @@ to exit codes or HTTP statuses::
     ├── InputError                      exit 3: the input image cannot be read as promised
     │   ├── FormatError                 not an OCI layout / docker archive, or malformed JSON documents
     │   ├── MissingBlobError            a blob that the image needs is not in the input
-    │   ├── DigestMismatchError         a blob's bytes do not match its digest or size
-    │   └── LayerError                  a layer's tar stream is corrupt or hostile beyond repair
+    │   ├── DigestMismatchError         a blob's bytes do not match its digest or size (or a diff_id)
+    │   ├── LayerError                  a layer's tar stream is corrupt, mislabelled or hostile (``--strict``)
+    │   └── LimitError                  a resource limit was exceeded (``Limits``: sizes, ratio, counts)
     ├── PassFailedError                 exit 4: a pass raised and ``--strict`` was given
     ├── PolicyError                     exit 5: the image violates a policy the user made fatal (``--upx fail``)
     ├── OutputError                     exit 6: the output cannot be written (disk full, permissions)
@@ -21,11 +22,14 @@ Messages name the image, the layer and the path, in that order, and the cause is
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "DigestMismatchError",
     "FormatError",
     "InputError",
     "LayerError",
+    "LimitError",
     "MissingBlobError",
     "OptimizerError",
     "OutputError",
@@ -34,6 +38,7 @@ __all__ = [
     "RegistryError",
     "RequiredToolNotFound",
     "UsageError",
+    "out_of_space",
 ]
 
 
@@ -79,6 +84,11 @@ class LayerError(InputError):
     """A layer's tar stream is corrupt, truncated or hostile beyond repair."""
 
 
+class LimitError(InputError):
+    """The input exceeds a resource limit (``optimizer.limits.Limits``); the message names the flag that
+    raises it. Raised while streaming, before the excess reaches memory or the work directory."""
+
+
 class PassFailedError(OptimizerError):
     """A pass raised an exception and strict mode made that fatal."""
 
@@ -112,3 +122,9 @@ class RegistryError(OptimizerError):
     """A registry request failed (network, authentication, protocol)."""
 
     exit_code = 8
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether an OSError says the disk (or the quota, or the file size limit) is full: an output error,
+    wherever it happens (the work directory, the destination), never a fault of the input."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

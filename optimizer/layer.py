@@ -1,13 +1,18 @@
-"""Reading layers: one pass over each layer's tar stream with libarchive.
+"""Reading layers: one pass over each layer's tar stream.
 
-``index_layer`` decodes a layer once, verifying its digest, and returns every entry with its metadata. The
-bytes of every regular file are appended to one spool file per layer (a slice of it is the entry's
-``Content``), so later stages (passes, worker processes, the layer writer) read them again without decoding the
-layer a second time, and nothing is held whole in memory.
+``index_layer`` decodes a layer once and returns every entry with its metadata. The blob is decompressed as
+its media type says and hashed as it goes (``tar_reader.LayerStream``): the result carries the layer's
+diff_id and uncompressed size, for the caller to check against the config, and the blob's own digest is
+verified at its end. The run's ``Limits`` are enforced while reading: uncompressed bytes (the ``Cap`` the
+caller computed) and entries. The bytes of every regular file are appended to one spool file per layer (a
+slice of it is the entry's ``Content``), so later stages (passes, worker processes, the layer writer) read
+them again without decoding the layer a second time, and nothing is held whole in memory.
 
 Hostile names are neutralised here, once: a leading ``/`` is dropped, ``.`` components are removed and ``..``
-cannot climb above the root (as containerd and runc do when they unpack). Each neutralised name is reported.
-Nothing is ever written to the host's filesystem under a name from the layer.
+cannot climb above the root (as containerd and runc do when they unpack). Each neutralised name is reported
+and listed in ``LayerIndex.unsafe``; with ``sanitize`` the entry is left out instead (and a hardlink to it),
+so that a rewritten layer carries no such name. Nothing is ever written to the host's filesystem under a name
+from the layer.
 """
 
 from __future__ import annotations
@@ -15,17 +20,15 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import libarchive
-import libarchive.ffi as ffi
-from libarchive.exception import ArchiveError
+from typing import BinaryIO
 
 from .digest import short
-from .errors import InputError, LayerError
+from .errors import InputError, LayerError, LimitError, OutputError, out_of_space
+from .limits import Cap, Limits
 from .model import Content, Descriptor, Entry, EntryKind
 from .source import Blobs
+from .tar_reader import LayerStream, Library, TarArchive, TarError
 
 __all__ = ["IndexedEntry", "LayerIndex", "clean_path", "index_layer"]
 
@@ -45,6 +48,10 @@ class LayerIndex:
     descriptor: Descriptor
     entries: list[IndexedEntry]
     warnings: list[str] = field(default_factory=list)
+    diff_id: str = ""  # sha256 of the uncompressed tar stream, as read
+    size: int = 0  # bytes of the uncompressed tar stream
+    unsafe: list[str] = field(default_factory=list)  # member names (or link targets) that left the root
+    sanitized: bool = False  # entries with unsafe names were left out: the layer must be written again
 
     @property
     def content_bytes(self) -> int:
@@ -69,34 +76,6 @@ def _is_hostile(raw: str) -> bool:
     return raw.startswith("/") or ".." in raw.split("/")
 
 
-def _bind(name: str, argtypes: list[object], restype: object) -> object | None:
-    function: object | None = getattr(ffi.libarchive, "archive_" + name, None)
-    if function is None:
-        return None
-    function.argtypes = argtypes  # type: ignore[attr-defined]
-    function.restype = restype  # type: ignore[attr-defined]
-    return function
-
-
-_c_entry = ctypes.c_void_p
-_pathname_utf8 = _bind("entry_pathname_utf8", [_c_entry], ctypes.c_char_p)
-_symlink_utf8 = _bind("entry_symlink_utf8", [_c_entry], ctypes.c_char_p)
-_hardlink_utf8 = _bind("entry_hardlink_utf8", [_c_entry], ctypes.c_char_p)
-_uname_utf8 = _bind("entry_uname_utf8", [_c_entry], ctypes.c_char_p)
-_gname_utf8 = _bind("entry_gname_utf8", [_c_entry], ctypes.c_char_p)
-_xattr_reset = _bind("entry_xattr_reset", [_c_entry], ctypes.c_int)
-_xattr_next = _bind(
-    "entry_xattr_next",
-    [
-        _c_entry,
-        ctypes.POINTER(ctypes.c_char_p),
-        ctypes.POINTER(ctypes.c_void_p),
-        ctypes.POINTER(ctypes.c_size_t),
-    ],
-    ctypes.c_int,
-)
-
-
 def _text(utf8: object | None, fallback: object, pointer: int) -> str:
     value = utf8(pointer) if utf8 is not None else None  # type: ignore[operator]
     if value is None:
@@ -109,14 +88,14 @@ def _text(utf8: object | None, fallback: object, pointer: int) -> str:
 _NO_XATTRS: dict[str, bytes] = {}  # shared by every entry without xattrs (never mutated): 64 bytes each
 
 
-def _xattrs(pointer: int) -> dict[str, bytes]:
-    if _xattr_reset is None or _xattr_next is None or not _xattr_reset(pointer):  # type: ignore[operator]
+def _xattrs(lib: Library, pointer: int) -> dict[str, bytes]:
+    if lib.xattr_reset is None or lib.xattr_next is None or not lib.xattr_reset(pointer):
         return _NO_XATTRS
     out: dict[str, bytes] = {}
     name = ctypes.c_char_p()
     value = ctypes.c_void_p()
     size = ctypes.c_size_t()
-    while _xattr_next(pointer, ctypes.byref(name), ctypes.byref(value), ctypes.byref(size)) == 0:  # type: ignore[operator]
+    while lib.xattr_next(pointer, ctypes.byref(name), ctypes.byref(value), ctypes.byref(size)) == 0:
         if name.value is None:
             break
         data = ctypes.string_at(value.value, size.value) if value.value else b""
@@ -134,18 +113,46 @@ _KINDS = {
 }
 
 
-def _to_entry(item: libarchive.ArchiveEntry, warnings: list[str], where: str) -> Entry | None:
-    pointer = item._entry_p
-    raw = _text(_pathname_utf8, ffi.entry_pathname, pointer)
+class _Names:
+    """Member names as they are read: neutralised, reported, and (``sanitize``) entries that left the root
+    dropped, with every hardlink to a dropped path."""
+
+    def __init__(self, where: str, sanitize: bool) -> None:
+        self.where = where
+        self.sanitize = sanitize
+        self.warnings: list[str] = []
+        self.unsafe: list[str] = []
+        self.dropped: set[str] = set()
+
+    def unsafe_name(self, raw: str, what: str, clean: str) -> bool:
+        """Record an unsafe name; True when its entry is to be left out."""
+        self.unsafe.append(raw)
+        if self.sanitize:
+            self.warnings.append(f"{self.where}: {raw!r}: {what} leaves the root: entry dropped (--sanitize)")
+            return True
+        self.warnings.append(f"{self.where}: {raw!r}: unsafe {what} neutralised to {clean or '.'!r}")
+        return False
+
+
+def _to_entry(lib: Library, pointer: int, names: _Names) -> Entry | None:
+    ffi = lib.ffi
+    where, warnings = names.where, names.warnings
+    raw = _text(lib.pathname_utf8, ffi.entry_pathname, pointer)
     path = clean_path(raw)
-    if _is_hostile(raw):
-        warnings.append(f"{where}: {raw!r}: unsafe member name neutralised to {path or '.'!r}")
-    hardlink = _text(_hardlink_utf8, ffi.entry_hardlink, pointer) if item.islnk else ""
+    if _is_hostile(raw) and names.unsafe_name(raw, "member name", path):
+        names.dropped.add(path)
+        return None
+    hardlink = _text(lib.hardlink_utf8, ffi.entry_hardlink, pointer)
     if hardlink:
         kind = EntryKind.HARDLINK
         link = clean_path(hardlink)
-        if _is_hostile(hardlink):
-            warnings.append(f"{where}: {raw!r}: hardlink target {hardlink!r} neutralised to {link!r}")
+        if _is_hostile(hardlink) and names.unsafe_name(hardlink, f"hardlink target of {raw!r}", link):
+            names.dropped.add(path)
+            return None
+        if link in names.dropped:
+            warnings.append(f"{where}: {raw!r}: hardlink to the dropped {link!r} dropped (--sanitize)")
+            names.dropped.add(path)
+            return None
         if not link or link == path:
             warnings.append(f"{where}: {raw!r}: hardlink to itself or to the root dropped")
             return None
@@ -155,7 +162,7 @@ def _to_entry(item: libarchive.ArchiveEntry, warnings: list[str], where: str) ->
             warnings.append(f"{where}: {raw!r}: socket entry dropped (sockets cannot be stored in an image)")
             return None
         kind = _KINDS.get(filetype, EntryKind.FILE)
-        link = _text(_symlink_utf8, ffi.entry_symlink, pointer) if kind is EntryKind.SYMLINK else ""
+        link = _text(lib.symlink_utf8, ffi.entry_symlink, pointer) if kind is EntryKind.SYMLINK else ""
     if not path and kind is not EntryKind.DIR:
         warnings.append(f"{where}: {raw!r}: a non-directory entry for the root was dropped")
         return None
@@ -165,72 +172,112 @@ def _to_entry(item: libarchive.ArchiveEntry, warnings: list[str], where: str) ->
         mode=ffi.entry_perm(pointer) & 0o7777,
         uid=int(ffi.entry_uid(pointer)),
         gid=int(ffi.entry_gid(pointer)),
-        uname=sys.intern(_text(_uname_utf8, ffi.entry_uname, pointer)),
-        gname=sys.intern(_text(_gname_utf8, ffi.entry_gname, pointer)),
+        uname=sys.intern(_text(lib.uname_utf8, ffi.entry_uname, pointer)),
+        gname=sys.intern(_text(lib.gname_utf8, ffi.entry_gname, pointer)),
         mtime=int(ffi.entry_mtime(pointer)),
         mtime_ns=int(ffi.entry_mtime_nsec(pointer)),
         size=int(ffi.entry_size(pointer)) if kind is EntryKind.FILE else 0,
         link=link,
         devmajor=int(ffi.entry_rdevmajor(pointer)) if kind in (EntryKind.CHAR, EntryKind.BLOCK) else 0,
         devminor=int(ffi.entry_rdevminor(pointer)) if kind in (EntryKind.CHAR, EntryKind.BLOCK) else 0,
-        xattrs=_xattrs(pointer),
+        xattrs=_xattrs(lib, pointer),
     )
 
 
-def index_layer(blobs: Blobs, descriptor: Descriptor, spool_path: str, where: str) -> LayerIndex:
+def index_layer(
+    blobs: Blobs,
+    descriptor: Descriptor,
+    spool_path: str,
+    where: str,
+    limits: Limits | None = None,
+    cap: Cap | None = None,
+    sanitize: bool = False,
+) -> LayerIndex:
     """Decode a layer once: its entries, and every regular file's bytes appended to ``spool_path``.
 
-    ``where`` names the image and layer for messages (``image sha256:ab12, layer 3/7 sha256:cd34``).
+    ``where`` names the image and layer for messages (``image sha256:ab12, layer 3/7 sha256:cd34``). ``cap``
+    bounds the uncompressed bytes (default: ``limits.layer_cap`` for this blob alone); ``sanitize`` leaves
+    out entries whose names leave the root.
     """
-    warnings: list[str] = []
+    limits = limits or Limits()
+    cap = cap or limits.layer_cap(descriptor.size, limits.max_image_bytes)
+    names = _Names(where, sanitize)
     entries: list[IndexedEntry] = []
     last = ""
-    reader = blobs.open(descriptor, "layer")
+    count = 0
     buffer = ctypes.create_string_buffer(_READ_BLOCK)
     try:
         with (
-            reader,
+            LayerStream(blobs.open(descriptor, "layer"), descriptor.media_type, cap, where) as stream,
             open(spool_path, "ab") as spool,
-            libarchive.stream_reader(reader, format_name="tar", block_size=_READ_BLOCK) as archive,
+            TarArchive(stream, _READ_BLOCK) as archive,
         ):
             offset = spool.tell()
-            for item in archive:
-                entry = _to_entry(item, warnings, where)
-                if entry is None:
-                    continue
-                last = entry.path
-                content = None
-                if entry.kind is EntryKind.FILE:
-                    digest = hashlib.sha256()
-                    size = 0
-                    for chunk in _blocks(archive._pointer, buffer):
-                        digest.update(chunk)
-                        spool.write(chunk)
-                        size += len(chunk)
-                    if size != entry.size:
-                        raise LayerError(f"{where}: {entry.path}: truncated ({size} of {entry.size} bytes)")
-                    content = Content(spool_path, offset, size, digest.hexdigest())
-                    offset += size
-                entries.append(IndexedEntry(entry, content))
-            while reader.read(1 << 20):  # the tail after the end-of-archive blocks: verify the digest
-                pass
-    except ArchiveError as error:
+            end = 0  # where the last member (header, data, padding) ends in the tar stream
+            for pointer in archive.entries():
+                count += 1
+                if count > limits.max_layer_entries:
+                    raise LimitError(
+                        f"{where}: more than {limits.max_layer_entries} entries "
+                        f"(--max-layer-entries); raise the limit if the image is trusted"
+                    )
+                entry = _to_entry(archive.lib, pointer, names)
+                if entry is not None:
+                    last = entry.path
+                    content = None
+                    if entry.kind is EntryKind.FILE:
+                        content = _spool(archive, buffer, spool, offset, entry, spool_path, where)
+                        offset += content.size
+                    entries.append(IndexedEntry(entry, content))
+                archive.skip_data()
+                end = archive.position()
+            consumed = archive.position()
+            stream.drain()
+            if consumed == end + 512 and stream.size > consumed:
+                # libarchive ends at one zero block; Go's archive/tar (containerd, umoci) wants the next one
+                # zero too, and refuses the layer.
+                raise LayerError(
+                    f"{where}: bytes that are not zeros in the end-of-archive blocks after {last}"
+                )
+    except TarError as error:
         at = f" after {last}" if last else ""
         raise LayerError(f"{where}: corrupt tar stream{at}: {error.msg}") from error
     except InputError:
         raise
     except OSError as error:
+        if out_of_space(error):
+            raise OutputError(f"{where}: the work directory is full: {error}") from error
         raise LayerError(f"{where}: reading failed{' after ' + last if last else ''}: {error}") from error
-    return LayerIndex(descriptor, entries, warnings)
+    warnings = [stream.note, *names.warnings] if stream.note else names.warnings
+    index = LayerIndex(descriptor, entries, warnings, stream.diff_id, stream.size, names.unsafe)
+    index.sanitized = bool(names.dropped)
+    return index
 
 
-def _blocks(archive_p: int, buffer: ctypes.Array[ctypes.c_char]) -> Iterator[bytes]:
-    read = ffi.read_data
+def _spool(
+    archive: TarArchive,
+    buffer: ctypes.Array[ctypes.c_char],
+    spool: BinaryIO,
+    offset: int,
+    entry: Entry,
+    spool_path: str,
+    where: str,
+) -> Content:
+    """Copy the current member's bytes to the spool, hashing them."""
+    digest = hashlib.sha256()
+    size = 0
+    write = spool.write
     while True:
-        got = read(archive_p, buffer, len(buffer))
-        if got == 0:
-            return
-        yield buffer.raw[:got]
+        got = archive.read_data(buffer)
+        if not got:
+            break
+        chunk = buffer.raw[:got]
+        digest.update(chunk)
+        write(chunk)
+        size += got
+    if size != entry.size:
+        raise LayerError(f"{where}: {entry.path}: truncated ({size} of {entry.size} bytes)")
+    return Content(spool_path, offset, size, digest.hexdigest())
 
 
 def layer_label(image: str, number: int, total: int, descriptor: Descriptor) -> str:

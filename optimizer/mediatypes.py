@@ -82,6 +82,29 @@ def sniff_compression(head: bytes) -> Compression:
     """Guess a blob's compression from its first bytes (docker archives do not say)."""
     if head[:2] == b"\x1f\x8b":
         return Compression.GZIP
-    if head[:4] == b"\x28\xb5\x2f\xfd":
+    if head[:4] == b"\x28\xb5\x2f\xfd" or _zstd_skippable(head):
         return Compression.ZSTD
     return Compression.NONE
+
+
+def read_as(media_type: str, found: Compression) -> Compression | None:
+    """How to decompress a layer of ``media_type`` whose first bytes look ``found`` (``sniff_compression``):
+    as declared when they agree; as a plain tar when a plain tar carries Docker's gzip type (Docker and
+    containerd detect compression from the bytes, and skopeo writes such layers from docker archives); None
+    for any other disagreement, which is refused (umoci and other readers trust the media type)."""
+    declared = layer_compression(media_type)
+    if declared is None or found is declared:
+        return declared
+    if media_type == DOCKER_LAYER_GZIP and found is Compression.NONE:
+        return Compression.NONE
+    return None
+
+
+def describe_compression(compression: Compression) -> str:
+    """For messages: "a plain tar", "gzip-compressed", "zstd-compressed"."""
+    return "a plain tar" if compression is Compression.NONE else f"{compression.value}-compressed"
+
+
+def _zstd_skippable(head: bytes) -> bool:
+    """A zstd skippable frame (magic 0x184D2A50-0x184D2A5F, little-endian): zstd streams may start with one."""
+    return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from .limits import Limits
 from .output import CompressionSpec
 from .registry.access import RegistryAccess
 from .settings import setting
@@ -34,7 +35,8 @@ class Options:
     that pass's ``Options`` instance (absent passes use their defaults); ``progress`` is called with
     (what, done, total) as the run goes; ``pass_classes`` is the pipeline to choose from, in order (default
     ``passes.PASSES``), for your own passes; ``registry`` says how to reach the registries of ``docker://``
-    inputs and outputs (TLS, credentials, timeouts).
+    inputs and outputs (TLS, credentials, timeouts); ``limits`` bounds what an input may make the run read
+    and hold (``Limits``: its fields are settings of their own, ``--max-layer-bytes`` and so on).
 
     ``pass_options`` holds passes' ``Options`` instances (``(StripElfOptions(mode="debug"),)``): each names its
     pass by its type, so options cannot go to the wrong pass; ``options_for(StripElf)`` reads them back."""
@@ -46,7 +48,19 @@ class Options:
     )
     skip: tuple[str, ...] = setting((), "comma-separated passes not to run", parse=pass_names)
     pass_options: tuple[object, ...] = ()
-    strict: bool = setting(False, "a failing pass fails the run (else its changes are dropped)")
+    strict: bool = setting(
+        False,
+        "a failing pass fails the run (else its changes are dropped), and so does an unsafe member name "
+        "left in a layer that is not rewritten (exit 3); every layer is read and its diff_id checked",
+    )
+    sanitize: bool = setting(
+        False,
+        "rewrite layers whose member names or hardlink targets leave the root, without those entries",
+    )
+    allow_partial: bool = setting(
+        False,
+        "carry references to manifests and blobs the input lacks (a partial export) instead of failing",
+    )
     dry_run: bool = setting(False, "plan and report, write nothing (sizes after are estimates)", config=False)
     normalize: bool = setting(False, "rewrite every layer canonically (reproducible digests)")
     base: str | None = setting(
@@ -95,6 +109,7 @@ class Options:
         None, "processes for per-file work (default: all cores)", metavar="N", config=False
     )
     workdir: str | None = setting(None, "directory for temporary files", metavar="DIR", config=False)
+    limits: Limits = field(default_factory=Limits)
     progress: Progress | None = field(default=None, compare=False)
     pass_classes: tuple[type[Any], ...] | None = field(default=None, compare=False)
     registry: RegistryAccess = field(default_factory=RegistryAccess, compare=False)
@@ -111,6 +126,8 @@ class Options:
             "passes": list(self.passes) if self.passes is not None else None,
             "skip": list(self.skip),
             "strict": self.strict,
+            "sanitize": self.sanitize,
+            "allow_partial": self.allow_partial,
             "dry_run": self.dry_run,
             "normalize": self.normalize,
             "base": self.base,

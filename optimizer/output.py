@@ -15,24 +15,18 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import json
 import os
 import shutil
-import struct
 import tarfile
 import tempfile
-import zlib
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import zstandard
-
-from .errors import OutputError
-from .mediatypes import Compression
+from .codec import CompressionSpec, Compressor, compressor_versions
+from .errors import OutputError, out_of_space
 from .model import Entry, EntryKind
 
 __all__ = [
@@ -40,14 +34,13 @@ __all__ = [
     "CompressionSpec",
     "LayerWriter",
     "canonical_json",
+    "check_destination",
     "compressor_versions",
     "source_date_epoch",
     "write_oci_archive",
     "write_oci_dir",
 ]
 
-DEFAULT_GZIP_LEVEL = 6
-DEFAULT_ZSTD_LEVEL = 3
 _CHUNK = 1 << 20
 
 
@@ -65,180 +58,6 @@ def source_date_epoch() -> int | None:
         from .errors import UsageError
 
         raise UsageError(f"SOURCE_DATE_EPOCH must be an integer number of seconds, not {value!r}") from error
-
-
-def compressor_versions() -> dict[str, str]:
-    import libarchive.ffi
-
-    return {
-        "zlib": zlib.ZLIB_RUNTIME_VERSION,
-        "zstd": ".".join(str(x) for x in zstandard.ZSTD_VERSION),
-        "python-zstandard": zstandard.__version__,
-        "libarchive": str(libarchive.ffi.version_number()),
-        "gzip-mode": (
-            f"{GZIP_BLOCK}-byte deflate blocks, each primed with the previous {_DEFLATE_WINDOW} bytes and "
-            "sync-flushed, memLevel 9, CRC-32 over the whole stream: independent of the worker count"
-        ),
-        "zstd-mode": (
-            "libzstd multi-threaded mode (nbWorkers >= 1, default job size), checksum on, no content size: "
-            "independent of the worker count"
-        ),
-    }
-
-
-@dataclass(frozen=True)
-class CompressionSpec:
-    codec: Compression = Compression.GZIP
-    level: int | None = None
-
-    @property
-    def effective_level(self) -> int:
-        if self.level is not None:
-            return self.level
-        return DEFAULT_ZSTD_LEVEL if self.codec is Compression.ZSTD else DEFAULT_GZIP_LEVEL
-
-    def __str__(self) -> str:
-        return (
-            self.codec.value
-            if self.codec is Compression.NONE
-            else f"{self.codec.value}:{self.effective_level}"
-        )
-
-    @classmethod
-    def parse(cls, text: str) -> CompressionSpec:
-        from .errors import UsageError
-
-        name, _, level = text.partition(":")
-        try:
-            codec = Compression(name)
-        except ValueError as error:
-            raise UsageError(
-                f"unknown compression {name!r}: use gzip[:LEVEL], zstd[:LEVEL] or none"
-            ) from error
-        if not level:
-            return cls(codec)
-        if codec is Compression.NONE:
-            raise UsageError("compression 'none' takes no level")
-        try:
-            number = int(level)
-        except ValueError as error:
-            raise UsageError(f"compression level must be a number, not {level!r}") from error
-        limits = (1, 9) if codec is Compression.GZIP else (1, 22)
-        if not limits[0] <= number <= limits[1]:
-            raise UsageError(f"{codec.value} level must be between {limits[0]} and {limits[1]}")
-        return cls(codec, number)
-
-
-GZIP_BLOCK = 256 * 1024  # raw bytes per independently deflated block (part of what byte identity depends on)
-_DEFLATE_WINDOW = 32 * 1024
-_MEM_LEVEL = 9
-
-
-def deflate_block(block: bytes, dictionary: bytes, level: int, last: bool) -> bytes:
-    """One block of a gzip stream: raw deflate primed with the 32 KiB before it, ending byte-aligned.
-
-    Blocks that are not the last end with a sync flush (no BFINAL bit), so the concatenation of every block's
-    output, in order, is one valid deflate stream; matches may reach into the previous block through the
-    dictionary, as pigz does. The result depends on the block, its dictionary and the level only, never on
-    which thread ran it or how many ran: that is what makes parallel gzip byte-identical to serial gzip.
-    """
-    if dictionary:
-        compressor = zlib.compressobj(
-            level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY, dictionary
-        )
-    else:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL)
-    return compressor.compress(block) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-
-
-class _Compressor:
-    """Streams bytes into a compressed file, hashing both sides, compressing on ``workers`` threads.
-
-    gzip: the raw stream is cut into ``GZIP_BLOCK``-byte blocks deflated in a thread pool (zlib releases the
-    GIL) and written in order; the CRC-32 and the digests are computed serially over the stream meanwhile.
-    zstd: libzstd's own multi-threaded mode, always with at least one worker thread, whose output does not
-    depend on the number of workers. Either way the bytes are the same for 1 or N workers.
-    """
-
-    def __init__(self, out: BinaryIO, spec: CompressionSpec, workers: int = 1) -> None:
-        self._out = out
-        self.codec = spec.codec
-        self.diff_hash = hashlib.sha256()
-        self.blob_hash = hashlib.sha256()
-        self.blob_size = 0
-        self.raw_size = 0
-        self._crc = 0
-        self._level = spec.effective_level
-        self._gzip = spec.codec is Compression.GZIP
-        self._pending = bytearray()
-        self._dictionary = b""
-        self._executor: ThreadPoolExecutor | None = None
-        self._inflight: deque[Future[bytes]] = deque()
-        self._limit = 2 * max(1, workers) + 1
-        self._zstd: Any = None
-        if self._gzip:
-            if workers > 1:
-                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="deflate")
-            # Fixed header: no FNAME, MTIME 0, XFL 0, OS 255 (unknown), so the host does not leak in.
-            self._emit(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
-        elif spec.codec is Compression.ZSTD:
-            params = zstandard.ZstdCompressionParameters.from_level(
-                self._level, write_content_size=False, write_checksum=True, threads=max(1, workers)
-            )
-            self._zstd = zstandard.ZstdCompressor(compression_params=params).compressobj()
-
-    def _emit(self, data: bytes) -> None:
-        if data:
-            self.blob_hash.update(data)
-            self.blob_size += len(data)
-            self._out.write(data)
-
-    def _submit(self, block: bytes, last: bool) -> None:
-        dictionary = self._dictionary
-        tail = block if len(block) >= _DEFLATE_WINDOW else dictionary + block
-        self._dictionary = tail[-_DEFLATE_WINDOW:]
-        if self._executor is None:
-            self._emit(deflate_block(block, dictionary, self._level, last))
-            return
-        self._inflight.append(self._executor.submit(deflate_block, block, dictionary, self._level, last))
-        while self._inflight and (len(self._inflight) >= self._limit or self._inflight[0].done()):
-            self._emit(self._inflight.popleft().result())
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.diff_hash.update(data)
-        self.raw_size += len(data)
-        if self._gzip:
-            self._crc = zlib.crc32(data, self._crc)
-            self._pending += data
-            while len(self._pending) >= GZIP_BLOCK:
-                block = bytes(self._pending[:GZIP_BLOCK])
-                del self._pending[:GZIP_BLOCK]
-                self._submit(block, last=False)
-        elif self._zstd is not None:
-            self._emit(self._zstd.compress(data))
-        else:
-            self._emit(bytes(data))
-        return len(data)
-
-    def tell(self) -> int:
-        """Bytes of tar written so far (tarfile asks, to keep its offsets)."""
-        return self.raw_size
-
-    def finish(self) -> None:
-        if self._gzip:
-            self._submit(bytes(self._pending), last=True)
-            self._pending.clear()
-            while self._inflight:
-                self._emit(self._inflight.popleft().result())
-            self._emit(struct.pack("<II", self._crc & 0xFFFFFFFF, self.raw_size & 0xFFFFFFFF))
-        elif self._zstd is not None:
-            self._emit(self._zstd.flush())
-        self.close()
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
 
 
 @dataclass(frozen=True)
@@ -263,7 +82,7 @@ class LayerWriter:
     def __init__(self, path: str, spec: CompressionSpec, clamp_mtime: int | None, workers: int = 1) -> None:
         self._path = path
         self._file = open(path, "wb")  # noqa: SIM115 - closed in close() or abort()
-        self._compressor = _Compressor(self._file, spec, workers)
+        self._compressor = Compressor(self._file, spec, workers)
         self._tar = tarfile.TarFile(
             fileobj=self._compressor,  # type: ignore[arg-type]
             mode="w",
@@ -393,10 +212,35 @@ def _layout_members(
             yield f"blobs/{algorithm}/{digest.split(':', 1)[1]}", size, opener
 
 
+def check_destination(destination: str, output_format: str) -> None:
+    """Refuse, before any work, a destination the output cannot replace: ``OutputError`` (exit 6)."""
+    parent = os.path.dirname(os.path.abspath(destination)) or "."
+    if not os.path.isdir(parent):
+        raise OutputError(f"{destination}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{destination}: the directory {parent} is not writable")
+    if output_format == "oci-dir":
+        if os.path.lexists(destination) and not os.path.isdir(destination):
+            raise OutputError(f"{destination} exists and is not a directory (--format oci-dir writes one)")
+        if os.path.isdir(destination) and not _replaceable_layout(destination):
+            raise OutputError(f"{destination} exists and is not an OCI layout: it is not replaced")
+    elif os.path.isdir(destination):
+        raise OutputError(
+            f"{destination} is a directory: an oci-archive output is a file (--format oci-dir writes a layout)"
+        )
+
+
+def _replaceable_layout(directory: str) -> bool:
+    """An empty directory, or an OCI layout (an earlier output): what ``write_oci_dir`` may replace."""
+    names = os.listdir(directory)
+    return not names or "oci-layout" in names or "index.json" in names
+
+
 def write_oci_archive(
     destination: str, index_bytes: bytes, docker_manifest: bytes | None, blobs: Mapping[str, OutputBlob]
 ) -> None:
     """Write an OCI archive (plus docker's manifest.json) atomically at ``destination``."""
+    check_destination(destination, "oci-archive")
     mtime = source_date_epoch() or 0
     directory = os.path.dirname(os.path.abspath(destination)) or "."
     try:
@@ -431,20 +275,25 @@ def write_oci_archive(
                         _finish(reader)
         os.chmod(temporary, 0o644 & ~_umask())
         os.replace(temporary, destination)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise _write_failed(destination, error) from error
         raise
 
 
 def write_oci_dir(
     destination: str, index_bytes: bytes, docker_manifest: bytes | None, blobs: Mapping[str, OutputBlob]
 ) -> None:
-    """Write an OCI layout directory atomically (built beside ``destination``, then renamed)."""
+    """Write an OCI layout directory atomically: built beside ``destination``, then swapped in for it (an
+    empty directory or an earlier layout there is replaced, as an archive is)."""
+    check_destination(destination, "oci-dir")
     parent = os.path.dirname(os.path.abspath(destination)) or "."
-    if os.path.exists(destination) and not (os.path.isdir(destination) and not os.listdir(destination)):
-        raise OutputError(f"{destination} exists and is not an empty directory")
-    temporary = tempfile.mkdtemp(prefix=".optimize-", dir=parent)
+    try:
+        temporary = tempfile.mkdtemp(prefix=".optimize-", dir=parent)
+    except OSError as error:
+        raise OutputError(f"cannot write in {parent}: {error}") from error
     try:
         for name, _size, content in _layout_members(index_bytes, docker_manifest, blobs):
             target = os.path.join(temporary, name)
@@ -457,12 +306,58 @@ def write_oci_dir(
                 with content() as reader, open(target, "wb") as out:
                     shutil.copyfileobj(reader, out, _CHUNK)
                     _finish(reader)
-        if os.path.isdir(destination):
-            os.rmdir(destination)
-        os.replace(temporary, destination)
-    except BaseException:
+        os.chmod(temporary, 0o755 & ~_umask())
+        _swap_in(temporary, destination)
+    except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _write_failed(destination, error) from error
         raise
+
+
+def _swap_in(built: str, destination: str) -> None:
+    """Put the directory ``built`` at ``destination``. An existing one is exchanged with it in one step
+    (renameat2 RENAME_EXCHANGE) and then removed, so ``destination`` is never missing or half written; where
+    the filesystem cannot exchange, the old one is renamed aside first."""
+    if not os.path.isdir(destination):
+        os.replace(built, destination)
+        return
+    if _exchange(built, destination):
+        shutil.rmtree(built)  # now the earlier output
+        return
+    aside = tempfile.mkdtemp(prefix=".optimize-old-", dir=os.path.dirname(os.path.abspath(destination)))
+    os.rmdir(aside)
+    os.rename(destination, aside)
+    try:
+        os.rename(built, destination)
+    except BaseException:
+        os.rename(aside, destination)
+        raise
+    shutil.rmtree(aside)
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Atomically swap two paths; False where the C library or the filesystem cannot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+def _write_failed(destination: str, error: OSError) -> OutputError:
+    if out_of_space(error):
+        return OutputError(f"{destination}: the disk is full: {error}")
+    return OutputError(f"{destination}: writing failed: {error}")
 
 
 def _finish(reader: BinaryIO) -> None:

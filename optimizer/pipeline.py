@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from .changes import Change, Changes
-from .errors import PassFailedError, PolicyError, RequiredToolNotFound, UsageError
+from .errors import (
+    OutputError,
+    PassFailedError,
+    PolicyError,
+    RequiredToolNotFound,
+    UsageError,
+    out_of_space,
+)
 from .filesystem import FileSystem
 from .layer import LayerIndex
 from .model import Content, Platform
@@ -134,6 +141,8 @@ class PassContext:
     layers: Sequence[LayerIndex] = ()
     # run-wide facts passes may share, keyed by pass name
     shared: dict[str, Any] = field(default_factory=dict)
+    # the run's work directory (--workdir; removed at the end of the run): where temporary files go
+    workdir: str | None = None
 
     def map(
         self, fn: Callable[[bytes, A], R], items: Sequence[tuple[K, Content]], arg: A
@@ -268,6 +277,10 @@ def run_passes(
         except (PolicyError, RequiredToolNotFound):
             raise  # the user asked for something that cannot be done: not a pass bug to shrug off
         except Exception as error:  # a pass failing must not take the run down unless strict
+            if out_of_space(error):  # not the pass's fault, and the next pass would fail the same way
+                raise OutputError(
+                    f"{image_name}: pass {cls.name}: the work directory is full: {error}"
+                ) from error
             report.status = PassStatus.FAILED
             report.error = f"{type(error).__name__}: {error}"
             report.seconds = round(time.monotonic() - started, 3)

@@ -17,8 +17,8 @@ reports it as it is (sizes of rewritten layers are then estimates).
 
 from __future__ import annotations
 
+import logging
 import os
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +28,7 @@ from .base import BaseFinder, Protection
 from .changes import Change
 from .digest import short
 from .documents import parse_object
-from .errors import FormatError
+from .errors import LayerError
 from .filesystem import FileSystem, build_filesystem
 from .history import config_platform
 from .layer import LayerIndex, index_layer
@@ -42,8 +42,18 @@ from .report import ImageReport, LayerReport, Report
 from .source import Source
 from .spool import Spool
 from .tree import Node, NodeKind
+from .verify import (
+    check_diff_ids,
+    check_media_types,
+    config_diff_ids,
+    missing_blobs,
+    missing_manifest,
+    unsafe_names_kept,
+)
 
-__all__ = ["ImagePlan", "LayerDecision", "RunPlan", "estimate_sizes", "plan_run", "tar_size"]
+__all__ = ["ImagePlan", "LayerDecision", "RunPlan", "plan_run", "tar_size"]
+
+log = logging.getLogger("oci_optimizer")
 
 EMPTY_LAYER_PLAN = LayerPlan()
 
@@ -128,7 +138,7 @@ class _Planner:
         self.spool = spool
         self.workdir = workdir
         self.report = report
-        self.layer_cache: dict[str, LayerIndex] = {}
+        self.layer_cache: dict[tuple[str, bool], LayerIndex] = {}  # (digest, sanitized) -> its entries
         self.bases = bases
 
     def progress(self, what: str, done: int, total: int) -> None:
@@ -158,21 +168,13 @@ class _Planner:
         non_distributable = {i for i, d in enumerate(layers) if d.media_type in mt.NON_DISTRIBUTABLE}
         plan.shared = {i for i, d in enumerate(layers) if d.digest in options.protect_layers}
         plan.held = non_distributable | plan.shared
-        if self.passes or options.normalize or options.recompress or options.squash:
-            plan.indexes = self.index_layers(layers, plan.name)
-            for index in plan.indexes:
-                plan.report.warnings.extend(index.warnings)
+        diff_ids = self.read_layers(plan, plan.held)
         changes: list[Change] = []
         if self.passes or options.squash:
             # The merged view is for passes and squashing; a bare re-encode (--normalize, --recompress) only
             # needs each layer's own entries, and skipping the view keeps memory down on many-file images.
             below = plan.squash_base if options.squash else plan.protected
             changes = self.run_pipeline(plan, frozenset(range(below)) | plan.held)
-        diff_ids: list[str] = list((plan.config.get("rootfs") or {}).get("diff_ids") or [])
-        if len(diff_ids) != len(layers):
-            raise FormatError(
-                f"{plan.name}: the config has {len(diff_ids)} diff_ids for {len(layers)} layers"
-            )
         plan.changes = build_plan(changes, len(layers))
         if options.squash and plan.final_fs is not None and len(layers) - plan.squash_base >= 2:
             if non_distributable & set(range(plan.squash_base, len(layers))):
@@ -194,7 +196,54 @@ class _Planner:
             if decision.fate in ("kept", "unchanged"):
                 decision.report.uncompressed_after = decision.report.uncompressed_before
         plan.report.layers.extend(decision.report for decision in plan.layers)
+        self.unsafe_names(plan)
         return plan
+
+    def read_layers(self, plan: ImagePlan, held: set[int]) -> list[str]:
+        """Check the image's blobs and, when the run needs them, read its layers into ``plan.indexes``
+        (verified against the config's diff_ids, which are returned); layers not read are sniffed."""
+        options = self.options
+        layers = plan.node.layers
+        total = len(layers)
+        diff_ids = config_diff_ids(plan.config, total, plan.name)
+        if options.base_layers is not None and options.base_layers > total:
+            message = (
+                f"{plan.name}: --base-layers {options.base_layers} is more than its {total} layers: "
+                f"every layer is kept as it is"
+            )
+            log.warning("warning: %s", message)
+            plan.report.warnings.append(message)
+        read = bool(self.passes) or options.normalize or options.recompress or options.squash
+        read = read or options.sanitize or options.strict
+        named = [(f"layer {n}/{total}", layer) for n, layer in enumerate(layers, 1)]
+        plan.report.warnings.extend(
+            missing_blobs(self.source.blobs, plan.name, named, options.allow_partial, read)
+        )
+        if not read:
+            plan.report.warnings.extend(check_media_types(self.source.blobs, layers, plan.name))
+            return diff_ids
+        sanitize = frozenset(n for n in range(plan.protected, total) if options.sanitize and n not in held)
+        plan.indexes = self.index_layers(layers, plan.name, sanitize)
+        check_diff_ids(plan.indexes, diff_ids, plan.name)
+        for index in plan.indexes:
+            plan.report.warnings.extend(index.warnings)
+        return diff_ids
+
+    def unsafe_names(self, plan: ImagePlan) -> None:
+        """Layers that keep member names leaving the root, byte for byte: said on stderr, fatal if strict."""
+        total = len(plan.indexes)
+        for decision in plan.layers:
+            if decision.fate not in ("kept", "unchanged") or decision.number >= total:
+                continue
+            index = plan.indexes[decision.number]
+            where = f"{plan.name}, layer {decision.number + 1}/{total} {short(index.descriptor.digest)}"
+            message = unsafe_names_kept(index, where)
+            if not message:
+                continue
+            if self.options.strict:
+                raise LayerError(message)
+            log.warning("warning: %s", message)
+            plan.report.warnings.append(message)
 
     def new_plan(self, node: Node) -> ImagePlan:
         """An image's plan before its layers are read: config, report, protected base."""
@@ -223,7 +272,7 @@ class _Planner:
         outcome = run_passes(
             self.passes,
             lambda view, recorder, report: PassContext(
-                view, recorder, info, report, self.pool, self.options.dry_run, indexes
+                view, recorder, info, report, self.pool, self.options.dry_run, indexes, workdir=self.workdir
             ),
             fs,
             self.spool,
@@ -239,15 +288,14 @@ class _Planner:
     ) -> LayerDecision:
         options = self.options
         layer_plan = plan.changes.layers.get(number)
-        must_write = bool(layer_plan) or (
-            (options.normalize or options.recompress)
-            and number >= plan.protected
-            and number not in non_distributable
-        )
+        rewritable = number >= plan.protected and number not in non_distributable
+        sanitized = bool(plan.indexes) and plan.indexes[number].sanitized
+        must_write = bool(layer_plan) or ((options.normalize or options.recompress) and rewritable)
         spec = layer_spec(options.compression, layer.media_type, options.recompress)
-        if options.recompress and not options.normalize and not layer_plan:
+        if options.recompress and not options.normalize and not layer_plan and not sanitized:
             current = mt.layer_compression(layer.media_type)
             must_write = must_write and current is not None and (current is not spec.codec)
+        must_write = must_write or (sanitized and rewritable)
         changed = layer_plan.changes if layer_plan else 0
         if not must_write:
             status = "kept" if number < plan.protected or number in plan.held else "unchanged"
@@ -274,17 +322,31 @@ class _Planner:
         )
         return LayerDecision(number, layer, diff_id, "rewrite", layer_plan, report, spec)
 
-    def index_layers(self, layers: Sequence[Descriptor], name: str) -> list[LayerIndex]:
-        self.source.blobs.prefetch([layer for layer in layers if layer.digest not in self.layer_cache])
+    def index_layers(
+        self, layers: Sequence[Descriptor], name: str, sanitize: frozenset[int] = frozenset()
+    ) -> list[LayerIndex]:
+        """Each layer's entries, read once per run (``sanitize``: the layers read without unsafe names).
+        The image's uncompressed bytes are counted against ``--max-image-bytes`` as they are read."""
+        limits = self.options.limits
+        self.source.blobs.prefetch(
+            [layer for n, layer in enumerate(layers) if (layer.digest, n in sanitize) not in self.layer_cache]
+        )
         indexes = []
+        used = 0
         for number, layer in enumerate(layers, 1):
-            cached = self.layer_cache.get(layer.digest)
+            key = (layer.digest, number - 1 in sanitize)
+            where = f"{name}, layer {number}/{len(layers)} {short(layer.digest)}"
+            cap = limits.layer_cap(layer.size, limits.max_image_bytes - used)
+            cached = self.layer_cache.get(key)
             if cached is None:
-                where = f"{name}, layer {number}/{len(layers)} {short(layer.digest)}"
                 self.progress(f"reading layer {number}/{len(layers)}", number - 1, len(layers))
-                spool = os.path.join(self.workdir, f"layer-{layer.digest.replace(':', '-')}.pack")
-                cached = index_layer(self.source.blobs, layer, spool, where)
-                self.layer_cache[layer.digest] = cached
+                suffix = "-sanitized" if key[1] else ""
+                spool = os.path.join(self.workdir, f"layer-{layer.digest.replace(':', '-')}{suffix}.pack")
+                cached = index_layer(self.source.blobs, layer, spool, where, limits, cap, key[1])
+                self.layer_cache[key] = cached
+            elif cached.size > cap.bytes:
+                raise cap.exceeded(where)
+            used += cached.size
             indexes.append(cached)
         return indexes
 
@@ -335,6 +397,9 @@ def plan_run(
     planner = _Planner(source, options, passes, pool, spool, workdir, report, bases)
     run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in passes))
     for node in _image_order(roots):
+        if node.kind is NodeKind.MISSING:
+            report.warnings.append(missing_manifest(node, source.name, options.allow_partial))
+            continue
         report.warnings.extend(node.warnings)
         if node.kind is NodeKind.IMAGE and planner.selected(node):
             run.images[node.digest] = planner.image(node)
@@ -343,7 +408,7 @@ def plan_run(
                 f"{short(node.digest)} {node.descriptor.platform or ''}: not a --platform chosen"
             )
         elif node.kind is NodeKind.MANIFEST:
-            _carried(source, node, report)
+            _carried(source, node, report, options.allow_partial)
     return run
 
 
@@ -365,95 +430,24 @@ def _image_order(roots: Sequence[Node]) -> list[Node]:
     return order
 
 
-def _carried(source: Source, node: Node, report: Report) -> None:
-    """A manifest copied untouched: say so, and warn about the blobs it names that the input lacks."""
+def _carried(source: Source, node: Node, report: Report, allow_partial: bool) -> None:
+    """A manifest copied untouched: say so, and refuse (or with ``allow_partial``, warn about) the blobs it
+    names that the input lacks."""
     assert node.config is not None
     name = node.label(source.name)
     if node.odd_layer_types:
-        report.warnings.append(
-            f"{name}: layers of unknown media type {', '.join(node.odd_layer_types)}: the image passes through untouched"
+        message = (
+            f"{name}: layers of a media type we do not read ({', '.join(node.odd_layer_types)}): "
+            f"the image passes through untouched"
         )
+        log.warning("warning: %s", message)
+        report.warnings.append(message)
     report.carried.append(f"{short(node.digest)} {node.config.media_type}")
-    for blob in [node.config, *node.layers]:
-        if not source.blobs.has(blob.digest) and not blob.raw.get("data"):
-            report.warnings.append(
-                f"{name}: blob {short(blob.digest)} ({blob.media_type}) is missing from the input"
-            )
-
-
-# gzip/zstd over a typical filesystem tree: the ratio assumed for an input whose layers are not compressed.
-TYPICAL_RATIO = 0.4
-
-
-def estimate_sizes(run: RunPlan) -> None:
-    """Fill in the reports of a plan that is not written (a dry run): the compressed size of each layer the
-    run would write, estimated from its tar size and the image's own compression ratio (``TYPICAL_RATIO`` for
-    uncompressed inputs). No layer is compressed; the few small files a pass adds are (zlib level 1), as
-    their ratio is nothing like the image's."""
-    for plan in run.images.values():
-        ratio = _compression_ratio(plan)
-        for decision in plan.layers:
-            if decision.fate == "rewrite":
-                index = plan.indexes[decision.number]
-                items = layer_entries(
-                    index,
-                    decision.plan or EMPTY_LAYER_PLAN,
-                    lower_paths_of(plan.indexes, decision.number, plan.changes),
-                    False,
-                )
-                decision.report.uncompressed_after = tar_size(entry for entry, _ in items)
-                decision.report.size_after = round(decision.report.uncompressed_after * ratio)
-                decision.report.estimated = True
-        extra = _unwritten_layer(plan, ratio)
-        if extra is not None:
-            plan.report.layers.append(extra)
-        if extra is not None or any(d.fate in ("rewrite", "dropped") for d in plan.layers):
-            plan.report.manifest_after = ""  # it would change; its digest is not known without writing
-        plan.pull_after = _estimated_pull(plan, extra)
+    total = len(node.layers)
+    named = [("config", node.config), *((f"layer {n}/{total}", d) for n, d in enumerate(node.layers, 1))]
+    report.warnings.extend(missing_blobs(source.blobs, name, named, allow_partial, read=False))
 
 
 def tar_size(entries: Iterable[Entry]) -> int:
     """The size of a tar of these entries: a 512-byte header each, contents padded to 512 bytes."""
     return sum(512 + (entry.size + 511) // 512 * 512 for entry in entries) + 1024
-
-
-def _compression_ratio(plan: ImagePlan) -> float:
-    compressed = [
-        (index, d)
-        for index, d in zip(plan.indexes, plan.layers, strict=False)
-        if mt.layer_compression(d.descriptor.media_type) not in (None, mt.Compression.NONE)
-    ]
-    raw = sum(tar_size(item.entry for item in index.entries) for index, _ in compressed)
-    packed = sum(d.descriptor.size for _, d in compressed)
-    return packed / raw if raw and packed else TYPICAL_RATIO
-
-
-def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
-    """The estimated report of the squashed or added layer a dry run does not write."""
-    count = len(plan.layers)
-    media_type = plan.layers[0].report.media_type if plan.layers else ""
-    if plan.squash:
-        assert plan.final_fs is not None
-        merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.squash_base]
-        size = round(tar_size(merged) * ratio)
-        return LayerReport(count + 1, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
-    if plan.changes.added:
-        added = list(plan.changes.added.values())
-        size = sum(512 + (len(zlib.compress(c.read_bytes(), 1)) if c else 0) for _, c in added) + 1024
-        return LayerReport(count + 1, "", "", 0, size, "added", media_type, len(added), estimated=True)
-    return None
-
-
-def _estimated_pull(plan: ImagePlan, extra: LayerReport | None) -> ImageBlobs:
-    """What a node would pull for the output of a dry run: new layers under made-up names, estimated sizes."""
-    before = plan.pull_before
-    blobs = {k: v for k, v in before.blobs.items() if k not in {d.descriptor.digest for d in plan.layers}}
-    for decision in plan.layers:
-        report = decision.report
-        if decision.fate in ("kept", "unchanged"):
-            blobs[decision.descriptor.digest] = decision.descriptor.size
-        elif decision.fate == "rewrite":
-            blobs[f"estimate:{plan.node.digest}:{decision.number}"] = report.size_after
-    if extra is not None:
-        blobs[f"estimate:{plan.node.digest}:{extra.status}"] = extra.size_after
-    return ImageBlobs(blobs, before.base)

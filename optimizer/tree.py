@@ -12,7 +12,9 @@ is the same ``Node`` object wherever it appears. Classification:
 - ``MISSING``: named by an index but absent from the input (a partial export): its reference is kept;
 - ``OTHER``: a blob named like a manifest whose media type is not one: carried over untouched.
 
-Nesting is bounded (``MAX_DEPTH``): a deeper chain of indexes is an input error, not a recursion error.
+Nesting is bounded (``MAX_DEPTH``): a deeper chain of indexes is an input error, not a recursion error. So
+are the entries of one index and the layers of one manifest (``Limits.max_index_manifests``,
+``Limits.max_layers``), checked before any of them is read.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 
 from . import mediatypes as mt
 from .digest import short
-from .documents import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, parse_object
-from .errors import FormatError
+from .documents import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, parse_descriptor, parse_object
+from .errors import FormatError, LimitError
+from .limits import Limits
 from .model import Descriptor
 from .source import Blobs
 
@@ -75,9 +78,17 @@ class Node:
         return f"{source_name}: image {short(self.digest)}{platform}{' (' + tag + ')' if tag else ''}"
 
 
-def read_tree(blobs: Blobs, roots: Sequence[Descriptor], where: str = "index.json") -> list[Node]:
+def read_tree(
+    blobs: Blobs, roots: Sequence[Descriptor], where: str = "index.json", limits: Limits | None = None
+) -> list[Node]:
     """Read and classify every manifest reachable from ``roots``."""
-    reader = _Reader(blobs)
+    limits = limits or Limits()
+    if len(roots) > limits.max_index_manifests:
+        raise LimitError(
+            f"{blobs.name}: {where} lists {len(roots)} manifests, more than --max-index-manifests "
+            f"{limits.max_index_manifests}"
+        )
+    reader = _Reader(blobs, limits)
     return [reader.node(descriptor, where, 0) for descriptor in roots]
 
 
@@ -98,8 +109,9 @@ def iter_nodes(roots: Sequence[Node]) -> Iterator[Node]:
 
 
 class _Reader:
-    def __init__(self, blobs: Blobs) -> None:
+    def __init__(self, blobs: Blobs, limits: Limits) -> None:
         self.blobs = blobs
+        self.limits = limits
         self.known: dict[str, Node] = {}
 
     def node(self, descriptor: Descriptor, where: str, depth: int) -> Node:
@@ -126,12 +138,19 @@ class _Reader:
         data = self.blobs.read(descriptor, "manifest")
         document = parse_object(data, f"{name}: manifest {short(descriptor.digest)}")
         media_type = descriptor.media_type
-        if media_type not in mt.INDEX_TYPES | mt.MANIFEST_TYPES:
-            media_type = str(document.get("mediaType", ""))
+        own = document.get("mediaType")
+        known = mt.INDEX_TYPES | mt.MANIFEST_TYPES
+        if media_type and isinstance(own, str) and own and _contradict(media_type, own):
+            raise FormatError(
+                f"{name}: {where}: {short(descriptor.digest)} is named as {media_type!r} "
+                f"but is a document of type {own!r}"
+            )
+        if media_type not in known:
+            media_type = str(own or "")
         if media_type in mt.INDEX_TYPES or (not media_type and "manifests" in document):
             return self._index(descriptor, where, data, document, depth)
         if media_type in mt.MANIFEST_TYPES or (not media_type and "layers" in document):
-            return _manifest(descriptor, where, data, document, name)
+            return _manifest(descriptor, where, data, document, name, self.limits)
         warning = (
             f"{name}: {where}: {short(descriptor.digest)} has media type "
             f"{descriptor.media_type or '(none)'}: carried over untouched"
@@ -145,28 +164,47 @@ class _Reader:
         children = document.get("manifests")
         if not isinstance(children, list):
             raise FormatError(f"{name}: index {short(descriptor.digest)}: 'manifests' is not a list")
+        if len(children) > self.limits.max_index_manifests:
+            raise LimitError(
+                f"{name}: {where}: index {short(descriptor.digest)} lists {len(children)} manifests, more than "
+                f"--max-index-manifests {self.limits.max_index_manifests}"
+            )
         nodes = []
         for number, child in enumerate(children):
-            if not isinstance(child, dict) or "digest" not in child:
-                raise FormatError(f"{name}: index {short(descriptor.digest)}: manifests[{number}] is invalid")
             below = f"{where} > {short(descriptor.digest)}[{number}]"
-            nodes.append(self.node(Descriptor.from_json(child), below, depth + 1))
+            what = f"{name}: index {short(descriptor.digest)}: manifests[{number}]"
+            nodes.append(self.node(parse_descriptor(child, what), below, depth + 1))
         return Node(descriptor, NodeKind.INDEX, where, data, document, tuple(nodes))
 
 
+def _contradict(named: str, own: str) -> bool:
+    """Whether an index's media type for a document and the document's own cannot both be right: an index
+    and a manifest, or a known type and an unknown one (an OCI name for a Docker manifest is common: ggcr)."""
+    kinds = [
+        "index" if t in mt.INDEX_TYPES else "manifest" if t in mt.MANIFEST_TYPES else t for t in (named, own)
+    ]
+    return kinds[0] != kinds[1]
+
+
 def _manifest(
-    descriptor: Descriptor, where: str, data: bytes, document: Mapping[str, Any], name: str
+    descriptor: Descriptor, where: str, data: bytes, document: Mapping[str, Any], name: str, limits: Limits
 ) -> Node:
     config = document.get("config")
     layers = document.get("layers")
+    what = f"{name}: {where}: manifest {short(descriptor.digest)}"
     if not isinstance(config, dict) or not isinstance(layers, list):
-        raise FormatError(f"{name}: manifest {short(descriptor.digest)}: no config or layers")
-    config_descriptor = Descriptor.from_json(config)
-    layer_descriptors = tuple(Descriptor.from_json(layer) for layer in layers)
+        raise FormatError(f"{what}: no config or layers")
+    if len(layers) > limits.max_layers:
+        raise LimitError(f"{what} has {len(layers)} layers, more than --max-layers {limits.max_layers}")
+    config_descriptor = parse_descriptor(config, f"{what}: config")
+    layer_descriptors = tuple(
+        parse_descriptor(layer, f"{what}: layers[{number}]") for number, layer in enumerate(layers)
+    )
     readable = [mt.layer_compression(d.media_type) is not None for d in layer_descriptors]
-    is_image = config_descriptor.media_type in mt.IMAGE_CONFIG_TYPES and any(readable)
+    # An image whose layers are all of types we do not read (squashfs) is an image all the same: say so.
+    is_image = config_descriptor.media_type in mt.IMAGE_CONFIG_TYPES
     odd = tuple(sorted({d.media_type for d, ok in zip(layer_descriptors, readable, strict=True) if not ok}))
-    kind = NodeKind.IMAGE if is_image and not odd else NodeKind.MANIFEST
+    kind = NodeKind.IMAGE if is_image and not odd and layer_descriptors else NodeKind.MANIFEST
     return Node(
         descriptor,
         kind,

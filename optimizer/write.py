@@ -23,6 +23,7 @@ from typing import Any
 from . import mediatypes as mt
 from .digest import short
 from .documents import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, ANNOTATION_SOURCE_DIGEST
+from .errors import OutputError, out_of_space
 from .filesystem import build_filesystem
 from .history import created_epoch, squash_config, update_config
 from .layer import OPAQUE_MARKER, WHITEOUT_PREFIX
@@ -75,6 +76,8 @@ class _Blobs:
         self.carried: set[str] = set()
 
     def from_source(self, store: Blobs, descriptor: Descriptor, role: str) -> None:
+        if not store.has(descriptor.digest):
+            return  # absent from a partial input: the plan refused it unless --allow-partial, a reference only
         self.carried.add(descriptor.digest)
         if descriptor.digest not in self.items:
             self.items[descriptor.digest] = (
@@ -329,7 +332,13 @@ class _Writer:
         """Write one layer into the work directory (``spec``: its codec; the run's for the layers it adds)."""
         path = os.path.join(self.workdir, f"out-{next(self.numbers)}.blob")
         settings = self.settings
-        return write_layer(items, path, spec or settings.compression, settings.layer_clamp, settings.workers)
+        try:
+            return write_layer(
+                items, path, spec or settings.compression, settings.layer_clamp, settings.workers
+            )
+        except OSError as error:
+            full = "is full" if out_of_space(error) else "cannot be written"
+            raise OutputError(f"the work directory {self.workdir} {full}: {error}") from error
 
     def finish(self, plan: ImagePlan, new_config: dict[str, Any], new_layers: list[Descriptor]) -> Descriptor:
         """Write the new config and manifest (unless every layer stayed the same) and return the manifest."""

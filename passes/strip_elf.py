@@ -158,7 +158,7 @@ class StripElf:
                 items.append((path, content))
         if not items:
             return
-        spill_dir = tempfile.mkdtemp(prefix="strip-elf-")
+        spill_dir = tempfile.mkdtemp(prefix="strip-elf-", dir=ctx.workdir)
         try:
             self._collect(ctx, items, StripJob(self.options, spill_dir))
         finally:

@@ -226,3 +226,124 @@ def sha256_file(path: Path) -> str:
 
 def files_in(directory: Path) -> Iterable[Path]:
     return sorted(p for p in directory.rglob("*"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hand-built archives, member by member, so that a test can break any part of them.
+
+
+def tar_of(members: Sequence[tuple[str, str, bytes | str]]) -> bytes:
+    """A plain tar, names exactly as given (``../x`` and ``/x`` too): (name, kind, data or link target), kind
+    one of file, dir, symlink, hardlink."""
+    types = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
+    types["hardlink"] = tarfile.LNKTYPE
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            info.type = types[kind]
+            info.mtime = 1_600_000_000
+            info.mode = 0o755 if kind == "dir" else 0o644
+            if kind == "file":
+                assert isinstance(payload, bytes)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info.linkname = payload if isinstance(payload, str) else ""
+                tar.addfile(info)
+    return out.getvalue()
+
+
+def compressed(plain: bytes, codec: str) -> bytes:
+    """``plain`` gzip- (mtime 0), zstd- or not compressed."""
+    import gzip
+
+    import zstandard
+
+    if codec == "gzip":
+        return gzip.compress(plain, mtime=0)
+    if codec == "zstd":
+        return zstandard.ZstdCompressor().compress(plain)
+    return plain
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def oci_files(
+    layers: Sequence[tuple[str, bytes, str]],
+    config_extra: dict[str, Any] | None = None,
+    manifest_extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, bytes], str]:
+    """The members of an OCI archive of one image, and the manifest's digest. ``layers``: (media type, blob,
+    diff_id) each, as given (so a test can make them disagree)."""
+    files: dict[str, bytes] = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}'}
+    config: dict[str, Any] = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, _, diff_id in layers]},
+    }
+    config.update(config_extra or {})
+    config_bytes = canonical_json(config)
+    descriptors = []
+    for media_type, blob, _ in layers:
+        files["blobs/sha256/" + digest_of(blob)[7:]] = blob
+        descriptors.append({"mediaType": media_type, "digest": digest_of(blob), "size": len(blob)})
+    files["blobs/sha256/" + digest_of(config_bytes)[7:]] = config_bytes
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config_bytes), "size": len(config_bytes)},
+        "layers": descriptors,
+    }
+    manifest.update(manifest_extra or {})
+    manifest_bytes = canonical_json(manifest)
+    files["blobs/sha256/" + digest_of(manifest_bytes)[7:]] = manifest_bytes
+    files["index.json"] = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest_of(manifest_bytes),
+                    "size": len(manifest_bytes),
+                    "annotations": {"org.opencontainers.image.ref.name": "latest"},
+                }
+            ],
+        }
+    )
+    return files, digest_of(manifest_bytes)
+
+
+def simple_image_files(codec: str = "gzip") -> dict[str, bytes]:
+    """A small valid image: two layers (a directory, files, a symlink; then a change and a whiteout)."""
+    first = tar_of(
+        [
+            ("etc", "dir", b""),
+            ("etc/hostname", "file", b"box\n"),
+            ("bin", "dir", b""),
+            ("bin/tool", "file", b"#!/bin/sh\necho hi\n" * 20),
+            ("bin/alias", "symlink", "tool"),
+            ("var", "dir", b""),
+            ("var/cache.txt", "file", b"cache " * 200),
+        ]
+    )
+    second = tar_of([("etc/hostname", "file", b"other\n"), ("var/.wh.cache.txt", "file", b"")])
+    media = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_GZIP[:-4] + "zstd", "none": OCI_LAYER_GZIP[:-5]}[codec]
+    layers = [(media, compressed(plain, codec), digest_of(plain)) for plain in (first, second)]
+    files, _ = oci_files(layers)
+    return files
+
+
+def write_tar(path: Path, files: dict[str, bytes]) -> Path:
+    """An archive of ``files`` in the order given (a plain tar of the members, as ``docker save`` writes)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return path

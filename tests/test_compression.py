@@ -15,9 +15,9 @@ import pytest
 import zstandard
 
 from optimizer import CompressionSpec, Options, optimize
+from optimizer.codec import GZIP_BLOCK, Compressor, compressor_versions
 from optimizer.errors import UsageError
 from optimizer.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Compression
-from optimizer.output import GZIP_BLOCK, _Compressor, compressor_versions
 from tests.conftest import require_tool
 from tests.imagetools import LayerSpec, Layout, build_image, entry, tree_of, umoci_unpack
 from tests.passes.test_dead_data import scenario_layers
@@ -36,7 +36,7 @@ def sample(size: int, seed: int = 7) -> bytes:
 
 def compress(data: bytes, spec: CompressionSpec, workers: int, chunk: int = 10_000) -> tuple[bytes, str, str]:
     buffer = io.BytesIO()
-    compressor = _Compressor(buffer, spec, workers)
+    compressor = Compressor(buffer, spec, workers)
     for start in range(0, len(data), chunk):
         compressor.write(data[start : start + chunk])
     compressor.finish()

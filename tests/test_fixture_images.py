@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,6 @@ VALID = [
     "dive/test-oci-zstd-image.tar",
     "ggcr/hello-world-v25.tar",
     "ggcr/oci-layout-test_gc_image_unknown_mediatype",
-    "ggcr/oci-layout-test_index",
     "ggcr/oci-layout-test_index_media_type",
     "ggcr/oci-layout-test_index_one_image",
     "ggcr/overwritten_file.tar",
@@ -75,8 +75,22 @@ VALID = [
     "sylabs-oci-tools/whiteout-opaque-end",
 ]
 
-# Valid for a pure repack, but their layer blobs are placeholders, not tars: any run that reads layers fails.
-PLACEHOLDER_LAYERS = ["containers-image/oci-layout-two-identical-refs"]
+# Partial exports: an index names manifests (other platforms) whose blobs were not exported. Refused unless
+# allow_partial (--allow-partial) carries the references over.
+PARTIAL = {
+    "containers-image/oci-layout-shared-blobs-dir",
+    "ggcr/oci-layout-test_gc_image_unknown_mediatype",
+    "imgutil/oci-layout-busybox-multi-platform",
+    "imgutil/oci-layout-index-docker-media-type",
+    "oras/hello-world-prefixed-path.tar",
+    "oras/hello-world.tar",
+}
+
+
+def options(name: str, **fields: Any) -> Options:
+    """The options of a test run on fixture ``name``: partial exports are carried over as they are."""
+    return Options(allow_partial=name in PARTIAL, **fields)
+
 
 # input -> (exception, words the message must contain)
 BROKEN = {
@@ -90,10 +104,16 @@ BROKEN = {
     "regclient/layer.tar": (FormatError, "neither index.json"),
     "sylabs-oci-tools/aufs-docker-v2-manifest": (DigestMismatchError, "sha256:6c9c1b8d1adb"),
     "imgutil/oci-layout-busybox-sparse": (MissingBlobError, "sha256:405fecb6a2fa"),
-    # its config blob has 584 bytes where the manifest says 585
+    # index.json names a Docker manifest with the media type application/vnd.oci.descriptor.v1+json
+    "ggcr/oci-layout-test_index": (FormatError, "is named as 'application/vnd.oci.descriptor.v1+json'"),
+    # Their layer blobs are placeholder text labelled tar+gzip: refused before anything is copied through.
     "containers-image/oci-layout-multiple-images": (
-        DigestMismatchError,
-        "has 584 bytes, its descriptor says 585",
+        LayerError,
+        "layer 1/1 sha256:557ac7d133b7: the blob is a plain tar but its media type",
+    ),
+    "containers-image/oci-layout-two-identical-refs": (
+        LayerError,
+        "layer 1/1 sha256:0c8b263642b5: the blob is a plain tar but its media type",
     ),
 }
 
@@ -137,15 +157,15 @@ def test_every_fixture_is_classified(fixtures: Path) -> None:
         for p in images.glob("*/*")
         if (p.is_dir() and (p / "index.json").exists()) or p.suffix in (".tar", ".gz", ".zst")
     }
-    classified = set(VALID) | set(PLACEHOLDER_LAYERS) | set(BROKEN)
+    classified = set(VALID) | set(BROKEN)
     assert present - classified == set()
 
 
-@pytest.mark.parametrize("name", VALID + PLACEHOLDER_LAYERS)
+@pytest.mark.parametrize("name", VALID)
 def test_empty_pipeline_keeps_every_layer_digest(name: str, tmp_path: Path) -> None:
     source = image(name)
     out = tmp_path / "out.tar"
-    report = optimize(str(source), str(out), Options(base="none", passes=()))
+    report = optimize(str(source), str(out), options(name, base="none", passes=()))
     assert out.exists()
     before = _layers_of_input(source, tmp_path)
     after = Layout(out).layer_digests()
@@ -188,13 +208,6 @@ def test_broken_inputs_give_the_documented_error(name: str, tmp_path: Path) -> N
         optimize(str(image(name)), str(out), Options(base="none", passes=()))
     assert words in str(caught.value)
     assert name.split("/")[-1] in str(caught.value)
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("name", PLACEHOLDER_LAYERS)
-def test_placeholder_layers_fail_clearly_when_read(name: str, tmp_path: Path) -> None:
-    with pytest.raises(LayerError, match=r"layer 1/1 sha256:[0-9a-f]{12}: corrupt tar stream"):
-        optimize(str(image(name)), str(tmp_path / "out.tar"), Options(base="none", passes=(), normalize=True))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -290,7 +303,7 @@ def _schema_validators(fixtures: Path) -> dict[str, object]:
 def test_output_validates_against_the_oci_schemas(name: str, tmp_path: Path, fixtures: Path) -> None:
     validators = _schema_validators(fixtures)
     out = tmp_path / "out.tar"
-    optimize(str(image(name)), str(out), Options(base="none", normalize=True))
+    optimize(str(image(name)), str(out), options(name, base="none", normalize=True))
     layout = Layout(out)
     original = Layout(image(name))
     validators["image-layout-schema.json"].validate(json.loads(layout.files["oci-layout"]))  # type: ignore[attr-defined]
@@ -342,10 +355,19 @@ def test_hybrid_docker_25_archive_keeps_repo_tags(tmp_path: Path) -> None:
 
 def test_partial_multi_platform_export_warns_for_each_missing_manifest(tmp_path: Path) -> None:
     report = optimize(
-        str(image("oras/hello-world.tar")), str(tmp_path / "out.tar"), Options(base="none", passes=())
+        str(image("oras/hello-world.tar")),
+        str(tmp_path / "out.tar"),
+        Options(base="none", passes=(), allow_partial=True),
     )
     missing = [w for w in report.warnings if "missing from the input" in w]
     assert len(missing) == 10 and any("linux/arm64" in w for w in missing)
+
+
+@pytest.mark.parametrize("name", sorted(PARTIAL))
+def test_partial_export_is_refused_without_allow_partial(name: str, tmp_path: Path) -> None:
+    with pytest.raises(MissingBlobError, match=r"missing from the input.*--allow-partial"):
+        optimize(str(image(name)), str(tmp_path / "out.tar"), Options(passes=()))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_artifacts_and_signatures_are_carried_untouched(tmp_path: Path) -> None:

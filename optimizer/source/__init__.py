@@ -12,14 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..limits import Limits
 from .base import Source, check_index
 from .blobs import Blobs, BlobStore, Origin
 
 __all__ = ["BlobStore", "Blobs", "Origin", "Source", "check_index", "open_source"]
 
 
-def open_source(path: str, workdir: str, name: str | None = None) -> Source:
-    """Open an OCI layout directory, OCI archive or docker archive at ``path``."""
+def open_source(path: str, workdir: str, name: str | None = None, limits: Limits | None = None) -> Source:
+    """Open an OCI layout directory, OCI archive or docker archive at ``path`` (``limits``: the run's)."""
     from .archive import open_archive
     from .layout import open_layout_dir
 
@@ -29,4 +30,4 @@ def open_source(path: str, workdir: str, name: str | None = None) -> Source:
         return open_layout_dir(p, label)
     if not p.exists():
         raise InputError(f"{label}: no such file or directory")
-    return open_archive(p, workdir, label)
+    return open_archive(p, workdir, label, limits or Limits())

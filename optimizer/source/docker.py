@@ -11,7 +11,8 @@ from typing import Any
 from .. import mediatypes as mt
 from ..digest import sha256_digest
 from ..documents import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, parse_json
-from ..errors import DigestMismatchError, FormatError, InputError
+from ..errors import DigestMismatchError, FormatError, InputError, LimitError
+from ..limits import Limits
 from ..output import canonical_json
 from .base import Source
 from .blobs import BlobStore
@@ -38,13 +39,22 @@ def read_repo_tags(path: str, members: dict[str, Member], label: str, source: So
             )
 
 
-def open_docker_archive(path: str, members: dict[str, Member], blobs: BlobStore, label: str) -> Source:
+def open_docker_archive(
+    path: str, members: dict[str, Member], blobs: BlobStore, label: str, limits: Limits | None = None
+) -> Source:
+    limits = limits or Limits()
     data = read_member(path, resolve_member(members, "manifest.json", label))
     entries = parse_json(data, f"{label}: manifest.json")
     if not isinstance(entries, list) or not entries:
         raise FormatError(
             f"{label}: manifest.json must be a non-empty list of images, found {type(entries).__name__}"
         )
+    if len(entries) > limits.max_index_manifests:
+        raise LimitError(
+            f"{label}: manifest.json lists {len(entries)} images, more than --max-index-manifests "
+            f"{limits.max_index_manifests}"
+        )
+    hashed: dict[tuple[int, int], tuple[str, bytes]] = {}  # a blob named by several layers is hashed once
     descriptors: list[dict[str, Any]] = []
     repo_tags: dict[str, list[str]] = {}
     for number, entry in enumerate(entries):
@@ -54,14 +64,19 @@ def open_docker_archive(path: str, members: dict[str, Member], blobs: BlobStore,
         layers = entry.get("Layers")
         if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
             raise FormatError(f"{what}: Layers is not a list of paths")
+        if len(layers) > limits.max_layers:
+            raise LimitError(f"{what} has {len(layers)} layers, more than --max-layers {limits.max_layers}")
         config_digest, config_size, config = _config(path, members, blobs, entry["Config"], label, what)
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        rootfs = config.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list):
+            raise FormatError(f"{what}: the config's rootfs.diff_ids is not a list")
         if len(diff_ids) != len(layers):
             raise FormatError(
                 f"{what}: the config lists {len(diff_ids)} diff_ids for {len(layers)} layers in manifest.json"
             )
         layer_descriptors = [
-            _layer(path, members, blobs, layer_path, i, diff_ids, label)
+            _layer(path, members, blobs, layer_path, i, diff_ids, label, hashed)
             for i, layer_path in enumerate(layers)
         ]
         manifest = {
@@ -104,10 +119,14 @@ def _layer(
     i: int,
     diff_ids: list[Any],
     label: str,
+    hashed: dict[tuple[int, int], tuple[str, bytes]],
 ) -> dict[str, Any]:
     count = len(diff_ids)
     member = resolve_member(members, layer_path, label)
-    digest, head = hash_member(path, member)
+    key = (member.offset, member.size)
+    if key not in hashed:
+        hashed[key] = hash_member(path, member)
+    digest, head = hashed[key]
     named = digest_from_name(layer_path) if layer_path.startswith("blobs/") else ""
     if named and named != digest:
         raise DigestMismatchError(

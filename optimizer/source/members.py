@@ -34,10 +34,18 @@ def clean_member(name: str) -> str:
 
 
 def list_tar(path: str, label: str) -> dict[str, Member]:
+    """Every member of the tar at ``path``; a member whose data runs past the end of the file (a truncated
+    archive) is a ``FormatError``."""
     members: dict[str, Member] = {}
+    end = os.path.getsize(path)
     try:
         with tarfile.open(path, "r:") as tar:
             for info in tar:
+                if info.offset_data + info.size > end and info.isreg():
+                    raise FormatError(
+                        f"{label}: the archive is truncated: {info.name} needs {info.size} bytes at offset "
+                        f"{info.offset_data}, the file has {end}"
+                    )
                 clean = clean_member(info.name)
                 if info.isreg():
                     kind = "file"
@@ -50,8 +58,10 @@ def list_tar(path: str, label: str) -> dict[str, Member]:
                 else:
                     kind = "other"
                 members[clean] = Member(info.offset_data, info.size, kind, info.linkname)
-    except tarfile.TarError as error:
+    except (tarfile.TarError, EOFError, ValueError) as error:
         raise FormatError(f"{label}: not a tar archive or a corrupt one: {error}") from error
+    except OSError as error:
+        raise InputError(f"{label}: reading failed: {error}") from error
     return members
 
 

@@ -7,6 +7,7 @@ and tail of files that start like an executable; ``passes.upx.unpack`` runs ``up
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shutil
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ class Upx:
                 _note(ctx, path, "kept", "protected layer", info)
                 continue
             jobs.append(((path, info), content))
-        for (path, info), result in ctx.map(unpack_upx, jobs, upx):
+        unpack = functools.partial(unpack_upx, workdir=ctx.workdir)  # picklable, for the worker pool
+        for (path, info), result in ctx.map(unpack, jobs, upx):
             if not isinstance(result, BaseException):
                 try:
                     verify_unpacked(info, result)

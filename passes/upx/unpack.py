@@ -18,12 +18,13 @@ class UnpackFailed(Exception):
     """``upx -d`` failed or produced something that is not the program it should be."""
 
 
-def unpack_upx(data: bytes, upx: str) -> bytes:
-    """Run ``upx -t`` then ``upx -d`` on a packed file in a private directory; the unpacked bytes.
+def unpack_upx(data: bytes, upx: str, workdir: str | None = None) -> bytes:
+    """Run ``upx -t`` then ``upx -d`` on a packed file in a private directory (under ``workdir``, the run's
+    work directory, when given); the unpacked bytes.
 
     A pure function of its input for the worker pool; ``verify_unpacked`` checks the result.
     """
-    with tempfile.TemporaryDirectory(prefix="upx-") as work:
+    with tempfile.TemporaryDirectory(prefix="upx-", dir=workdir) as work:
         packed = os.path.join(work, "packed")
         unpacked = os.path.join(work, "unpacked")
         with open(packed, "wb") as out:

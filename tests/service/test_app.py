@@ -172,6 +172,7 @@ def test_wrong_or_missing_token_is_401_and_makes_no_job(
         b'{"events": [{"id": "1", "id": "2"}]}',
         b"[]",
         b'{"events": [{"action": "push", "target": 7}]}',
+        b'{"events": ' + b"[" * 2000 + b"]" * 2000 + b"}",  # deeper than the parser's recursion limit
     ],
 )
 def test_malformed_bodies_are_400(served: tuple[Service, str], body: bytes) -> None:
