@@ -16,6 +16,7 @@ act between the steps, as the webhook service does):
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -43,6 +44,7 @@ from .output import (
 from .pipeline import Pass, WorkerPool
 from .pipeline import select_passes as _select
 from .plan import RunPlan, plan_run
+from .progress import CountingReader, Throttle, steps
 from .pull import pull_bytes
 from .registry.access import Clients
 from .registry.client import Manifest
@@ -191,16 +193,21 @@ class Optimization:
         if self.output is None:
             raise UsageError("nothing to store: execute() has not run")
         self.report.output = dst
-        if self.options.progress is not None:
-            self.options.progress("writing output", 0, 1)
+        blobs = self.output.blobs
+        storing = steps(self.options.progress, "store", dst, sum(size for _, size, _ in blobs.values()))
+        counted = {
+            digest: (digest, size, _counting(opener, storing)) for digest, (_, size, opener) in blobs.items()
+        }
+        output = replace(self.output, blobs=counted)
         if is_registry_ref(dst):
             ref = parse_registry_ref(dst)
             client = self._clients.get(ref.registry, source=False)
-            image = _OutputImage(self.output, self.source, dst)
+            image = _OutputImage(output, self.source, dst)
             self.report.pushed_digest = push_image(client, image, ref, before_put=before_push)
-            return
-        writer = write_oci_dir if self.options.output_format == "oci-dir" else write_oci_archive
-        writer(dst, self.output.index_bytes, self.output.docker_manifest, self.output.blobs)
+        else:
+            writer = write_oci_dir if self.options.output_format == "oci-dir" else write_oci_archive
+            writer(dst, output.index_bytes, output.docker_manifest, output.blobs)
+        storing.finish()
 
     def _base_finder(self) -> BaseFinder:
         options = self.options
@@ -243,6 +250,11 @@ class Optimization:
         if is_registry_ref(src):
             return open_registry(src, self.workdir, self._clients)
         return open_source(src, self.workdir, limits=self.options.limits)
+
+
+def _counting(opener: Callable[[], BinaryIO], progress: Throttle) -> Callable[[], BinaryIO]:
+    """``opener`` whose readers tell ``progress`` of the bytes read (the bytes stored)."""
+    return lambda: io.BufferedReader(CountingReader(opener(), progress), 1 << 20)
 
 
 def _check_options(options: Options) -> None:

@@ -13,13 +13,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
 from . import settings
 from .api import optimize
 from .errors import OptimizerError, OutputError, UsageError
 from .limits import Limits
 from .options import Options
+from .progressview import progress_view
 from .registry import access
 from .render import print_summary
 from .report import Report
@@ -122,21 +123,6 @@ def options_from_args(args: argparse.Namespace) -> Options:
     )
 
 
-class _Progress:
-    """One self-rewriting line on stderr, only when stderr is a terminal."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        self._stream.write(f"\r\x1b[K{what} [{done}/{total}]")
-        self._stream.flush()
-
-    def clear(self) -> None:
-        self._stream.write("\r\x1b[K")
-        self._stream.flush()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
@@ -168,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="optimize: %(message)s",
         stream=sys.stderr,
     )
-    progress = _Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+    progress = None if args.quiet else progress_view(sys.stderr)
     if progress is not None:
         from dataclasses import replace
 
@@ -182,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_report(report, args.report)
     except OptimizerError as error:
         if progress is not None:
-            progress.clear()
+            progress.close()
         print(f"optimize: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as interrupt:
@@ -192,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         _restore_sigterm(previous)
-    if progress is not None:
-        progress.clear()
+        if progress is not None:
+            progress.close()
     if not args.quiet and args.report != "-":
         print_summary(report, sys.stdout, args.verbose)
     return EXIT_OK

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -27,6 +28,7 @@ from .digest import short
 from .errors import InputError, LayerError, LimitError, OutputError, out_of_space
 from .limits import Cap, Limits
 from .model import Content, Descriptor, Entry, EntryKind
+from .progress import CountingReader, Throttle
 from .source import Blobs
 from .tar_reader import LayerStream, Library, TarArchive, TarError
 
@@ -192,12 +194,13 @@ def index_layer(
     limits: Limits | None = None,
     cap: Cap | None = None,
     sanitize: bool = False,
+    progress: Throttle | None = None,
 ) -> LayerIndex:
     """Decode a layer once: its entries, and every regular file's bytes appended to ``spool_path``.
 
     ``where`` names the image and layer for messages (``image sha256:ab12, layer 3/7 sha256:cd34``). ``cap``
     bounds the uncompressed bytes (default: ``limits.layer_cap`` for this blob alone); ``sanitize`` leaves
-    out entries whose names leave the root.
+    out entries whose names leave the root. ``progress`` hears of the compressed bytes read.
     """
     limits = limits or Limits()
     cap = cap or limits.layer_cap(descriptor.size, limits.max_image_bytes)
@@ -208,7 +211,9 @@ def index_layer(
     buffer = ctypes.create_string_buffer(_READ_BLOCK)
     try:
         with (
-            LayerStream(blobs.open(descriptor, "layer"), descriptor.media_type, cap, where) as stream,
+            LayerStream(
+                _counted(blobs.open(descriptor, "layer"), progress), descriptor.media_type, cap, where
+            ) as stream,
             open(spool_path, "ab") as spool,
             TarArchive(stream, _READ_BLOCK) as archive,
         ):
@@ -282,3 +287,9 @@ def _spool(
 
 def layer_label(image: str, number: int, total: int, descriptor: Descriptor) -> str:
     return f"{image}, layer {number}/{total} {short(descriptor.digest)}"
+
+
+def _counted(reader: BinaryIO, progress: Throttle | None) -> BinaryIO:
+    if progress is None:
+        return reader
+    return io.BufferedReader(CountingReader(reader, progress), 1 << 20)

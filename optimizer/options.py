@@ -3,12 +3,12 @@ derived from these fields. Pass options live in each pass's own ``Options`` data
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .limits import Limits
 from .output import CompressionSpec
+from .progress import Progress
 from .registry.access import RegistryAccess
 from .settings import setting
 
@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 OptionsT = TypeVar("OptionsT")
 
 __all__ = ["Options", "Progress", "pass_names"]
-
-Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 def pass_names(text: str) -> tuple[str, ...]:
@@ -32,8 +30,8 @@ def pass_names(text: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Options:
     """What ``optimize`` does. Each field's help says what it means; ``pass_options`` maps a pass name to
-    that pass's ``Options`` instance (absent passes use their defaults); ``progress`` is called with
-    (what, done, total) as the run goes; ``pass_classes`` is the pipeline to choose from, in order (default
+    that pass's ``Options`` instance (absent passes use their defaults); ``progress`` is called with a
+    ``progress.Step`` as the run goes; ``pass_classes`` is the pipeline to choose from, in order (default
     ``passes.PASSES``), for your own passes; ``registry`` says how to reach the registries of ``docker://``
     inputs and outputs (TLS, credentials, timeouts); ``limits`` bounds what an input may make the run read
     and hold (``Limits``: its fields are settings of their own, ``--max-layer-bytes`` and so on).

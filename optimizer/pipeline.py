@@ -42,6 +42,7 @@ from .errors import (
 from .filesystem import FileSystem
 from .layer import LayerIndex
 from .model import Content, Platform
+from .progress import Progress, Throttle, steps
 from .report import Finding, PassReport, PassStatus
 from .spool import Spool
 
@@ -143,12 +144,17 @@ class PassContext:
     shared: dict[str, Any] = field(default_factory=dict)
     # the run's work directory (--workdir; removed at the end of the run): where temporary files go
     workdir: str | None = None
+    # how far the pass is: files handed to ``map`` and done
+    progress: Throttle = field(default_factory=lambda: Throttle(None, "pass", "", 0, "files"))
 
     def map(
         self, fn: Callable[[bytes, A], R], items: Sequence[tuple[K, Content]], arg: A
     ) -> Iterator[tuple[K, R | BaseException]]:
         """Run ``fn(bytes, arg)`` on each item's content on every core; results in input order."""
-        return self.pool.map(fn, items, arg)
+        self.progress.total += len(items)
+        for result in self.pool.map(fn, items, arg):
+            self.progress.advance(1)
+            yield result
 
     def warn(self, message: str) -> None:
         self.report.warnings.append(message)
@@ -252,12 +258,13 @@ class PipelineRun:
 
 def run_passes(
     passes: Sequence[tuple[type[Pass[Any]], Any]],
-    ctx_for: Callable[[FileSystem, Changes, PassReport], PassContext],
+    ctx_for: Callable[[FileSystem, Changes, PassReport, Throttle], PassContext],
     fs: FileSystem,
     spool: Spool,
     reports: list[PassReport],
     strict: bool,
     image_name: str,
+    progress: Progress | None = None,
 ) -> PipelineRun:
     """Run ``passes`` in order; each sees the view with the changes of the passes before it applied.
 
@@ -272,8 +279,9 @@ def run_passes(
         reports.append(report)
         changes = Changes(fs, cls.name, spool)
         started = time.monotonic()
+        tracker = steps(progress, "pass", cls.name, 0, "files")
         try:
-            cls(pass_options).run(ctx_for(fs, changes, report))
+            cls(pass_options).run(ctx_for(fs, changes, report, tracker))
         except (PolicyError, RequiredToolNotFound):
             raise  # the user asked for something that cannot be done: not a pass bug to shrug off
         except Exception as error:  # a pass failing must not take the run down unless strict
@@ -288,6 +296,7 @@ def run_passes(
                 raise PassFailedError(f"{image_name}: pass {cls.name} failed: {error}") from error
             continue
         report.seconds = round(time.monotonic() - started, 3)
+        tracker.finish()
         recorded = list(changes)
         report.files_changed = len(recorded)
         report.bytes_before = sum(c.bytes_before for c in recorded)

@@ -36,6 +36,7 @@ from .model import Descriptor, Entry
 from .options import Options
 from .output import CompressionSpec
 from .pipeline import ImageInfo, Pass, PassContext, WorkerPool, run_passes
+from .progress import steps
 from .pull import ImageBlobs
 from .rebuild import ChangePlan, LayerPlan, build_plan, layer_entries, lower_paths_of
 from .report import ImageReport, LayerReport, Report
@@ -140,10 +141,6 @@ class _Planner:
         self.report = report
         self.layer_cache: dict[tuple[str, bool], LayerIndex] = {}  # (digest, sanitized) -> its entries
         self.bases = bases
-
-    def progress(self, what: str, done: int, total: int) -> None:
-        if self.options.progress is not None:
-            self.options.progress(what, done, total)
 
     def selected(self, node: Node) -> bool:
         """Whether ``--platform`` (when given) names this image's platform (the config's, when the index
@@ -271,14 +268,23 @@ class _Planner:
         indexes = plan.indexes
         outcome = run_passes(
             self.passes,
-            lambda view, recorder, report: PassContext(
-                view, recorder, info, report, self.pool, self.options.dry_run, indexes, workdir=self.workdir
+            lambda view, recorder, report, tracker: PassContext(
+                view,
+                recorder,
+                info,
+                report,
+                self.pool,
+                self.options.dry_run,
+                indexes,
+                workdir=self.workdir,
+                progress=tracker,
             ),
             fs,
             self.spool,
             plan.report.passes,
             self.options.strict,
             plan.name,
+            self.options.progress,
         )
         plan.final_fs = outcome.fs
         return outcome.changes
@@ -339,10 +345,12 @@ class _Planner:
             cap = limits.layer_cap(layer.size, limits.max_image_bytes - used)
             cached = self.layer_cache.get(key)
             if cached is None:
-                self.progress(f"reading layer {number}/{len(layers)}", number - 1, len(layers))
                 suffix = "-sanitized" if key[1] else ""
                 spool = os.path.join(self.workdir, f"layer-{layer.digest.replace(':', '-')}{suffix}.pack")
-                cached = index_layer(self.source.blobs, layer, spool, where, limits, cap, key[1])
+                label = f"layer {number}/{len(layers)} {short(layer.digest)}"
+                reading = steps(self.options.progress, "read", label, layer.size)
+                cached = index_layer(self.source.blobs, layer, spool, where, limits, cap, key[1], reading)
+                reading.finish()
                 self.layer_cache[key] = cached
             elif cached.size > cap.bytes:
                 raise cap.exceeded(where)

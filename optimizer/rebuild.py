@@ -19,6 +19,7 @@ from .filesystem import FileSystem, Node
 from .layer import WHITEOUT_PREFIX, LayerIndex
 from .model import Content, Entry, EntryKind
 from .output import BlobSpec, CompressionSpec, LayerWriter
+from .progress import Throttle
 
 __all__ = [
     "ChangePlan",
@@ -357,10 +358,14 @@ def write_layer(
     spec: CompressionSpec,
     clamp: int | None,
     workers: int = 1,
+    progress: Throttle | None = None,
 ) -> BlobSpec:
+    """Write ``items`` as one layer at ``path``; ``progress`` hears of the tar bytes written."""
     writer = LayerWriter(path, spec, clamp, workers)
     try:
         for entry, content in items:
+            if progress is not None:
+                progress.advance(512 + (entry.size + 511) // 512 * 512)
             if entry.kind is EntryKind.FILE:
                 if content is None:
                     if entry.size:

@@ -28,9 +28,9 @@ from .filesystem import build_filesystem
 from .history import created_epoch, squash_config, update_config
 from .layer import OPAQUE_MARKER, WHITEOUT_PREFIX
 from .model import Content, Descriptor, Entry
-from .options import Progress
 from .output import BlobSpec, CompressionSpec, OutputBlob, canonical_json
-from .plan import EMPTY_LAYER_PLAN, ImagePlan, LayerDecision, RunPlan
+from .plan import EMPTY_LAYER_PLAN, ImagePlan, LayerDecision, RunPlan, tar_size
+from .progress import Progress, steps
 from .pull import ImageBlobs
 from .rebuild import layer_entries, lower_paths_of, squash_entries, top_layer_entries, write_layer
 from .report import LayerReport, Report
@@ -170,7 +170,6 @@ class _Writer:
         new_layers: list[Descriptor] = []
         new_diff_ids: list[str] = []
         dropped: list[int] = []
-        count = len(plan.layers)
         for decision in plan.layers:
             if decision.fate == "dropped":
                 dropped.append(decision.number)
@@ -180,7 +179,6 @@ class _Writer:
                 new_layers.append(decision.descriptor)
                 new_diff_ids.append(decision.diff_id)
                 continue
-            self.progress(f"writing layer {decision.number + 1}/{count}", decision.number, count)
             layer, diff_id = self.rewritten(plan, decision)
             new_layers.append(layer)
             new_diff_ids.append(diff_id)
@@ -208,7 +206,8 @@ class _Writer:
             lower_paths_of(plan.indexes, decision.number, plan.changes),
             self.settings.normalize,
         )
-        blob = self.write_blob(items, decision.spec)
+        label = f"layer {decision.number + 1}/{len(plan.layers)} of image {short(plan.node.digest)}"
+        blob = self.write_blob(items, decision.spec, label)
         report = decision.report
         same_codec = mt.layer_compression(layer.media_type) is decision.spec.codec
         if blob.digest == layer.digest or (
@@ -262,7 +261,7 @@ class _Writer:
             return None
         assert plan.final_fs is not None
         items = top_layer_entries(plan.changes.added, plan.final_fs, self.added_mtime(plan))
-        blob = self.write_blob(items)
+        blob = self.write_blob(items, label=f"new top layer of image {short(plan.node.digest)}")
         self.blobs.from_file(blob)
         media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
         plan.report.layers.append(
@@ -298,10 +297,9 @@ class _Writer:
             if plan.changes.added
             else []
         )
-        self.progress("squashing", protected, len(plan.layers))
         items = squash_entries(base_fs, plan.final_fs, protected, added, plan.indexes)
         if items:
-            blob = self.write_blob(items)
+            blob = self.write_blob(items, label=f"squashed layer of image {short(plan.node.digest)}")
             self.blobs.from_file(blob)
             media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
             new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
@@ -327,15 +325,21 @@ class _Writer:
         return self.finish(plan, new_config, new_layers)
 
     def write_blob(
-        self, items: Sequence[tuple[Entry, Content | None]], spec: CompressionSpec | None = None
+        self,
+        items: Sequence[tuple[Entry, Content | None]],
+        spec: CompressionSpec | None = None,
+        label: str = "",
     ) -> BlobSpec:
         """Write one layer into the work directory (``spec``: its codec; the run's for the layers it adds)."""
         path = os.path.join(self.workdir, f"out-{next(self.numbers)}.blob")
         settings = self.settings
+        writing = steps(self.on_progress, "write", label or "layer", tar_size(entry for entry, _ in items))
         try:
-            return write_layer(
-                items, path, spec or settings.compression, settings.layer_clamp, settings.workers
+            blob = write_layer(
+                items, path, spec or settings.compression, settings.layer_clamp, settings.workers, writing
             )
+            writing.finish()
+            return blob
         except OSError as error:
             full = "is full" if out_of_space(error) else "cannot be written"
             raise OutputError(f"the work directory {self.workdir} {full}: {error}") from error
@@ -373,10 +377,6 @@ class _Writer:
     ) -> None:
         tags = list(self.source.repo_tags.get("config:" + old_config.digest, []))
         self.docker_map[old.digest] = (config, list(layers), tags)
-
-    def progress(self, what: str, done: int, total: int) -> None:
-        if self.on_progress is not None:
-            self.on_progress(what, done, total)
 
     # -- the root ---------------------------------------------------------------------------------------
 
