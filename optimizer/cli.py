@@ -145,11 +145,30 @@ def print_summary(report: Report, out: TextIO, verbose: bool = False) -> None:
         out.write(f"pushed {report.output}@{report.pushed_digest}\n")
     saved = report.bytes_before - report.bytes_after
     percent = (100.0 * abs(saved) / report.bytes_before) if report.bytes_before else 0.0
-    change = f"{percent:.1f}% smaller" if saved >= 0 else f"{percent:.1f}% larger: files were added"
+    change = f"{percent:.1f}% smaller" if saved >= 0 else f"{percent:.1f}% larger"
+    added, needs = _additions(report)
+    if added:
+        # Additions are not savings gone wrong: say what they are for, apart from what was saved.
+        change += f": saved {_size(saved + added)}, added {_size(added)} for {', '.join(needs) or 'files passes added'}"
     out.write(
         f"total: {_size(report.bytes_before)} -> {_size(report.bytes_after)} compressed layers ({change}) "
         f"in {report.seconds:.2f} s{' (dry run: nothing written)' if report.dry_run else ''}\n"
     )
+
+
+def _additions(report: Report) -> tuple[int, list[str]]:
+    """Compressed bytes of the layers the run added, and what their files are for (each ``need`` once)."""
+    size = sum(
+        layer.size_after for image in report.images for layer in image.layers if layer.status == "added"
+    )
+    needs: list[str] = []
+    for image in report.images:
+        for item in image.passes:
+            for finding in item.findings:
+                need = finding.details.get("need") if finding.action == "added" else None
+                if isinstance(need, str) and need and need not in needs:
+                    needs.append(need)
+    return size, needs
 
 
 class _Progress:
