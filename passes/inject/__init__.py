@@ -99,7 +99,8 @@ class InjectOptions:
     passwd: bool = setting(True, "never add /etc/passwd and /etc/group entries", flag="--no-inject-passwd")
     ca_bundle: str = setting(
         "",
-        "PEM certificates to add instead of Mozilla's bundle from certifi",
+        "PEM certificates to add instead of Mozilla's bundle from certifi (where certificates are missing and "
+        "needed)",
         flag="--ca-bundle",
         metavar="FILE",
     )

@@ -77,7 +77,7 @@ class Evidence:
     notes: list[str] = field(default_factory=list)  # what a reader should know (a JRE, say)
 
     def looked(self) -> str:
-        return f"{self.elf_files} ELF files read, {self.read_whole} of them whole"
+        return f"{self.elf_files} ELF file{'' if self.elf_files == 1 else 's'} read, {self.read_whole} of them whole"
 
 
 def _is_libc(path: str) -> bool:

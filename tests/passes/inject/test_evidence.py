@@ -84,7 +84,7 @@ def test_a_go_program_without_tls_gets_no_certificates(tmp_path: Path) -> None:
     run = inject(tmp_path, {"usr/bin/umoci": umoci})
     assert added_for(run, CERTS) == {}
     assert "nothing needs them" in kept_reason(run, CERTS)
-    assert "1 ELF files read, 1 of them whole" in kept_reason(run, CERTS)
+    assert "1 ELF file read, 1 of them whole" in kept_reason(run, CERTS)
     assert set(added_for(run, ZONES).values()) == {"zoneinfo needed by /usr/bin/umoci"}
     assert set(added_for(run, NAMES).values()) == {"passwd needed by /usr/bin/umoci"}
 
@@ -123,7 +123,7 @@ def test_a_program_that_prints_text_needs_nothing(tmp_path: Path, hello: bytes) 
     for kind in (CERTS, ZONES, NAMES):
         assert "nothing needs" in kept_reason(run, kind)
     # It was read whole only for certificates (a TLS library built in would name the bundle).
-    assert "1 ELF files read, 1 of them whole" in kept_reason(run, CERTS)
+    assert "1 ELF file read, 1 of them whole" in kept_reason(run, CERTS)
 
 
 def test_a_static_program_that_reads_passwd_needs_names(tmp_path: Path) -> None:
