@@ -207,6 +207,7 @@ def test_importlib_metadata_verifies_the_output(tmp_path: Path, elves: list[byte
     out = tmp_path / "out.tar"
     report = optimize(str(source), str(out), Options(base="none"))
     assert report.changed
+    require_tool("umoci", "umoci")
     rootfs = umoci_unpack(out, tmp_path, "out")
     [dist] = list(importlib.metadata.distributions(path=[str(rootfs / SITE)]))
     files = dist.files or []

@@ -13,14 +13,13 @@ import pytest
 
 from optimizer import Options, optimize
 from optimizer.report import Report
+from tests.conftest import require_tool
 from tests.imagetools import umoci_unpack
 from tests.passes.packages.builds import APP, PAYLOAD, dpkg_root, dpkg_verify, image_of, rpm_root, rpm_verify
 
 # What the passes change in the payload: the ELF, the PNG, the .gz twin (notes.txt itself stays).
 CHANGED = {PAYLOAD[0], PAYLOAD[1], PAYLOAD[3]}
 CHANGED_APP = {APP[0], APP[1], APP[3]}
-
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/umoci").exists(), reason="umoci not found")
 
 
 def _changed_paths(report: Report) -> set[str]:
@@ -42,6 +41,7 @@ def _kept(report: Report) -> dict[str, str]:
 
 
 def _run(tmp_path: Path, source: Path, name: str, touch: bool) -> tuple[Report, Path]:
+    require_tool("umoci", "umoci")
     out = tmp_path / f"{name}.tar"
     report = optimize(str(source), str(out), Options(base="none", touch_package_files=touch))
     return report, umoci_unpack(out, tmp_path, name)
