@@ -21,7 +21,8 @@ wall time, and the best of ``--repeat`` runs of each probe):
   every ``*.dist-info/RECORD``), once per image, shared by the passes;
 - inject's evidence search (``passes.inject.evidence.find_evidence``) for every kind at once: the worst case,
   when an image lacks certificates, zones and passwd alike and nothing in it needs them (every ELF read);
-  and for certificates alone.
+  and for certificates alone; and its last resort's bound: every ELF program read whole (an image that lacks
+  certificates and whose programs do no TLS pays that).
 
 Usage: .venv/bin/python bench/bench_inject.py [--repeat N] [--fixtures DIR] [--no-big] [--json FILE]
 Exit status 1 when a target is missed.
@@ -51,7 +52,8 @@ from optimizer.pipeline import ImageInfo, PassContext, WorkerPool  # noqa: E402
 from optimizer.report import PassReport  # noqa: E402
 from optimizer.spool import Spool  # noqa: E402
 from passes.inject import Inject, InjectOptions  # noqa: E402
-from passes.inject.evidence import CERTS, KINDS, find_evidence  # noqa: E402
+from passes.inject.evidence import CERTS, KINDS, STORE_NEEDLES, find_evidence  # noqa: E402
+from passes.inject.programs import Handles, contains, is_elf, read_program  # noqa: E402
 from passes.packages import read_ownership  # noqa: E402
 from tests.imagetools import build_image, entry  # noqa: E402
 
@@ -177,6 +179,7 @@ class Probe:
             ("ownership", lambda: _ownership_facts(fs)),
             ("evidence_all", lambda: _evidence_facts(find_evidence(fs, KINDS))),
             ("evidence_certs", lambda: _evidence_facts(find_evidence(fs, [CERTS]))),
+            ("every_program_whole", lambda: _read_every_program(fs)),
         ):
             best = float("inf")
             facts: dict[str, Any] = {}
@@ -186,6 +189,21 @@ class Probe:
                 best = min(best, time.process_time() - started)
             Probe.figures[label] = {"cpu": best, **facts}
         Probe.figures["files"] = sum(1 for _ in fs.files())
+
+
+def _read_every_program(fs: Any) -> dict[str, Any]:
+    """The bound of the search's last resort: every ELF program read whole for the certificate needles (what
+    an image whose programs need nothing costs when it lacks certificates)."""
+    programs = 0
+    with Handles() as handles:
+        for _, node in fs.unique_files():
+            if node.content is None or not is_elf(node.content, handles):
+                continue
+            program = read_program(node.content, handles)
+            if program is not None and program.runs:
+                programs += 1
+                contains(node.content, STORE_NEEDLES)
+    return {"elf_files": programs, "read_whole": programs, "needs": {}}
 
 
 def _ownership_facts(fs: Any) -> dict[str, Any]:
@@ -293,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             f"costs on bench-image ({row['files']} files), CPU seconds and ratio to a default run "
             f"({row['default_cpu']:.2f} s CPU, load average {os.getloadavg()[0]:.1f}):"
         )
-        for label in ("ownership", "evidence_all", "evidence_certs"):
+        for label in ("ownership", "evidence_all", "evidence_certs", "every_program_whole"):
             probe = row[label]
             detail = (
                 f"{probe['owned_paths']} owned paths, {probe['record_paths']} RECORD paths; "

@@ -94,16 +94,31 @@ def test_a_library_linking_openssl_needs_certificates(tmp_path: Path) -> None:
     libcurl = host_file("/usr/lib/*/libcurl.so.4", "libcurl4")
     run = inject(tmp_path, {"usr/bin/curl": curl, "usr/lib/libcurl.so.4": libcurl})
     [bundle] = [f for f in run.report.findings if f.path == DEBIAN_BUNDLE]
-    assert "/usr/lib/libcurl.so.4 links libssl.so.3" in bundle.reason
+    assert "/usr/lib/libcurl.so.4 links libssl.so.3 and reads the system's roots (ca-certificates.crt)" in (
+        bundle.reason
+    )
     assert set(added_for(run, NAMES).values()) == {"passwd needed by /usr/bin/curl"}  # getpwuid: ~/.netrc
     assert added_for(run, ZONES) == {}
+
+
+def test_a_tls_server_and_apts_transports_are_no_evidence(tmp_path: Path) -> None:
+    """nginx links libssl but loads only the CA files its configuration names; apt's https method trusts the
+    system's roots, but a package manager is not the image's program (Debian's base images ship it bundle-less)."""
+    nginx = Path(require_tool("nginx", "nginx")).read_bytes()
+    apt_http = host_file("/usr/lib/apt/methods/http", "apt")
+    run = inject(tmp_path, {"usr/sbin/nginx": nginx, "usr/lib/apt/methods/http": apt_http})
+    assert added_for(run, CERTS) == {}
+    assert "nothing needs them" in kept_reason(run, CERTS)
+    assert set(added_for(run, NAMES).values()) == {"passwd needed by /usr/sbin/nginx"}  # its `user` directive
 
 
 def test_pythons_ssl_module_needs_certificates(tmp_path: Path) -> None:
     module = host_file("/usr/lib/python3*/lib-dynload/_ssl.*.so", "libpython3-stdlib")
     run = inject(tmp_path, {"usr/lib/python3/lib-dynload/_ssl.so": module})
     [bundle] = [f for f in run.report.findings if f.path == DEBIAN_BUNDLE]
-    assert "/usr/lib/python3/lib-dynload/_ssl.so links libssl.so." in bundle.reason
+    assert (
+        "/usr/lib/python3/lib-dynload/_ssl.so links libssl.so.3 and loads the system's roots" in bundle.reason
+    )
 
 
 def test_pythons_zoneinfo_needs_zones_unless_tzdata_is_installed(tmp_path: Path) -> None:
