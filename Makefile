@@ -8,7 +8,7 @@ PYTHON ?= python3
 RUNTIME_DEBS := libarchive13
 TEST_DEBS := skopeo umoci docker-registry apache2-utils binutils-multiarch gcc libc6-dev optipng \
 	libjpeg-turbo-progs jpegoptim busybox-static debootstrap zstd xz-utils lz4 brotli openssl binutils patchelf gzip \
-	postgresql libpq5 nginx
+	postgresql libpq5 nginx rpm curl
 
 .PHONY: demo test lint typecheck unit install runtime-deps test-deps image clean
 

@@ -13,6 +13,17 @@ Figures, each the best of ``--repeat`` runs:
   - ``distroless/static-debian11`` as one layer (has everything: nothing is added; the cost of looking),
   - ``bench/out/bench-image.tar`` when it exists (a large Debian image: the cost of looking on many paths).
 
+Issue 11's costs, on ``bench/out/bench-image.tar`` (``--no-big`` skips them), as CPU-time ratios to a default
+run of every pass on the same image (this process and its workers; the machine is shared, so CPU time, not
+wall time, and the best of ``--repeat`` runs of each probe):
+
+- reading what the package managers own (``passes.packages.read_ownership``: dpkg, rpm, apk, and the index of
+  every ``*.dist-info/RECORD``), once per image, shared by the passes;
+- inject's evidence search (``passes.inject.evidence.find_evidence``) for every kind at once: the worst case,
+  when an image lacks certificates, zones and passwd alike and nothing in it needs them (every ELF read);
+  and for certificates alone; and its last resort's bound: every ELF program read whole (an image that lacks
+  certificates and whose programs do no TLS pays that).
+
 Usage: .venv/bin/python bench/bench_inject.py [--repeat N] [--fixtures DIR] [--no-big] [--json FILE]
 Exit status 1 when a target is missed.
 """
@@ -27,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -41,6 +52,9 @@ from optimizer.pipeline import ImageInfo, PassContext, WorkerPool  # noqa: E402
 from optimizer.report import PassReport  # noqa: E402
 from optimizer.spool import Spool  # noqa: E402
 from passes.inject import Inject, InjectOptions  # noqa: E402
+from passes.inject.evidence import CERTS, KINDS, STORE_NEEDLES, find_evidence  # noqa: E402
+from passes.inject.programs import Handles, contains, is_elf, read_program  # noqa: E402
+from passes.packages import read_ownership  # noqa: E402
 from tests.imagetools import build_image, entry  # noqa: E402
 
 SECONDS_TARGET = 1.0
@@ -134,6 +148,101 @@ def end_to_end(name: str, source: Path, repeat: int, workdir: Path) -> dict[str,
     }
 
 
+def cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass(frozen=True)
+class _ProbeOptions:
+    pass
+
+
+class Probe:
+    """Times the ownership read and the evidence search on the merged view a pass sees (CPU seconds)."""
+
+    name = "probe"
+    summary = "times passes.packages and inject's evidence search"
+    flag_prefix = "probe"
+    Options = _ProbeOptions
+    repeat: ClassVar[int] = 1
+    figures: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, options: _ProbeOptions) -> None:
+        self.options = options
+
+    def run(self, ctx: PassContext) -> None:
+        fs = ctx.fs
+        for label, probe in (
+            ("ownership", lambda: _ownership_facts(fs)),
+            ("evidence_all", lambda: _evidence_facts(find_evidence(fs, KINDS))),
+            ("evidence_certs", lambda: _evidence_facts(find_evidence(fs, [CERTS]))),
+            ("every_program_whole", lambda: _read_every_program(fs)),
+        ):
+            best = float("inf")
+            facts: dict[str, Any] = {}
+            for _ in range(self.repeat):
+                started = time.process_time()
+                facts = probe()
+                best = min(best, time.process_time() - started)
+            Probe.figures[label] = {"cpu": best, **facts}
+        Probe.figures["files"] = sum(1 for _ in fs.files())
+
+
+def _read_every_program(fs: Any) -> dict[str, Any]:
+    """The bound of the search's last resort: every ELF program read whole for the certificate needles (what
+    an image whose programs need nothing costs when it lacks certificates)."""
+    programs = 0
+    with Handles() as handles:
+        for _, node in fs.unique_files():
+            if node.content is None or not is_elf(node.content, handles):
+                continue
+            program = read_program(node.content, handles)
+            if program is not None and program.runs:
+                programs += 1
+                contains(node.content, STORE_NEEDLES)
+    return {"elf_files": programs, "read_whole": programs, "needs": {}}
+
+
+def _ownership_facts(fs: Any) -> dict[str, Any]:
+    ownership = read_ownership(fs)
+    ownership.listing_records(fs, "")  # the RECORD index too, as a pass that changed a file would read it
+    return {
+        "databases": [f"{d.manager} {d.location} ({d.packages} packages)" for d in ownership.databases],
+        "owned_paths": len(ownership.owners),
+        "record_paths": len(ownership.records or {}),
+    }
+
+
+def _evidence_facts(evidence: Any) -> dict[str, Any]:
+    return {
+        "elf_files": evidence.elf_files,
+        "read_whole": evidence.read_whole,
+        "needs": {kind: need.text() for kind, need in evidence.needs.items()},
+    }
+
+
+def costs(source: Path, repeat: int, workdir: Path) -> dict[str, Any]:
+    """The probes' CPU seconds as ratios of a default run's (every pass) on ``source``."""
+    best_default = float("inf")
+    for number in range(repeat):
+        out = workdir / f"default-{number}.tar"
+        before = cpu_seconds()
+        optimize(str(source), str(out), Options())
+        best_default = min(best_default, cpu_seconds() - before)
+        out.unlink()
+    Probe.repeat = repeat
+    Probe.figures = {}
+    optimize(str(source), None, Options(passes=("probe",), pass_classes=(Probe,), dry_run=True))
+    figures = dict(Probe.figures)
+    result: dict[str, Any] = {"default_cpu": best_default, "files": figures.pop("files")}
+    for label, row in figures.items():
+        result[label] = {**row, "ratio": row["cpu"] / best_default}
+    return result
+
+
 def distroless_image(fixtures: Path, path: Path) -> Path:
     import tarfile
 
@@ -180,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                 end_to_end(name, source, args.repeat if name != "bench-image" else 1, workdir)
             )
 
+        if big.is_file() and not args.no_big:
+            results["costs"] = costs(big, args.repeat, workdir)
+
     print("inject, the pass alone on an empty scratch filesystem (TZ=Europe/Paris in the config):")
     for row in results["alone"]:
         print(
@@ -193,6 +305,21 @@ def main(argv: list[str] | None = None) -> int:
             f"({row['seconds_added']:+.3f} s; pass {row['pass_seconds']:.3f} s)  "
             f"output +{human(row['bytes_added'])} (new layer {human(row['added_layer_bytes'])})"
         )
+    if "costs" in results:
+        row = results["costs"]
+        print(
+            f"costs on bench-image ({row['files']} files), CPU seconds and ratio to a default run "
+            f"({row['default_cpu']:.2f} s CPU, load average {os.getloadavg()[0]:.1f}):"
+        )
+        for label in ("ownership", "evidence_all", "evidence_certs", "every_program_whole"):
+            probe = row[label]
+            detail = (
+                f"{probe['owned_paths']} owned paths, {probe['record_paths']} RECORD paths; "
+                + "; ".join(probe["databases"])
+                if label == "ownership"
+                else f"{probe['elf_files']} ELF files, {probe['read_whole']} read whole; needs {probe['needs']}"
+            )
+            print(f"  {label:<15} {probe['cpu']:7.3f} s  {100 * probe['ratio']:6.2f}%  ({detail})")
     default_alone = results["alone"][0]
     missed = [
         row["image"]

@@ -68,6 +68,18 @@ def _distinct(images: Iterable[ImageReport], after: bool) -> int:
     return sum(sizes.values())
 
 
+def _needs(report: Report) -> list[str]:
+    """What the added files are for, as the passes said it (``details["need"]`` of their "added" findings)."""
+    needs: list[str] = []
+    for image in report.images:
+        for item in image.passes:
+            for finding in item.findings:
+                need = finding.details.get("need") if finding.action == "added" else None
+                if isinstance(need, str) and need and need not in needs:
+                    needs.append(need)
+    return needs
+
+
 def summarize(report: Report, plans: Iterable[ImagePlan]) -> Summary:
     """The report's summary (its images' layer reports and pull figures must be final)."""
     plans = list(plans)
@@ -88,6 +100,6 @@ def summarize(report: Report, plans: Iterable[ImagePlan]) -> Summary:
         saved_by_passes=round(passes),
         saved_by_recompression=changed - round(passes),
         added=added,
-        added_because=_reasons(plans),
+        added_because=_needs(report) or _reasons(plans),
         pull=report.pull,
     )

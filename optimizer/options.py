@@ -103,6 +103,11 @@ class Options:
     squash: bool = setting(
         False, "merge every layer above the kept base (--keep-layers, --base) into one layer"
     )
+    touch_package_files: bool = setting(
+        False,
+        "let passes change and delete files that dpkg, rpm or apk list (dpkg --verify, rpm -V, apk audit and "
+        "scanners then report them; default: such files are kept and reported)",
+    )
     workers: int | None = setting(
         None, "processes for per-file work (default: all cores)", metavar="N", config=False
     )
@@ -136,4 +141,5 @@ class Options:
             "compression": str(self.compression) if self.compression is not None else "keep",
             "recompress": self.recompress,
             "squash": self.squash,
+            "touch_package_files": self.touch_package_files,
         }

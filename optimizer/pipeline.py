@@ -140,8 +140,11 @@ class PassContext:
     dry_run: bool = False
     # every layer's own entries, bottom first (for passes about dead data)
     layers: Sequence[LayerIndex] = ()
-    # run-wide facts passes may share, keyed by pass name
+    # facts about this image that every pass of the run may reuse (one dict per image, shared by its passes),
+    # keyed by the module that computes them (``passes.packages``: what the package managers own)
     shared: dict[str, Any] = field(default_factory=dict)
+    # --touch-package-files: passes may change files that dpkg, rpm or apk list (see ``passes.packages``)
+    touch_package_files: bool = False
     # the run's work directory (--workdir; removed at the end of the run): where temporary files go
     workdir: str | None = None
     # how far the pass is: files handed to ``map`` and done

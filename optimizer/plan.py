@@ -266,6 +266,8 @@ class _Planner:
         platform = node.descriptor.platform or config_platform(plan.config)
         info = ImageInfo(plan.name, node.digest, platform, plan.config, [d.digest for d in node.layers])
         indexes = plan.indexes
+        shared: dict[str, Any] = {}  # one per image: what a pass learns about it, the next passes reuse
+        touch = self.options.touch_package_files
         outcome = run_passes(
             self.passes,
             lambda view, recorder, report, tracker: PassContext(
@@ -276,6 +278,8 @@ class _Planner:
                 self.pool,
                 self.options.dry_run,
                 indexes,
+                shared,
+                touch,
                 workdir=self.workdir,
                 progress=tracker,
             ),

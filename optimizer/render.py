@@ -116,8 +116,8 @@ def _totals(report: Report, out: TextIO) -> None:
         share = f" ({_percent(-saved, before)})" if saved else ""
         out.write(f"  saved by {label + ':':<17}{size_text(saved):>11}{share}\n")
     if summary.added:
-        because = "; ".join(summary.added_because) or "files the passes added"
-        out.write(f"  added:                    {_signed(summary.added):>11} ({because})\n")
+        because = ", ".join(summary.added_because) or "files the passes added"
+        out.write(f"  added:                    {_signed(summary.added):>11} for {because}\n")
     pull = summary.pull
     out.write(
         f"  pull, cold node:          {size_text(pull.cold_before):>11} -> {size_text(pull.cold_after)} "

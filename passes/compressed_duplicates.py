@@ -17,8 +17,9 @@ such as express-static-gzip), resolves their roots through the image's symlinks,
 roots are kept; when such a server is there but its root cannot be told, every twin with the suffixes it
 sends is kept, with a warning. ``--keep GLOB`` keeps files for any other server.
 
-It never deletes the twin, a symlink, a file hardlinked from another layer, or anything in a protected layer
-(reported as kept). Decompression is ``passes.decompression``'s (``zstandard``, ``brotli`` 1.2+ and ``lz4``).
+It never deletes the twin, a symlink, a file hardlinked from another layer, anything in a protected layer, or
+a file a package manager lists (``passes.packages``, unless ``--touch-package-files``); each is reported as
+kept. A deleted file that a ``*.dist-info/RECORD`` lists loses its line there. Decompression is ``passes.decompression``'s (``zstandard``, ``brotli`` 1.2+ and ``lz4``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from optimizer.filesystem import FileSystem, Node
 from optimizer.model import Content, EntryKind
 from optimizer.pipeline import PassContext
 from optimizer.settings import setting
+from passes import packages
 from passes.decompression import (
     CODECS,
     CorruptStream,
@@ -151,6 +153,7 @@ class CompressedDuplicates:
             twin = next((t for t in usable if self._verified(fs, candidate, t, limits)), None)
             if twin is not None:
                 self._remove(ctx, candidate, twin, servers)
+        packages.update_records(ctx)
 
     def _servers(self, ctx: PassContext) -> Served:
         # Imported here: reading servers (and importing their parsers, YAML's among them) is needed only when
@@ -232,6 +235,9 @@ class CompressedDuplicates:
             return
         if ctx.fs.is_protected(path):
             ctx.note(path, "kept", f"{reason}; protected layer", size, size, **details)
+            return
+        if packaged := packages.kept_reason(ctx, path):
+            ctx.note(path, "kept", f"{reason}; {packaged}", size, size, **details)
             return
         # paths_of walks every path: ask only when a hardlink shares the inode (many deletions were quadratic)
         inode = candidate.node.inode

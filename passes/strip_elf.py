@@ -11,6 +11,7 @@ from typing import Literal
 from optimizer.model import Content
 from optimizer.pipeline import PassContext
 from optimizer.settings import setting
+from passes import packages
 from passes.elf import (
     AR_MAGIC,
     ELF_MAGIC,
@@ -117,7 +118,8 @@ class StripElf:
     (``.o``, ``.ko``, static archive members) get ``debug`` at most. ``.gnu_debuglink`` and build-id notes are
     kept by default.
 
-    Never touched, each reported with its reason: files in protected layers, core dumps, files under
+    Never touched, each reported with its reason: files in protected layers, files a package manager lists
+    (``passes.packages``; ``--touch-package-files`` lifts that), core dumps, files under
     ``/usr/lib/debug``, signed kernel modules, UPX-packed files (``passes.upx.detect``), files with data
     appended after the last section or segment (self-extracting archives, PyInstaller, AppImage), files whose
     headers do not parse, and any result that fails verification. Removed sections that a segment follows
@@ -151,6 +153,8 @@ class StripElf:
                 )
             elif ctx.fs.is_protected(path):
                 ctx.note(path, "kept", "protected layer", content.size, content.size)
+            elif packaged := packages.kept_reason(ctx, path):
+                ctx.note(path, "kept", packaged, content.size, content.size)
             elif content.size > self.options.max_size:
                 reason = f"larger than --strip-max-size ({self.options.max_size} bytes)"
                 ctx.note(path, "kept", reason, content.size, content.size)
@@ -163,6 +167,7 @@ class StripElf:
             self._collect(ctx, items, StripJob(self.options, spill_dir))
         finally:
             shutil.rmtree(spill_dir, ignore_errors=True)
+        packages.update_records(ctx)
 
     def _collect(self, ctx: PassContext, items: list[tuple[str, Content]], job: StripJob) -> None:
         for (path, content), (_, outcome) in zip(items, ctx.map(strip_file, items, job), strict=True):

@@ -6,7 +6,10 @@ Three layers, like an app image built on a small base (``FROM base``, then two `
   1. ``app/``: a C program compiled with ``gcc -g`` (debug info to strip; skipped when gcc is absent), an
      uncompressed PNG (re-encodes losslessly), ``app.js`` with an identical ``app.js.gz`` beside it;
   2. ``app/config.json`` and a note: a small second layer no pass touches (its digest survives).
-No CA bundle, no zoneinfo, no /etc/passwd: the inject pass has work to do.
+No CA bundle, no zoneinfo, no /etc/passwd. The config runs the program as ``User nobody`` with
+``TZ=Europe/Paris``: inject adds the passwd and group entries and the one zone the config names, and no CA
+bundle, because nothing in the image does TLS (the program prints text): the report says so, and the summary
+lists the additions apart from the savings, with what each is for.
 
 Usage: python testdata/make_demo_image.py [OUTPUT]  (default testdata/demo/demo-image.tar)
 """

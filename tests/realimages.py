@@ -11,7 +11,8 @@ Other tests (and ``bench/bench_fleet.py``) use it to see what the optimizer does
 - ``unpacked(image_tar) -> rootfs``: the image's filesystem as ``umoci unpack`` builds it (zstd layers are
   decompressed to plain tars first: umoci 0.4.7 reads only gzip and plain), removed on exit.
 - ``FleetImage.check(rootfs) -> Observations``: the image's own behaviour, run in a chroot of the rootfs:
-  ``dpkg --verify``, ``ldconfig -p``, and per image the app's computations, HTTP answers per
+  ``dpkg --verify``, ``ldconfig -p``, and per image the app's computations (and, for Python, that every
+  file a ``RECORD`` lists has the hash and size written there), HTTP answers per
   ``Accept-Encoding`` (status, Content-Encoding, body bytes) from the image's own CMD started in a private
   network namespace, config tests. Observations compare with ``==``; ``differences`` says what changed.
 
@@ -822,6 +823,29 @@ for line in failed:
 """
 
 
+# Every file a distribution's RECORD lists has the sha256 and size written there (pip check does not look).
+RECORD_HASHES = """
+import base64, hashlib, importlib.metadata, sysconfig
+count, bad = 0, []
+for dist in importlib.metadata.distributions(path=[sysconfig.get_path('purelib')]):
+    for file in dist.files or []:
+        if file.hash is None:
+            continue
+        count += 1
+        try:
+            data = file.locate().read_bytes()
+        except OSError as error:
+            bad.append(f'{dist.metadata["Name"]}: {file}: {error}')
+            continue
+        digest = base64.urlsafe_b64encode(hashlib.new(file.hash.mode, data).digest()).rstrip(b'=').decode()
+        if digest != file.hash.value or len(data) != file.size:
+            bad.append(f'{dist.metadata["Name"]}: {file}: RECORD says {file.hash.value} {file.size}')
+print(count, 'files listed with a hash')
+for line in sorted(bad):
+    print(line)
+"""
+
+
 def _common_checks(rootfs: Path) -> dict[str, tuple[str, ...]]:
     return {
         "dpkg --verify": _sorted(_chroot(rootfs, "dpkg", "--verify")),
@@ -832,7 +856,10 @@ def _common_checks(rootfs: Path) -> dict[str, tuple[str, ...]]:
 
 def _python_checks(rootfs: Path) -> dict[str, tuple[str, ...]]:
     venv = "/app/venv/bin/python"
+    # RECORD hashes first: importing numpy's modules below rewrites some of its .pyc files.
+    records = _chroot(rootfs, venv, "-c", RECORD_HASHES)
     return {
+        "RECORD hashes": records,
         "app.py": _chroot(rootfs, venv, "/app/app.py"),
         "stdlib extension imports": _chroot(rootfs, "python3", "-c", STDLIB_IMPORTS),
         "numpy module imports": _chroot(rootfs, venv, "-c", NUMPY_IMPORTS),

@@ -65,4 +65,4 @@ def test_a_run_prints_a_line_at_least_every_five_seconds(tmp_path: Path) -> None
     gaps = [later - earlier for earlier, later in itertools.pairwise(moments[1:])]  # from the first line on
     if ended - started > 6:
         assert max(gaps) <= 5.0, gaps
-    assert any(" write layer " in line for _, line in arrivals)
+    assert any(" read layer " in line for _, line in arrivals)

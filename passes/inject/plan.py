@@ -23,6 +23,7 @@ class _Addition:
     entry: Entry
     data: bytes | None
     reason: str
+    need: str  # what it is for, short: "certs needed by /usr/sbin/nginx" (the report's and summary's words)
 
 
 class Plan:
@@ -60,7 +61,7 @@ class Plan:
             return None
         return final
 
-    def _record(self, path: str, entry: Entry, data: bytes | None, reason: str) -> str | None:
+    def _record(self, path: str, entry: Entry, data: bytes | None, reason: str, need: str) -> str | None:
         final = self.place(path)
         if final is None:
             self._ctx.warn(
@@ -68,25 +69,26 @@ class Plan:
                 "symlink on the way leads nowhere, or a directory stands there"
             )
             return None
-        self._items[final] = _Addition(entry.with_path(final), data, reason)
+        self._items[final] = _Addition(entry.with_path(final), data, reason, need)
         return final
 
-    def file(self, path: str, data: bytes, reason: str, mode: int = 0o644) -> str | None:
-        return self._record(path, Entry(path, EntryKind.FILE, mode=mode, uid=0, gid=0, mtime=0), data, reason)
+    def file(self, path: str, data: bytes, reason: str, need: str, mode: int = 0o644) -> str | None:
+        entry = Entry(path, EntryKind.FILE, mode=mode, uid=0, gid=0, mtime=0)
+        return self._record(path, entry, data, reason, need)
 
-    def symlink(self, path: str, target: str, reason: str) -> str | None:
+    def symlink(self, path: str, target: str, reason: str, need: str) -> str | None:
         """A relative symlink at ``path`` to the root-relative ``target``."""
         final = self.place(path)
         link = relative_link(final or path, target)
         entry = Entry(path, EntryKind.SYMLINK, mode=0o777, uid=0, gid=0, mtime=0, link=link)
-        return self._record(path, entry, None, reason)
+        return self._record(path, entry, None, reason, need)
 
     def commit(self) -> None:
         for path in sorted(self._items):
             item = self._items[path]
             self._ctx.changes.add(item.entry, item.data, item.reason)
             size = len(item.data) if item.data is not None else 0
-            details: dict[str, Any] = {"kind": item.entry.kind.value}
+            details: dict[str, Any] = {"kind": item.entry.kind.value, "need": item.need}
             if item.entry.kind is EntryKind.SYMLINK:
                 details["link"] = item.entry.link
             self._ctx.note(path, "added", item.reason, 0, size, **details)

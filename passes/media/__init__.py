@@ -14,6 +14,7 @@ from optimizer.errors import UsageError
 from optimizer.filesystem import Node
 from optimizer.pipeline import PassContext
 from optimizer.settings import setting
+from passes import packages
 
 from .codec import FORMATS, CodecOptions, MediaResult, sniff
 from .gif import optimize_gif
@@ -114,7 +115,8 @@ class Media:
     Why: web apps ship image assets that were never optimized; on the corpora of ``bench/bench_media.py``
     lossless recompression saves 20-30% of PNG bytes and a few percent of JPEG bytes.
 
-    Never: renames a file or changes its format; touches files in protected layers; changes interlacing unless
+    Never: renames a file or changes its format; touches files in protected layers or files a package manager
+    lists (``passes.packages``, unless ``--touch-package-files``); changes interlacing unless
     ``--media-png-interlace off``; keeps a result that is larger, differs by one pixel, or loses kept metadata.
     Truncated, corrupt and oversized files (more than ``--media-max-pixels`` pixels over all frames; Pillow's
     bomb check is held to the same cap) are left untouched with a warning; files with data after their end
@@ -145,6 +147,7 @@ class Media:
             group = groups[digest]
             for path, node in group.nodes:
                 self._record(ctx, path, node, group.format, result)
+        packages.update_records(ctx)
 
     def _candidates(self, ctx: PassContext) -> dict[str, _Group]:
         groups: dict[str, _Group] = {}
@@ -157,6 +160,9 @@ class Media:
                 continue
             if ctx.fs.is_protected(path):
                 ctx.note(path, "kept", "protected layer", content.size, content.size, format=kind)
+                continue
+            if packaged := packages.kept_reason(ctx, path):
+                ctx.note(path, "kept", packaged, content.size, content.size, format=kind)
                 continue
             if content.size > _MAX_FILE_BYTES:
                 ctx.note(

@@ -17,6 +17,7 @@ from optimizer.errors import PolicyError, RequiredToolNotFound
 from optimizer.model import Content
 from optimizer.pipeline import PassContext
 from optimizer.settings import setting
+from passes import packages
 
 from .detect import (
     HEAD_SIZE,
@@ -79,8 +80,9 @@ class Upx:
     runs ``upx -d`` (Debian ``upx-ucl``; ``RequiredToolNotFound`` when absent) and replaces the file only when
     ``upx -t`` accepted it and the output is the same kind of executable with the size the header records.
 
-    It never touches files in protected layers (reported as kept), never repacks, and changes nothing in
-    warn and fail modes.
+    It never touches files in protected layers or files a package manager lists (``passes.packages``, unless
+    ``--touch-package-files``): both reported as kept. It never repacks, and changes nothing in warn and fail
+    modes.
     """
 
     name = "upx"
@@ -130,6 +132,9 @@ class Upx:
             if ctx.fs.is_protected(path):
                 _note(ctx, path, "kept", "protected layer", info)
                 continue
+            if packaged := packages.kept_reason(ctx, path):
+                _note(ctx, path, "kept", packaged, info)
+                continue
             jobs.append(((path, info), content))
         unpack = functools.partial(unpack_upx, workdir=ctx.workdir)  # picklable, for the worker pool
         for (path, info), result in ctx.map(unpack, jobs, upx):
@@ -151,6 +156,7 @@ class Upx:
                 len(result),
                 **dataclasses.asdict(info),
             )
+        packages.update_records(ctx)
 
 
 def _note(ctx: PassContext, path: str, action: str, reason: str, info: UpxInfo) -> None:

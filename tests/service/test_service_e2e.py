@@ -416,7 +416,8 @@ def test_a_layer_other_images_share_is_kept_byte_identical(
 def test_an_image_the_optimizer_only_grows_is_not_pushed(
     registry_factory: Factory, service_factory: Factory, tmp_path: Path, fixtures: Path
 ) -> None:
-    grow = {"passes": ["inject"]}  # adds CA certificates, zones and passwd to an image that has none
+    # Adds CA certificates, zones and passwd to an image that has none (and nothing needing them: unneeded).
+    grow = {"passes": ["inject"], "pass_options": {"inject": {"needed_only": False}}}
     rules = [
         dict(RULE, name="grows", repositories=["team/*"], options=grow),
         dict(RULE, name="wanted", repositories=["certs/*"], options=grow, push_if_larger=True),

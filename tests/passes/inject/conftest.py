@@ -63,7 +63,7 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def unpacked(tmp_path_factory: pytest.TempPathFactory, test_ca: dict[str, Path]) -> Path:
     """A scratch image (User 1000, TZ=Europe/Paris, files owned by nobody and 1000) through the CLI with
-    --ca-bundle, copied by skopeo and unpacked by umoci."""
+    --ca-bundle and --inject-unneeded, copied by skopeo and unpacked by umoci."""
     from optimizer.cli import main
 
     where = tmp_path_factory.mktemp("functional")
@@ -74,7 +74,17 @@ def unpacked(tmp_path_factory: pytest.TempPathFactory, test_ca: dict[str, Path])
     ]
     source = build_image(where / "in.tar", [layer], {"config": {"User": "1000", "Env": ["TZ=Europe/Paris"]}})
     out = where / "out.tar"
-    argv = [str(source), str(out), "--passes", "inject", "--ca-bundle", str(test_ca["ca"]), "-q"]
+    # Nothing in it needs a bundle or the default zones: --inject-unneeded adds them, for the clients to try.
+    argv = [
+        str(source),
+        str(out),
+        "--passes",
+        "inject",
+        "--ca-bundle",
+        str(test_ca["ca"]),
+        "--inject-unneeded",
+        "-q",
+    ]
     assert main(argv) == 0
     return skopeo_umoci_rootfs(out, where)
 

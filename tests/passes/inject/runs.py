@@ -100,6 +100,11 @@ class Run:
         return node.content.read_bytes()
 
 
+# What is added, and where, whatever needs it: most tests here are about that, on hand-made filesystems whose
+# programs are stand-ins. What needs each kind is tested in test_evidence.py, on real programs.
+UNNEEDED = InjectOptions(needed_only=False)
+
+
 def run_inject(
     tmp_path: Path,
     fs: FileSystem,
@@ -109,7 +114,7 @@ def run_inject(
 ) -> Run:
     image_config = {"os": system, "config": dict(config or {})}
     ctx = kit.run_pass(
-        Inject(options or InjectOptions()), kit.context_for(fs, tmp_path, Inject.name, config=image_config)
+        Inject(options or UNNEEDED), kit.context_for(fs, tmp_path, Inject.name, config=image_config)
     )
     return Run(fs, list(ctx.changes), ctx.report)
 

@@ -50,7 +50,12 @@ from tests.passes.inject.runs import CERTIFI, DEBIAN_BUNDLE, PEM, Spec, d, f, li
 )
 def test_existing_certificates_are_found(tmp_path: Path, layer: list[Spec], env: dict[str, str]) -> None:
     config = {"Env": [f"{k}={v}" for k, v in env.items()]}
-    run = run_inject(tmp_path, make_fs(tmp_path, layer), InjectOptions(zoneinfo=False, passwd=False), config)
+    run = run_inject(
+        tmp_path,
+        make_fs(tmp_path, layer),
+        InjectOptions(zoneinfo=False, passwd=False, needed_only=False),
+        config,
+    )
     assert run.changes == []
     assert [f.action for f in run.report.findings] == ["kept"]
 
@@ -65,7 +70,9 @@ def test_existing_certificates_are_found(tmp_path: Path, layer: list[Spec], env:
     ],
 )
 def test_no_usable_certificates_means_injection(tmp_path: Path, layer: list[Spec]) -> None:
-    run = run_inject(tmp_path, make_fs(tmp_path, layer), InjectOptions(zoneinfo=False, passwd=False))
+    run = run_inject(
+        tmp_path, make_fs(tmp_path, layer), InjectOptions(zoneinfo=False, passwd=False, needed_only=False)
+    )
     assert DEBIAN_BUNDLE in run.added
     assert find_ca_certificates(run.after, {}) is not None
 
@@ -97,7 +104,7 @@ def test_bundle_goes_where_the_distribution_expects_it(
         tmp_path,
         [f("usr/lib/os-release", os_release.encode()), link("etc/os-release", "../usr/lib/os-release")],
     )
-    run = run_inject(tmp_path, fs, InjectOptions(zoneinfo=False, passwd=False))
+    run = run_inject(tmp_path, fs, InjectOptions(zoneinfo=False, passwd=False, needed_only=False))
     assert run.data(bundle) == CERTIFI
     added_links = {
         p: c.entry.link for p, c in run.added.items() if c.entry and c.entry.kind is EntryKind.SYMLINK
@@ -115,14 +122,14 @@ def test_openssl_directory_gets_a_cert_pem_link(tmp_path: Path) -> None:
         tmp_path,
         [f("etc/os-release", b"ID=debian\n"), d("usr/lib/ssl"), link("usr/lib/ssl/certs", "/etc/ssl/certs")],
     )
-    run = run_inject(tmp_path, fs, InjectOptions(zoneinfo=False, passwd=False))
+    run = run_inject(tmp_path, fs, InjectOptions(zoneinfo=False, passwd=False, needed_only=False))
     assert run.added["usr/lib/ssl/cert.pem"].entry.link == "../../../etc/ssl/certs/ca-certificates.crt"  # type: ignore[union-attr]
     assert run.data("usr/lib/ssl/cert.pem") == CERTIFI
 
 
 def test_symlinked_directories_are_followed(tmp_path: Path) -> None:
     fs = make_fs(tmp_path, [d("usr/lib/ssl"), link("etc/ssl", "../usr/lib/ssl")])
-    run = run_inject(tmp_path, fs, InjectOptions(zoneinfo=False, passwd=False))
+    run = run_inject(tmp_path, fs, InjectOptions(zoneinfo=False, passwd=False, needed_only=False))
     assert set(run.added) == {"usr/lib/ssl/certs/ca-certificates.crt", "usr/lib/ssl/cert.pem"}
     assert run.data("etc/ssl/certs/ca-certificates.crt") == CERTIFI
     assert run.after.get("etc/ssl") is not None and run.after.get("etc/ssl").entry.kind is EntryKind.SYMLINK  # type: ignore[union-attr]
@@ -132,7 +139,7 @@ def test_a_file_in_the_way_is_a_warning(tmp_path: Path) -> None:
     run = run_inject(
         tmp_path,
         make_fs(tmp_path, [f("etc/ssl", b"not a directory")]),
-        InjectOptions(zoneinfo=False, passwd=False),
+        InjectOptions(zoneinfo=False, passwd=False, needed_only=False),
     )
     assert run.changes == []
     [warning] = run.report.warnings  # the bundle could not go in, so neither does its cert.pem link
@@ -156,7 +163,9 @@ def test_ca_bundle_option_is_validated(tmp_path: Path, test_ca: dict[str, Path])
     with pytest.raises(UsageError, match=r"nowhere\.pem"):
         Inject(InjectOptions(ca_bundle=str(tmp_path / "nowhere.pem")))
     run = run_inject(
-        tmp_path, make_fs(tmp_path, []), InjectOptions(ca_bundle=str(test_ca["ca"]), zoneinfo=False)
+        tmp_path,
+        make_fs(tmp_path, []),
+        InjectOptions(ca_bundle=str(test_ca["ca"]), zoneinfo=False, needed_only=False),
     )
     assert run.data(DEBIAN_BUNDLE) == test_ca["ca"].read_bytes()
     assert str(test_ca["ca"]) in run.added[DEBIAN_BUNDLE].reason

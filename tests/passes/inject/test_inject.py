@@ -125,6 +125,7 @@ def test_flags() -> None:
     assert parse([]) == InjectOptions()
     assert parse(["--no-inject-zoneinfo"]) == InjectOptions(zoneinfo=False)
     assert parse(["--no-inject-certs", "--no-inject-passwd"]) == InjectOptions(certs=False, passwd=False)
+    assert parse(["--inject-unneeded"]) == InjectOptions(needed_only=False)
     assert parse(["--zoneinfo", "all"]).zones == "all"
     assert parse(["--zoneinfo", "Europe/Paris,Asia/Tokyo"]).zones == "Europe/Paris,Asia/Tokyo"
     for bad in (
@@ -137,7 +138,7 @@ def test_flags() -> None:
 
 @pytest.mark.parametrize("kind", ["certs", "zoneinfo", "passwd"])
 def test_each_kind_can_be_turned_off(tmp_path: Path, kind: str) -> None:
-    run = run_inject(tmp_path, make_fs(tmp_path, []), parse([f"--no-inject-{kind}"]))
+    run = run_inject(tmp_path, make_fs(tmp_path, []), parse([f"--no-inject-{kind}", "--inject-unneeded"]))
     prefixes = {"certs": "etc/ssl/", "zoneinfo": ZONEINFO_DIR, "passwd": "etc/passwd"}
     assert not any(p.startswith(prefixes[kind]) for p in run.added)
     assert len({prefix for prefix in prefixes.values() if any(p.startswith(prefix) for p in run.added)}) == 2
@@ -146,9 +147,25 @@ def test_each_kind_can_be_turned_off(tmp_path: Path, kind: str) -> None:
 @pytest.mark.parametrize("name", ["oras/hello-world.tar", "ggcr/hello-world-v25.tar"])
 def test_scratch_fixtures_end_to_end(tmp_path: Path, fixtures: Path, name: str) -> None:
     source = fixtures / "images" / name
-    out = tmp_path / "out.tar"
+    # hello prints a text: no TLS, no zones, no names. Nothing is added, and the report says why.
     partial = name == "oras/hello-world.tar"  # a one-platform export of a multi-platform index
-    report = optimize(str(source), str(out), Options(base="none", passes=("inject",), allow_partial=partial))
+    default = optimize(
+        str(source),
+        str(tmp_path / "default.tar"),
+        Options(base="none", passes=("inject",), allow_partial=partial),
+    )
+    assert not default.changed
+    kept = [f.reason for f in default.images[0].passes[0].findings if f.action == "kept"]
+    assert len(kept) == 3 and all("nothing needs" in reason for reason in kept), kept
+    # --inject-unneeded adds what is missing, as the pass did before it asked for evidence.
+    out = tmp_path / "out.tar"
+    unneeded = Options(
+        base="none",
+        passes=("inject",),
+        pass_options=(InjectOptions(needed_only=False),),
+        allow_partial=partial,
+    )
+    report = optimize(str(source), str(out), unneeded)
     [image] = report.images
     assert [p.status.value for p in image.passes] == ["ok"]
     assert [layer.status for layer in image.layers] == ["unchanged", "added"]
@@ -175,9 +192,7 @@ def test_scratch_fixtures_end_to_end(tmp_path: Path, fixtures: Path, name: str) 
     assert (rootfs / "etc/passwd").read_text() == contents["etc/passwd"].decode()
     assert (rootfs / "hello").is_file()
     # Optimizing the output again injects nothing: the image has it now.
-    again = optimize(
-        str(out), str(tmp_path / "again.tar"), Options(base="none", passes=("inject",), allow_partial=partial)
-    )
+    again = optimize(str(out), str(tmp_path / "again.tar"), unneeded)
     assert not again.changed
     assert not [f for f in again.images[0].passes[0].findings if f.action == "added"]
 

@@ -19,17 +19,28 @@ from tests.passes.inject.runs import DEFAULT_ZONES, ZONES, f, make_fs, run_injec
         (":America/New_York", ["America/New_York"], False),
         ("/usr/share/zoneinfo/Asia/Tokyo", ["Asia/Tokyo"], False),
         ("CET-1CEST,M3.5.0,M10.5.0/3", [], False),
-        ("UTC", [], False),
+        ("UTC", ["UTC"], False),
         ("Mars/Olympus_Mons", [], True),
         ("../../etc/passwd", [], False),
     ],
 )
 def test_tz_of_the_config_is_added(tmp_path: Path, tz: str, extra: list[str], warned: bool) -> None:
-    run = run_inject(
-        tmp_path, make_fs(tmp_path, []), InjectOptions(certs=False, passwd=False), {"Env": [f"TZ={tz}"]}
-    )
-    assert set(run.added) == {f"{ZONEINFO_DIR}/{z}" for z in [*DEFAULT_ZONES, *extra]}
+    """By default the zone TZ names is the evidence, and only it is added; with --inject-unneeded the default
+    zones come along as they did before evidence was required."""
+    fs = make_fs(tmp_path, [])
+    config = {"Env": [f"TZ={tz}"]}
+    run = run_inject(tmp_path, fs, InjectOptions(certs=False, passwd=False), config)
+    assert set(run.added) == {f"{ZONEINFO_DIR}/{z}" for z in extra}
     assert bool(run.report.warnings) == warned
+    if extra:
+        [finding] = [f for f in run.report.findings if f.action == "added"]
+        assert f"the config's TZ={tz}" in finding.reason
+        assert finding.details["need"] == f"zoneinfo needed by the config's TZ={tz}"
+    else:
+        [kept] = [f for f in run.report.findings if f.action == "kept"]
+        assert "nothing needs it" in kept.reason
+    unneeded = run_inject(tmp_path, fs, InjectOptions(certs=False, passwd=False, needed_only=False), config)
+    assert set(unneeded.added) == {f"{ZONEINFO_DIR}/{z}" for z in [*DEFAULT_ZONES, *extra]}
 
 
 def test_zone_list_and_all(tmp_path: Path) -> None:
