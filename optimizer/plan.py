@@ -36,7 +36,7 @@ from .options import Options
 from .output import CompressionSpec
 from .pipeline import ImageInfo, Pass, PassContext, WorkerPool, run_passes
 from .pull import ImageBlobs
-from .rebuild import ChangePlan, LayerPlan, build_plan, layer_entries, lower_paths_of
+from .rebuild import ChangePlan, LayerPlan, build_plan, layer_entries, lower_paths_of, whiteouts_for
 from .report import ImageReport, LayerReport, Report
 from .source import Source
 from .spool import Spool
@@ -398,8 +398,9 @@ def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
         merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.squash_base]
         size = round(tar_size(merged) * ratio)
         return LayerReport(count, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
-    if plan.changes.added:
+    if plan.changes.top_layer:
         added = [entry for entry, _ in plan.changes.added.values()]
+        added += whiteouts_for(plan.changes.hidden, 0)
         size = round(tar_size(added) * ratio)
         return LayerReport(count, "", "", 0, size, "added", media_type, len(added), estimated=True)
     return None

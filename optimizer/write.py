@@ -242,18 +242,18 @@ class _Writer:
         return True
 
     def added_layer(self, plan: ImagePlan) -> tuple[Descriptor, str] | None:
-        """The new top layer with the files passes added, if any."""
-        if not plan.changes.added:
+        """The new top layer with the files passes added and the whiteouts over protected layers, if any."""
+        changes = plan.changes
+        if not changes.top_layer:
             return None
         assert plan.final_fs is not None
-        items = top_layer_entries(plan.changes.added, plan.final_fs, self.added_mtime(plan))
+        items = top_layer_entries(changes.added, plan.final_fs, self.added_mtime(plan), changes.hidden)
         blob = self.write_blob(items)
         self.blobs.from_file(blob)
         media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
+        files = len(changes.added) + len(changes.hidden)
         plan.report.layers.append(
-            LayerReport(
-                len(plan.layers), "", blob.digest, 0, blob.size, "added", media_type, len(plan.changes.added)
-            )
+            LayerReport(len(plan.layers), "", blob.digest, 0, blob.size, "added", media_type, files)
         )
         return Descriptor(media_type, blob.digest, blob.size, {}), blob.diff_id
 
