@@ -38,6 +38,7 @@ class PassReport:
     error: str = ""
     warnings: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # what the pass sums up for its findings (slim)
 
     @property
     def bytes_saved(self) -> int:
