@@ -48,6 +48,8 @@ from .write import Output, WriteSettings, write_run
 
 __all__ = ["ANNOTATION_SOURCE_DIGEST", "Optimization", "optimize", "select_passes"]
 
+MIN_LAYER_TARGET = 1 << 20  # smaller parts would make many tiny layers (and runtimes cap a stack near 128)
+
 
 def select_passes(options: Options) -> list[tuple[type[Pass[Any]], Any]]:
     """The passes to run, in pipeline order, each with its options."""
@@ -233,6 +235,13 @@ def _check_options(options: Options) -> None:
         raise UsageError(f"unknown output format {options.output_format!r}: use oci-archive or oci-dir")
     if options.base_layers is not None and options.base_layers < 0:
         raise UsageError("--base-layers cannot be negative")
+    if options.layer_target_size is not None:
+        if not options.squash:
+            raise UsageError("--layer-target-size cuts the squashed layer: it needs --squash")
+        if options.layer_target_size < MIN_LAYER_TARGET:
+            raise UsageError(f"--layer-target-size must be at least {MIN_LAYER_TARGET >> 20} MiB")
+    if options.packing not in ("path", "pull"):
+        raise UsageError(f"unknown packing {options.packing!r}: use path or pull")
 
 
 def _settings(options: Options, workers: int) -> WriteSettings:
@@ -250,6 +259,8 @@ def _settings(options: Options, workers: int) -> WriteSettings:
         layer_clamp,
         config_clamp,
         keep_smaller,
+        options.packing,
+        options.layer_target_size,
     )
 
 

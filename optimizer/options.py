@@ -16,9 +16,24 @@ if TYPE_CHECKING:
 
 OptionsT = TypeVar("OptionsT")
 
-__all__ = ["Options", "Progress", "pass_names"]
+__all__ = ["Options", "Progress", "parse_size", "pass_names"]
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``64MiB``, ``512k``, ``1G`` or a number of bytes -> bytes (K, M, G are powers of 1024)."""
+    from .errors import UsageError
+
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS else (value, "")
+    try:
+        return int(float(number) * _UNITS[unit])
+    except ValueError as error:
+        raise UsageError(f"not a size: {text!r} (use e.g. 64M, 512k, 1G or a number of bytes)") from error
 
 
 def pass_names(text: str) -> tuple[str, ...]:
@@ -83,6 +98,20 @@ class Options:
     squash: bool = setting(
         False, "merge every layer above the kept base (--keep-layers, --base) into one layer"
     )
+    packing: Literal["path", "pull"] = setting(
+        "path",
+        "entry order of the layers the run writes: path (a rewritten layer keeps its order unless --normalize, "
+        "squashed and added layers are in path order) or pull (directories and small files first, identical "
+        "files side by side: extraction starts early, the codec sees duplicates together)",
+        flag="--pack",
+    )
+    layer_target_size: int | None = setting(
+        None,
+        "with --squash: cut the squashed layer into layers of about SIZE of tar each (e.g. 64M), which clients "
+        "pull in parallel",
+        metavar="SIZE",
+        parse=parse_size,
+    )
     workers: int | None = setting(
         None, "processes for per-file work (default: all cores)", metavar="N", config=False
     )
@@ -112,4 +141,6 @@ class Options:
             "compression": str(self.compression) if self.compression is not None else "keep",
             "recompress": self.recompress,
             "squash": self.squash,
+            "packing": self.packing,
+            "layer_target_size": self.layer_target_size,
         }

@@ -30,7 +30,15 @@ from .options import Progress
 from .output import BlobSpec, CompressionSpec, OutputBlob, canonical_json
 from .plan import EMPTY_LAYER_PLAN, ImagePlan, LayerDecision, RunPlan
 from .pull import ImageBlobs
-from .rebuild import layer_entries, lower_paths_of, squash_entries, top_layer_entries, write_layer
+from .rebuild import (
+    layer_entries,
+    lower_paths_of,
+    pull_order,
+    split_layer,
+    squash_entries,
+    top_layer_entries,
+    write_layer,
+)
 from .report import LayerReport, Report
 from .source import Blobs
 from .tree import Node, NodeKind
@@ -58,6 +66,8 @@ class WriteSettings:
     layer_clamp: int | None  # mtimes of rewritten layers are clamped to this (SOURCE_DATE_EPOCH, or 0)
     config_clamp: int | None  # SOURCE_DATE_EPOCH, for configs and added layers
     keep_smaller: bool = True  # a layer whose rewrite is not smaller keeps its own bytes (when that is safe)
+    packing: str = "path"  # entry order of written layers: "path" or "pull" (``rebuild.pull_order``)
+    layer_target_size: int | None = None  # cut a squashed layer into parts of about this many tar bytes
 
 
 class _Blobs:
@@ -198,7 +208,7 @@ class _Writer:
             lower_paths_of(plan.indexes, decision.number, plan.changes),
             self.settings.normalize,
         )
-        blob = self.write_blob(items, decision.spec)
+        blob = self.write_blob(self.packed(items), decision.spec)
         report = decision.report
         same_codec = mt.layer_compression(layer.media_type) is decision.spec.codec
         if blob.digest == layer.digest or (
@@ -248,7 +258,7 @@ class _Writer:
             return None
         assert plan.final_fs is not None
         items = top_layer_entries(changes.added, plan.final_fs, self.added_mtime(plan), changes.hidden)
-        blob = self.write_blob(items)
+        blob = self.write_blob(self.packed(items))
         self.blobs.from_file(blob)
         media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
         files = len(changes.added) + len(changes.hidden)
@@ -276,24 +286,38 @@ class _Writer:
             else []
         )
         self.progress("squashing", protected, len(plan.layers))
-        items = squash_entries(base_fs, plan.final_fs, protected, added, plan.indexes)
-        if items:
-            blob = self.write_blob(items)
+        items = self.packed(squash_entries(base_fs, plan.final_fs, protected, added, plan.indexes))
+        target = self.settings.layer_target_size
+        parts = split_layer(items, target) if target and items else [items] if items else []
+        media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
+        for number, part in enumerate(parts):
+            blob = self.write_blob(part)
             self.blobs.from_file(blob)
-            media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
             new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
             new_diff_ids.append(blob.diff_id)
-            for decision in plan.layers[protected:]:
-                decision.report.digest_after = blob.digest
+            if number == 0:
+                for decision in plan.layers[protected:]:
+                    decision.report.digest_after = blob.digest
             plan.report.layers.append(
                 LayerReport(
-                    len(plan.layers), "", blob.digest, 0, blob.size, "squashed", media_type, len(items)
+                    len(plan.layers) + number,
+                    "",
+                    blob.digest,
+                    0,
+                    blob.size,
+                    "squashed",
+                    media_type,
+                    len(part),
                 )
             )
         new_config = squash_config(
             plan.config, new_diff_ids, protected, self.run.pass_names, self.settings.config_clamp
         )
         return self.finish(plan, new_config, new_layers)
+
+    def packed(self, items: list[tuple[Entry, Content | None]]) -> list[tuple[Entry, Content | None]]:
+        """``items`` in the entry order the run asked for (``--pack``)."""
+        return pull_order(items) if self.settings.packing == "pull" else items
 
     def write_blob(
         self, items: Sequence[tuple[Entry, Content | None]], spec: CompressionSpec | None = None
