@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from .base import BaseFinder, base_layer_lists, layers_of_document
 from .documents import ANNOTATION_SOURCE_DIGEST, parse_object
 from .errors import OptimizerError, RegistryError, UsageError
+from .mediatypes import Compression
 from .model import Platform
 from .options import Options
 from .output import CompressionSpec, compressor_versions, source_date_epoch, write_oci_archive, write_oci_dir
@@ -240,6 +241,15 @@ def _check_options(options: Options) -> None:
             raise UsageError("--layer-target-size cuts the squashed layer: it needs --squash")
         if options.layer_target_size < MIN_LAYER_TARGET:
             raise UsageError(f"--layer-target-size must be at least {MIN_LAYER_TARGET >> 20} MiB")
+    if options.publish not in ("single", "gzip+zstd"):
+        raise UsageError(f"unknown --publish {options.publish!r}: use single or gzip+zstd")
+    compression = options.compression
+    if (
+        options.publish == "gzip+zstd"
+        and compression is not None
+        and compression.codec is not Compression.GZIP
+    ):
+        raise UsageError("--publish gzip+zstd writes the gzip image first: --compression must be gzip")
     if options.packing not in ("path", "pull"):
         raise UsageError(f"unknown packing {options.packing!r}: use path or pull")
 
@@ -261,6 +271,7 @@ def _settings(options: Options, workers: int) -> WriteSettings:
         keep_smaller,
         options.packing,
         options.layer_target_size,
+        options.publish,
     )
 
 

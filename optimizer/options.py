@@ -112,6 +112,12 @@ class Options:
         metavar="SIZE",
         parse=parse_size,
     )
+    publish: Literal["single", "gzip+zstd"] = setting(
+        "single",
+        "gzip+zstd: write each image twice in one index, gzip first (every client takes the first entry of its "
+        "platform) and a zstd twin second (same config, the base layers shared as they are)",
+        metavar="single|gzip+zstd",
+    )
     workers: int | None = setting(
         None, "processes for per-file work (default: all cores)", metavar="N", config=False
     )
@@ -143,4 +149,5 @@ class Options:
             "squash": self.squash,
             "packing": self.packing,
             "layer_target_size": self.layer_target_size,
+            "publish": self.publish,
         }

@@ -42,6 +42,7 @@ __all__ = [
     "canonical_json",
     "compressor_versions",
     "source_date_epoch",
+    "transcode_layer",
     "write_oci_archive",
     "write_oci_dir",
 ]
@@ -249,6 +250,44 @@ class BlobSpec:
     digest: str
     size: int
     diff_id: str = ""
+
+
+def transcode_layer(
+    reader: BinaryIO, codec: Compression, path: str, spec: CompressionSpec, workers: int = 1
+) -> BlobSpec:
+    """The same tar stream (``reader``: compressed with ``codec``, gzip or none) compressed anew into ``path``
+    with ``spec``: the diff_id stays, the blob is new. Used for the zstd twin of ``--publish gzip+zstd``."""
+    if codec not in (Compression.GZIP, Compression.NONE):
+        raise ValueError(f"cannot transcode a {codec.value} layer")
+    gzip = codec is Compression.GZIP
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    open_member = False  # a gzip member begun and not ended
+    with open(path, "wb") as out:
+        compressor = _Compressor(out, spec, workers)
+        try:
+            while chunk := reader.read(_CHUNK):
+                if not gzip:
+                    compressor.write(chunk)
+                    continue
+                while chunk:
+                    compressor.write(decoder.decompress(chunk))
+                    open_member = True
+                    chunk = b""
+                    if decoder.eof:  # a gzip file may hold several members, one after the other
+                        chunk, open_member = decoder.unused_data, False
+                        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if gzip and open_member:
+                raise OutputError(f"{path}: the gzip stream of the layer ends early")
+            compressor.finish()
+        except BaseException:
+            compressor.close()
+            raise
+    return BlobSpec(
+        path,
+        "sha256:" + compressor.blob_hash.hexdigest(),
+        compressor.blob_size,
+        "sha256:" + compressor.diff_hash.hexdigest(),
+    )
 
 
 class LayerWriter:

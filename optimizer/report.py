@@ -71,6 +71,7 @@ class ImageReport:
     warnings: list[str] = field(default_factory=list)
     base: dict[str, Any] = field(default_factory=dict)  # the base: layers, rule, detail, protected
     pull: PullBytes = field(default_factory=PullBytes)
+    zstd_manifest: str = ""  # --publish gzip+zstd: the manifest of its zstd twin
 
     @property
     def size_before(self) -> int:

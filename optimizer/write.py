@@ -22,12 +22,13 @@ from typing import Any
 from . import mediatypes as mt
 from .digest import short
 from .documents import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, ANNOTATION_SOURCE_DIGEST
+from .errors import OutputError
 from .filesystem import build_filesystem
-from .history import created_epoch, squash_config, update_config
+from .history import config_platform, created_epoch, squash_config, update_config
 from .layer import OPAQUE_MARKER, WHITEOUT_PREFIX
 from .model import Content, Descriptor, Entry
 from .options import Progress
-from .output import BlobSpec, CompressionSpec, OutputBlob, canonical_json
+from .output import BlobSpec, CompressionSpec, OutputBlob, canonical_json, transcode_layer
 from .plan import EMPTY_LAYER_PLAN, ImagePlan, LayerDecision, RunPlan
 from .pull import ImageBlobs
 from .rebuild import (
@@ -68,6 +69,7 @@ class WriteSettings:
     keep_smaller: bool = True  # a layer whose rewrite is not smaller keeps its own bytes (when that is safe)
     packing: str = "path"  # entry order of written layers: "path" or "pull" (``rebuild.pull_order``)
     layer_target_size: int | None = None  # cut a squashed layer into parts of about this many tar bytes
+    publish: str = "single"  # "gzip+zstd": each image also as a zstd twin, listed after it in an index
 
 
 class _Blobs:
@@ -112,6 +114,11 @@ class _Writer:
         self.signature_subjects: list[tuple[Descriptor, str]] = []  # (signing manifest, subject digest)
         self.docker_map: dict[str, tuple[Descriptor, list[Descriptor], list[str]]] = {}
         self.numbers = itertools.count()
+        # --publish gzip+zstd: manifest digest -> its final (config, layers, diff_ids); manifest digest -> its
+        # zstd twin and platform; layer digest -> its zstd copy
+        self.finals: dict[str, tuple[Descriptor, list[Descriptor], list[str]]] = {}
+        self.twins: dict[str, tuple[Descriptor, dict[str, Any]]] = {}
+        self.transcoded: dict[str, Descriptor] = {}
 
     # -- the tree ---------------------------------------------------------------------------------------
 
@@ -122,16 +129,20 @@ class _Writer:
         if new is None:
             new = self.replacement(node)
             self.done[node.digest] = new
-        return (
-            occurrence.replace(digest=new.digest, size=new.size) if new.digest != node.digest else occurrence
-        )
+        if new.digest == node.digest:
+            return occurrence
+        return occurrence.replace(digest=new.digest, size=new.size, media_type=new.media_type)
 
     def replacement(self, node: Node) -> Descriptor:
         descriptor = node.descriptor
         if node.kind is NodeKind.INDEX:
             return self.index(node)
         if node.kind is NodeKind.IMAGE:
-            return self.image(self.run.images[node.digest])
+            plan = self.run.images[node.digest]
+            result = self.image(plan)
+            if self.settings.publish == "gzip+zstd":
+                self.twins[result.digest] = (self.zstd_twin(plan, result), _platform(node, plan))
+            return result
         if node.kind is NodeKind.MANIFEST:
             self.carry(node)
         elif node.kind is NodeKind.OTHER:
@@ -141,15 +152,23 @@ class _Writer:
     def index(self, node: Node) -> Descriptor:
         children = node.child_descriptors
         new_children = []
+        twins = []
         for child, raw in zip(node.children, children, strict=True):
             new = self.node(child, Descriptor.from_json(raw))
             new_children.append(new.to_json() if new.digest != child.digest else raw)
-        if new_children == children:
+            if new.digest in self.twins:
+                twins.append(_twin_entry(*self.twins[new.digest], Descriptor.from_json(raw)))
+        if new_children == children and not twins:
             self.blobs.from_source(self.source.blobs, node.descriptor, "index")
             return node.descriptor
-        digest = self.blobs.from_bytes(data := canonical_json(dict(node.document, manifests=new_children)))
+        document = dict(node.document, manifests=new_children + twins)
+        media_type = node.descriptor.media_type
+        if twins and media_type == mt.DOCKER_MANIFEST_LIST:
+            media_type = mt.OCI_INDEX  # it now lists OCI manifests (zstd layers have no Docker media type)
+            document["mediaType"] = media_type
+        digest = self.blobs.from_bytes(data := canonical_json(document))
         self.changed.add(node.digest)
-        return node.descriptor.replace(digest=digest, size=len(data))
+        return node.descriptor.replace(digest=digest, size=len(data), media_type=media_type)
 
     def carry(self, node: Node) -> None:
         """Copy a manifest and every blob it names that the input has, untouched."""
@@ -336,9 +355,12 @@ class _Writer:
             self.blobs.from_source(self.source.blobs, node.descriptor, "manifest")
             self.record_docker_entry(node.descriptor, node.config, new_layers, node.config)
             plan.pull_after = plan.pull_before
+            diff_ids = list((plan.config.get("rootfs") or {}).get("diff_ids") or [])
+            self.finals[node.digest] = (node.config, new_layers, diff_ids)
             return node.descriptor
         config_bytes = canonical_json(new_config)
         config = node.config.replace(digest=self.blobs.from_bytes(config_bytes), size=len(config_bytes))
+        diff_ids = list(new_config["rootfs"]["diff_ids"])
         manifest = dict(node.document)
         manifest["config"] = config.to_json()
         manifest["layers"] = [d.to_json() for d in new_layers]
@@ -353,7 +375,74 @@ class _Writer:
         blobs.update((d.digest, d.size) for d in new_layers)
         plan.pull_after = ImageBlobs(blobs, plan.base_digests)
         self.record_docker_entry(node.descriptor, config, new_layers, node.config)
+        self.finals[digest] = (config, new_layers, diff_ids)
         return node.descriptor.replace(digest=digest, size=len(manifest_bytes))
+
+    # -- --publish gzip+zstd ----------------------------------------------------------------------------
+
+    def zstd_twin(self, plan: ImagePlan, manifest: Descriptor) -> Descriptor:
+        """The same image with zstd layers: the same config (zstd keeps every diff_id), the protected (base)
+        layers as they are, every other gzip or plain layer compressed anew from the same tar stream."""
+        config, layers, diff_ids = self.finals[manifest.digest]
+        kept = {d.descriptor.digest for d in plan.layers if d.fate == "kept"}
+        twin_layers = []
+        for number, layer in enumerate(layers):
+            codec = mt.layer_compression(layer.media_type)
+            if layer.digest in kept or codec not in (mt.Compression.GZIP, mt.Compression.NONE):
+                if codec is None or layer.media_type in mt.NON_DISTRIBUTABLE:
+                    twin_layers.append(layer)
+                else:  # the same blob, named as an OCI manifest names it
+                    twin_layers.append(layer.replace(media_type=mt.layer_media_type(False, codec)))
+                continue
+            twin_layers.append(self.transcoded_layer(plan, number, layer, codec, diff_ids[number]))
+        document = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": config.replace(media_type=mt.OCI_CONFIG).to_json(),
+            "layers": [d.to_json() for d in twin_layers],
+            "annotations": {ANNOTATION_SOURCE_DIGEST: plan.node.digest},
+        }
+        data = canonical_json(document)
+        digest = self.blobs.from_bytes(data)
+        plan.report.zstd_manifest = digest
+        return Descriptor(mt.OCI_MANIFEST, digest, len(data), {})
+
+    def transcoded_layer(
+        self, plan: ImagePlan, number: int, layer: Descriptor, codec: mt.Compression, diff_id: str
+    ) -> Descriptor:
+        done = self.transcoded.get(layer.digest)
+        if done is not None:
+            return done
+        self.progress(f"zstd twin: layer {number + 1}", number, len(plan.layers))
+        path = os.path.join(self.workdir, f"out-{next(self.numbers)}.blob")
+        spec = CompressionSpec(mt.Compression.ZSTD)
+        with self.blobs.items[layer.digest][2]() as reader:
+            blob = transcode_layer(reader, codec, path, spec, self.settings.workers)
+        if blob.diff_id != diff_id:
+            raise OutputError(
+                f"{plan.name}: layer {number + 1} {short(layer.digest)}: its zstd copy has diff_id "
+                f"{short(blob.diff_id)}, not {short(diff_id)}"
+            )
+        self.blobs.from_file(blob)
+        done = Descriptor(mt.OCI_LAYER_ZSTD, blob.digest, blob.size, {})
+        self.transcoded[layer.digest] = done
+        return done
+
+    def wrapped(self, root: Descriptor) -> Descriptor:
+        """A root image with a zstd twin becomes an index of the two (the root entry's annotations move to it)."""
+        if root.digest not in self.twins:
+            return root
+        twin, platform = self.twins[root.digest]
+        first: dict[str, Any] = {"mediaType": root.media_type, "digest": root.digest, "size": root.size}
+        if platform:
+            first["platform"] = platform
+        document = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_INDEX,
+            "manifests": [first, _twin_entry(twin, platform, root)],
+        }
+        data = canonical_json(document)
+        return root.replace(media_type=mt.OCI_INDEX, digest=self.blobs.from_bytes(data), size=len(data))
 
     def record_docker_entry(
         self, old: Descriptor, config: Descriptor, layers: Sequence[Descriptor], old_config: Descriptor
@@ -429,13 +518,38 @@ def write_run(
     """Write every layer, config, manifest and index the plan calls for; the report gets the results."""
     writer = _Writer(run, settings, workdir, report, progress)
     new_root = [
-        writer.node(root, old) for root, old in zip(run.roots, run.source.root_manifests, strict=True)
+        writer.wrapped(writer.node(root, old))
+        for root, old in zip(run.roots, run.source.root_manifests, strict=True)
     ]
     report.warnings.extend(writer.signature_warnings())
     index_bytes = writer.root_index(new_root)
     report.index_digest_after = "sha256:" + hashlib.sha256(index_bytes).hexdigest()
     blobs = writer.blobs
     return Output(index_bytes, writer.docker_manifest(new_root), blobs.items, frozenset(blobs.carried))
+
+
+ANNOTATION_ZSTD = "io.github.containers.compression.zstd"  # how podman's --add-compression marks the twin
+
+
+def _twin_entry(twin: Descriptor, platform: dict[str, Any], first: Descriptor) -> dict[str, Any]:
+    """The index entry of a zstd twin, after the gzip image it copies: old clients take the first entry that
+    matches their platform (the gzip one); clients that read the annotation may take this one."""
+    entry: dict[str, Any] = {"mediaType": twin.media_type, "digest": twin.digest, "size": twin.size}
+    found = first.raw.get("platform")
+    if isinstance(found, dict) or platform:
+        entry["platform"] = found if isinstance(found, dict) else platform
+    entry["annotations"] = {ANNOTATION_ZSTD: "true"}
+    return entry
+
+
+def _platform(node: Node, plan: ImagePlan) -> dict[str, Any]:
+    found = node.descriptor.platform or config_platform(plan.config)
+    if found is None:
+        return {}
+    out = {"architecture": found.architecture, "os": found.os}
+    if found.variant:
+        out["variant"] = found.variant
+    return out
 
 
 def _under(path: str, paths: set[str]) -> bool:
