@@ -26,6 +26,7 @@ from .rule import Subject, Verdict, plain_files
 __all__ = ["CATEGORY", "find", "languages"]
 
 CATEGORY = "locales"
+REASON = "message catalog of a language the image's locale settings do not name"
 ROOTS = ("usr/share/locale", "usr/local/share/locale")
 _VARIABLES = ("LANG", "LC_ALL", "LC_MESSAGES")
 _SPLIT = re.compile(r"[_.@]")
@@ -56,7 +57,7 @@ def find(subject: Subject) -> Verdict:
                 continue  # locale.alias and the like, directly in the root
             if language(name) in kept:
                 continue
-            verdict.remove.append((path, f"message catalog for {name}, a language the image is not set to"))
+            verdict.remove.append((path, REASON))
     if kept:
         verdict.kept.append((ROOTS[0], f"catalogs kept for {', '.join(sorted(kept))} (the config's locale)"))
     return verdict

@@ -24,6 +24,7 @@ from .rule import Subject, Verdict
 __all__ = ["CATEGORY", "find"]
 
 CATEGORY = "pycache"
+REASON = "bytecode cache with its source beside it (Python compiles the source again)"
 _CACHED = re.compile(r"(?:(.*)/)?__pycache__/([^/.]+)\.[A-Za-z]+-?[0-9][^/.]*(?:\.opt-[0-9]+)?\.pyc$")
 _HASH_BASED = 0b01
 _CHECK_SOURCE = 0b10
@@ -50,7 +51,7 @@ def find(subject: Subject) -> Verdict:
         if flags & _HASH_BASED and not flags & _CHECK_SOURCE:
             unchecked += 1
             continue
-        verdict.remove.append((path, f"bytecode cache of {source.rsplit('/', 1)[-1]} (Python recompiles it)"))
+        verdict.remove.append((path, REASON))
     if unchecked:
         verdict.kept.append(
             ("", f"{unchecked} unchecked-hash .pyc file(s): Python runs them without the source")
