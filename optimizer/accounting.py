@@ -58,13 +58,17 @@ def _reasons(plans: Iterable[ImagePlan]) -> list[str]:
 
 
 def _distinct(images: Iterable[ImageReport], after: bool) -> int:
+    """The compressed bytes of the distinct layers (a blob shared by images counts once). A dry run's layers
+    written again have no digest: each counts, with its estimated size."""
     sizes: dict[str, int] = {}
-    for image in images:
+    for index, image in enumerate(images):
         for layer in image.layers:
             digest = layer.digest_after if after else layer.digest_before
             size = layer.size_after if after else layer.size_before
             if digest:
                 sizes[digest] = size
+            elif after and layer.status != "dropped":
+                sizes[f"unwritten:{index}:{layer.number}"] = size
     return sum(sizes.values())
 
 

@@ -3,7 +3,8 @@
 It plans a run (``dry_run``: no layer is compressed, sizes after are estimates) and adds what a reviewer wants
 to see: the base detected, what each pass would save, the bytes each layer wastes on files an upper layer
 deletes or replaces (as dive shows them), the duplicate files, and the pull bytes of a cold node and of a node
-that has the base. ``--fail-over LIMIT`` makes it a gate: exit 5 when the compressed bytes a run would save
+that has the base, and what each category of the opt-in ``slim`` pass would remove (``--slim-report``: nothing
+is removed unless ``--slim`` names it). ``--fail-over LIMIT`` makes it a gate: exit 5 when the compressed bytes a run would save
 exceed LIMIT (``10MB``, ``512KiB``, ``5%`` of the image's compressed layers); with ``--compare PREVIOUS`` (an
 image, or the JSON report of an earlier analyze) the limit applies to how much that figure grew since.
 """
@@ -58,6 +59,7 @@ class Analysis:
     would_save: int  # compressed bytes a run would save (estimated), additions not counted
     waste: dict[str, list[LayerWaste]] = field(default_factory=dict)  # image name -> its layers
     duplicate_bytes: dict[str, int] = field(default_factory=dict)  # image name -> bytes beyond one copy each
+    slim: dict[str, dict[str, Any]] = field(default_factory=dict)  # image name -> slim's categories
     previous: dict[str, Any] | None = None  # the earlier analysis compared with (its JSON)
 
     def to_json(self) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class Analysis:
             "would_save": self.would_save,
             "waste": {name: [asdict(w) for w in layers] for name, layers in self.waste.items()},
             "duplicate_bytes": self.duplicate_bytes,
+            "slim": self.slim,
         }
         if self.previous is not None:
             data["analysis"]["previous"] = {
@@ -101,9 +104,26 @@ def _duplicates(image: ImageReport) -> int:
     return 0
 
 
+def _slim_categories(image: ImageReport) -> dict[str, Any]:
+    for report in image.passes:
+        if report.name == "slim":
+            return dict(report.details.get("categories", {}))
+    return {}
+
+
+def _with_slim_report(options: Options) -> Options:
+    """``options`` with slim evaluating every category (removing only those ``--slim`` names)."""
+    from passes.slim import Slim, SlimOptions
+
+    if options.pass_classes is not None and Slim not in options.pass_classes:
+        return options
+    others = tuple(value for value in options.pass_options if type(value) is not SlimOptions)
+    return replace(options, pass_options=(*others, replace(options.options_for(Slim), report=True)))
+
+
 def analyze(src: str, options: Options | None = None) -> Analysis:
     """Plan a run on ``src`` and say what it would do (nothing is written)."""
-    options = replace(options or Options(), dry_run=True)
+    options = _with_slim_report(replace(options or Options(), dry_run=True))
     report = optimize(src, None, options)
     summary = report.summary
     return Analysis(
@@ -111,6 +131,7 @@ def analyze(src: str, options: Options | None = None) -> Analysis:
         summary.saved_by_passes + summary.saved_by_recompression,
         {image.name: _waste(image) for image in report.images},
         {image.name: _duplicates(image) for image in report.images},
+        {image.name: _slim_categories(image) for image in report.images},
     )
 
 
@@ -165,12 +186,30 @@ def print_analysis(analysis: Analysis, out: Any) -> None:
         duplicates = analysis.duplicate_bytes.get(name, 0)
         if duplicates:
             out.write(f"  duplicate files: {size_text(duplicates)} beyond one copy each (report only)\n")
+        _print_slim(name, analysis.slim.get(name, {}), out)
     out.write(f"a run would save about {size_text(analysis.would_save)} of compressed layers\n")
     if analysis.previous is not None:
         before = _would_save_of(analysis.previous)
         out.write(
             f"  the previous image ({analysis.previous.get('input')}): {size_text(before)}; "
             f"change {analysis.would_save - before:+,} bytes\n"
+        )
+
+
+def _print_slim(name: str, categories: dict[str, Any], out: Any) -> None:
+    found = {category: totals for category, totals in categories.items() if totals.get("files")}
+    if not found:
+        return
+    out.write(f"{name}\n  slim, opt-in (--slim CATEGORY,...; uncompressed bytes of the files):\n")
+    for category, totals in found.items():
+        protected = int(totals.get("protected_bytes", 0))
+        where = (
+            f", {size_text(protected)} of it in protected layers (hidden, still pulled)" if protected else ""
+        )
+        chosen = " (selected)" if totals.get("selected") else ""
+        out.write(
+            f"    {category:<12}{size_text(int(totals['bytes'])):>12} in {int(totals['files']):,} files{where}"
+            f"{chosen}\n"
         )
 
 

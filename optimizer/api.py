@@ -31,6 +31,7 @@ from .base import BaseFinder, base_layer_lists, layers_of_document
 from .documents import ANNOTATION_SOURCE_DIGEST, parse_object
 from .errors import OptimizerError, RegistryError, UsageError
 from .estimate import estimate_sizes
+from .mediatypes import Compression
 from .model import Platform
 from .options import Options
 from .output import (
@@ -58,6 +59,8 @@ from .tree import Node, read_tree
 from .write import Output, WriteSettings, write_run
 
 __all__ = ["ANNOTATION_SOURCE_DIGEST", "Optimization", "optimize", "select_passes"]
+
+MIN_LAYER_TARGET = 1 << 20  # smaller parts would make many tiny layers (and runtimes cap a stack near 128)
 
 
 def select_passes(options: Options) -> list[tuple[type[Pass[Any]], Any]]:
@@ -267,6 +270,26 @@ def _check_options(options: Options) -> None:
             raise UsageError(f"--platform {platform!r}: expected OS/ARCH or OS/ARCH/VARIANT (linux/arm64/v8)")
     if options.workers is not None and options.workers < 1:
         raise UsageError(f"--workers must be at least 1, not {options.workers} (leave it out for all cores)")
+    _check_packing(options)
+
+
+def _check_packing(options: Options) -> None:
+    if options.layer_target_size is not None:
+        if not options.squash:
+            raise UsageError("--layer-target-size cuts the squashed layer: it needs --squash")
+        if options.layer_target_size < MIN_LAYER_TARGET:
+            raise UsageError(f"--layer-target-size must be at least {MIN_LAYER_TARGET >> 20} MiB")
+    if options.publish not in ("single", "gzip+zstd"):
+        raise UsageError(f"unknown --publish {options.publish!r}: use single or gzip+zstd")
+    compression = options.compression
+    if (
+        options.publish == "gzip+zstd"
+        and compression is not None
+        and compression.codec is not Compression.GZIP
+    ):
+        raise UsageError("--publish gzip+zstd writes the gzip image first: --compression must be gzip")
+    if options.packing not in ("path", "pull"):
+        raise UsageError(f"unknown packing {options.packing!r}: use path or pull")
 
 
 def _settings(options: Options, workers: int) -> WriteSettings:
@@ -284,6 +307,9 @@ def _settings(options: Options, workers: int) -> WriteSettings:
         layer_clamp,
         config_clamp,
         keep_smaller,
+        options.packing,
+        options.layer_target_size,
+        options.publish,
     )
 
 

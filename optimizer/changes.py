@@ -4,7 +4,9 @@ A replacement is recorded against the entry that holds the bytes (for hardlinks,
 so every link sees the new bytes and the file is processed once. A deletion is recorded against the layer that
 owns the visible path; when a lower layer also carries that path, the writer leaves a whiteout in its place so
 the lower copy does not reappear. Additions go in one new top layer. Nothing may be changed in a protected
-(kept byte-identical) layer: asking to is a bug in the pass, and raises ``ChangeRefused``.
+(kept byte-identical) layer: asking to is a bug in the pass, and raises ``ChangeRefused``; the one exception is
+a deletion asked with ``whiteout_protected``, recorded against the new top layer (``layer_count``), which then
+holds a whiteout for the path: the protected layer keeps its bytes, and a container no longer sees the path.
 """
 
 from __future__ import annotations
@@ -91,8 +93,13 @@ class Changes:
             Change(Op.REPLACE, where, layer, self._pass, reason, node.size, content.size, content, None, path)
         )
 
-    def delete(self, path: str, reason: str = "") -> None:
-        """Remove a path (a directory with everything under it) from the final filesystem."""
+    def delete(self, path: str, reason: str = "", *, whiteout_protected: bool = False) -> None:
+        """Remove a path (a directory with everything under it) from the final filesystem.
+
+        A path a protected layer owns is refused, unless ``whiteout_protected``: then a whiteout in the new top
+        layer hides it (its bytes stay in the protected layer, so a cold pull saves nothing), and only what
+        unprotected layers carry under it is removed from them.
+        """
         path = clean_path(path)
         if not path:
             raise ChangeRefused(f"{self._pass}: the root directory cannot be deleted")
@@ -100,20 +107,45 @@ class Changes:
         targets = [path]
         if node.entry.kind is EntryKind.DIR:
             targets += [p for p, _ in self._fs.items() if p.startswith(path + "/")]
+        protected = self._fs.protected_layers
+        hidden: list[str] = []  # protected paths a whiteout in the top layer hides (with their subtrees)
+        removed: list[str] = []  # paths removed from the unprotected layers that own them
         for target in targets:
             current = self._fs.get(target)
             assert current is not None
-            if current.layer in self._fs.protected_layers:
-                raise ChangeRefused(f"{self._pass}: {target}: lives in a layer kept byte-identical")
-        for target in targets:
-            current = self._fs.get(target)
-            assert current is not None
+            if current.layer in protected:
+                if not whiteout_protected:
+                    raise ChangeRefused(f"{self._pass}: {target}: lives in a layer kept byte-identical")
+                if not any(target.startswith(h + "/") for h in hidden):
+                    hidden.append(target)
+                continue
             if current.entry.kind is EntryKind.FILE:
                 other_layers = {layer for layer, _ in self._fs.links(current.inode) if layer != current.layer}
                 if other_layers:
                     raise ChangeRefused(
                         f"{self._pass}: {target}: hardlinked from other layers ({sorted(other_layers)}); not deleted"
                     )
+            removed.append(target)
+        for target in hidden:
+            current = self._fs.get(target)
+            assert current is not None
+            # The bytes stay in the protected layer: the image is no smaller for them.
+            size = current.size if current.entry.kind is not EntryKind.HARDLINK else 0
+            self._items.append(
+                Change(
+                    Op.DELETE,
+                    target,
+                    self._fs.layer_count,
+                    self._pass,
+                    reason,
+                    size,
+                    size,
+                    visible_path=target,
+                )
+            )
+        for target in removed:
+            current = self._fs.get(target)
+            assert current is not None
             size = current.size if current.entry.kind is not EntryKind.HARDLINK else 0
             self._items.append(
                 Change(Op.DELETE, target, current.layer, self._pass, reason, size, 0, visible_path=target)

@@ -69,10 +69,12 @@ def _unwritten_layer(plan: ImagePlan, ratio: float) -> LayerReport | None:
         merged = [node.entry for _, node in plan.final_fs.items() if node.layer >= plan.squash_base]
         size = round(tar_size(merged) * ratio)
         return LayerReport(count + 1, "", "", 0, size, "squashed", media_type, len(merged), estimated=True)
-    if plan.changes.added:
+    if plan.changes.top_layer:
         added = list(plan.changes.added.values())
         size = sum(512 + (len(zlib.compress(c.read_bytes(), 1)) if c else 0) for _, c in added) + 1024
-        return LayerReport(count + 1, "", "", 0, size, "added", media_type, len(added), estimated=True)
+        size += 512 * len(plan.changes.hidden)  # whiteouts over protected layers: a header each
+        files = len(added) + len(plan.changes.hidden)
+        return LayerReport(count + 1, "", "", 0, size, "added", media_type, files, estimated=True)
     return None
 
 

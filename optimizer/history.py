@@ -82,7 +82,8 @@ def squash_config(
     pass_names: Sequence[str],
     clamp: int | None,
 ) -> dict[str, Any]:
-    """The config of a squashed image: the base's history entries, then one entry listing what was merged."""
+    """The config of a squashed image: the base's history entries, then one entry listing what was merged (one
+    per layer when ``--layer-target-size`` cut it into several, the first with the list)."""
     new = copy.deepcopy(dict(config))
     rootfs = dict(new.get("rootfs") or {"type": "layers"})
     rootfs["diff_ids"] = diff_ids
@@ -112,7 +113,17 @@ def squash_config(
         entry["created"] = created
     if len(diff_ids) == protected:  # everything above the base was empty
         entry["empty_layer"] = True
-    new["history"] = [*kept, entry]
+    parts = len(diff_ids) - protected
+    extra = [
+        {
+            **{k: v for k, v in entry.items() if k != "comment"},
+            "comment": f"part {number} of {parts} of the squashed layer (--layer-target-size)",
+        }
+        for number in range(2, parts + 1)
+    ]
+    if extra:
+        entry["comment"] = f"part 1 of {parts}: " + entry["comment"]
+    new["history"] = [*kept, entry, *extra]
     if clamp is not None:
         new["created"] = iso(clamp)
         for item in new["history"]:

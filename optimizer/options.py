@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from .limits import Limits
+from .limits import Limits, parse_size
 from .output import CompressionSpec
 from .progress import Progress
 from .registry.access import RegistryAccess
@@ -108,6 +108,26 @@ class Options:
         "let passes change and delete files that dpkg, rpm or apk list (dpkg --verify, rpm -V, apk audit and "
         "scanners then report them; default: such files are kept and reported)",
     )
+    packing: Literal["path", "pull"] = setting(
+        "path",
+        "entry order of the layers the run writes: path (a rewritten layer keeps its order unless --normalize, "
+        "squashed and added layers are in path order) or pull (directories and small files first, identical "
+        "files side by side: extraction starts early, the codec sees duplicates together)",
+        flag="--pack",
+    )
+    layer_target_size: int | None = setting(
+        None,
+        "with --squash: cut the squashed layer into layers of about SIZE of tar each (e.g. 64M), which clients "
+        "pull in parallel",
+        metavar="SIZE",
+        parse=parse_size,
+    )
+    publish: Literal["single", "gzip+zstd"] = setting(
+        "single",
+        "gzip+zstd: write each image twice in one index, gzip first (every client takes the first entry of its "
+        "platform) and a zstd twin second (same config, the base layers shared as they are)",
+        metavar="single|gzip+zstd",
+    )
     workers: int | None = setting(
         None, "processes for per-file work (default: all cores)", metavar="N", config=False
     )
@@ -142,4 +162,7 @@ class Options:
             "recompress": self.recompress,
             "squash": self.squash,
             "touch_package_files": self.touch_package_files,
+            "packing": self.packing,
+            "layer_target_size": self.layer_target_size,
+            "publish": self.publish,
         }

@@ -21,12 +21,14 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .codec import CompressionSpec, Compressor, compressor_versions
 from .errors import OutputError, out_of_space
+from .mediatypes import Compression
 from .model import Entry, EntryKind
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "check_destination",
     "compressor_versions",
     "source_date_epoch",
+    "transcode_layer",
     "write_oci_archive",
     "write_oci_dir",
 ]
@@ -69,6 +72,44 @@ class BlobSpec:
     size: int
     diff_id: str = ""
     raw_size: int = 0  # the uncompressed tar's bytes
+
+
+def transcode_layer(
+    reader: BinaryIO, codec: Compression, path: str, spec: CompressionSpec, workers: int = 1
+) -> BlobSpec:
+    """The same tar stream (``reader``: compressed with ``codec``, gzip or none) compressed anew into ``path``
+    with ``spec``: the diff_id stays, the blob is new. Used for the zstd twin of ``--publish gzip+zstd``."""
+    if codec not in (Compression.GZIP, Compression.NONE):
+        raise ValueError(f"cannot transcode a {codec.value} layer")
+    gzip = codec is Compression.GZIP
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    open_member = False  # a gzip member begun and not ended
+    with open(path, "wb") as out:
+        compressor = Compressor(out, spec, workers)
+        try:
+            while chunk := reader.read(_CHUNK):
+                if not gzip:
+                    compressor.write(chunk)
+                    continue
+                while chunk:
+                    compressor.write(decoder.decompress(chunk))
+                    open_member = True
+                    chunk = b""
+                    if decoder.eof:  # a gzip file may hold several members, one after the other
+                        chunk, open_member = decoder.unused_data, False
+                        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if gzip and open_member:
+                raise OutputError(f"{path}: the gzip stream of the layer ends early")
+            compressor.finish()
+        except BaseException:
+            compressor.close()
+            raise
+    return BlobSpec(
+        path,
+        "sha256:" + compressor.blob_hash.hexdigest(),
+        compressor.blob_size,
+        "sha256:" + compressor.diff_hash.hexdigest(),
+    )
 
 
 class LayerWriter:

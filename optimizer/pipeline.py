@@ -15,6 +15,9 @@ A pass is a class in its own module under ``passes/`` (listed once, in order, in
         def __init__(self, options: StripElfOptions) -> None: ...   # raises UsageError on bad options
         def run(self, ctx: PassContext) -> None: ...
 
+An opt-in pass (``slim``) gives its options an ``enabled`` property: while it is False the pass is not
+selected at all (it does not run, and the history of the images written does not name it).
+
 ``run`` reads ``ctx.fs`` (the merged filesystem, with the changes of earlier passes applied), decides, and
 records changes through ``ctx.changes``. Heavy per-file work is a top-level (picklable) function
 ``fn(data: bytes, arg) -> result`` handed to ``ctx.map``, which runs it on every core and yields the results in
@@ -219,7 +222,10 @@ def select_passes(
         if cls.name in wanted:
             options = chosen.get(cls.name) or cls.Options()
             cls(options)
-            selected.append((cls, options))
+            if getattr(options, "enabled", True):
+                selected.append((cls, options))
+            elif passes is not None and cls.name in passes:
+                raise UsageError(f"pass {cls.name} is opt-in and its options turn nothing on (see --help)")
     return selected
 
 

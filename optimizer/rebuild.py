@@ -26,8 +26,10 @@ __all__ = [
     "LayerPlan",
     "apply_changes",
     "build_plan",
+    "path_key",
     "squash_entries",
     "top_layer_entries",
+    "whiteouts_for",
     "write_layer",
 ]
 
@@ -50,7 +52,17 @@ class LayerPlan:
 class ChangePlan:
     layers: dict[int, LayerPlan] = field(default_factory=dict)
     added: dict[str, tuple[Entry, Content | None]] = field(default_factory=dict)
-    reasons: list[tuple[str, str, str]] = field(default_factory=list)  # (pass, path, reason) of each addition
+    # Paths of protected layers that a whiteout in the new top layer hides (``Changes.delete(...,
+    # whiteout_protected=True)``); an added path of the same name stays beside its whiteout.
+    hidden: set[str] = field(default_factory=set)
+    reasons: list[tuple[str, str, str]] = field(
+        default_factory=list
+    )  # (pass, path, reason) of the top layer's
+
+    @property
+    def top_layer(self) -> bool:
+        """Whether the run writes a new top layer (added files, or whiteouts over protected layers)."""
+        return bool(self.added or self.hidden)
 
     def layer(self, number: int) -> LayerPlan:
         return self.layers.setdefault(number, LayerPlan())
@@ -63,8 +75,11 @@ def build_plan(changes: Iterable[Change], layer_count: int) -> ChangePlan:
         if change.reason and change.op is Op.ADD:
             plan.reasons.append((change.pass_name, change.path, change.reason))
         if change.layer >= layer_count:
-            if change.op is Op.DELETE:
-                plan.added.pop(change.path, None)
+            if change.op is Op.DELETE and change.path in plan.added:
+                plan.added.pop(change.path)
+            elif change.op is Op.DELETE:
+                plan.hidden.add(change.path)
+                plan.reasons.append((change.pass_name, change.path, f"hidden: {change.reason or 'deleted'}"))
             elif change.op is Op.ADD:
                 assert change.entry is not None
                 plan.added[change.path] = (change.entry, change.content)
@@ -122,14 +137,14 @@ def apply_changes(fs: FileSystem, changes: Iterable[Change]) -> FileSystem:
     )
 
 
-def _path_key(path: str) -> str:
+def path_key(path: str) -> str:
     # The order of the tuples of path components, without building them: NUL (never in a tar name) sorts
     # before every other character, as a shorter tuple sorts before a longer one it prefixes.
     return path.replace("/", "\0")
 
 
 def _sort_key(entry: Entry) -> str:
-    return _path_key(entry.path)
+    return path_key(entry.path)
 
 
 def _whiteout(entry: Entry) -> Entry:
@@ -234,7 +249,7 @@ def _canonical_order(items: list[tuple[Entry, Content | None]]) -> list[tuple[En
     rename: dict[str, str] = {}
     result_by_path = dict(by_path)
     for holder, links in groups.items():
-        first = min([holder, *links], key=_path_key)
+        first = min([holder, *links], key=path_key)
         if first == holder:
             continue
         holder_entry, content = by_path[holder]
@@ -250,10 +265,28 @@ def _canonical_order(items: list[tuple[Entry, Content | None]]) -> list[tuple[En
     return out
 
 
+def whiteouts_for(paths: Iterable[str], mtime: int) -> list[Entry]:
+    """Whiteout entries that hide ``paths`` of the layers below, in path order; a path under another of them
+    needs none (its directory's whiteout hides it, and the directory is gone when its own would apply)."""
+    chosen = set(paths)
+    return [
+        _whiteout(Entry(path, EntryKind.FILE, mtime=mtime))
+        for path in sorted(chosen, key=path_key)
+        if not _under_any(path.rpartition("/")[0], chosen)
+    ]
+
+
 def top_layer_entries(
-    added: Mapping[str, tuple[Entry, Content | None]], final_fs: FileSystem, mtime: int
+    added: Mapping[str, tuple[Entry, Content | None]],
+    final_fs: FileSystem,
+    mtime: int,
+    hidden: Iterable[str] = (),
 ) -> list[tuple[Entry, Content | None]]:
-    """The new top layer: added paths plus any missing parent directories, root-owned, sorted, fixed mtime."""
+    """The new top layer: whiteouts for the ``hidden`` paths of lower layers first (a whiteout acts on the
+    layers below whatever its place in the stream, but extractors that apply entries in stream order must meet
+    it before an added path of the same name), then the added paths plus any missing parent directories,
+    root-owned, sorted, with a fixed mtime."""
+    whiteouts: list[tuple[Entry, Content | None]] = [(entry, None) for entry in whiteouts_for(hidden, mtime)]
     items: dict[str, tuple[Entry, Content | None]] = {}
     for path, (entry, content) in added.items():
         parts = path.split("/")
@@ -270,7 +303,7 @@ def top_layer_entries(
             replace(entry, path=path, mtime=mtime, mtime_ns=0, size=content.size if content else 0),
             content,
         )
-    return sorted(items.values(), key=lambda item: _sort_key(item[0]))
+    return whiteouts + sorted(items.values(), key=lambda item: _sort_key(item[0]))
 
 
 def squash_entries(
@@ -321,7 +354,7 @@ def squash_entries(
             in_base[node.inode] = path
     items: dict[str, tuple[Entry, Content | None]] = {}
     holder_of: dict[int, str] = {}
-    for path in sorted(upper, key=_path_key):
+    for path in sorted(upper, key=path_key):
         node = upper[path]
         entry = node.entry
         if node.content is None or not node.inode:

@@ -80,6 +80,7 @@ class PassReport:
     error: str = ""
     warnings: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # what the pass sums up for its findings (slim)
 
     @property
     def bytes_saved(self) -> int:
@@ -130,6 +131,7 @@ class ImageReport:
     warnings: list[str] = field(default_factory=list)
     base: dict[str, Any] = field(default_factory=dict)  # the base: layers, rule, detail, protected
     pull: PullBytes = field(default_factory=PullBytes)
+    zstd_manifest: str = ""  # --publish gzip+zstd: the manifest of its zstd twin
 
     @property
     def size_before(self) -> int:

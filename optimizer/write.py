@@ -29,10 +29,18 @@ from .history import created_epoch, squash_config, update_config
 from .layer import OPAQUE_MARKER, WHITEOUT_PREFIX
 from .model import Content, Descriptor, Entry
 from .output import BlobSpec, CompressionSpec, OutputBlob, canonical_json
+from .packing import pull_order, split_layer
 from .plan import EMPTY_LAYER_PLAN, ImagePlan, LayerDecision, RunPlan, tar_size
 from .progress import Progress, steps
+from .publish import Twins
 from .pull import ImageBlobs
-from .rebuild import layer_entries, lower_paths_of, squash_entries, top_layer_entries, write_layer
+from .rebuild import (
+    layer_entries,
+    lower_paths_of,
+    squash_entries,
+    top_layer_entries,
+    write_layer,
+)
 from .report import LayerReport, Report
 from .source import Blobs
 from .tree import Node, NodeKind
@@ -66,6 +74,9 @@ class WriteSettings:
     layer_clamp: int | None  # mtimes of rewritten layers are clamped to this (SOURCE_DATE_EPOCH, or 0)
     config_clamp: int | None  # SOURCE_DATE_EPOCH, for configs and added layers
     keep_smaller: bool = True  # a layer whose rewrite is not smaller keeps its own bytes (when that is safe)
+    packing: str = "path"  # entry order of written layers: "path" or "pull" (``rebuild.pull_order``)
+    layer_target_size: int | None = None  # cut a squashed layer into parts of about this many tar bytes
+    publish: str = "single"  # "gzip+zstd": each image also as a zstd twin, listed after it in an index
 
 
 class _Blobs:
@@ -112,6 +123,7 @@ class _Writer:
         self.signature_subjects: list[tuple[Descriptor, str]] = []  # (signing manifest, subject digest)
         self.docker_map: dict[str, tuple[Descriptor, list[Descriptor], list[str]]] = {}
         self.numbers = itertools.count()
+        self.twins = Twins(self.blobs, workdir, self.numbers, settings.workers)  # --publish gzip+zstd
 
     # -- the tree ---------------------------------------------------------------------------------------
 
@@ -131,7 +143,11 @@ class _Writer:
         if node.kind is NodeKind.INDEX:
             return self.index(node)
         if node.kind is NodeKind.IMAGE and node.digest in self.run.images:
-            return self.image(self.run.images[node.digest])
+            plan = self.run.images[node.digest]
+            result = self.image(plan)
+            if self.settings.publish == "gzip+zstd":
+                self.twins.make(plan, result, node)
+            return result
         if node.kind in (NodeKind.IMAGE, NodeKind.MANIFEST):
             self.carry(node)  # not an image we read, or not a --platform chosen
         elif node.kind is NodeKind.OTHER:
@@ -141,15 +157,24 @@ class _Writer:
     def index(self, node: Node) -> Descriptor:
         children = node.child_descriptors
         new_children = []
+        twins = []
         for child, raw in zip(node.children, children, strict=True):
             new = self.node(child, Descriptor.from_json(raw))
             new_children.append(new.to_json() if new.digest != child.digest else raw)
-        if new_children == children:
+            twin = self.twins.entry(new.digest, Descriptor.from_json(raw))
+            if twin is not None:
+                twins.append(twin)
+        if new_children == children and not twins:
             self.blobs.from_source(self.source.blobs, node.descriptor, "index")
             return node.descriptor
-        digest = self.blobs.from_bytes(data := canonical_json(dict(node.document, manifests=new_children)))
+        document = dict(node.document, manifests=new_children + twins)
+        media_type = node.descriptor.media_type
+        if twins and media_type == mt.DOCKER_MANIFEST_LIST:
+            media_type = mt.OCI_INDEX  # it now lists OCI manifests (zstd layers have no Docker media type)
+            document["mediaType"] = media_type
+        digest = self.blobs.from_bytes(data := canonical_json(document))
         self.changed.add(node.digest)
-        return node.descriptor.replace(digest=digest, size=len(data))
+        return node.descriptor.replace(digest=digest, size=len(data), media_type=media_type)
 
     def carry(self, node: Node) -> None:
         """Copy a manifest and every blob it names that the input has, untouched."""
@@ -207,7 +232,7 @@ class _Writer:
             self.settings.normalize,
         )
         label = f"layer {decision.number + 1}/{len(plan.layers)} of image {short(plan.node.digest)}"
-        blob = self.write_blob(items, decision.spec, label)
+        blob = self.write_blob(self.packed(items), decision.spec, label)
         report = decision.report
         same_codec = mt.layer_compression(layer.media_type) is decision.spec.codec
         if blob.digest == layer.digest or (
@@ -256,14 +281,16 @@ class _Writer:
         return True
 
     def added_layer(self, plan: ImagePlan) -> tuple[Descriptor, str] | None:
-        """The new top layer with the files passes added, if any."""
-        if not plan.changes.added:
+        """The new top layer with the files passes added and the whiteouts over protected layers, if any."""
+        changes = plan.changes
+        if not changes.top_layer:
             return None
         assert plan.final_fs is not None
-        items = top_layer_entries(plan.changes.added, plan.final_fs, self.added_mtime(plan))
-        blob = self.write_blob(items, label=f"new top layer of image {short(plan.node.digest)}")
+        items = top_layer_entries(changes.added, plan.final_fs, self.added_mtime(plan), changes.hidden)
+        blob = self.write_blob(self.packed(items), label=f"new top layer of image {short(plan.node.digest)}")
         self.blobs.from_file(blob)
         media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
+        files = len(changes.added) + len(changes.hidden)
         plan.report.layers.append(
             LayerReport(
                 len(plan.layers) + 1,
@@ -273,7 +300,7 @@ class _Writer:
                 blob.size,
                 "added",
                 media_type,
-                len(plan.changes.added),
+                files,
                 uncompressed_after=blob.raw_size,
             )
         )
@@ -297,25 +324,29 @@ class _Writer:
             if plan.changes.added
             else []
         )
-        items = squash_entries(base_fs, plan.final_fs, protected, added, plan.indexes)
-        if items:
-            blob = self.write_blob(items, label=f"squashed layer of image {short(plan.node.digest)}")
+        items = self.packed(squash_entries(base_fs, plan.final_fs, protected, added, plan.indexes))
+        target = self.settings.layer_target_size
+        parts = split_layer(items, target) if target and items else [items] if items else []
+        media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
+        for number, part in enumerate(parts):
+            label = f"squashed layer {number + 1}/{len(parts)} of image {short(plan.node.digest)}"
+            blob = self.write_blob(part, label=label)
             self.blobs.from_file(blob)
-            media_type = mt.layer_media_type(plan.docker_family, self.settings.compression.codec)
             new_layers.append(Descriptor(media_type, blob.digest, blob.size, {}))
             new_diff_ids.append(blob.diff_id)
-            for decision in plan.layers[protected:]:
-                decision.report.digest_after = blob.digest
+            if number == 0:
+                for decision in plan.layers[protected:]:
+                    decision.report.digest_after = blob.digest
             plan.report.layers.append(
                 LayerReport(
-                    len(plan.layers) + 1,
+                    len(plan.layers) + 1 + number,
                     "",
                     blob.digest,
                     0,
                     blob.size,
                     "squashed",
                     media_type,
-                    len(items),
+                    len(part),
                     uncompressed_after=blob.raw_size,
                 )
             )
@@ -323,6 +354,10 @@ class _Writer:
             plan.config, new_diff_ids, protected, self.run.pass_names, self.settings.config_clamp
         )
         return self.finish(plan, new_config, new_layers)
+
+    def packed(self, items: list[tuple[Entry, Content | None]]) -> list[tuple[Entry, Content | None]]:
+        """``items`` in the entry order the run asked for (``--pack``)."""
+        return pull_order(items) if self.settings.packing == "pull" else items
 
     def write_blob(
         self,
@@ -353,9 +388,12 @@ class _Writer:
             self.blobs.from_source(self.source.blobs, node.descriptor, "manifest")
             self.record_docker_entry(node.descriptor, node.config, new_layers, node.config)
             plan.pull_after = plan.pull_before
+            diff_ids = list((plan.config.get("rootfs") or {}).get("diff_ids") or [])
+            self.twins.finals[node.digest] = (node.config, new_layers, diff_ids)
             return node.descriptor
         config_bytes = canonical_json(new_config)
         config = node.config.replace(digest=self.blobs.from_bytes(config_bytes), size=len(config_bytes))
+        diff_ids = list(new_config["rootfs"]["diff_ids"])
         manifest = dict(node.document)
         manifest["config"] = config.to_json()
         manifest["layers"] = [d.to_json() for d in new_layers]
@@ -370,6 +408,7 @@ class _Writer:
         blobs.update((d.digest, d.size) for d in new_layers)
         plan.pull_after = ImageBlobs(blobs, plan.base_digests)
         self.record_docker_entry(node.descriptor, config, new_layers, node.config)
+        self.twins.finals[digest] = (config, new_layers, diff_ids)
         return node.descriptor.replace(digest=digest, size=len(manifest_bytes))
 
     def record_docker_entry(
@@ -442,7 +481,8 @@ def write_run(
     """Write every layer, config, manifest and index the plan calls for; the report gets the results."""
     writer = _Writer(run, settings, workdir, report, progress)
     new_root = [
-        writer.node(root, old) for root, old in zip(run.roots, run.source.root_manifests, strict=True)
+        writer.twins.wrapped(writer.node(root, old))
+        for root, old in zip(run.roots, run.source.root_manifests, strict=True)
     ]
     report.warnings.extend(writer.signature_warnings())
     index_bytes = writer.root_index(new_root)

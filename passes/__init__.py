@@ -1,7 +1,7 @@
 """The passes, in the one order they run. Order is meaning: a pass sees the changes of the passes before it.
 
 Each pass is one class in its own module (see ``optimizer.pipeline`` for the interface); a pass with several
-concerns is a package whose ``__init__`` holds the pass (``media``, ``upx``, ``inject``). Libraries the passes
+concerns is a package whose ``__init__`` holds the pass (``slim``, ``media``, ``upx``, ``inject``). Libraries the passes
 share sit beside them: ``elf`` (the ELF stripper), ``decompression``, ``servers`` (which web servers send
 precompressed files, and from where). Add a pass by writing its module and adding one line here; nothing
 registers itself on import.
@@ -16,11 +16,13 @@ from passes.compressed_duplicates import CompressedDuplicates
 from passes.dead_data import DeadData
 from passes.inject import Inject
 from passes.media import Media
+from passes.slim import Slim
 from passes.strip_elf import StripElf
 from passes.upx import Upx
 
 PASSES: tuple[type[Pass[Any]], ...] = (
     DeadData,
+    Slim,
     StripElf,
     Media,
     CompressedDuplicates,

@@ -54,6 +54,30 @@ def test_analyze_writes_nothing_and_reports_waste_by_layer(tmp_path: Path) -> No
     (layers,) = result.waste.values()
     assert [(w.number, w.dead_bytes, w.removable_bytes) for w in layers] == [(2, 64 * 1024, 64 * 1024)]
     assert result.would_save > 0 and result.report.dry_run
+    summary = result.report.summary  # the layers written again count with their estimated sizes
+    assert summary.bytes_after == sum(layer.size_after for layer in result.report.images[0].layers)
+    assert summary.bytes_after == summary.bytes_before - result.would_save
+
+
+def test_analyze_shows_what_each_slim_category_would_remove(tmp_path: Path) -> None:
+    image = build_image(
+        tmp_path / "in.tar",
+        [
+            [
+                entry("usr/share/doc/tool/README", data=b"r" * 4000),
+                entry("usr/share/doc/tool/copyright", data=b"c"),
+            ],
+            [entry("usr/share/man/man1/tool.1.gz", data=b"m" * 300)],
+        ],
+    )
+    result = analyze(str(image), Options(skip=("inject",)))
+    (categories,) = result.slim.values()
+    assert categories["docs"]["files"] == 1 and categories["docs"]["bytes"] == 4000
+    assert categories["man"]["bytes"] == 300 and not categories["man"]["selected"]
+    assert result.report.summary.bytes_after == result.report.summary.bytes_before  # reported, not removed
+    done = run("analyze", str(image), "--skip", "inject")
+    assert done.returncode == 0, done.stderr
+    assert "slim, opt-in" in done.stdout and "docs" in done.stdout
 
 
 def test_fail_over_and_compare_through_the_cli(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ import yaml
 
 from .. import settings
 from ..errors import UsageError
+from ..limits import Limits
 from ..options import Options
 from ..pipeline import select_passes
 from .configreader import Reader, Secret, kind_of
@@ -274,8 +275,8 @@ def _destination(
 
 
 def _rule_options(r: Reader | None, at: str) -> Options:
-    """A rule's ``options``: the run options (the command line's settings, by field name) and
-    ``pass_options: {PASS: {FIELD: VALUE}}``, each derived from the declared settings and checked now."""
+    """A rule's ``options``: the run options (the command line's settings, by field name),
+    ``limits: {FIELD: VALUE}`` (``max_layer_bytes: 4G``) and ``pass_options: {PASS: {FIELD: VALUE}}``, each derived from the declared settings and checked now."""
     from passes import PASSES
 
     raw = dict(r.data) if r is not None and isinstance(r.data, dict) else {}
@@ -290,7 +291,16 @@ def _rule_options(r: Reader | None, at: str) -> Options:
         if name not in classes:
             raise UsageError(f"{at}.pass_options: unknown pass {name!r} (known: {', '.join(classes)})")
         pass_options.append(settings.from_mapping(classes[name].Options, values, f"{at}.pass_options.{name}"))
-    options: Options = settings.from_mapping(Options, raw, at, pass_options=tuple(pass_options))
+    limits = raw.pop("limits", None) or {}
+    if not isinstance(limits, dict):
+        raise UsageError(f"{at}.limits: expected a mapping (max_layer_bytes: 4G, ...), got {kind_of(limits)}")
+    options: Options = settings.from_mapping(
+        Options,
+        raw,
+        at,
+        pass_options=tuple(pass_options),
+        limits=settings.from_mapping(Limits, limits, f"{at}.limits"),
+    )
     try:
         select_passes(PASSES, options.passes, options.skip, options.pass_options)
     except UsageError as error:

@@ -36,7 +36,15 @@ from .dpkg import read_dpkg
 from .record import RECORD_SUFFIX, record_paths, rewrite_record
 from .rpm import read_rpm
 
-__all__ = ["Database", "Ownership", "kept_reason", "ownership", "read_ownership", "update_records"]
+__all__ = [
+    "Database",
+    "Ownership",
+    "kept_reason",
+    "ownership",
+    "read_ownership",
+    "record_kept_reason",
+    "update_records",
+]
 
 _SHARED_KEY = "packages"
 
@@ -133,10 +141,18 @@ def kept_reason(ctx: PassContext, path: str) -> str | None:
         if owner is not None:
             shown = "" if name == path else f" (as /{name})"
             return f"packaged: {owner}{shown}; --touch-package-files changes it"
+    return record_kept_reason(ctx, path)
+
+
+def record_kept_reason(ctx: PassContext, path: str) -> str | None:
+    """Why the file at ``path`` (or a hardlink of it) must stay as it is for the RECORD that lists it: that
+    RECORD cannot be rewritten (a protected layer; packaged itself, unless ``--touch-package-files``)."""
+    facts = ownership(ctx)
+    for name in _same_file_paths(ctx.fs, path):
         for record in facts.listing_records(ctx.fs, name):
             if ctx.fs.is_protected(record):
                 return f"listed in /{record}, which lies in a protected layer (its hash could not be updated)"
-            record_owner = None if touch else facts.owner(record)
+            record_owner = None if ctx.touch_package_files else facts.owner(record)
             if record_owner is not None:
                 return f"listed in /{record}, which is packaged ({record_owner}) and so not rewritten"
     return None

@@ -306,3 +306,26 @@ def test_optimize_serve_refuses_an_unknown_role(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "--role: invalid choice: 'janitor'" in done.stderr
+
+
+def test_limits_and_hostile_input_settings_of_a_rule() -> None:
+    rule: dict[str, Any] = {
+        "name": "r",
+        "registry": "local",
+        "destination": {"tag_suffix": "-o"},
+        "options": {"sanitize": True, "limits": {"max_layer_bytes": "4G", "max-layers": 50}},
+    }
+    options = parse_config(config_with(rules=[rule])).rules[0].options
+    assert options.sanitize and options.limits.max_layer_bytes == 4 << 30 and options.limits.max_layers == 50
+    from optimizer.service.job import options_for
+
+    assert (
+        options_for(options, parse_config(config_with(rules=[rule])), "/tmp/job", None).limits
+        == options.limits
+    )
+    rule["options"] = {"limits": {"max_layer_bytes": "lots"}}
+    with pytest.raises(UsageError, match=r"options.limits.max_layer_bytes"):
+        parse_config(config_with(rules=[rule]))
+    rule["options"] = {"limits": 5}
+    with pytest.raises(UsageError, match=r"options.limits: expected a mapping"):
+        parse_config(config_with(rules=[rule]))
