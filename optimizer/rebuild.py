@@ -105,28 +105,31 @@ def build_plan(changes: Iterable[Change], layer_count: int) -> ChangePlan:
 
 
 def apply_changes(fs: FileSystem, changes: Iterable[Change]) -> FileSystem:
-    """The filesystem a later pass sees: this pass's changes applied to the merged view."""
+    """The filesystem a later pass sees: this pass's changes applied to the merged view.
+
+    Linear in files plus changes: the paths of an inode are indexed once, and only a deleted directory
+    scans for what lies below it (7,000 replacements in a 25,000-file image took 115 s when every change
+    scanned every path).
+    """
     nodes = {path: node for path, node in fs.items()}
+    by_inode: dict[int, list[str]] = {}
+    for path, node in nodes.items():
+        if node.inode:
+            by_inode.setdefault(node.inode, []).append(path)
     next_inode = max((n.inode for n in nodes.values()), default=0) + 1_000_000
     for change in changes:
         if change.op is Op.REPLACE:
-            target = nodes[change.visible_path]
-            for path, node in list(nodes.items()):
-                if (node.inode == target.inode and target.inode) or path == change.visible_path:
-                    nodes[path] = Node(
-                        node.entry.with_size(change.bytes_after), node.layer, change.content, node.inode
-                    )
+            _replace(nodes, by_inode, change)
         elif change.op is Op.DELETE:
-            prefix = change.visible_path + "/"
-            for path in [p for p in nodes if p == change.visible_path or p.startswith(prefix)]:
-                del nodes[path]
+            _delete(nodes, change.visible_path)
         elif change.op is Op.DROP:
             continue  # not visible: the merged view does not change
         else:
             assert change.entry is not None
-            nodes[change.path] = Node(
-                change.entry, fs.layer_count, change.content, next_inode if change.content else 0
-            )
+            inode = next_inode if change.content else 0
+            nodes[change.path] = Node(change.entry, fs.layer_count, change.content, inode)
+            if inode:
+                by_inode[inode] = [change.path]
             next_inode += 1
     return FileSystem(
         nodes,
@@ -135,6 +138,27 @@ def apply_changes(fs: FileSystem, changes: Iterable[Change]) -> FileSystem:
         fs.protected_layers,
         fs.layer_count,
     )
+
+
+def _replace(nodes: dict[str, Node], by_inode: dict[int, list[str]], change: Change) -> None:
+    """New bytes for the changed path and every path that shares its inode (hardlinks)."""
+    target = nodes[change.visible_path]
+    paths = by_inode.get(target.inode, []) if target.inode else []
+    for path in {change.visible_path, *paths}:
+        node = nodes.get(path)
+        if node is None or (path != change.visible_path and node.inode != target.inode):
+            continue  # deleted or replaced by a later entry since the index was made
+        nodes[path] = Node(node.entry.with_size(change.bytes_after), node.layer, change.content, node.inode)
+
+
+def _delete(nodes: dict[str, Node], path: str) -> None:
+    """Remove a path, and everything below it when it is a directory."""
+    node = nodes.pop(path, None)
+    if node is not None and node.entry.kind is not EntryKind.DIR:
+        return
+    prefix = path + "/"
+    for below in [p for p in nodes if p.startswith(prefix)]:
+        del nodes[below]
 
 
 def path_key(path: str) -> str:
