@@ -142,9 +142,8 @@ def full_runs(image: Path, workdir: Path, repeat: int) -> dict[str, dict[str, An
         )
     ratio = results["zstd"]["seconds"] / results["gzip"]["seconds"]
     cpu_ratio = results["zstd"]["cpu_seconds"] / results["gzip"]["cpu_seconds"]
-    print(
-        f"  zstd / gzip in this session: wall {ratio:.2f}x, CPU {cpu_ratio:.2f}x; load average {os.getloadavg()}"
-    )
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"  zstd / gzip in this session: wall {ratio:.2f}x, CPU {cpu_ratio:.2f}x; load average {load}")
     print(f"  target: zstd run faster than gzip run: {'met' if ratio < 1 else 'MISSED'}")
     return results
 
