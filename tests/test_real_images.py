@@ -12,6 +12,7 @@ import hashlib
 import json
 import tarfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,8 @@ def test_default_run_is_recorded(
         "base_layer_kept": layer_digests(out)[0] == image.base_layer_digest,
         "bytes_before": report.bytes_before,
         "bytes_after": report.bytes_after,
+        "pull": asdict(report.pull),
+        "added_because": report.summary.added_because,
         "differences": {
             check: {"before": list(a), "after": list(b)} for check, (a, b) in differences.items()
         },
@@ -209,5 +212,8 @@ def test_default_run_is_recorded(
     records[name] = record
     path.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
     assert record["base_layer_kept"], f"{name}: the base layer was rewritten (details in {path})"
+    # A node that has the base never pulls more (issue 11): not even for an addition (node-app's Node.js
+    # calls OpenSSL's default paths but carries its own roots, so it gets no CA bundle).
+    assert report.pull.warm_after <= report.pull.warm_before, f"{name}: warm pull grew: {path}"
     assert after.values["dpkg --verify"] == before.values["dpkg --verify"], f"{name}: dpkg --verify: {path}"
     assert differences == {}, f"{name}: checks that differ: {', '.join(differences)} (details in {path})"

@@ -14,6 +14,9 @@ given in the report ("/usr/sbin/nginx links libssl.so.3"). What counts:
   manager's own transports (apt's methods, apk, dnf's librepo, zypper) are not the image's programs: they
   fetch from repositories at build time, and Debian's and Ubuntu's base images ship apt without a bundle on
   purpose. A JRE reads its own keystore (``lib/security/cacerts``), not a PEM bundle: reported, not evidence.
+  Nor is a program or library that carries its own roots (``OWN_ROOTS`` PEM certificates or more built in):
+  Debian's Node.js calls OpenSSL's default paths but verifies against the 147 Mozilla roots compiled into
+  ``libnode``, reading the system bundle only for extra CAs (without one it prints a warning and works).
 - zone files: the config's ``TZ``, a dangling ``/etc/localtime`` (checked by the caller and here), a Go
   program that loads zones by name (``time.LoadLocation``, without ``time/tzdata`` built in), Python's
   ``zoneinfo`` (``PyInit__zoneinfo``) where no ``tzdata`` package is installed. glibc alone is not: without
@@ -35,9 +38,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from optimizer.filesystem import FileSystem
-from optimizer.model import EntryKind
+from optimizer.model import Content, EntryKind
 
-from .programs import Handles, Program, contains, is_elf, read_program
+from .programs import Handles, Program, contains, count, is_elf, read_program
 
 __all__ = ["CERTS", "KINDS", "NAMES", "ZONES", "Evidence", "Need", "find_evidence"]
 
@@ -87,6 +90,8 @@ GO_USERS = (b"os/user.Current", b"os/user.Lookup")
 STORE_NEEDLES = (b"SSL_CERT_FILE", b"ca-certificates.crt", b"tls-ca-bundle.pem", b"ca-bundle.crt")
 PASSWD_NEEDLES = (b"/etc/passwd",)
 PY_TZDATA = "site-packages/tzdata/zoneinfo"
+# A file with this many PEM certificates built in carries a root store of its own (Node.js: 147).
+OWN_ROOTS, PEM_MARKER = 50, b"-----BEGIN CERTIFICATE-----"
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,9 @@ def find_evidence(fs: FileSystem, wanted: Iterable[str]) -> Evidence:
                 static.append(path)
             elif program.interpreter:
                 executables.append(path)
-            _from_dynamic(path, program, python_tzdata, found, explicit)
+            candidate = _from_dynamic(path, program, python_tzdata, found, explicit)
+            if candidate is not None and not found.settled(CERTS):
+                _unless_own_roots(content, candidate, found, evidence)
             if found.all_settled():
                 break
     for path in go:
@@ -233,16 +240,19 @@ def find_evidence(fs: FileSystem, wanted: Iterable[str]) -> Evidence:
 
 def _from_dynamic(
     path: str, program: Program, python_tzdata: bool, found: _Found, explicit: list[tuple[str, str]]
-) -> None:
+) -> Need | None:
+    """Record what a dynamically linked file shows; a file that loads the system's roots is returned
+    instead, for the caller to check that it has no roots of its own."""
     if _is_package_tool(path):
-        return
+        return None
+    candidate = None
     running = program.runs
     if not _is_tls_library(path):
         library = _tls_library(program)
         linked = f"links {library} and " if library is not None else ""
         default = next((name for name in DEFAULT_STORE if program.has_symbol(name)), None)
         if default is not None:
-            found.add(Need(CERTS, path, f"{linked}loads the system's roots ({default.decode()})", running))
+            candidate = Need(CERTS, path, f"{linked}loads the system's roots ({default.decode()})", running)
         elif program.has_symbol(b"PyInit__ssl"):
             found.add(Need(CERTS, path, "is Python's ssl module", running))
         elif library is not None and any(program.has_symbol(name) for name in EXPLICIT_STORE):
@@ -253,6 +263,20 @@ def _from_dynamic(
         lookup = _name_lookup(program)
         if lookup is not None:
             found.add(Need(NAMES, path, f"looks users up ({lookup.decode()})", running))
+    return candidate
+
+
+def _unless_own_roots(content: Content, need: Need, found: _Found, evidence: Evidence) -> None:
+    """``need`` is evidence unless its file carries a root store of its own (then it is noted)."""
+    evidence.read_whole += 1
+    own = count(content, PEM_MARKER, OWN_ROOTS)
+    if own < OWN_ROOTS:
+        found.add(need)
+        return
+    evidence.notes.append(
+        f"/{need.path} loads the system's roots but carries at least {own} root certificates of its own "
+        "(as Node.js does): not evidence that the image needs a CA bundle"
+    )
 
 
 def _from_explicit(fs: FileSystem, path: str, library: str, found: _Found, evidence: Evidence) -> None:

@@ -248,3 +248,20 @@ def contains(content: Content, needles: Iterable[bytes]) -> set[bytes]:
             found.update(n for n in wanted - found if n in window)
             tail = window[-overlap:] if overlap else b""
     return found
+
+
+def count(content: Content, needle: bytes, enough: int) -> int:
+    """How many times ``needle`` occurs in the file's bytes, reading no further once ``enough`` are seen."""
+    seen = 0
+    tail = b""
+    overlap = len(needle) - 1
+    with content.open() as stream:
+        while seen < enough:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                break
+            window = tail + chunk
+            seen += window.count(needle)
+            # The last ``overlap`` bytes cannot hold a whole needle: kept to find one crossing the edge.
+            tail = window[-overlap:] if overlap else b""
+    return seen

@@ -196,3 +196,38 @@ def test_the_summary_says_what_was_added_and_why(tmp_path: Path, hello: bytes) -
     (added,) = [line for line in text.splitlines() if line.strip().startswith("added:")]
     assert " for " in added and "certs needed by /usr/lib/libcurl.so.4" in added, text
     assert "passwd needed by /usr/bin/curl" in text, text
+
+
+def _tls_library(where: Path, roots: int) -> bytes:
+    """A shared library that trusts OpenSSL's default paths, with ``roots`` PEM certificates built in."""
+    gcc = require_tool("gcc", "gcc")
+    libssl = sorted(glob.glob("/usr/lib/*/libssl.so.3"))
+    if not libssl:
+        missing("libssl.so.3 not found (Debian package libssl3)")
+    pem = "-----BEGIN CERTIFICATE-----\\nMIIB{}\\n-----END CERTIFICATE-----\\n"  # distinct: not merged
+    source = where / f"tls{roots}.c"
+    table = ", ".join(f'"{pem.format(n)}"' for n in range(roots)) or "0"
+    source.write_text(
+        "typedef struct ssl_ctx_st SSL_CTX;\n"
+        "int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx);\n"
+        f"const char *roots[] = {{{table}}};\n"
+        "int trust(SSL_CTX *ctx) { return SSL_CTX_set_default_verify_paths(ctx); }\n"
+    )
+    out = where / f"libtls{roots}.so"
+    command = [gcc, "-shared", "-fPIC", "-o", str(out), str(source), libssl[0]]
+    subprocess.run(command, check=True)
+    return out.read_bytes()
+
+
+def test_a_library_with_roots_of_its_own_is_no_evidence(tmp_path: Path, hello: bytes) -> None:
+    """Debian's libnode calls OpenSSL's default paths but verifies against its own 147 Mozilla roots."""
+    plain = _tls_library(tmp_path, 0)
+    run = inject(tmp_path / "plain", {"usr/lib/libtls.so": plain, "usr/bin/hello": hello})
+    assert set(added_for(run, CERTS).values()) == {"certs needed by /usr/lib/libtls.so"}
+    own = _tls_library(tmp_path, 60)
+    run = inject(tmp_path / "own", {"usr/lib/libtls.so": own, "usr/bin/hello": hello})
+    assert added_for(run, CERTS) == {}
+    assert (
+        "/usr/lib/libtls.so loads the system's roots but carries at least 60 root certificates of its own"
+        in (kept_reason(run, CERTS))
+    )
