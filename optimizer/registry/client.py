@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +35,7 @@ from .. import mediatypes as mt
 from ..errors import RegistryError, UsageError
 from .auth import RegistryAuthError, RegistryUnavailable
 from .reference import Reference
-from .streams import StreamingFile, TransientError, file_digest, receive
+from .streams import StreamingFile, TransientError, file_digest, receive, write_atomically
 from .transport import RETRY_STATUSES, Transport, TransportOptions, error_text, read_limited, status_error
 
 __all__ = ["MANIFEST_MEDIA_TYPES", "Manifest", "RegistryClient", "TransferStats", "TransientError"]
@@ -310,20 +309,12 @@ class RegistryClient:
                 raise RegistryError(f"{where}: blob not found")
             if response.status_code != 200:
                 raise status_error(f"{where}", response)
-            handle, temporary = tempfile.mkstemp(prefix=".pull-", dir=os.path.dirname(final))
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    seen, actual = receive(response, out, size, where)
+            with write_atomically(final, ".pull-") as out:
+                seen, actual = receive(response, out, size, where)
                 if seen != size:
                     raise TransientError(f"the registry sent {seen} bytes, the descriptor says {size}")
                 if actual != digest:
                     raise RegistryError(f"{where}: the bytes served have digest {actual}")
-                os.chmod(temporary, 0o644)
-                os.replace(temporary, final)
-            except BaseException:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-                raise
 
     def ensure_blob(
         self,
