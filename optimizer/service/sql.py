@@ -16,6 +16,8 @@ V = TypeVar("V")
 
 
 class Cursor(Protocol):
+    """What ``Db.execute`` returns."""
+
     @property
     def rowcount(self) -> int: ...
 
@@ -25,7 +27,8 @@ class Cursor(Protocol):
 
 
 class Db(Protocol):
-    """A connection that speaks the queue's SQL: ``?`` marks, rows read by column name."""
+    """A connection that speaks the queue's SQL: ``?`` marks (never a ``?`` in a literal), rows read by column
+    name. ``sqlite3.Connection`` is one as it is; a psycopg connection through ``postgres_queue._Db``."""
 
     def execute(self, query: str, args: Sequence[Any] = (), /) -> Cursor: ...
 
