@@ -20,11 +20,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import settings
 from .api import optimize
+from .cli import add_pass_arguments, add_run_arguments, options_from_args
 from .errors import OptimizerError, PolicyError, UsageError
 from .options import Options
-from .registry import access
 from .render import print_summary, size_text
 from .report import ImageReport, Report
 
@@ -230,12 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREVIOUS",
         help="an earlier image or analyze report: --fail-over applies to the growth",
     )
-    settings.add_arguments(parser, Options)
-    access.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
-    from passes import PASSES
-
-    for cls in PASSES:
-        settings.add_arguments(parser.add_argument_group(f"pass {cls.name}"), cls.Options, cls.flag_prefix)
+    add_run_arguments(parser, limits=False)
+    add_pass_arguments(parser)
     return parser
 
 
@@ -250,8 +245,6 @@ def _previous(text: str, options: Options) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    from .cli import options_from_args
-
     try:
         args = build_parser().parse_args(argv)
         options = options_from_args(args)

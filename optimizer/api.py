@@ -44,7 +44,7 @@ from .output import (
 )
 from .pipeline import Pass, WorkerPool
 from .pipeline import select_passes as _select
-from .plan import RunPlan, plan_run
+from .plan import Planner, RunPlan, plan_run
 from .progress import CountingReader, Throttle, steps
 from .pull import pull_bytes
 from .registry.access import Clients
@@ -172,9 +172,10 @@ class Optimization:
         try:
             spool = Spool(os.path.join(self.workdir, "new-content.pack"))
             bases = self._base_finder()
-            self.plan = plan_run(
-                self.source, self.tree, options, self.passes, pool, spool, self.workdir, self.report, bases
+            planner = Planner(
+                self.source, options, self.passes, pool, spool, self.workdir, self.report, bases
             )
+            self.plan = plan_run(planner, self.tree)
         finally:
             pool.close()
         if options.dry_run:

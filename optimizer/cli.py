@@ -25,7 +25,15 @@ from .registry import access
 from .render import print_summary
 from .report import Report
 
-__all__ = ["EXIT_CODES", "build_parser", "main", "version_text"]
+__all__ = [
+    "EXIT_CODES",
+    "add_pass_arguments",
+    "add_run_arguments",
+    "build_parser",
+    "main",
+    "options_from_args",
+    "version_text",
+]
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
@@ -101,18 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the version and the compressor versions byte identity depends on, then exit",
     )
     parser.add_argument("--report", metavar="FILE", help="write the JSON report to FILE ('-' for stdout)")
-    settings.add_arguments(parser, Options)
-    settings.add_arguments(
-        parser.add_argument_group("limits (exceeding one is exit 3; SIZE: bytes, or 64K, 512M, 16G)"), Limits
-    )
-    access.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
+    add_run_arguments(parser, limits=True)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every finding")
+    add_pass_arguments(parser)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, limits: bool) -> None:
+    """The flags of a run's ``Options`` (with ``limits``, of its ``Limits`` too) and of registry access, for
+    ``options_from_args``; ``optimize`` and ``optimize analyze`` both take them."""
+    settings.add_arguments(parser, Options)
+    if limits:
+        settings.add_arguments(
+            parser.add_argument_group("limits (exceeding one is exit 3; SIZE: bytes, or 64K, 512M, 16G)"),
+            Limits,
+        )
+    access.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
+
+
+def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every pass's flags, each pass in a group of its own (``--help`` lists them so)."""
     for cls in _pass_classes():
         group = parser.add_argument_group(f"pass {cls.name}")
         settings.add_arguments(group, cls.Options, cls.flag_prefix)
-    return parser
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

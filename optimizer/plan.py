@@ -52,7 +52,7 @@ from .verify import (
     unsafe_names_kept,
 )
 
-__all__ = ["ImagePlan", "LayerDecision", "RunPlan", "plan_run", "tar_size"]
+__all__ = ["ImagePlan", "LayerDecision", "Planner", "RunPlan", "plan_run", "tar_size"]
 
 log = logging.getLogger("oci_optimizer")
 
@@ -120,27 +120,21 @@ class RunPlan:
     pass_names: tuple[str, ...] = ()
 
 
-class _Planner:
-    def __init__(
-        self,
-        source: Source,
-        options: Options,
-        passes: Sequence[tuple[type[Pass[Any]], Any]],
-        pool: WorkerPool,
-        spool: Spool,
-        workdir: str,
-        report: Report,
-        bases: BaseFinder,
-    ) -> None:
-        self.source = source
-        self.options = options
-        self.passes = passes
-        self.pool = pool
-        self.spool = spool
-        self.workdir = workdir
-        self.report = report
-        self.layer_cache: dict[tuple[str, bool], LayerIndex] = {}  # (digest, sanitized) -> its entries
-        self.bases = bases
+@dataclass(eq=False)
+class Planner:
+    """What the planning of one run works with: the input, the run's options and passes, the worker pool, the
+    spool and work directory for new content, the report, and the base finder (``base``)."""
+
+    source: Source
+    options: Options
+    passes: Sequence[tuple[type[Pass[Any]], Any]]
+    pool: WorkerPool
+    spool: Spool
+    workdir: str
+    report: Report
+    bases: BaseFinder
+    # (digest, sanitized) -> the layer's entries: a layer several images share is decoded once per run
+    layer_cache: dict[tuple[str, bool], LayerIndex] = field(default_factory=dict)
 
     def selected(self, node: Node) -> bool:
         """Whether ``--platform`` (when given) names this image's platform (the config's, when the index
@@ -394,20 +388,10 @@ def _squash_decisions(
     return decisions
 
 
-def plan_run(
-    source: Source,
-    roots: list[Node],
-    options: Options,
-    passes: Sequence[tuple[type[Pass[Any]], Any]],
-    pool: WorkerPool,
-    spool: Spool,
-    workdir: str,
-    report: Report,
-    bases: BaseFinder,
-) -> RunPlan:
+def plan_run(planner: Planner, roots: list[Node]) -> RunPlan:
     """Decide every image's layers (the passes run here); ``roots``: the input's tree (``tree.read_tree``)."""
-    planner = _Planner(source, options, passes, pool, spool, workdir, report, bases)
-    run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in passes))
+    source, options, report = planner.source, planner.options, planner.report
+    run = RunPlan(source, roots, pass_names=tuple(cls.name for cls, _ in planner.passes))
     for node in _image_order(roots):
         if node.kind is NodeKind.MISSING:
             report.warnings.append(missing_manifest(node, source.name, options.allow_partial))

@@ -20,12 +20,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Unpack
 from urllib.parse import quote, urljoin
 
 import oras.container
@@ -34,10 +33,10 @@ import requests
 
 from .. import mediatypes as mt
 from ..errors import RegistryError, UsageError
-from .auth import Credentials, RegistryAuthError, RegistryUnavailable
+from .auth import RegistryAuthError, RegistryUnavailable
 from .reference import Reference
-from .streams import StreamingFile, TransientError, file_digest, receive
-from .transport import DEFAULT_USER_AGENT, RETRY_STATUSES, Transport, error_text, read_limited, status_error
+from .streams import StreamingFile, TransientError, file_digest, receive, write_atomically
+from .transport import RETRY_STATUSES, Transport, TransportOptions, error_text, read_limited, status_error
 
 __all__ = ["MANIFEST_MEDIA_TYPES", "Manifest", "RegistryClient", "TransferStats", "TransientError"]
 
@@ -114,39 +113,13 @@ class RegistryClient:
     """Manifests and blobs of one registry (``host[:port]``); ``pull``/``push`` copy whole images to and from
     OCI layout directories (``copy``). Settings are ``Transport``'s; ``concurrency`` blobs move at once."""
 
-    def __init__(
-        self,
-        registry: str,
-        *,
-        insecure: bool = False,
-        credentials: Credentials | None = None,
-        timeout: float = 30.0,
-        retries: int = 4,
-        user_agent: str = DEFAULT_USER_AGENT,
-        backoff: float = 0.5,
-        max_retry_wait: float = 60.0,
-        tls_verify: bool | str = True,
-        anonymous: bool = False,
-        concurrency: int = 4,
-    ) -> None:
+    def __init__(self, registry: str, *, concurrency: int = 4, **options: Unpack[TransportOptions]) -> None:
         self.concurrency = max(1, concurrency)
-        self.transport = Transport(
-            registry,
-            insecure=insecure,
-            credentials=credentials,
-            timeout=timeout,
-            retries=retries,
-            user_agent=user_agent,
-            backoff=backoff,
-            max_retry_wait=max_retry_wait,
-            tls_verify=tls_verify,
-            anonymous=anonymous,
-            connections=self.concurrency * 2,
-        )
+        self.transport = Transport(registry, connections=self.concurrency * 2, **options)
         self.registry = registry
         self.api_host = self.transport.api_host
-        self.insecure = insecure
-        self.user_agent = user_agent
+        self.insecure = self.transport.insecure
+        self.user_agent = self.transport.user_agent
         self._oras = _OrasRegistry(self.transport)
         # Which repositories of this registry hold a blob (learnt from pulls and pushes): mount sources.
         self._known_in: dict[str, set[str]] = {}
@@ -336,20 +309,12 @@ class RegistryClient:
                 raise RegistryError(f"{where}: blob not found")
             if response.status_code != 200:
                 raise status_error(f"{where}", response)
-            handle, temporary = tempfile.mkstemp(prefix=".pull-", dir=os.path.dirname(final))
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    seen, actual = receive(response, out, size, where)
+            with write_atomically(final, ".pull-") as out:
+                seen, actual = receive(response, out, size, where)
                 if seen != size:
                     raise TransientError(f"the registry sent {seen} bytes, the descriptor says {size}")
                 if actual != digest:
                     raise RegistryError(f"{where}: the bytes served have digest {actual}")
-                os.chmod(temporary, 0o644)
-                os.replace(temporary, final)
-            except BaseException:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-                raise
 
     def ensure_blob(
         self,

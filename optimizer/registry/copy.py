@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
@@ -33,6 +32,7 @@ from .client import (
     parse_manifest,
 )
 from .reference import Reference, valid_tag
+from .streams import write_atomically
 
 __all__ = ["LayoutDir", "Pushable", "pull_layout", "push_image", "push_layout"]
 
@@ -82,15 +82,8 @@ def pull_layout(client: RegistryClient, ref: Reference, layout_dir: str) -> str:
         if size >= 0:
             stats.blobs_downloaded += 1
             stats.bytes_downloaded += size
-    root_descriptor: dict[str, Any] = {
-        "mediaType": root.media_type,
-        "digest": root.digest,
-        "size": len(root.data),
-    }
-    if ref.tag:
-        root_descriptor["annotations"] = {ANNOTATION_REF_NAME: ref.tag}
     _write_file(os.path.join(layout_dir, "oci-layout"), b'{"imageLayoutVersion":"1.0.0"}')
-    _write_file(os.path.join(layout_dir, "index.json"), root_index_bytes(root_descriptor))
+    _write_file(os.path.join(layout_dir, "index.json"), root_index_bytes(root, ref.tag))
     stats.seconds = time.monotonic() - started
     client.last_stats = stats
     log.info(
@@ -105,9 +98,12 @@ def pull_layout(client: RegistryClient, ref: Reference, layout_dir: str) -> str:
     return root.digest
 
 
-def root_index_bytes(root_descriptor: dict[str, Any]) -> bytes:
-    """The ``index.json`` of a pulled image (one root)."""
-    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [root_descriptor]}
+def root_index_bytes(root: Manifest, tag: str | None) -> bytes:
+    """The ``index.json`` of a pulled image: one root, ``root``, named ``tag`` if the reference had one."""
+    descriptor: dict[str, Any] = {"mediaType": root.media_type, "digest": root.digest, "size": len(root.data)}
+    if tag:
+        descriptor["annotations"] = {ANNOTATION_REF_NAME: tag}
+    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [descriptor]}
     return json.dumps(index, sort_keys=True).encode()
 
 
@@ -381,13 +377,5 @@ def children(manifest: Manifest, where: str) -> list[dict[str, Any]]:
 
 
 def _write_file(path: str, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=".write-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with write_atomically(path, ".write-") as out:
+        out.write(data)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO
 
 import requests
 
 from ..errors import RegistryError
 
-__all__ = ["CHUNK", "StreamingFile", "TransientError", "file_digest", "receive"]
+__all__ = ["CHUNK", "StreamingFile", "TransientError", "file_digest", "receive", "write_atomically"]
 
 CHUNK = 1 << 20
 
@@ -33,6 +36,22 @@ def receive(response: requests.Response, out: IO[bytes], size: int, where: str) 
     except requests.RequestException as error:
         raise TransientError(f"download interrupted at byte {seen}: {error}") from error
     return seen, "sha256:" + hasher.hexdigest()
+
+
+@contextmanager
+def write_atomically(path: str, prefix: str) -> Iterator[IO[bytes]]:
+    """A file to write that appears at ``path`` (mode 0644) only once the ``with`` body ends without an error;
+    until then it is a temporary file named ``prefix...`` beside it, removed if the body fails."""
+    handle, temporary = tempfile.mkstemp(prefix=prefix, dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            yield out
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
 
 
 class StreamingFile:

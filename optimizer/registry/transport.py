@@ -22,7 +22,7 @@ import random
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import unquote
 
 import requests
@@ -32,7 +32,15 @@ from ..errors import RegistryError, UsageError
 from .auth import Authenticator, Credentials, RegistryAuthError, RegistryUnavailable, credentials_for
 from .reference import DOCKER_HUB, DOCKER_HUB_API, valid_host
 
-__all__ = ["DEFAULT_USER_AGENT", "RETRY_STATUSES", "Transport", "error_text", "read_limited", "status_error"]
+__all__ = [
+    "DEFAULT_USER_AGENT",
+    "RETRY_STATUSES",
+    "Transport",
+    "TransportOptions",
+    "error_text",
+    "read_limited",
+    "status_error",
+]
 
 log = logging.getLogger("optimizer.registry")
 
@@ -45,6 +53,21 @@ except Exception:  # pragma: no cover - not installed
 
 DEFAULT_USER_AGENT = f"oci-optimizer/{_VERSION}"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class TransportOptions(TypedDict, total=False):
+    """``Transport``'s settings by keyword, for what makes one (``RegistryClient``); unset ones keep
+    ``Transport``'s defaults."""
+
+    insecure: bool
+    credentials: Credentials | None
+    timeout: float
+    retries: int
+    user_agent: str
+    backoff: float
+    max_retry_wait: float
+    tls_verify: bool | str
+    anonymous: bool
 
 
 class Transport:

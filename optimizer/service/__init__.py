@@ -8,9 +8,10 @@ and serves ``/healthz`` and ``/metrics`` only; ``all`` is both in one process. W
 number of each run on any machines; with SQLite, on the machine that has the file.
 
 Modules: ``config`` (service.yaml, strict), ``events`` (every webhook format -> ``Event``), ``auth`` (bearer
-token / HMAC, constant time), ``queue`` (the ``Queue`` protocol; ``sqlite_queue`` and ``postgres_queue``
-implement it), ``worker`` (pull, optimize, push, loop guards, leases), ``reconcile`` (missed notifications),
-``app`` (Starlette routes), ``metrics`` (Prometheus), ``logs`` (JSON lines).
+token / HMAC, constant time), ``queue`` (the ``Queue`` contract, written once in the SQL of ``sql``;
+``sqlite_queue`` and ``postgres_queue`` supply the database, ``records`` what it stores), ``worker`` (pull,
+optimize, push, loop guards, leases), ``reconcile`` (missed notifications), ``app`` (Starlette routes),
+``metrics`` (Prometheus), ``logs`` (JSON lines).
 """
 
 from __future__ import annotations

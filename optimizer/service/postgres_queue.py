@@ -25,29 +25,13 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ..errors import RequiredToolNotFound, UsageError
-from .queue import (
-    INSERT_COLUMNS,
-    SUMMARY_COLUMNS,
-    Job,
-    JobSpec,
-    LeaseLost,
-    Owner,
-    QueueSettings,
-    QueueUnavailable,
-    SubmitResult,
-    encode,
-    full_registries,
-    insert_values,
-    job_from_row,
-    joined_event_ids,
-    owner_gone,
-)
+from ..errors import RequiredToolNotFound
+from .queue import INTAKE_PATIENCE, START_PATIENCE, Queue
+from .records import QueueSettings, QueueUnavailable
+from .sql import Db, Dialect, apply_migrations
 
 try:
     import psycopg
@@ -59,69 +43,79 @@ except ImportError as error:  # the optional dependency (or Debian's libpq5 unde
     ) from error
 
 from .postgres_pool import Connection, Pool, describe_dsn
-from .postgres_schema import (
-    CHANNEL,
-    INTAKE_PATIENCE,
-    LOCK_CLASS,
-    MIGRATION_LOCK,
-    MIGRATIONS,
-    NOW,
-    SCHEMA,
-    SCHEMA_VERSION,
-    START_PATIENCE,
-    WORKER_PATIENCE,
-)
+from .postgres_schema import CHANNEL, LOCK_CLASS, MIGRATION_LOCK, MIGRATIONS, NOW, SCHEMA, SCHEMA_VERSION
 
 __all__ = ["CHANNEL", "SCHEMA", "SCHEMA_VERSION", "PostgresQueue", "describe_dsn"]
 
 T = TypeVar("T")
 
+# Claimers lock the rows they take and pass over those another holds; a list binds as one array.
+DIALECT = Dialect(
+    lock_rows=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
+    share_rows=" FOR SHARE",
+    array_binds=True,
+    most_items=0,
+)
 
-class _Busy(Exception):
-    """Internal: a claim found its registry full once it held the registry's lock; look again."""
+
+def _marks(query: str) -> str:
+    """The queue's SQL (``?`` marks) as psycopg takes it (``%s``, a literal ``%`` doubled)."""
+    return query.replace("%", "%%").replace("?", "%s")
 
 
-class PostgresQueue:
+class _Db:
+    """A pooled psycopg connection that speaks the queue's SQL (``queue.Db``)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def execute(self, query: str, args: Sequence[Any] = ()) -> psycopg.Cursor[dict[str, Any]]:
+        return self.connection.execute(_marks(query), args)
+
+    def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.executemany(_marks(query), rows)
+
+
+class PostgresQueue(Queue):
     """The ``Queue`` contract on PostgreSQL; thread-safe (a small pool of connections)."""
 
     backend = "postgres"
+    dialect = DIALECT
 
     def __init__(self, dsn: str, settings: QueueSettings | None = None, pool_size: int = 8) -> None:
+        super().__init__(settings)
         self.where = describe_dsn(dsn)
-        self.settings = settings or QueueSettings()
-        self.owner = Owner.current()
-        self._holder = f"{self.owner} {uuid.uuid4().hex}"
         self._dsn = dsn
         self._pool = Pool(dsn, pool_size)
         self._closed = threading.Event()
         self._run(self._migrate, START_PATIENCE)
 
-    def _migrate(self, db: Connection) -> None:
-        with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, MIGRATION_LOCK))
+    def _migrate(self, db: _Db) -> None:
+        with db.connection.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCK_CLASS, MIGRATION_LOCK))
             db.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             db.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version (version INTEGER NOT NULL)")
             row = db.execute(f"SELECT max(version) AS version FROM {SCHEMA}.schema_version").fetchone()
-            version = int(row["version"]) if row and row["version"] is not None else 0
-            if version > SCHEMA_VERSION:
-                raise UsageError(
-                    f"PostgreSQL queue at {self.where}: schema version {version} is newer than this service "
-                    f"knows ({SCHEMA_VERSION}): run a newer oci-optimizer"
-                )
-            for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", (number + 1,))
+            apply_migrations(
+                db,
+                int(row["version"]) if row and row["version"] is not None else 0,
+                MIGRATIONS,
+                f"PostgreSQL queue at {self.where}: schema",
+                lambda version: db.execute(
+                    f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (?)", (version,)
+                ),
+            )
 
-    def _run(self, work: Callable[[Connection], T], patience: float) -> T:
+    def _run(self, work: Callable[[_Db], T], patience: float) -> T:
         """``work`` on a pooled connection; a lost connection or a deadlock is retried for ``patience`` s."""
         deadline = time.monotonic() + patience
         delay = 0.1
         while True:
             try:
-                with self._pool.connection(deadline - time.monotonic()) as db:
-                    return work(db)
+                with self._pool.connection(deadline - time.monotonic()) as connection:
+                    return work(_Db(connection))
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 # OperationalError covers a refused or cut connection, a server shutting down or starting
                 # up, a deadlock and a serialisation failure: each is worth running the transaction again.
@@ -130,15 +124,31 @@ class PostgresQueue:
                 self._closed.wait(delay)
                 delay = min(2.0, delay * 2)
 
-    def close(self) -> None:
-        self._closed.set()
-        self._pool.close()
+    def _transaction(self, work: Callable[[Db, float], T], patience: float) -> T:
+        def run(db: _Db) -> T:
+            with db.connection.transaction():
+                return work(db, self._clock(db))
 
-    @staticmethod
-    def _now(db: Connection) -> float:
+        return self._run(run, patience)
+
+    def _select(self, query: str, args: Sequence[Any], patience: float) -> list[Any]:
+        return self._run(lambda db: db.execute(query, args).fetchall(), patience)
+
+    def _clock(self, db: Db) -> float:
         row = db.execute(NOW).fetchone()
         assert row is not None
         return float(row["now"])
+
+    def _wake(self, db: Db) -> None:
+        db.execute("SELECT pg_notify(?, '')", (CHANNEL,))
+
+    def _lock_registries(self, db: Db, names: Sequence[str]) -> None:
+        for name in names:  # callers pass them sorted: two claimers never wait on each other in a cycle
+            db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (LOCK_CLASS, name))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._pool.close()
 
     def listen(self, wake: threading.Event, stop: threading.Event) -> None:
         while not stop.is_set() and not self._closed.is_set():
@@ -152,337 +162,15 @@ class PostgresQueue:
             except psycopg.Error:
                 stop.wait(1.0)
 
-    # --- intake ---------------------------------------------------------------------------------------------
-
-    def submit(self, source: str, event_id: str | None, specs: Sequence[JobSpec]) -> SubmitResult:
-        return self.submit_many([(source, event_id, specs)])[0]
-
-    def submit_many(self, items: Sequence[tuple[str, str | None, Sequence[JobSpec]]]) -> list[SubmitResult]:
-        def work(db: Connection) -> list[SubmitResult]:
-            with db.transaction():
-                now = self._now(db)
-                results = [
-                    self._submit(db, now, source, event_id, specs) for source, event_id, specs in items
-                ]
-                if any(result.created for result in results):
-                    db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-                return results
-
-        return self._run(work, INTAKE_PATIENCE)
-
-    def _submit(
-        self, db: Connection, now: float, source: str, event_id: str | None, specs: Sequence[JobSpec]
-    ) -> SubmitResult:
-        created: list[int] = []
-        joined: list[int] = []
-        if event_id is not None:
-            fresh = db.execute(
-                "INSERT INTO events (event_key, received_at) VALUES (%s, %s) ON CONFLICT DO NOTHING"
-                " RETURNING 1 AS fresh",
-                (f"{source}\x1f{event_id}", now),
-            ).fetchone()
-            if fresh is None:
-                return SubmitResult(True, (), ())
-        for spec in specs:
-            while True:  # an insert that loses a race with another replica joins the winner's job
-                row = db.execute(
-                    "SELECT id, event_ids FROM jobs WHERE dedupe_key = %s AND status IN ('queued', 'running')"
-                    " FOR UPDATE",
-                    (spec.dedupe_key,),
-                ).fetchone()
-                if row is not None:
-                    db.execute(
-                        "UPDATE jobs SET duplicates = duplicates + 1, event_ids = %s, updated_at = %s"
-                        " WHERE id = %s",
-                        (joined_event_ids(row["event_ids"], event_id), now, row["id"]),
-                    )
-                    joined.append(int(row["id"]))
-                    break
-                inserted = db.execute(
-                    f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ({', '.join(['%s'] * 16)})"
-                    " ON CONFLICT (dedupe_key) WHERE status IN ('queued', 'running') DO NOTHING RETURNING id",
-                    insert_values(spec, event_id, now),
-                ).fetchone()
-                if inserted is not None:
-                    created.append(int(inserted["id"]))
-                    break
-        return SubmitResult(False, tuple(created), tuple(joined))
-
-    def known_keys(self, keys: Sequence[str]) -> set[str]:
-        def work(db: Connection) -> set[str]:
-            rows = db.execute(
-                "SELECT DISTINCT dedupe_key FROM jobs WHERE dedupe_key = ANY(%s)", (list(keys),)
-            ).fetchall()
-            return {row["dedupe_key"] for row in rows}
-
-        return self._run(work, INTAKE_PATIENCE)
-
-    def was_pushed(self, digest: str) -> bool:
-        def work(db: Connection) -> bool:
-            return db.execute("SELECT 1 FROM pushed WHERE digest = %s", (digest,)).fetchone() is not None
-
-        return self._run(work, INTAKE_PATIENCE)
-
-    # --- claims -----------------------------------------------------------------------------------------
-
-    def recover(self) -> int:
-        def work(db: Connection) -> int:
-            with db.transaction():
-                now = self._now(db)
-                rows = db.execute(
-                    "SELECT id, lease_owner FROM jobs WHERE status = 'running' FOR UPDATE SKIP LOCKED"
-                ).fetchall()
-                gone = [row["id"] for row in rows if owner_gone(row["lease_owner"], self.owner)]
-                if gone:
-                    db.execute(
-                        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
-                        " updated_at = %s WHERE id = ANY(%s)",
-                        (now, gone),
-                    )
-                return len(gone)
-
-        return self._run(work, START_PATIENCE)
-
-    def claim(self) -> Job | None:
-        for _ in range(5):
-            try:
-                return self._run(self._claim, INTAKE_PATIENCE)
-            except _Busy:
-                continue
-        return None
-
-    def _claim(self, db: Connection) -> Job | None:
-        with db.transaction():
-            now = self._now(db)
-            expired = db.execute(
-                "UPDATE jobs SET status = 'failed', outcome = 'failed', finished_at = %s, updated_at = %s,"
-                " error = 'attempt ' || attempts || ': the worker stopped renewing its lease (killed or hung)"
-                " and no attempts are left' WHERE status = 'running' AND lease_expires_at < %s"
-                " AND attempts >= %s RETURNING id",
-                (now, now, now, self.settings.max_attempts),
-            ).fetchall()
-            if expired:
-                db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-            limits = self.settings.registry_limits or {}
-            full = self._full(db, now, sorted(limits)) if limits else set()
-            exclude = " AND NOT (registry = ANY(%s) OR dest_registry = ANY(%s))" if full else ""
-            args: tuple[Any, ...] = (sorted(full), sorted(full)) if full else ()
-            row = db.execute(
-                f"SELECT id, registry, dest_registry FROM jobs WHERE status = 'running'"
-                f" AND lease_expires_at < %s{exclude} ORDER BY lease_expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                (now, *args),
-            ).fetchone()
-            if row is None:
-                row = db.execute(
-                    f"SELECT id, registry, dest_registry FROM jobs WHERE status = 'queued'"
-                    f" AND next_attempt_at <= %s{exclude} ORDER BY next_attempt_at, id LIMIT 1"
-                    " FOR UPDATE SKIP LOCKED",
-                    (now, *args),
-                ).fetchone()
-            if row is None:
-                return None
-            touched = sorted({row["registry"], row["dest_registry"]} & set(limits))
-            if touched:
-                # Counted again under the registries' locks (held to the commit, taken in name order): two
-                # claimers cannot both see the last free slot.
-                for name in touched:
-                    db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, name))
-                if self._full(db, now, touched):
-                    raise _Busy
-            token = uuid.uuid4().hex
-            # The clock read again here, after the locks: a claim that waited is not dated before the finish
-            # of the job whose slot it took.
-            found = db.execute(
-                f"WITH now AS ({NOW}) UPDATE jobs SET status = 'running', attempts = attempts + 1,"
-                " started_at = now.now, updated_at = now.now, lease_token = %s, lease_owner = %s,"
-                " lease_expires_at = now.now + %s FROM now WHERE id = %s RETURNING jobs.*",
-                (token, str(self.owner), self.settings.lease_seconds, row["id"]),
-            ).fetchone()
-            assert found is not None
-            return replace(job_from_row(found), lease=token)
-
-    def _full(self, db: Connection, now: float, names: Sequence[str]) -> set[str]:
-        rows = db.execute(
-            "SELECT registry, dest_registry FROM jobs WHERE status = 'running' AND lease_expires_at >= %s"
-            " AND (registry = ANY(%s) OR dest_registry = ANY(%s))",
-            (now, list(names), list(names)),
-        ).fetchall()
-        limits = {
-            name: limit for name, limit in (self.settings.registry_limits or {}).items() if name in names
-        }
-        return full_registries([(r["registry"], r["dest_registry"]) for r in rows], limits)
-
-    def renew(self, job: Job) -> bool:
-        def work(db: Connection) -> bool:
-            with db.transaction():
-                now = self._now(db)
-                cursor = db.execute(
-                    "UPDATE jobs SET lease_expires_at = %s WHERE id = %s AND lease_token = %s"
-                    " AND status = 'running'",
-                    (now + self.settings.lease_seconds, job.id, job.lease),
-                )
-                return cursor.rowcount == 1
-
-        return self._run(work, INTAKE_PATIENCE)
-
     def next_due(self) -> float | None:
-        def work(db: Connection) -> float | None:
-            row = db.execute(
-                "SELECT least((SELECT min(next_attempt_at) FROM jobs WHERE status = 'queued'),"
-                " (SELECT min(lease_expires_at) FROM jobs WHERE status = 'running')) AS due, "
-                "extract(epoch FROM clock_timestamp())::float8 AS now"
-            ).fetchone()
-            if row is None or row["due"] is None:
-                return None
-            # As a time of this machine's clock (the caller waits with it).
-            return float(row["due"]) - float(row["now"]) + time.time()
-
-        return self._run(work, INTAKE_PATIENCE)
-
-    # --- fenced writes ----------------------------------------------------------------------------------
-
-    def _fenced(self, job: Job, query: str, values: Callable[[float], tuple[Any, ...]]) -> None:
-        """Run ``query`` (an UPDATE without its WHERE) on the job if this claim still holds it; ``values``
-        gets the database's time. Wakes idle workers: a finished job may free a registry's slot."""
-
-        def work(db: Connection) -> None:
-            with db.transaction():
-                now = self._now(db)
-                cursor = db.execute(
-                    query + " WHERE id = %s AND lease_token = %s", (*values(now), job.id, job.lease)
-                )
-                if cursor.rowcount != 1:
-                    raise LeaseLost(f"job {job.id}: the lease of this attempt was taken over")
-                db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-
-        self._run(work, WORKER_PATIENCE)
-
-    def finish(
-        self,
-        job: Job,
-        outcome: str,
-        timings: dict[str, float],
-        report: dict[str, Any] | None,
-        result_digest: str | None,
-    ) -> None:
-        self._fenced(
-            job,
-            "UPDATE jobs SET status = 'done', outcome = %s, timings = %s, report = %s, result_digest = %s,"
-            " error = NULL, finished_at = %s, updated_at = %s",
-            lambda now: (outcome, encode(timings), encode(report), result_digest, now, now),
+        rows = self._select(
+            "SELECT least((SELECT min(next_attempt_at) FROM jobs WHERE status = 'queued'),"
+            " (SELECT min(lease_expires_at) FROM jobs WHERE status = 'running')) AS due, "
+            "extract(epoch FROM clock_timestamp())::float8 AS now",
+            (),
+            INTAKE_PATIENCE,
         )
-
-    def retry(self, job: Job, error: str, delay: float, timings: dict[str, float]) -> None:
-        self._fenced(
-            job,
-            "UPDATE jobs SET status = 'queued', error = %s, timings = %s, next_attempt_at = %s, updated_at = %s",
-            lambda now: (error, encode(timings), now + delay, now),
-        )
-
-    def fail(
-        self, job: Job, error: str, timings: dict[str, float], report: dict[str, Any] | None = None
-    ) -> None:
-        self._fenced(
-            job,
-            "UPDATE jobs SET status = 'failed', outcome = 'failed', error = %s, timings = %s, report = %s,"
-            " finished_at = %s, updated_at = %s",
-            lambda now: (error, encode(timings), encode(report), now, now),
-        )
-
-    def record_pushed(self, digests: Sequence[str], job: Job, reference: str) -> None:
-        def work(db: Connection) -> None:
-            with db.transaction():
-                now = self._now(db)
-                owned = db.execute(
-                    "SELECT 1 FROM jobs WHERE id = %s AND lease_token = %s FOR SHARE", (job.id, job.lease)
-                ).fetchone()
-                if owned is None:
-                    raise LeaseLost(f"job {job.id}: the lease of this attempt was taken over")
-                with db.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO pushed (digest, job_id, reference, recorded_at) VALUES (%s, %s, %s, %s)"
-                        " ON CONFLICT DO NOTHING",
-                        [(d, job.id, reference, now) for d in digests],
-                    )
-
-        self._run(work, WORKER_PATIENCE)
-
-    # --- what the service has seen ----------------------------------------------------------------------
-
-    def record_layers(self, registry: str, repository: str, images: Mapping[str, Sequence[str]]) -> None:
-        rows = [
-            (registry, layer, manifest, repository)
-            for manifest, layers in images.items()
-            for layer in dict.fromkeys(layers)
-        ]
-
-        def work(db: Connection) -> None:
-            with db.transaction():
-                now = self._now(db)
-                with db.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO image_layers (registry, layer, manifest, repository, recorded_at)"
-                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        [(*row, now) for row in rows],
-                    )
-
-        self._run(work, WORKER_PATIENCE)
-
-    def shared_layers(self, registry: str, images: Mapping[str, Sequence[str]]) -> set[str]:
-        layers = sorted({layer for found in images.values() for layer in found})
-
-        def work(db: Connection) -> set[str]:
-            rows = db.execute(
-                "SELECT DISTINCT layer FROM image_layers WHERE registry = %s AND layer = ANY(%s)"
-                " AND NOT (manifest = ANY(%s))",
-                (registry, layers, sorted(images)),
-            ).fetchall()
-            return {row["layer"] for row in rows}
-
-        return self._run(work, WORKER_PATIENCE)
-
-    def hold(self, name: str, seconds: float) -> bool:
-        def work(db: Connection) -> bool:
-            with db.transaction():
-                now = self._now(db)
-                row = db.execute(
-                    "INSERT INTO singletons (name, holder, expires_at) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
-                    " WHERE singletons.holder = excluded.holder OR singletons.expires_at < %s RETURNING holder",
-                    (name, self._holder, now + seconds, now),
-                ).fetchone()
-                return row is not None
-
-        return self._run(work, INTAKE_PATIENCE)
-
-    # --- reading ----------------------------------------------------------------------------------------
-
-    def get(self, job_id: int) -> Job | None:
-        def work(db: Connection) -> Job | None:
-            row = db.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
-            return None if row is None else job_from_row(row)
-
-        return self._run(work, INTAKE_PATIENCE)
-
-    def jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
-        query = f"SELECT {SUMMARY_COLUMNS} FROM jobs"
-        args: list[Any] = []
-        if status is not None:
-            query += " WHERE status = %s"
-            args.append(status)
-        query += " ORDER BY id DESC LIMIT %s OFFSET %s"
-        args += [limit, offset]
-
-        def work(db: Connection) -> list[Job]:
-            return [job_from_row(row, with_report=False) for row in db.execute(query, args).fetchall()]
-
-        return self._run(work, INTAKE_PATIENCE)
-
-    def counts(self) -> dict[str, int]:
-        def work(db: Connection) -> dict[str, int]:
-            rows = db.execute("SELECT status, count(*) AS n FROM jobs GROUP BY status").fetchall()
-            counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
-            counts.update({row["status"]: int(row["n"]) for row in rows})
-            return counts
-
-        return self._run(work, INTAKE_PATIENCE)
+        if not rows or rows[0]["due"] is None:
+            return None
+        # As a time of this machine's clock (the caller waits with it).
+        return float(rows[0]["due"]) - float(rows[0]["now"]) + time.time()

@@ -1,59 +1,24 @@
 """The PostgreSQL queue's schema: its tables, and the migrations that bring a database to this version.
 
-``_MIGRATIONS[n]`` takes a database from version n to n+1; the version is kept in
+``MIGRATIONS[n]`` takes a database from version n to n+1; the version is kept in
 ``oci_optimizer.schema_version``. A database newer than the service knows is refused.
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "CHANNEL",
-    "INTAKE_PATIENCE",
-    "MIGRATIONS",
-    "NOW",
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "START_PATIENCE",
-    "WORKER_PATIENCE",
-]
+from .records import V1_JOB_COLUMNS
+
+__all__ = ["CHANNEL", "LOCK_CLASS", "MIGRATIONS", "MIGRATION_LOCK", "NOW", "SCHEMA", "SCHEMA_VERSION"]
 
 SCHEMA = "oci_optimizer"
 CHANNEL = "oci_optimizer_jobs"
-INTAKE_PATIENCE = 3.0
-WORKER_PATIENCE = 900.0
-START_PATIENCE = 30.0
 LOCK_CLASS = 0x6F63  # advisory lock namespace: ("oc", hash of a name)
 MIGRATION_LOCK = 1
 
 _V1 = f"""
 CREATE TABLE {SCHEMA}.jobs (
     id BIGSERIAL PRIMARY KEY,
-    dedupe_key TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    source TEXT NOT NULL,
-    event_format TEXT NOT NULL,
-    event_ids TEXT NOT NULL DEFAULT '[]',
-    registry TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    media_type TEXT,
-    dest_registry TEXT NOT NULL,
-    dest_repository TEXT NOT NULL,
-    dest_tag TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'queued',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    duplicates INTEGER NOT NULL DEFAULT 0,
-    created_at DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL,
-    started_at DOUBLE PRECISION,
-    finished_at DOUBLE PRECISION,
-    next_attempt_at DOUBLE PRECISION NOT NULL,
-    error TEXT,
-    outcome TEXT,
-    result_digest TEXT,
-    timings TEXT,
-    report TEXT,
+{V1_JOB_COLUMNS.format(time="DOUBLE PRECISION")},
     lease_token TEXT,
     lease_owner TEXT,
     lease_expires_at DOUBLE PRECISION

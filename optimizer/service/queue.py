@@ -1,4 +1,4 @@
-"""The job queue: what the HTTP side and the workers share, behind one ``Queue`` protocol with two backends.
+"""The job queue: what the HTTP side and the workers share, behind one ``Queue`` class with two backends.
 
     queue = open_queue(config)      # SqliteQueue (default: one file, no server) or PostgresQueue (a fleet)
 
@@ -25,20 +25,44 @@ process holds stays with it. ``max_concurrent_jobs`` of a registry bounds the ru
 push to it, across every process sharing the queue.
 
 Statuses: ``queued`` -> ``running`` -> ``done`` | ``failed`` (and back to ``queued`` for a retry).
+
+The contract is written once, here, in SQL that both databases run; a backend supplies its connection and
+transactions, its clock and its ``Dialect`` (where the two SQLs differ: row locks, how a list binds), and
+tells idle workers elsewhere of new work where it can (``_wake``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 from ..errors import OptimizerError
+from .records import (
+    INSERT_COLUMNS,
+    MAX_JOB_ID,
+    STATUSES,
+    SUMMARY_COLUMNS,
+    Job,
+    JobSpec,
+    LeaseLost,
+    Owner,
+    QueueSettings,
+    QueueUnavailable,
+    SubmitResult,
+    encode,
+    full_registries,
+    insert_values,
+    job_from_row,
+    joined_event_ids,
+    owner_gone,
+)
+from .sql import Db, Dialect
 
 __all__ = [
     "MAX_JOB_ID",
@@ -54,322 +78,267 @@ __all__ = [
     "open_queue",
 ]
 
-STATUSES = ("queued", "running", "done", "failed")
-ACTIVE = ("queued", "running")
-MAX_JOB_ID = (1 << 63) - 1  # job ids are signed 64-bit integers in both backends
-MAX_EVENT_IDS = 50  # event ids kept per job (a job joined by thousands of redeliveries keeps the first ones)
+T = TypeVar("T")
+
+# How long a backend retries a lost connection before it gives up, by who waits: the HTTP side answers soon
+# (QueueUnavailable, a 503 the registry retries), a worker's result is worth waiting for (it is not thrown
+# away because the database restarted), start-up waits for the database to come up.
+INTAKE_PATIENCE = 3.0
+WORKER_PATIENCE = 900.0
+START_PATIENCE = 30.0
+CLAIM_TRIES = 5  # a claim that finds its registry full under the registry's lock looks again this often
 
 
-class LeaseLost(Exception):
-    """This worker's claim on a job was replaced by another one: it must not write the job's state."""
+class _Busy(Exception):
+    """Internal: a claim found its registry full once it held the registry's lock; look again."""
 
 
-class QueueUnavailable(OptimizerError):
-    """The queue's database cannot be reached (PostgreSQL down or restarting): try again later."""
+def _lost(job: Job) -> LeaseLost:
+    return LeaseLost(f"job {job.id}: the lease of this attempt was taken over")
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """What one (event, rule) pair asks for."""
-
-    rule: str
-    source: str
-    event_format: str
-    registry: str
-    repository: str
-    tag: str
-    digest: str
-    media_type: str | None
-    dest_registry: str
-    dest_repository: str
-    dest_tag: str
-
-    @property
-    def dedupe_key(self) -> str:
-        return "\x1f".join(
-            (self.rule, self.registry, self.digest, self.dest_registry, self.dest_repository, self.dest_tag)
-        )
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    spec: JobSpec
-    status: str
-    attempts: int
-    duplicates: int
-    event_ids: tuple[str, ...]
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    next_attempt_at: float
-    error: str | None
-    outcome: str | None
-    result_digest: str | None
-    timings: dict[str, float]
-    report: dict[str, Any] | None
-    lease: str | None = None  # the current claim's token (only the claimer is handed it)
-    owner: str | None = None  # the process holding the claim: "host boot-id pid start-time"
-    lease_expires_at: float | None = None
-
-    def to_json(self, with_report: bool = True) -> dict[str, Any]:
-        s = self.spec
-        running = self.status == "running"
-        data: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "outcome": self.outcome,
-            "rule": s.rule,
-            "source": s.source,
-            "event_format": s.event_format,
-            "event_ids": list(self.event_ids),
-            "duplicates": self.duplicates,
-            "source_ref": f"{s.registry}/{s.repository}:{s.tag}@{s.digest}",
-            "registry": s.registry,
-            "repository": s.repository,
-            "tag": s.tag,
-            "digest": s.digest,
-            "media_type": s.media_type,
-            "destination": f"{s.dest_registry}/{s.dest_repository}:{s.dest_tag}",
-            "result_digest": self.result_digest,
-            "attempts": self.attempts,
-            "error": self.error,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "next_attempt_at": self.next_attempt_at if self.status == "queued" else None,
-            "owner": self.owner if running else None,
-            "lease_expires_at": self.lease_expires_at if running else None,
-            "timings": self.timings,
-        }
-        if with_report:
-            data["report"] = self.report
-        return data
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    duplicate_event: bool  # the event id was seen before: nothing was done
-    created: tuple[int, ...]  # new jobs
-    joined: tuple[int, ...]  # existing active jobs this event joined
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    """How claims behave; the same for every backend."""
-
-    lease_seconds: float = 120.0
-    max_attempts: int = 5  # an expired lease on the last attempt ends the job failed
-    registry_limits: Mapping[str, int] | None = None  # registry name -> most running jobs touching it
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The process that holds a claim, precise enough to tell, on its own host, whether it still runs.
-
-    ``start`` is the process's start time in clock ticks since boot (``/proc/PID/stat``) so that a recycled
-    pid, or pid 1 of a restarted container with the same host name, is not mistaken for the old process.
-    """
-
-    host: str
-    boot: str
-    pid: int
-    start: str
-
-    def __str__(self) -> str:
-        return f"{self.host} {self.boot} {self.pid} {self.start}"
-
-    @classmethod
-    def parse(cls, text: str) -> Owner | None:
-        parts = text.split(" ")
-        if len(parts) != 4 or not parts[2].isdigit():
-            return None
-        return cls(parts[0], parts[1], int(parts[2]), parts[3])
-
-    @classmethod
-    def current(cls) -> Owner:
-        pid = os.getpid()
-        return cls(socket.gethostname() or "-", _boot_id(), pid, _start_time(pid) or "-")
-
-    def is_gone(self, here: Owner) -> bool:
-        """True only when this owner is provably not running: same host and boot, and no such process."""
-        if self.host != here.host or self.boot != here.boot or self.boot == "-":
-            return False  # another machine (or unknown): only its lease expiring tells
-        started = _start_time(self.pid)
-        return started is None or started != self.start
-
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
-            return handle.read().strip() or "-"
-    except OSError:
-        return "-"
-
-
-def _start_time(pid: int) -> str | None:
-    """Field 22 of ``/proc/PID/stat`` (after the parenthesised command name, which may hold spaces)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    fields = text.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def owner_gone(owner: str | None, here: Owner) -> bool:
-    """Whether the process recorded as a running job's owner is provably gone (see ``Owner.is_gone``)."""
-    if owner is None:
-        return True  # claimed before owners were recorded: by a service that has since stopped
-    parsed = Owner.parse(owner)
-    return parsed is not None and parsed.is_gone(here)
-
-
-class Row(Protocol):
-    """A result row of either backend (``sqlite3.Row``, psycopg's dict rows)."""
-
-    def __getitem__(self, key: str) -> Any: ...
-
-
-def job_from_row(row: Row, with_report: bool = True) -> Job:
-    """A ``Job`` from a row of either backend (same column names, JSON kept as text)."""
-    spec = JobSpec(
-        rule=row["rule"],
-        source=row["source"],
-        event_format=row["event_format"],
-        registry=row["registry"],
-        repository=row["repository"],
-        tag=row["tag"],
-        digest=row["digest"],
-        media_type=row["media_type"],
-        dest_registry=row["dest_registry"],
-        dest_repository=row["dest_repository"],
-        dest_tag=row["dest_tag"],
-    )
-    return Job(
-        id=int(row["id"]),
-        spec=spec,
-        status=row["status"],
-        attempts=row["attempts"],
-        duplicates=row["duplicates"],
-        event_ids=tuple(json.loads(row["event_ids"])),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        next_attempt_at=row["next_attempt_at"],
-        error=row["error"],
-        outcome=row["outcome"],
-        result_digest=row["result_digest"],
-        timings=json.loads(row["timings"]) if row["timings"] else {},
-        report=json.loads(row["report"]) if with_report and row["report"] else None,
-        lease=None,  # never read back: only ``claim`` hands the token to its claimer
-        owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-    )
-
-
-SUMMARY_COLUMNS = (
-    "id, rule, source, event_format, event_ids, registry, repository, tag, digest, media_type, dest_registry,"
-    " dest_repository, dest_tag, status, attempts, duplicates, created_at, updated_at, started_at, finished_at,"
-    " next_attempt_at, error, outcome, result_digest, timings, NULL AS report, lease_owner, lease_expires_at"
-)
-INSERT_COLUMNS = (
-    "dedupe_key, rule, source, event_format, event_ids, registry, repository, tag, digest, media_type,"
-    " dest_registry, dest_repository, dest_tag, created_at, updated_at, next_attempt_at"
-)
-
-
-def insert_values(spec: JobSpec, event_id: str | None, now: float) -> tuple[Any, ...]:
-    return (
-        spec.dedupe_key,
-        spec.rule,
-        spec.source,
-        spec.event_format,
-        json.dumps([event_id] if event_id else []),
-        spec.registry,
-        spec.repository,
-        spec.tag,
-        spec.digest,
-        spec.media_type,
-        spec.dest_registry,
-        spec.dest_repository,
-        spec.dest_tag,
-        now,
-        now,
-        now,
-    )
-
-
-def joined_event_ids(current: str, event_id: str | None) -> str:
-    ids = json.loads(current)
-    if event_id is not None and len(ids) < MAX_EVENT_IDS:
-        ids.append(event_id)
-    return json.dumps(ids)
-
-
-def full_registries(running: Sequence[tuple[str, str]], limits: Mapping[str, int] | None) -> set[str]:
-    """Registries at their limit, from the (source, destination) registries of the jobs holding live leases."""
-    if not limits:
-        return set()
-    counts: dict[str, int] = {}
-    for source, destination in running:
-        for name in {source, destination}:
-            counts[name] = counts.get(name, 0) + 1
-    return {name for name, limit in limits.items() if counts.get(name, 0) >= limit}
-
-
-def touches(spec_registry: str, spec_dest: str, registries: set[str]) -> bool:
-    return spec_registry in registries or spec_dest in registries
-
-
-def encode(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-class Queue(Protocol):
-    """What the HTTP side and the workers use; ``SqliteQueue`` and ``PostgresQueue`` implement it."""
+class Queue(ABC):
+    """What the HTTP side and the workers use; thread-safe. ``SqliteQueue`` and ``PostgresQueue`` supply the
+    database: the abstract methods below and their ``dialect``."""
 
     backend: str  # "sqlite" or "postgres"
-    owner: Owner  # the claims this process makes carry it
+    dialect: Dialect
 
+    def __init__(self, settings: QueueSettings | None) -> None:
+        self.settings = settings or QueueSettings()
+        self.owner = Owner.current()  # the claims this process makes carry it
+        self._holder = f"{self.owner} {uuid.uuid4().hex}"
+
+    # --- what a backend supplies ----------------------------------------------------------------------
+
+    @abstractmethod
+    def _transaction(self, work: Callable[[Db, float], T], patience: float) -> T:
+        """``work(db, now)`` in one transaction, ``now`` the backend's clock at its start; a lost connection
+        is retried for ``patience`` seconds where the backend can."""
+
+    @abstractmethod
+    def _select(self, query: str, args: Sequence[Any], patience: float) -> list[Any]:
+        """The rows of one query, outside a transaction."""
+
+    @abstractmethod
+    def _clock(self, db: Db) -> float:
+        """The time now, in seconds since the epoch, by the clock every process of this queue shares."""
+
+    @abstractmethod
+    def _wake(self, db: Db) -> None:
+        """Tell idle workers elsewhere that there is work (or a free registry slot) once ``db`` commits."""
+
+    @abstractmethod
+    def _lock_registries(self, db: Db, names: Sequence[str]) -> None:
+        """Hold the registries ``names`` until ``db`` commits (their running jobs are counted under it)."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
-    # intake (the HTTP side)
-    def submit(self, source: str, event_id: str | None, specs: Sequence[JobSpec]) -> SubmitResult: ...
+    @abstractmethod
+    def next_due(self) -> float | None:
+        """When a job is due next (a queued job's time, or a lease's expiry), by this machine's clock."""
 
-    def submit_many(
-        self, items: Sequence[tuple[str, str | None, Sequence[JobSpec]]]
-    ) -> list[SubmitResult]: ...
+    @abstractmethod
+    def listen(self, wake: threading.Event, stop: threading.Event) -> None:
+        """Set ``wake`` whenever another process queues work, until ``stop``; returns at once if it cannot."""
+
+    # --- intake (the HTTP side) -----------------------------------------------------------------------
+
+    def submit(self, source: str, event_id: str | None, specs: Sequence[JobSpec]) -> SubmitResult:
+        """Record an event and its jobs in one transaction."""
+        return self.submit_many([(source, event_id, specs)])[0]
+
+    def submit_many(self, items: Sequence[tuple[str, str | None, Sequence[JobSpec]]]) -> list[SubmitResult]:
+        """Record several events (those of one webhook request) in one transaction: one disk sync."""
+
+        def work(db: Db, now: float) -> list[SubmitResult]:
+            results = [self._submit(db, now, source, event_id, specs) for source, event_id, specs in items]
+            if any(result.created for result in results):
+                self._wake(db)
+            return results
+
+        return self._transaction(work, INTAKE_PATIENCE)
+
+    def _submit(
+        self, db: Db, now: float, source: str, event_id: str | None, specs: Sequence[JobSpec]
+    ) -> SubmitResult:
+        created: list[int] = []
+        joined: list[int] = []
+        if event_id is not None:
+            fresh = db.execute(
+                "INSERT INTO events (event_key, received_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
+                " RETURNING 1 AS fresh",
+                (f"{source}\x1f{event_id}", now),
+            ).fetchone()
+            if fresh is None:
+                return SubmitResult(True, (), ())
+        for spec in specs:
+            while True:  # an insert that loses a race with another process joins the winner's job
+                row = db.execute(
+                    "SELECT id, event_ids FROM jobs WHERE dedupe_key = ? AND status IN ('queued', 'running')"
+                    + self.dialect.lock_rows,
+                    (spec.dedupe_key,),
+                ).fetchone()
+                if row is not None:
+                    db.execute(
+                        "UPDATE jobs SET duplicates = duplicates + 1, event_ids = ?, updated_at = ? WHERE id = ?",
+                        (joined_event_ids(row["event_ids"], event_id), now, row["id"]),
+                    )
+                    joined.append(int(row["id"]))
+                    break
+                inserted = db.execute(
+                    f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+                    " ON CONFLICT (dedupe_key) WHERE status IN ('queued', 'running') DO NOTHING RETURNING id",
+                    insert_values(spec, event_id, now),
+                ).fetchone()
+                if inserted is not None:
+                    created.append(int(inserted["id"]))
+                    break
+        return SubmitResult(False, tuple(created), tuple(joined))
 
     def known_keys(self, keys: Sequence[str]) -> set[str]:
         """The de-duplication keys among ``keys`` that have a job, whatever its status."""
-        ...
+        found: set[str] = set()
+        for chunk in self.dialect.chunks(keys):
+            where, args = self.dialect.among("dedupe_key", chunk)
+            rows = self._select(f"SELECT DISTINCT dedupe_key FROM jobs WHERE {where}", args, INTAKE_PATIENCE)
+            found.update(row["dedupe_key"] for row in rows)
+        return found
 
-    def was_pushed(self, digest: str) -> bool: ...
+    def was_pushed(self, digest: str) -> bool:
+        return bool(self._select("SELECT 1 FROM pushed WHERE digest = ?", (digest,), INTAKE_PATIENCE))
 
-    # claims (the workers)
+    # --- claims (the workers) -------------------------------------------------------------------------
+
     def recover(self) -> int:
         """Queue again the running jobs of processes of this host that are gone; returns how many."""
-        ...
+
+        def work(db: Db, now: float) -> int:
+            rows = db.execute(
+                "SELECT id, lease_owner FROM jobs WHERE status = 'running'" + self.dialect.skip_locked
+            ).fetchall()
+            gone = [row["id"] for row in rows if owner_gone(row["lease_owner"], self.owner)]
+            for chunk in self.dialect.chunks(gone):
+                # next_attempt_at is kept: interrupted jobs resume first, in their original order.
+                where, args = self.dialect.among("id", chunk)
+                db.execute(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
+                    f" updated_at = ? WHERE {where}",
+                    (now, *args),
+                )
+            return len(gone)
+
+        return self._transaction(work, START_PATIENCE)
 
     def claim(self) -> Job | None:
         """Take the oldest due job (or a running one whose lease expired) and lease it to this process."""
-        ...
+        for _ in range(CLAIM_TRIES):
+            try:
+                return self._transaction(self._claim, INTAKE_PATIENCE)
+            except _Busy:
+                continue
+        return None
+
+    def _claim(self, db: Db, now: float) -> Job | None:
+        expired = db.execute(
+            "UPDATE jobs SET status = 'failed', outcome = 'failed', finished_at = ?, updated_at = ?,"
+            " error = 'attempt ' || attempts || ': the worker stopped renewing its lease (killed or hung)"
+            " and no attempts are left' WHERE status = 'running' AND lease_expires_at < ?"
+            " AND attempts >= ? RETURNING id",
+            (now, now, now, self.settings.max_attempts),
+        ).fetchall()
+        if expired:
+            self._wake(db)
+        limits = self.settings.registry_limits or {}
+        row = self._due(db, now, self._full(db, now, sorted(limits)) if limits else set())
+        if row is None:
+            return None
+        touched = sorted({row["registry"], row["dest_registry"]} & set(limits))
+        if touched:
+            # Counted again under the registries' locks (held to the commit, taken in name order): two
+            # claimers cannot both see the last free slot.
+            self._lock_registries(db, touched)
+            if self._full(db, now, touched):
+                raise _Busy
+        token = uuid.uuid4().hex
+        # The clock read again, after the locks: a claim that waited is not dated before the finish of the
+        # job whose slot it took.
+        now = self._clock(db)
+        found = db.execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, updated_at = ?,"
+            " lease_token = ?, lease_owner = ?, lease_expires_at = ? WHERE id = ? RETURNING *",
+            (now, now, token, str(self.owner), now + self.settings.lease_seconds, row["id"]),
+        ).fetchone()
+        return replace(job_from_row(found), lease=token)
+
+    def _touching(self, names: Sequence[str]) -> tuple[str, list[Any]]:
+        """The condition that a job pulls from or pushes to one of the registries ``names``."""
+        source, source_args = self.dialect.among("registry", names)
+        destination, destination_args = self.dialect.among("dest_registry", names)
+        return f"({source} OR {destination})", [*source_args, *destination_args]
+
+    def _due(self, db: Db, now: float, full: set[str]) -> Any:
+        """The row (id and registries) of the job to claim: an expired lease first, then the oldest due."""
+        exclude = ""
+        args: list[Any] = []
+        if full:
+            touching, args = self._touching(sorted(full))
+            exclude = f" AND NOT {touching}"
+        for waiting in (
+            "status = 'running' AND lease_expires_at < ?{} ORDER BY lease_expires_at, id",
+            "status = 'queued' AND next_attempt_at <= ?{} ORDER BY next_attempt_at, id",
+        ):
+            row = db.execute(
+                f"SELECT id, registry, dest_registry FROM jobs WHERE {waiting.format(exclude)} LIMIT 1"
+                + self.dialect.skip_locked,
+                (now, *args),
+            ).fetchone()
+            if row is not None:
+                return row
+        return None
+
+    def _full(self, db: Db, now: float, names: Sequence[str]) -> set[str]:
+        """Those of the registries ``names`` (each with a limit) whose running jobs are at its limit."""
+        touching, args = self._touching(names)
+        rows = db.execute(
+            f"SELECT registry, dest_registry FROM jobs WHERE status = 'running' AND lease_expires_at >= ?"
+            f" AND {touching}",
+            (now, *args),
+        ).fetchall()
+        limits = {
+            name: limit for name, limit in (self.settings.registry_limits or {}).items() if name in names
+        }
+        return full_registries([(r["registry"], r["dest_registry"]) for r in rows], limits)
 
     def renew(self, job: Job) -> bool:
         """Extend the job's lease; False when the lease is no longer this claim's (the job was taken over)."""
-        ...
 
-    def next_due(self) -> float | None: ...
+        def work(db: Db, now: float) -> bool:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_token = ? AND status = 'running'",
+                (now + self.settings.lease_seconds, job.id, job.lease),
+            )
+            return cursor.rowcount == 1
 
-    def listen(self, wake: threading.Event, stop: threading.Event) -> None:
-        """Set ``wake`` whenever another process queues work, until ``stop``; returns at once if it cannot."""
-        ...
+        return self._transaction(work, INTAKE_PATIENCE)
 
-    # writes fenced by the claim's token: each raises LeaseLost when another claim replaced it
+    # --- writes fenced by the claim's token: each raises LeaseLost when another claim replaced it ------
+
+    def _fenced(self, job: Job, query: str, values: Callable[[float], tuple[Any, ...]]) -> None:
+        """Run ``query`` (an UPDATE without its WHERE) on the job if this claim still holds it; ``values``
+        gets the queue's time. Wakes idle workers: a finished job may free a registry's slot."""
+
+        def work(db: Db, now: float) -> None:
+            cursor = db.execute(
+                query + " WHERE id = ? AND lease_token = ?", (*values(now), job.id, job.lease)
+            )
+            if cursor.rowcount != 1:
+                raise _lost(job)
+            self._wake(db)
+
+        self._transaction(work, WORKER_PATIENCE)
+
     def finish(
         self,
         job: Job,
@@ -377,35 +346,118 @@ class Queue(Protocol):
         timings: dict[str, float],
         report: dict[str, Any] | None,
         result_digest: str | None,
-    ) -> None: ...
+    ) -> None:
+        self._fenced(
+            job,
+            "UPDATE jobs SET status = 'done', outcome = ?, timings = ?, report = ?, result_digest = ?,"
+            " error = NULL, finished_at = ?, updated_at = ?",
+            lambda now: (outcome, encode(timings), encode(report), result_digest, now, now),
+        )
 
-    def retry(self, job: Job, error: str, delay: float, timings: dict[str, float]) -> None: ...
+    def retry(self, job: Job, error: str, delay: float, timings: dict[str, float]) -> None:
+        self._fenced(
+            job,
+            "UPDATE jobs SET status = 'queued', error = ?, timings = ?, next_attempt_at = ?, updated_at = ?",
+            lambda now: (error, encode(timings), now + delay, now),
+        )
 
     def fail(
         self, job: Job, error: str, timings: dict[str, float], report: dict[str, Any] | None = None
-    ) -> None: ...
+    ) -> None:
+        self._fenced(
+            job,
+            "UPDATE jobs SET status = 'failed', outcome = 'failed', error = ?, timings = ?, report = ?,"
+            " finished_at = ?, updated_at = ?",
+            lambda now: (error, encode(timings), encode(report), now, now),
+        )
 
-    def record_pushed(self, digests: Sequence[str], job: Job, reference: str) -> None: ...
+    def record_pushed(self, digests: Sequence[str], job: Job, reference: str) -> None:
+        def work(db: Db, now: float) -> None:
+            owned = db.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?" + self.dialect.share_rows,
+                (job.id, job.lease),
+            ).fetchone()
+            if owned is None:
+                raise _lost(job)
+            db.executemany(
+                "INSERT INTO pushed (digest, job_id, reference, recorded_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(d, job.id, reference, now) for d in digests],
+            )
 
-    # what the service has seen of a registry
+        self._transaction(work, WORKER_PATIENCE)
+
+    # --- what the service has seen of a registry ------------------------------------------------------
+
     def record_layers(self, registry: str, repository: str, images: Mapping[str, Sequence[str]]) -> None:
         """Remember the layer digests of each image manifest (digest -> layers) pulled from ``registry``."""
-        ...
+        rows = [
+            (registry, layer, manifest, repository)
+            for manifest, layers in images.items()
+            for layer in dict.fromkeys(layers)
+        ]
+
+        def work(db: Db, now: float) -> None:
+            db.executemany(
+                "INSERT INTO image_layers (registry, layer, manifest, repository, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(*row, now) for row in rows],
+            )
+
+        self._transaction(work, WORKER_PATIENCE)
 
     def shared_layers(self, registry: str, images: Mapping[str, Sequence[str]]) -> set[str]:
         """The layers of ``images`` that an image manifest not among them, seen in ``registry``, also has."""
-        ...
+        layers = sorted({layer for found in images.values() for layer in found})
+        manifest_in, manifest_args = self.dialect.among("manifest", sorted(images))
+        shared: set[str] = set()
+        for chunk in self.dialect.chunks(layers):
+            layer_in, layer_args = self.dialect.among("layer", chunk)
+            rows = self._select(
+                f"SELECT DISTINCT layer FROM image_layers WHERE registry = ? AND {layer_in} AND NOT ({manifest_in})",
+                (registry, *layer_args, *manifest_args),
+                WORKER_PATIENCE,
+            )
+            shared.update(row["layer"] for row in rows)
+        return shared
 
     def hold(self, name: str, seconds: float) -> bool:
         """Take or keep the fleet-wide singleton lease ``name`` for ``seconds``; False if another holds it."""
-        ...
 
-    # reading
-    def get(self, job_id: int) -> Job | None: ...
+        def work(db: Db, now: float) -> bool:
+            row = db.execute(
+                "INSERT INTO singletons (name, holder, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
+                " WHERE singletons.holder = excluded.holder OR singletons.expires_at < ? RETURNING holder",
+                (name, self._holder, now + seconds, now),
+            ).fetchone()
+            return row is not None
 
-    def jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]: ...
+        return self._transaction(work, INTAKE_PATIENCE)
 
-    def counts(self) -> dict[str, int]: ...
+    # --- reading --------------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        rows = self._select("SELECT * FROM jobs WHERE id = ?", (job_id,), INTAKE_PATIENCE)
+        return job_from_row(rows[0]) if rows else None
+
+    def jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """The newest jobs first, without their reports (``get`` has them)."""
+        query = f"SELECT {SUMMARY_COLUMNS} FROM jobs"
+        args: list[Any] = []
+        if status is not None:
+            query += " WHERE status = ?"
+            args.append(status)
+        query += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        args += [limit, offset]
+        rows = self._select(query, args, INTAKE_PATIENCE)
+        return [job_from_row(row, with_report=False) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._select("SELECT status, count(*) AS n FROM jobs GROUP BY status", (), INTAKE_PATIENCE)
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update({row["status"]: int(row["n"]) for row in rows})
+        return counts
 
 
 def open_queue(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..digest import short
-from ..documents import ANNOTATION_REF_NAME, parse_object
+from ..documents import parse_object
 from ..errors import RegistryError
 from ..model import Descriptor
 from ..registry.access import Clients
@@ -128,14 +128,7 @@ def open_registry(text: str, workdir: str, clients: Clients) -> Source:
     root = client.get_manifest(ref.repository, ref.reference, ref.digest)
     blobs = RegistryBlobs(client, ref.repository, os.path.join(workdir, "registry-blobs"), str(ref))
     blobs.add_manifest(root.digest, root.data)
-    descriptor: dict[str, object] = {
-        "mediaType": root.media_type,
-        "digest": root.digest,
-        "size": len(root.data),
-    }
-    if ref.tag:
-        descriptor["annotations"] = {ANNOTATION_REF_NAME: ref.tag}
-    index_bytes = root_index_bytes(descriptor)
+    index_bytes = root_index_bytes(root, ref.tag)
     return Source(text, "registry", blobs, parse_object(index_bytes, text), index_bytes)
 
 

@@ -7,7 +7,7 @@ user or group the image does not define gets an id chosen here (from ``/home/NAM
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,27 +51,27 @@ class GroupEntry:
     gid: int
 
 
-def parse_passwd(text: str) -> list[PasswdEntry]:
-    """The well-formed entries of a passwd file; comments, NIS ``+``/``-`` lines and junk are skipped."""
-    out: list[PasswdEntry] = []
+def _records(text: str, count: int) -> Iterator[list[str]]:
+    """The fields of each line of a passwd-style file that has ``count`` of them or more and a name; comments,
+    NIS ``+``/``-`` lines and junk are skipped."""
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) < 7 or not fields[0] or fields[0][0] in "#+-":
-            continue
-        if fields[2].isdigit() and fields[3].isdigit():
-            out.append(PasswdEntry(fields[0], int(fields[2]), int(fields[3])))
-    return out
+        if len(fields) >= count and fields[0] and fields[0][0] not in "#+-":
+            yield fields
+
+
+def parse_passwd(text: str) -> list[PasswdEntry]:
+    """The well-formed entries of a passwd file (numeric uid and gid)."""
+    return [
+        PasswdEntry(fields[0], int(fields[2]), int(fields[3]))
+        for fields in _records(text, 7)
+        if fields[2].isdigit() and fields[3].isdigit()
+    ]
 
 
 def parse_group(text: str) -> list[GroupEntry]:
-    out: list[GroupEntry] = []
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) < 4 or not fields[0] or fields[0][0] in "#+-":
-            continue
-        if fields[2].isdigit():
-            out.append(GroupEntry(fields[0], int(fields[2])))
-    return out
+    """The well-formed entries of a group file (numeric gid)."""
+    return [GroupEntry(fields[0], int(fields[2])) for fields in _records(text, 4) if fields[2].isdigit()]
 
 
 def passwd_line(name: str, uid: int, gid: int, gecos: str, home: str, shell: str) -> str:
