@@ -15,9 +15,10 @@ Every ``python`` block and every block with an ``optimize`` command must carry o
 escape the checks by losing its marker. Commands and scripts run in a temporary directory holding the demo image
 at ``testdata/demo/demo-image.tar`` (as after ``make demo``), with ``.venv/bin/optimize`` and
 ``.venv/bin/python -m optimizer`` run as ``python -m optimizer`` and ``/tmp/`` standing for that directory.
-Besides: every ``--flag`` the README names is a flag of ``optimize``, ``optimize analyze``, ``optimize serve`` or
-``scripts/build_tool_image.py`` (or one of the few other tools' flags listed here), every repository path it
-names in backquotes exists, and every ``make`` target it names is in the Makefile.
+Besides: every ``--flag`` the README names is a flag of ``optimize``, ``optimize analyze``, ``optimize serve``,
+``scripts/build_tool_image.py``, a bench script named on the same line, or one of the few other tools' flags
+listed here; every repository path it names in backquotes exists; every ``make`` target it names is in the
+Makefile.
 """
 
 from __future__ import annotations
@@ -287,6 +288,15 @@ def _help_flags(*argv: str) -> set[str]:
     return set(FLAG.findall(done.stdout))
 
 
+def _bench_scripts_beside_flags(text: str) -> set[str]:
+    """The bench scripts named on a line that also names a flag: their own flags may be meant."""
+    found: set[str] = set()
+    for line in text.splitlines():
+        if FLAG.search(line):
+            found |= {f"{name}.py" for name in re.findall(r"\b(bench_\w+|build_bench_image)\.py\b", line)}
+    return {name for name in found if (ROOT / "bench" / name).is_file()}
+
+
 def test_every_flag_the_readme_names_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ours = (
         _help_flags("-m", "optimizer")
@@ -294,13 +304,16 @@ def test_every_flag_the_readme_names_exists(tmp_path: Path, monkeypatch: pytest.
         | _help_flags("-m", "optimizer", "serve")
         | _help_flags(str(ROOT / "scripts" / "build_tool_image.py"))
     )
+    text = README.read_text(encoding="utf-8")
+    for script in _bench_scripts_beside_flags(text):  # bench/bench_compression.py --repeat 2
+        ours |= _help_flags(str(ROOT / "bench" / script))
     example = _example_pass(tmp_path, monkeypatch)  # its flags are those its Options derive
     parser = argparse.ArgumentParser()
     settings.add_arguments(parser, example.LeftoversOptions, example.Leftovers.flag_prefix)
     ours |= {flag for action in parser._actions for flag in action.option_strings}
     assert {"--base", "--fail-over", "--role", "--check"} <= ours  # the help was read
     assert not ours & set(FOREIGN_FLAGS), "a flag listed as another tool's is ours: remove it from the list"
-    named = set(FLAG.findall(README.read_text(encoding="utf-8")))
+    named = set(FLAG.findall(text))
     unknown = sorted(named - ours - set(FOREIGN_FLAGS))
     assert not unknown, f"the README names flags that no parser has: {unknown}"
     assert set(FOREIGN_FLAGS) <= named, f"no longer in the README: {sorted(set(FOREIGN_FLAGS) - named)}"
