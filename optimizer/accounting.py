@@ -22,12 +22,12 @@ __all__ = ["summarize"]
 def _passes_share(layers: Sequence[LayerReport]) -> float:
     """The compressed bytes the passes saved in one image's layers (an estimate, see the module)."""
     saved = 0.0
-    merged_before = 0
+    merged: list[LayerReport] = []
     for layer in layers:
         if layer.status == "dropped":
             saved += layer.size_before
         elif layer.status == "merged":
-            merged_before += layer.uncompressed_before
+            merged.append(layer)
         elif (
             layer.status == "rewritten"
             and layer.files_changed
@@ -37,10 +37,25 @@ def _passes_share(layers: Sequence[LayerReport]) -> float:
         elif layer.status == "rewritten" and layer.files_changed and layer.uncompressed_after:
             ratio = layer.size_after / layer.uncompressed_after
             saved += (layer.uncompressed_before - layer.uncompressed_after) * ratio
-        elif layer.status == "squashed" and layer.uncompressed_after:
-            ratio = layer.size_after / layer.uncompressed_after
-            saved += (merged_before - layer.uncompressed_after) * ratio
+        elif layer.status == "squashed":
+            saved += _squash_share(merged, layer)
     return saved
+
+
+def _squash_share(merged: Sequence[LayerReport], squashed: LayerReport) -> float:
+    """What the passes (and the merge's dropping of shadowed files) saved in a squashed layer: its whole change
+    when every merged layer had its codec, else the bytes removed at the merged layers' own ratio (what those
+    bytes cost before; the new layer's ratio misprices them when the removed bytes compressed well)."""
+    if not merged:
+        return 0.0
+    size_before = sum(layer.size_before for layer in merged)
+    if all(layer.media_type_before == squashed.media_type for layer in merged):
+        return size_before - squashed.size_after
+    uncompressed_before = sum(layer.uncompressed_before for layer in merged)
+    if not uncompressed_before:
+        return 0.0
+    removed = max(0, uncompressed_before - squashed.uncompressed_after)
+    return min(size_before, removed * size_before / uncompressed_before)
 
 
 def _reasons(plans: Iterable[ImagePlan]) -> list[str]:

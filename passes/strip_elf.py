@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Literal
 
+from optimizer.errors import UsageError
 from optimizer.model import Content
 from optimizer.pipeline import PassContext
 from optimizer.settings import setting
@@ -47,6 +48,10 @@ class StripElfOptions:
         "leave larger files alone (a worker holds about twice a file's size; default 512 MiB)",
         metavar="BYTES",
     )
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"strip-elf: unknown mode {self.mode!r} (expected one of {', '.join(MODES)})")
 
 
 @dataclass(frozen=True)
@@ -134,8 +139,6 @@ class StripElf:
     Options = StripElfOptions
 
     def __init__(self, options: StripElfOptions) -> None:
-        if options.mode not in MODES:
-            raise ValueError(f"strip-elf: unknown mode {options.mode!r} (expected one of {', '.join(MODES)})")
         self.options = options
 
     def run(self, ctx: PassContext) -> None:

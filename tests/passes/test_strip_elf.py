@@ -17,6 +17,7 @@ import pytest
 
 from optimizer import Options, optimize, settings
 from optimizer.changes import Op
+from optimizer.errors import UsageError
 from optimizer.model import Entry, EntryKind
 from passes import PASSES
 from passes.elf import is_debug_section, section_names
@@ -144,8 +145,8 @@ def test_cli_flags_round_trip() -> None:
         StripElf.flag_prefix,
     )
     assert options == StripElfOptions(mode="all", keep_debuglink=False, archives=False, max_size=1000)
-    with pytest.raises(ValueError, match="unknown mode"):
-        StripElf(StripElfOptions(mode="everything"))  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="unknown mode"):  # exit 2 from the library too, not a ValueError
+        StripElfOptions(mode="everything")  # type: ignore[arg-type]
 
 
 def layer_files(layout: Layout, digest: str) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
