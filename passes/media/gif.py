@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .codec import (
     DECODE_ERRORS,
@@ -57,20 +57,42 @@ def _gif_blocks(data: bytes, pos: int) -> tuple[list[bytes], int]:
         pos += 1 + size
 
 
+@dataclass
+class _Extensions:
+    """What the extensions read so far say."""
+
+    comments: list[bytes] = field(default_factory=list)
+    applications: list[bytes] = field(default_factory=list)
+    plain_text: int = 0
+    loop: int | None = None
+    control: tuple[int, int | None] = (0, None)  # the next image's delay and transparent index (from its GCE)
+
+    def read(self, label: int, blocks: list[bytes]) -> None:
+        if label == 0xF9 and blocks and len(blocks[0]) >= 4:
+            delay = struct.unpack("<H", blocks[0][1:3])[0]
+            self.control = (delay, blocks[0][3] if blocks[0][0] & 1 else None)
+        elif label == 0xFE:
+            self.comments.append(b"".join(blocks))
+        elif label == 0x01:
+            self.plain_text += 1
+        elif label == 0xFF and blocks:
+            if blocks[0] in (b"NETSCAPE2.0", b"ANIMEXTS1.0") and len(blocks) > 1 and blocks[1][:1] == b"\x01":
+                self.loop = struct.unpack("<H", blocks[1][1:3])[0] if len(blocks[1]) >= 3 else None
+            else:
+                self.applications.append(blocks[0])
+
+
 def gif_structure(data: bytes, max_pixels: int) -> GifInfo:
     """Walk the GIF blocks to the trailer; ``Unreadable`` when truncated, corrupt or over the cap."""
     if len(data) < 13 or data[:6] not in (b"GIF87a", b"GIF89a"):
         raise Unreadable("not a GIF file")
     width, height, packed = struct.unpack("<HHB", data[6:11])
     pos = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
-    frames, pixels, delays, loop, interlaced = 0, 0, [], None, False
-    comments: list[bytes] = []
-    applications: list[bytes] = []
-    plain_text, delay = 0, 0
+    frames, pixels, interlaced = 0, 0, False
     palette = data[13:pos]
     palettes: list[bytes] = []
-    transparency: list[int | None] = []
-    transparent: int | None = None
+    controls: list[tuple[int, int | None]] = []
+    extensions = _Extensions()
     while True:
         if pos >= len(data):
             raise Unreadable("truncated GIF: no trailer")
@@ -81,24 +103,9 @@ def gif_structure(data: bytes, max_pixels: int) -> GifInfo:
         if introducer == 0x21:
             if pos + 2 > len(data):
                 raise Unreadable("truncated GIF: extension cut off")
-            label = data[pos + 1]
-            blocks, pos = _gif_blocks(data, pos + 2)
-            if label == 0xF9 and blocks and len(blocks[0]) >= 4:
-                delay = struct.unpack("<H", blocks[0][1:3])[0]
-                transparent = blocks[0][3] if blocks[0][0] & 1 else None
-            elif label == 0xFE:
-                comments.append(b"".join(blocks))
-            elif label == 0x01:
-                plain_text += 1
-            elif label == 0xFF and blocks:
-                if (
-                    blocks[0] in (b"NETSCAPE2.0", b"ANIMEXTS1.0")
-                    and len(blocks) > 1
-                    and blocks[1][:1] == b"\x01"
-                ):
-                    loop = struct.unpack("<H", blocks[1][1:3])[0] if len(blocks[1]) >= 3 else None
-                else:
-                    applications.append(blocks[0])
+            blocks, end = _gif_blocks(data, pos + 2)
+            extensions.read(data[pos + 1], blocks)
+            pos = end
             continue
         if introducer != 0x2C:
             raise Unreadable(f"corrupt GIF: unexpected byte {introducer:#04x} at offset {pos}")
@@ -118,9 +125,8 @@ def gif_structure(data: bytes, max_pixels: int) -> GifInfo:
             )
         _, pos = _gif_blocks(data, pos + 1)  # LZW minimum code size, then the image data
         frames += 1
-        delays.append(delay)
-        transparency.append(transparent)
-        delay, transparent = 0, None
+        controls.append(extensions.control)
+        extensions.control = (0, None)
     if not frames:
         raise Unreadable("corrupt GIF: no image")
     check_pixels("GIF", width or 1, height or 1, 1, max_pixels)
@@ -128,15 +134,15 @@ def gif_structure(data: bytes, max_pixels: int) -> GifInfo:
         width,
         height,
         frames,
-        tuple(delays),
-        loop,
+        tuple(delay for delay, _ in controls),
+        extensions.loop,
         interlaced,
-        tuple(comments),
-        tuple(applications),
-        plain_text,
+        tuple(extensions.comments),
+        tuple(extensions.applications),
+        extensions.plain_text,
         len(data) - pos,
         tuple(palettes),
-        tuple(transparency),
+        tuple(index for _, index in controls),
     )
 
 
