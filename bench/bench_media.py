@@ -1,6 +1,7 @@
 """Benchmark of the ``media`` pass against optipng, jpegtran and jpegoptim, on the fixture media and real files.
 
     .venv/bin/python bench/bench_media.py [--root DIR ...] [--limit N] [--workers 2] [--png-level L] [--no-big]
+                                          [--reduce web|always|never] [--forms [--rounds N]]
 
 Corpora (every PNG, JPEG, GIF and WebP found by its first bytes, one copy per distinct content):
 
@@ -18,11 +19,18 @@ one over it.
 
 Targets (issue 4): at least as small as both optipng -o2 and jpegtran in total; per-file time and memory
 bounded by the pixel cap.
+
+``--forms`` (issue 11.3) measures what keeping the native form costs instead: on each corpus, the pass with
+``--media-reduce never`` (what every file outside a web root gets) and ``always`` (what files under a web root
+get, and what every file got before 11.3), run alternately ``--rounds`` times on one worker: bytes saved by
+each, the median wall time of each and their ratio, and how many files a reduction would change (bit depth,
+colour type, channels, palette order), with the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -135,6 +143,8 @@ def run_pass(
     for finding in ctx.report.findings:
         reason = finding.reason.split(":")[0] if finding.action == "kept" else ""
         outcomes[f"{finding.action} {reason}".strip()[:70]] += 1
+        if str(finding.details.get("form", "")).startswith("reduced"):
+            outcomes["form reduced"] += 1
     digests = {c.visible_path: c.content.sha256 for c in ctx.changes if c.content is not None}
     flagged = {f"f{n:06d}": item.path for n, item in enumerate(items)}
     CORRUPT.update(flagged[w.split(": ")[1]] for w in ctx.report.warnings if w.split(": ")[1] in flagged)
@@ -292,6 +302,38 @@ def cli_run(workdir: str, workers: int) -> None:
         os.unlink(out)
 
 
+def forms(name: str, items: list[Item], options: MediaOptions, workdir: str, rounds: int) -> None:
+    """Native form kept (``never``) against reductions allowed (``always``), alternated on one worker."""
+    settings = {reduce: dataclasses.replace(options, reduce=reduce) for reduce in ("never", "always")}
+    seconds: dict[str, list[float]] = {reduce: [] for reduce in settings}
+    sizes: dict[str, dict[str, int]] = {}
+    reduced = 0
+    load = os.getloadavg()
+    for _ in range(rounds):
+        for reduce, chosen in settings.items():
+            scratch = tempfile.mkdtemp(dir=workdir)  # the spools of one run, removed after it
+            wall, sizes[reduce], _, outcomes, _ = run_pass(items, 1, chosen, scratch)
+            shutil.rmtree(scratch)
+            seconds[reduce].append(wall)
+            if reduce == "always":
+                reduced = outcomes["form reduced"]
+    print(f"\n== {name}: {len(items)} files, {sum(len(i.data) for i in items):,} B; native form kept (never) "
+          f"vs reductions allowed (always), {rounds} alternated rounds on 1 worker, load {load[0]:.1f} {load[1]:.1f}")  # fmt: skip
+    for kind in ("png", "jpeg", "gif", "webp", "all"):
+        chosen = [i for i in items if kind in (i.kind, "all")]
+        before = sum(len(i.data) for i in chosen)
+        if not before:
+            continue
+        after = {r: sum(sizes[r][i.path] for i in chosen) for r in settings}
+        print(f"  {kind:5} {len(chosen):5} files  original {before:>12,} B   "
+              + "   ".join(f"{r} {a:>12,} B (saved {100 * (before - a) / before:5.2f}%)" for r, a in after.items())
+              + f"   native costs {after['never'] - after['always']:,} B")  # fmt: skip
+    median = {r: float(np.median(v)) for r, v in seconds.items()}
+    print(f"  files whose form a reduction changes: {reduced}; wall time median: never {median['never']:.2f} s, "
+          f"always {median['always']:.2f} s (never/always {median['never'] / median['always']:.3f}; "
+          f"runs never {[round(v, 2) for v in seconds['never']]}, always {[round(v, 2) for v in seconds['always']]})")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -302,8 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png-level", type=int, default=MediaOptions.png_level)
     parser.add_argument("--no-big", action="store_true", help="skip the pixel-cap measurements")
     parser.add_argument("--only-big", action="store_true", help="only the pixel-cap measurements")
+    parser.add_argument("--reduce", choices=("web", "always", "never"), default=MediaOptions.reduce)
+    parser.add_argument("--forms", action="store_true", help="only native form vs reductions on each corpus")
+    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds of --forms")
     args = parser.parse_args(argv)
-    options = MediaOptions(png_level=args.png_level)
+    options = MediaOptions(png_level=args.png_level, reduce=args.reduce)
     with tempfile.TemporaryDirectory(prefix="bench-media-") as workdir:
         if args.only_big:
             big_images(workdir, options)
@@ -315,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name, items in corpora:
             if not items:
+                continue
+            if args.forms:
+                forms(name, items, options, workdir, args.rounds)
                 continue
             one, sizes, digests, outcomes, memory = run_pass(items, 1, options, workdir)
             many, _, digests_many, _, memory_many = run_pass(items, args.workers, options, workdir)
@@ -328,9 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{memory_many.peak_total / MB:.0f} MiB, largest process {memory_many.peak_process / MB:.0f} MiB")  # fmt: skip
             print(f"  identical output bytes with 1 and {args.workers} workers: {digests == digests_many}")
             timings(items, options)
-        if BENCH_IMAGE.exists():
+        if BENCH_IMAGE.exists() and not args.forms:
             cli_run(workdir, args.workers)
-        if not args.no_big:
+        if not args.no_big and not args.forms:
             big_images(workdir, options)
     return 0
 

@@ -168,6 +168,11 @@ class Media:
     at full precision), keeps frame timing and loop count, and keeps the metadata the policy keeps: colour
     information always (PNG iCCP/gAMA/cHRM/sRGB, JPEG ICC/JFIF/Adobe), and text, time, EXIF, XMP, IPTC and
     comments unless ``--media-strip-metadata`` (EXIF that rotates the image is kept even then).
+    The native form (bit depth, colour type, channels, palette entries in order and their alpha) is kept too, and
+    proven by decoding both files to their native mode and comparing the raw samples: a program reading them
+    (a heightmap loader, a segmentation mask's class ids) gets what it got. Reductions of the form, which keep
+    only what a browser renders, are made for files under a document root of the image's web servers
+    (``--media-reduce web``, ``passes.servers.web_roots``), everywhere (``always``) or nowhere (``never``).
     With ``--media-lossy``, a JPEG whose estimated quality is above ``--jpeg-quality`` is re-encoded at that
     quality if the mean SSIM of its luma against the original stays at or above ``--media-ssim-floor``.
 
@@ -176,7 +181,8 @@ class Media:
 
     Never: renames a file or changes its format; touches files in protected layers or files a package manager
     lists (``passes.packages``, unless ``--touch-package-files``); changes interlacing unless
-    ``--media-png-interlace off``; keeps a result that is larger, differs by one pixel, or loses kept metadata.
+    ``--media-png-interlace off``; keeps a result that is larger, differs by one pixel, or loses kept metadata;
+    reduces a file no server sends as it is, by default.
     Truncated, corrupt and oversized files (more than ``--media-max-pixels`` pixels over all frames; Pillow's
     bomb check is held to the same cap) are left untouched with a warning; files with data after their end
     marker, multi-picture JPEGs and animated 16-bit PNGs are left untouched with the reason.

@@ -27,8 +27,7 @@ _ROOT = re.compile(r"""^\s*server\.document-root\s*=\s*"([^"]*)\"""", re.M)
 _MAGNET = re.compile(r"""magnet\.attract-[\w-]+\s*\+?=\s*\(([^)]*)\)""")
 _SCRIPT = re.compile(r'"([^"]+\.lua)"')
 _TWIN = re.compile(r"""["']\.(gz|br|zst)["']""")
-_ROOT_ANY = re.compile(r'server\.document-root\s*=\s*"([^"]*)"')  # conditional blocks' too
-_ALIAS = re.compile(r"""alias\.url\s*\+?=\s*\(([^)]*)\)""")
+_ALIAS = re.compile(r"""^\s*alias\.url\s*\+?=\s*\(([^)]*)\)""", re.M)
 _ALIAS_TARGET = re.compile(r'"[^"]*"\s*=>\s*"([^"]+)"')
 _MAX_INCLUDE_DEPTH = 16
 
@@ -73,7 +72,7 @@ def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
         if read_text(fs, path) is None:
             continue
         text = _text(fs, path)
-        values = [("server.document-root", v) for v in _ROOT_ANY.findall(text)]
+        values = [("server.document-root", v) for v in _ROOT.findall(text)]  # conditional blocks' too
         for aliases in _ALIAS.finditer(text):
             values += [("alias.url", v) for v in _ALIAS_TARGET.findall(aliases.group(1))]
         for how, value in values:

@@ -113,6 +113,7 @@ def test_h2o_and_lighttpd_roots(tmp_path: Path) -> None:
     """
     lighttpd = b"""
     server.document-root = "/srv/lighttpd"
+    # server.document-root = "/srv/commented-out"
     $HTTP["host"] == "img.example.com" {
         server.document-root = "/srv/img"
     }
