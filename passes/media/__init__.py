@@ -108,9 +108,8 @@ class _Group:
     """Files with the same bytes and the same freedom to reduce: optimized once, replaced everywhere."""
 
     format: str
-    nodes: list[tuple[str, Node, str | None]] = field(
-        default_factory=list
-    )  # path, node, why it may be reduced
+    # path, node, and why it may be reduced (None: it keeps its native form)
+    nodes: list[tuple[str, Node, str | None]] = field(default_factory=list)
 
 
 class _Reductions:

@@ -43,14 +43,7 @@ from .codec import (
 )
 from .verify import compare_frames, compare_native, png_form_change, rgba16_from_pillow
 
-__all__ = [
-    "PngChunk",
-    "PngInfo",
-    "optimize_png",
-    "png_pixels",
-    "png_rgba16",
-    "png_structure",
-]
+__all__ = ["PngChunk", "PngInfo", "optimize_png", "png_pixels", "png_rgba16", "png_structure"]
 
 _ICC_LIMIT = 32 << 20  # larger "profiles" are bombs, not colour information
 
@@ -326,17 +319,18 @@ def _png_policy(original: PngInfo, candidate: PngInfo, options: CodecOptions) ->
     return None
 
 
-class _Reductions(TypedDict):
+class _OxipngReductions(TypedDict):
     bit_depth_reduction: bool
     color_type_reduction: bool
     palette_reduction: bool
     grayscale_reduction: bool
 
 
-def _reduction_kwargs(reduce: bool) -> _Reductions:
-    """oxipng's lossless reductions, all on or all off: bit depth (16-bit grey whose samples fit in 8 bits),
-    colour type (RGBA -> RGB -> palette), palette (unused entries dropped, entries sorted: indices renumbered)
-    and grayscale (RGB -> grey). Each keeps what a browser renders and changes what a program reads."""
+def _reduction_kwargs(reduce: bool) -> _OxipngReductions:
+    """oxipng's lossless reductions, all on or all off: bit depth (16 to 8 bits where both bytes of every
+    sample are equal; 8 to 4, 2 or 1 bit for grey and palettes), colour type (RGBA -> RGB -> palette, alpha
+    dropped when opaque), palette (unused entries dropped, entries sorted: indices renumbered) and grayscale
+    (RGB -> grey). Each keeps what a browser renders and changes what a program reads."""
     return {
         "bit_depth_reduction": reduce,
         "color_type_reduction": reduce,

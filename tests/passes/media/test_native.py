@@ -25,7 +25,8 @@ from passes.media.verify import compare_native, png_form_change
 from tests.conftest import ROOT
 from tests.imagetools import Layout, build_image, entry
 from tests.passes import kit
-from tests.passes.media.oracles import png_chunks, reference_png
+from tests.passes.media.oracles import FILES as FIXTURES
+from tests.passes.media.oracles import HOSTILE, SLOW, png_chunks, read, reference_png, result_of
 
 
 def _png(image: Image.Image, **params: object) -> bytes:
@@ -175,6 +176,30 @@ def test_webp_declaring_alpha_stays_rgba() -> None:
     assert native.data is None and "native form not kept: mode RGBA -> RGB" in native.reason
     reduced = optimize_media(data, MediaOptions(reduce="always"))
     assert reduced.data is not None and reduced.details["reduction"] == "mode RGBA -> RGB"
+
+
+def native_frames(data: bytes) -> list[tuple[str, list[int] | None, bytes]]:
+    """Every frame as Pillow gives it to a program: mode, palette, raw samples."""
+    image = Image.open(io.BytesIO(data))
+    out = []
+    for number in range(getattr(image, "n_frames", 1)):
+        image.seek(number)
+        image.load()
+        out.append((image.mode, image.getpalette(), image.tobytes()))
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n in FIXTURES if n not in HOSTILE and n not in SLOW])
+def test_every_fixture_keeps_its_native_form_by_default(name: str) -> None:
+    data, out = read(name), result_of(name).data
+    if out is None:
+        return
+    before, after = native_frames(data), native_frames(out)
+    assert [f[0] for f in after] == [f[0] for f in before]  # modes
+    assert [f[1] for f in after] == [f[1] for f in before]  # palettes, entries in order
+    assert [f[2] for f in after] == [f[2] for f in before]  # samples
+    if data.startswith(b"\x89PNG"):
+        assert png_chunks(out)[0][1][8:10] == png_chunks(data)[0][1][8:10]  # IHDR bit depth and colour type
 
 
 NGINX_CONF = b"""
