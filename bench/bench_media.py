@@ -10,7 +10,8 @@ Corpora (every PNG, JPEG, GIF and WebP found by its first bytes, one copy per di
   Python, pip and Rust packages' images), standing in for a web app's assets;
 * ``bench image``: the media files in ``bench/out/bench-image.tar`` (if built), through the CLI.
 
-For each corpus: bytes after the pass (default options, lossless) side by side with ``optipng -o2`` and
+For each corpus: bytes after the pass (default options, lossless) side by side with ``optipng -o2`` (and
+``optipng -o2 -nx``, without reductions, like the native form the pass keeps by default) and
 ``jpegtran -optimize -copy all`` (and ``jpegoptim``, ``jpegtran -progressive``) on the same files, a file
 counting as its original size where a tool fails or grows it; the files where ours is larger than a tool.
 Then the pass's wall time on 1 and ``--workers`` processes (throughput), the per-file times (median, p95, max)
@@ -169,6 +170,8 @@ def tool_size(command: Callable[[str, str], list[str]], item: Item, workdir: str
 
 TOOLS: dict[str, tuple[str, Callable[[str, str], list[str]]]] = {
     "optipng -o2": ("png", lambda i, o: ["optipng", "-quiet", "-o2", "-out", o, i]),
+    # without reductions: what to compare the native form with (the default outside web roots)
+    "optipng -o2 -nx": ("png", lambda i, o: ["optipng", "-quiet", "-o2", "-nx", "-out", o, i]),
     "jpegtran -optimize -copy all": (
         "jpeg",
         lambda i, o: ["jpegtran", "-optimize", "-copy", "all", "-outfile", o, i],
