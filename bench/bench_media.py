@@ -1,6 +1,7 @@
 """Benchmark of the ``media`` pass against optipng, jpegtran and jpegoptim, on the fixture media and real files.
 
     .venv/bin/python bench/bench_media.py [--root DIR ...] [--limit N] [--workers 2] [--png-level L] [--no-big]
+                                          [--reduce web|always|never] [--forms [--rounds N]]
 
 Corpora (every PNG, JPEG, GIF and WebP found by its first bytes, one copy per distinct content):
 
@@ -9,7 +10,8 @@ Corpora (every PNG, JPEG, GIF and WebP found by its first bytes, one copy per di
   Python, pip and Rust packages' images), standing in for a web app's assets;
 * ``bench image``: the media files in ``bench/out/bench-image.tar`` (if built), through the CLI.
 
-For each corpus: bytes after the pass (default options, lossless) side by side with ``optipng -o2`` and
+For each corpus: bytes after the pass (default options, lossless) side by side with ``optipng -o2`` (and
+``optipng -o2 -nx``, without reductions, like the native form the pass keeps by default) and
 ``jpegtran -optimize -copy all`` (and ``jpegoptim``, ``jpegtran -progressive``) on the same files, a file
 counting as its original size where a tool fails or grows it; the files where ours is larger than a tool.
 Then the pass's wall time on 1 and ``--workers`` processes (throughput), the per-file times (median, p95, max)
@@ -18,11 +20,18 @@ one over it.
 
 Targets (issue 4): at least as small as both optipng -o2 and jpegtran in total; per-file time and memory
 bounded by the pixel cap.
+
+``--forms`` (issue 11.3) measures what keeping the native form costs instead: on each corpus, the pass with
+``--media-reduce never`` (what every file outside a web root gets) and ``always`` (what files under a web root
+get, and what every file got before 11.3): bytes saved by each and how many files a reduction would change (bit
+depth, colour type, channels, palette order); time on one core with every file run under both settings back
+to back (``--rounds`` times), and their ratio, with the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -135,6 +144,8 @@ def run_pass(
     for finding in ctx.report.findings:
         reason = finding.reason.split(":")[0] if finding.action == "kept" else ""
         outcomes[f"{finding.action} {reason}".strip()[:70]] += 1
+        if str(finding.details.get("form", "")).startswith("reduced"):
+            outcomes["form reduced"] += 1
     digests = {c.visible_path: c.content.sha256 for c in ctx.changes if c.content is not None}
     flagged = {f"f{n:06d}": item.path for n, item in enumerate(items)}
     CORRUPT.update(flagged[w.split(": ")[1]] for w in ctx.report.warnings if w.split(": ")[1] in flagged)
@@ -159,6 +170,8 @@ def tool_size(command: Callable[[str, str], list[str]], item: Item, workdir: str
 
 TOOLS: dict[str, tuple[str, Callable[[str, str], list[str]]]] = {
     "optipng -o2": ("png", lambda i, o: ["optipng", "-quiet", "-o2", "-out", o, i]),
+    # without reductions: what to compare the native form with (the default outside web roots)
+    "optipng -o2 -nx": ("png", lambda i, o: ["optipng", "-quiet", "-o2", "-nx", "-out", o, i]),
     "jpegtran -optimize -copy all": (
         "jpeg",
         lambda i, o: ["jpegtran", "-optimize", "-copy", "all", "-outfile", o, i],
@@ -292,6 +305,46 @@ def cli_run(workdir: str, workers: int) -> None:
         os.unlink(out)
 
 
+def forms(name: str, items: list[Item], options: MediaOptions, workdir: str, rounds: int) -> None:
+    """Native form kept (``never``) against reductions allowed (``always``): bytes from one pass run of each,
+    time from ``optimize`` on every file with both settings back to back (which goes first alternates), so that
+    a drifting load weighs on both alike."""
+    settings = {reduce: dataclasses.replace(options, reduce=reduce) for reduce in ("never", "always")}
+    sizes: dict[str, dict[str, int]] = {}
+    walls: dict[str, float] = {}
+    reduced = 0
+    load = os.getloadavg()
+    for reduce, chosen in settings.items():
+        scratch = tempfile.mkdtemp(dir=workdir)  # the spools of one run, removed after it
+        walls[reduce], sizes[reduce], _, outcomes, _ = run_pass(items, 1, chosen, scratch)
+        shutil.rmtree(scratch)
+        reduced = outcomes["form reduced"] or reduced
+    seconds = {reduce: 0.0 for reduce in settings}
+    for _ in range(rounds):
+        for number, item in enumerate(items):
+            for reduce in ("never", "always") if number % 2 else ("always", "never"):
+                started = time.perf_counter()
+                optimize(item.data, settings[reduce])
+                seconds[reduce] += time.perf_counter() - started
+    end = os.getloadavg()
+    print(f"\n== {name}: {len(items)} files, {sum(len(i.data) for i in items):,} B; native form kept (never) "
+          f"vs reductions allowed (always); load {load[0]:.1f} at the start, {end[0]:.1f} at the end")  # fmt: skip
+    for kind in ("png", "jpeg", "gif", "webp", "all"):
+        chosen = [i for i in items if kind in (i.kind, "all")]
+        before = sum(len(i.data) for i in chosen)
+        if not before:
+            continue
+        after = {r: sum(sizes[r][i.path] for i in chosen) for r in settings}
+        print(f"  {kind:5} {len(chosen):5} files  original {before:>12,} B   "
+              + "   ".join(f"{r} {a:>12,} B (saved {100 * (before - a) / before:5.2f}%)" for r, a in after.items())
+              + f"   native costs {after['never'] - after['always']:,} B")  # fmt: skip
+    print(f"  files whose form a reduction changes: {reduced}")
+    print(f"  time on 1 core, every file with both settings back to back, {rounds} round(s): never "
+          f"{seconds['never']:.2f} s, always {seconds['always']:.2f} s, never/always "
+          f"{seconds['never'] / seconds['always']:.3f} (one pass run each: {walls['never']:.2f} s, "
+          f"{walls['always']:.2f} s)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -302,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png-level", type=int, default=MediaOptions.png_level)
     parser.add_argument("--no-big", action="store_true", help="skip the pixel-cap measurements")
     parser.add_argument("--only-big", action="store_true", help="only the pixel-cap measurements")
+    parser.add_argument("--reduce", choices=("web", "always", "never"), default=MediaOptions.reduce)
+    parser.add_argument("--forms", action="store_true", help="only native form vs reductions on each corpus")
+    parser.add_argument("--rounds", type=int, default=1, help="timing rounds of --forms")
     args = parser.parse_args(argv)
-    options = MediaOptions(png_level=args.png_level)
+    options = MediaOptions(png_level=args.png_level, reduce=args.reduce)
     with tempfile.TemporaryDirectory(prefix="bench-media-") as workdir:
         if args.only_big:
             big_images(workdir, options)
@@ -315,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name, items in corpora:
             if not items:
+                continue
+            if args.forms:
+                forms(name, items, options, workdir, args.rounds)
                 continue
             one, sizes, digests, outcomes, memory = run_pass(items, 1, options, workdir)
             many, _, digests_many, _, memory_many = run_pass(items, args.workers, options, workdir)
@@ -328,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{memory_many.peak_total / MB:.0f} MiB, largest process {memory_many.peak_process / MB:.0f} MiB")  # fmt: skip
             print(f"  identical output bytes with 1 and {args.workers} workers: {digests == digests_many}")
             timings(items, options)
-        if BENCH_IMAGE.exists():
+        if BENCH_IMAGE.exists() and not args.forms:
             cli_run(workdir, args.workers)
-        if not args.no_big:
+        if not args.no_big and not args.forms:
             big_images(workdir, options)
     return 0
 

@@ -6,12 +6,14 @@ The pass (``Media``) and its worker entry point (``optimize``) live here; the fo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from optimizer.changes import ChangeRefused
 from optimizer.errors import UsageError
 from optimizer.filesystem import Node
+from optimizer.model import Content
 from optimizer.pipeline import PassContext
 from optimizer.settings import setting
 from passes import packages
@@ -21,6 +23,9 @@ from .gif import optimize_gif
 from .jpeg import optimize_jpeg
 from .png import optimize_png
 from .webp import optimize_webp
+
+if TYPE_CHECKING:
+    from passes.servers import WebRoots
 
 __all__ = ["Media", "MediaOptions", "MediaResult", "optimize", "sniff"]
 
@@ -54,6 +59,11 @@ class MediaOptions:
         40_000_000, "leave files with more decoded pixels (all frames) alone", metavar="N"
     )
     formats: tuple[str, ...] = setting(FORMATS, "formats to optimize, comma-separated", metavar="LIST")
+    reduce: Literal["web", "always", "never"] = setting(
+        "web",
+        "when a file may lose its native form (bit depth, colour type, channels, palette order) to get smaller: "
+        "web (default: only under a web server's document root, where only a browser reads it), always, never",
+    )
 
     def __post_init__(self) -> None:
         if self.png_interlace not in ("keep", "off"):
@@ -70,6 +80,8 @@ class MediaOptions:
             raise UsageError(f"media: --media-ssim-floor must be in (0, 1], not {self.ssim_floor}")
         if self.max_pixels < 1:
             raise UsageError(f"media: --media-max-pixels must be positive, not {self.max_pixels}")
+        if self.reduce not in ("web", "always", "never"):
+            raise UsageError(f"media: --media-reduce must be web, always or never, not {self.reduce!r}")
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             raise UsageError(
@@ -93,10 +105,56 @@ def optimize(data: bytes, options: CodecOptions) -> MediaResult:
 
 @dataclass
 class _Group:
-    """Files with the same bytes: optimized once, replaced everywhere."""
+    """Files with the same bytes and the same freedom to reduce: optimized once, replaced everywhere."""
 
     format: str
-    nodes: list[tuple[str, Node]] = field(default_factory=list)
+    # path, node, and why it may be reduced (None: it keeps its native form)
+    nodes: list[tuple[str, Node, str | None]] = field(default_factory=list)
+
+
+class _Reductions:
+    """Why a file may lose its native form (``--media-reduce``), or None when it keeps it.
+
+    With "web", a file may be reduced when it lies under a document root of one of the image's web servers
+    (``passes.servers.web_roots``), where only a browser reads it, and every other name of it (hardlinks) does
+    too: the roots are read once, the first time a file asks."""
+
+    def __init__(self, ctx: PassContext, mode: str) -> None:
+        self._ctx = ctx
+        self._mode = mode
+        self._roots: WebRoots | None = None
+        self._links: dict[int, list[str]] | None = None
+
+    def why(self, path: str, node: Node) -> str | None:
+        if self._mode != "web":
+            return "--media-reduce always" if self._mode == "always" else None
+        if self._roots is None:
+            from passes.servers import web_roots  # the server parsers, only when a file asks
+
+            self._roots = web_roots(self._ctx.fs, self._ctx.image.config)
+        reasons = [self._roots.holding(p) for p in self._names(path, node)]
+        return reasons[0] if all(reasons) else None
+
+    def _names(self, path: str, node: Node) -> list[str]:
+        fs = self._ctx.fs
+        if fs.holder(node.inode) is None:
+            return [path]
+        if self._links is None:
+            self._links = {}
+            for other, linked in fs.files():
+                if fs.holder(linked.inode) is not None:
+                    self._links.setdefault(linked.inode, []).append(other)
+        return self._links.get(node.inode, [path])
+
+
+def _form(result: MediaResult, why: str | None) -> str:
+    """The finding's word on the native form: kept, or reduced and why that was allowed."""
+    reduction = result.details.get("reduction")
+    if why is None:
+        return "native mode kept"
+    if reduction and result.data is not None:
+        return f"reduced ({reduction}): {why}"
+    return f"native mode kept (reductions allowed: {why})"
 
 
 class Media:
@@ -109,6 +167,11 @@ class Media:
     at full precision), keeps frame timing and loop count, and keeps the metadata the policy keeps: colour
     information always (PNG iCCP/gAMA/cHRM/sRGB, JPEG ICC/JFIF/Adobe), and text, time, EXIF, XMP, IPTC and
     comments unless ``--media-strip-metadata`` (EXIF that rotates the image is kept even then).
+    The native form (bit depth, colour type, channels, palette entries in order and their alpha) is kept too, and
+    proven by decoding both files to their native mode and comparing the raw samples: a program reading them
+    (a heightmap loader, a segmentation mask's class ids) gets what it got. Reductions of the form, which keep
+    only what a browser renders, are made for files under a document root of the image's web servers
+    (``--media-reduce web``, ``passes.servers.web_roots``), everywhere (``always``) or nowhere (``never``).
     With ``--media-lossy``, a JPEG whose estimated quality is above ``--jpeg-quality`` is re-encoded at that
     quality if the mean SSIM of its luma against the original stays at or above ``--media-ssim-floor``.
 
@@ -117,7 +180,8 @@ class Media:
 
     Never: renames a file or changes its format; touches files in protected layers or files a package manager
     lists (``passes.packages``, unless ``--touch-package-files``); changes interlacing unless
-    ``--media-png-interlace off``; keeps a result that is larger, differs by one pixel, or loses kept metadata.
+    ``--media-png-interlace off``; keeps a result that is larger, differs by one pixel, or loses kept metadata;
+    reduces a file no server sends as it is, by default.
     Truncated, corrupt and oversized files (more than ``--media-max-pixels`` pixels over all frames; Pillow's
     bomb check is held to the same cap) are left untouched with a warning; files with data after their end
     marker, multi-picture JPEGs and animated 16-bit PNGs are left untouched with the reason.
@@ -138,19 +202,22 @@ class Media:
 
     def run(self, ctx: PassContext) -> None:
         groups = self._candidates(ctx)
-        items = []
-        for digest, group in groups.items():
+        batches: dict[bool, list[tuple[tuple[str, bool], Content]]] = {False: [], True: []}
+        for key, group in groups.items():
             content = group.nodes[0][1].content
             assert content is not None
-            items.append((digest, content))
-        for digest, result in ctx.map(optimize, items, self.options):
-            group = groups[digest]
-            for path, node in group.nodes:
-                self._record(ctx, path, node, group.format, result)
+            batches[key[1]].append((key, content))
+        for reduce, items in batches.items():
+            options = dataclasses.replace(self.options, reduce="always" if reduce else "never")
+            for key, result in ctx.map(optimize, items, options):
+                group = groups[key]
+                for path, node, why in group.nodes:
+                    self._record(ctx, path, node, group.format, result, why)
         packages.update_records(ctx)
 
-    def _candidates(self, ctx: PassContext) -> dict[str, _Group]:
-        groups: dict[str, _Group] = {}
+    def _candidates(self, ctx: PassContext) -> dict[tuple[str, bool], _Group]:
+        groups: dict[tuple[str, bool], _Group] = {}
+        reductions = _Reductions(ctx, self.options.reduce)
         for path, node in ctx.fs.unique_files():
             content = node.content
             if content is None or content.size < 16:
@@ -174,11 +241,18 @@ class Media:
                     format=kind,
                 )
                 continue
-            groups.setdefault(content.sha256, _Group(kind)).nodes.append((path, node))
+            why = reductions.why(path, node)
+            groups.setdefault((content.sha256, why is not None), _Group(kind)).nodes.append((path, node, why))
         return groups
 
     def _record(
-        self, ctx: PassContext, path: str, node: Node, kind: str, result: MediaResult | BaseException
+        self,
+        ctx: PassContext,
+        path: str,
+        node: Node,
+        kind: str,
+        result: MediaResult | BaseException,
+        why: str | None,
     ) -> None:
         size = node.size
         where = self._where(ctx, path, node)
@@ -186,7 +260,8 @@ class Media:
             ctx.warn(f"{where}: media: {type(result).__name__}: {result}")
             ctx.note(path, "kept", f"error: {type(result).__name__}: {result}", size, size, format=kind)
             return
-        details: dict[str, Any] = {"format": kind, **result.details}
+        details: dict[str, Any] = {"format": kind, **result.details, "form": _form(result, why)}
+        details.pop("reduction", None)
         if result.data is not None and len(result.data) < size:
             try:
                 ctx.changes.replace(path, result.data, result.reason)

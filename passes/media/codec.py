@@ -13,6 +13,11 @@ worker processes. Each format module (``png``, ``jpeg``, ``gif``, ``webp``) take
 3. The candidate is kept only if it is smaller and verification passes (``passes.media.verify``): every frame
    decodes to the same RGBA, frame count, durations and loop count are the same, and the metadata the policy
    keeps is still there. Otherwise the result says why and carries no bytes (``Rejected``).
+
+The native form (bit depth, colour type, channels, palette entries in their order) is kept unless the pass allows
+reductions for the file (``reduces``): a program reading samples (a heightmap loader, a segmentation mask's class
+ids, ``numpy.asarray(Image.open(p))``) must get what it got before, not only a browser. A native result is also
+verified by decoding both files to their native mode and comparing the samples (``verify.compare_native``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ __all__ = [
     "inflate",
     "open_image",
     "pillow_frames",
+    "reduces",
     "reencoded",
     "run_guarded",
     "side_error",
@@ -83,6 +89,16 @@ class CodecOptions(Protocol):
     def ssim_floor(self) -> float: ...
     @property
     def max_pixels(self) -> int: ...
+    @property
+    def reduce(self) -> str: ...  # "always": reductions allowed; anything else keeps the native form
+
+
+def reduces(options: CodecOptions) -> bool:
+    """May the encoders change how samples are stored (bit depth, colour type, channels, palette order)?
+
+    The pass decides per file (``--media-reduce``) and hands the codecs "always" or "never"; its default, "web",
+    reaching a codec directly (a library call on bytes, with no path) keeps the native form."""
+    return options.reduce == "always"
 
 
 @dataclass(frozen=True)
@@ -229,9 +245,15 @@ def pillow_frames(data: bytes, kind: str) -> list[Image.Image]:
 
 
 def reencoded(
-    kind: str, data: bytes, candidate: bytes, engine: str, check: Callable[[], str | None]
+    kind: str,
+    data: bytes,
+    candidate: bytes,
+    engine: str,
+    check: Callable[[], str | None],
+    reduction: Callable[[], str | None] = lambda: None,
 ) -> MediaResult:
-    """The result of a whole-file re-encoding: kept when smaller and ``check`` (verification) finds nothing."""
+    """The result of a whole-file re-encoding: kept when smaller and ``check`` (verification) finds nothing;
+    ``reduction`` says how a kept result stores its samples differently, if it does."""
     if len(candidate) >= len(data):
         return MediaResult(kind, None, f"{engine}: not smaller ({len(candidate)} bytes)")
     try:
@@ -240,9 +262,10 @@ def reencoded(
         problem = str(error)
     if problem is not None:
         return MediaResult(kind, None, f"{engine}: {problem}")
+    details = {"engine": engine}
+    change = reduction()
+    if change is not None:
+        details["reduction"] = change
     return MediaResult(
-        kind,
-        candidate,
-        f"re-encoded losslessly ({engine}), every frame verified",
-        details={"engine": engine},
+        kind, candidate, f"re-encoded losslessly ({engine}), every frame verified", details=details
     )

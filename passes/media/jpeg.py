@@ -80,6 +80,13 @@ class JpegInfo:
     def metadata(self, data: bytes) -> list[bytes]:
         return [data[s.start : s.end] for s in self.segments if s.is_metadata]
 
+    def form(self, data: bytes) -> tuple[int, int, bytes]:
+        """How samples are stored: precision, component count, and each component's id and sampling factors
+        (with the JFIF/Adobe segments, kept verbatim, they fix the colour space)."""
+        frame = next(s.payload(data) for s in self.segments if s.marker == self.sof)
+        specs = frame[6 : 6 + 3 * self.components]
+        return self.precision, self.components, b"".join(specs[n : n + 2] for n in range(0, len(specs), 3))
+
 
 def _skip_entropy(data: bytes, pos: int) -> int:
     """Offset of the first marker after entropy-coded data (stuffed zeros and restart markers skipped)."""
@@ -255,7 +262,7 @@ def _optimize_jpeg(data: bytes, options: CodecOptions) -> MediaResult:
     details: dict[str, str | int | float] = {"engine": engine}
     try:
         candidate = _jpeg_with_metadata(_mozjpeg(data), keep, options.max_pixels)
-        problem = _jpeg_verify_lossless(original, candidate, keep, options)
+        problem = _jpeg_verify_lossless(original, info.form(data), candidate, keep, options)
         if problem is not None:
             reasons.append(f"{engine}: {problem}")
         elif len(candidate) >= len(data):
@@ -280,14 +287,21 @@ def _optimize_jpeg(data: bytes, options: CodecOptions) -> MediaResult:
 
 
 def _jpeg_verify_lossless(
-    original: Image.Image, candidate: bytes, keep: Sequence[bytes], options: CodecOptions
+    original: Image.Image,
+    form: tuple[int, int, bytes],
+    candidate: bytes,
+    keep: Sequence[bytes],
+    options: CodecOptions,
 ) -> str | None:
+    """Metadata segments kept, the same colour space and components, the same decoded samples."""
     try:
         new_info = jpeg_structure(candidate, options.max_pixels)
     except Unreadable as error:
         return f"output does not parse: {error}"
     if new_info.metadata(candidate) != list(keep):
         return "metadata segments not kept"
+    if new_info.form(candidate) != form:
+        return f"components or sampling changed ({form} -> {new_info.form(candidate)})"
     decoded = _jpeg_decode(candidate, "candidate")
     if (decoded.mode, decoded.size) != (original.mode, original.size):
         return f"decodes as {decoded.mode} {decoded.size}, not {original.mode} {original.size}"

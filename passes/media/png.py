@@ -2,7 +2,9 @@
 
 ``png_structure`` checks every chunk and CRC before a decoder sees the file; ``optimize_png`` recompresses with
 oxipng (Pillow when oxipng is absent or fails) and keeps a candidate only when the metadata policy holds and
-every frame (every band of a still image) decodes to the same RGBA at 16 bits a sample.
+every frame (every band of a still image) decodes to the same RGBA at 16 bits a sample. Unless the file may be
+reduced, oxipng's reductions are off and the candidate must keep IHDR's bit depth and colour type, the palette
+in its order and the other sample chunks (``png_form_change``), and decode to the same native samples.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -34,10 +37,11 @@ from .codec import (
     exif_orientation,
     inflate,
     open_image,
+    reduces,
     run_guarded,
     side_error,
 )
-from .verify import compare_frames, rgba16_from_pillow
+from .verify import compare_frames, compare_native, png_form_change, rgba16_from_pillow
 
 __all__ = ["PngChunk", "PngInfo", "optimize_png", "png_pixels", "png_rgba16", "png_structure"]
 
@@ -315,6 +319,26 @@ def _png_policy(original: PngInfo, candidate: PngInfo, options: CodecOptions) ->
     return None
 
 
+class _OxipngReductions(TypedDict):
+    bit_depth_reduction: bool
+    color_type_reduction: bool
+    palette_reduction: bool
+    grayscale_reduction: bool
+
+
+def _reduction_kwargs(reduce: bool) -> _OxipngReductions:
+    """oxipng's lossless reductions, all on or all off: bit depth (16 to 8 bits where both bytes of every
+    sample are equal; 8 to 4, 2 or 1 bit for grey and palettes), colour type (RGBA -> RGB -> palette, alpha
+    dropped when opaque), palette (unused entries dropped, entries sorted: indices renumbered) and grayscale
+    (RGB -> grey). Each keeps what a browser renders and changes what a program reads."""
+    return {
+        "bit_depth_reduction": reduce,
+        "color_type_reduction": reduce,
+        "palette_reduction": reduce,
+        "grayscale_reduction": reduce,
+    }
+
+
 def _png_oxipng(data: bytes, info: PngInfo, options: CodecOptions) -> bytes:
     if multiprocessing.parent_process() is not None:
         # In a pool worker the pool already keeps every core busy: oxipng's own thread pool (one thread per
@@ -331,9 +355,12 @@ def _png_oxipng(data: bytes, info: PngInfo, options: CodecOptions) -> bytes:
                 # pyoxipng's default (argument omitted) de-interlaces; None keeps the input's interlacing
                 interlace=None if options.png_interlace == "keep" else oxipng.Interlacing.Off,
                 strip=oxipng.StripChunks.strip(strip) if strip else oxipng.StripChunks.none(),
-                optimize_alpha=False,  # colour under transparent pixels is kept: pixels stay identical
-                scale_16=False,
+                # colour under fully transparent pixels is kept: a program reading samples sees it, and so
+                # does the RGBA proof (it compares the colour of transparent pixels too)
+                optimize_alpha=False,
+                scale_16=False,  # 16 -> 8 bits by dropping the low bytes is lossy
                 fix_errors=False,
+                **_reduction_kwargs(reduces(options)),
             )
         )
     except oxipng.PngError as error:
@@ -406,11 +433,12 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
                 continue
             problem = _png_verify(data, info, candidate, options)
             if problem is None:
+                details = {"engine": engine}
+                change = png_form_change(info, png_structure(candidate, options.max_pixels))
+                if change is not None:
+                    details["reduction"] = change
                 return MediaResult(
-                    "png",
-                    candidate,
-                    f"recompressed losslessly ({engine}), pixels verified",
-                    details={"engine": engine},
+                    "png", candidate, f"recompressed losslessly ({engine}), pixels verified", details=details
                 )
             reasons.append(f"{engine}: {problem}")
         except Rejected as error:
@@ -419,6 +447,9 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
 
 
 def _png_verify(data: bytes, info: PngInfo, candidate: bytes, options: CodecOptions) -> str | None:
+    """None when the candidate is good: the metadata policy holds and the pixels are proven the same. A native
+    result must also store its samples as the original did, and decode to the same native samples; the RGBA
+    proof at 16 bits then runs only where Pillow's native mode holds the high bytes alone (16-bit colour)."""
     try:
         new = png_structure(candidate, options.max_pixels)
     except Unreadable as error:
@@ -428,4 +459,11 @@ def _png_verify(data: bytes, info: PngInfo, candidate: bytes, options: CodecOpti
         return problem
     if new.frames and new.bit_depth == 16:
         return "output is a 16-bit animation that cannot be verified"
+    if not reduces(options):
+        change = png_form_change(info, new)
+        if change is not None:
+            return f"native form not kept ({change})"
+        problem = compare_native(data, candidate, "png")
+        if problem is not None or not (info.bit_depth == 16 and info.colour_type != 0):
+            return problem
     return compare_frames(_png_frames(data, info, "original"), _png_frames(candidate, new, "candidate"))

@@ -1,37 +1,63 @@
 """Proving that a re-encoded image shows what the original showed (``passes.media``'s verification).
 
-Lossless results are compared frame by frame as RGBA at 16 bits a sample (palettes expanded, transparency
-applied), together with each frame's timing facts: the first difference rejects the candidate. Lossy JPEG
-results are scored with the mean structural similarity of their luma (``ssim``), computed band by band so that
-large images stay within bounded memory.
+Two views, each compared frame by frame, the first difference rejecting the candidate:
+
+- what an eye sees (``compare_frames``): RGBA at 16 bits a sample (palettes expanded, transparency applied),
+  with each frame's timing facts. It is the proof for results whose storage was reduced on purpose.
+- what a program reads (``compare_native``): each frame decoded to its native Pillow mode ('1', 'L', 'I;16',
+  'LA', 'P', 'RGB', 'RGBA', ...), compared by mode, size, palette (entries in order, with the alpha of each
+  entry; a missing tRNS entry is opaque, as the PNG specification says), colour key, timing and raw samples,
+  ``numpy.asarray(frame)`` as a heightmap loader or a segmentation-mask reader gets it. Results that keep the
+  native form must pass it.
+
+Lossy JPEG results are scored with the mean structural similarity of their luma (``ssim``). Everything is
+computed band by band so that large images stay within bounded memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import zip_longest
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from .codec import BAND_PIXELS, DECODE_ERRORS, F64, U16, open_image, side_error
 
-__all__ = ["compare_frames", "frames_rgba", "luma", "rgba16_from_pillow", "ssim", "ssim_bands"]
+if TYPE_CHECKING:
+    from .png import PngInfo
+
+__all__ = [
+    "NativeForm",
+    "compare_frames",
+    "compare_native",
+    "form_change",
+    "frames_rgba",
+    "luma",
+    "native_form",
+    "palette_change",
+    "png_form_change",
+    "reduction",
+    "rgba16_from_pillow",
+    "ssim",
+    "ssim_bands",
+]
 
 
 def compare_frames(
     original: Iterator[tuple[U16, object]], candidate: Iterator[tuple[U16, object]]
 ) -> str | None:
     """Walk two streams of (pixels, frame facts) in step; the first difference, or None."""
-    number = 0
-    for number, (left, right) in enumerate(zip(original, candidate, strict=False)):
+    for number, (left, right) in enumerate(zip_longest(original, candidate)):
+        if left is None or right is None:
+            return f"frame count differs from frame {number}"
         if left[1] != right[1]:
             return f"frame {number}: timing or geometry differs ({left[1]} != {right[1]})"
         if left[0].shape != right[0].shape or not np.array_equal(left[0], right[0]):
             return f"frame {number}: decoded pixels differ"
-    rest_left = sum(1 for _ in original)
-    rest_right = sum(1 for _ in candidate)
-    if rest_left != rest_right:
-        return f"frame count differs after frame {number}"
     return None
 
 
@@ -51,6 +77,150 @@ def frames_rgba(data: bytes, kind: str, side: str) -> Iterator[tuple[U16, object
             yield rgba16_from_pillow(image), None
     except DECODE_ERRORS as error:
         raise side_error(side, kind.upper(), error) from error
+
+
+# What says how a PNG's samples are stored, besides IHDR: kept as they are unless the file may be reduced.
+_PNG_SAMPLES = (b"PLTE", b"tRNS", b"sBIT", b"bKGD", b"hIST", b"sPLT")
+_PNG_COLOUR_NAMES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
+
+
+@dataclass(frozen=True)
+class NativeForm:
+    """How a decoded frame stores its samples, as a program reading them sees it."""
+
+    mode: str
+    size: tuple[int, int]
+    palette: tuple[str, bytes] | None  # the palette's raw mode and its entries, in order
+    transparency: object  # palettes: the alpha of every entry; otherwise Pillow's colour key (or None)
+    timing: tuple[object, ...]  # duration, loop count, APNG default image
+
+    def describe(self) -> str:
+        entries = f" ({len(self.palette[1]) // len(self.palette[0])} entries)" if self.palette else ""
+        return f"{self.mode}{entries}"
+
+
+def native_form(image: Image.Image) -> NativeForm:
+    palette = None
+    info = image.info
+    transparency = info.get("transparency")
+    if image.mode in ("P", "PA") and image.palette is not None:
+        rawmode = image.palette.mode
+        entries = bytes(image.getpalette(rawmode) or b"")
+        palette = (rawmode, entries)
+        count = len(entries) // len(rawmode)
+        if isinstance(transparency, int):  # Pillow's shorthand: one transparent entry, the others opaque
+            transparency = bytes(0 if n == transparency else 255 for n in range(count))
+        elif isinstance(transparency, bytes):
+            transparency = (transparency + b"\xff" * count)[:count]
+    # no duration is a duration of 0 (a GIF frame without a graphic control extension)
+    timing = (info.get("duration") or 0, info.get("loop"), bool(info.get("default_image")))
+    return NativeForm(image.mode, image.size, palette, transparency, timing)
+
+
+def form_change(before: NativeForm, after: NativeForm) -> str | None:
+    """What differs between two native forms, in words; None when nothing does."""
+    if (before.mode, before.size) != (after.mode, after.size):
+        return f"mode {before.describe()} -> {after.describe()}"
+    if before.palette != after.palette:
+        old, new = before.palette or ("RGB", b""), after.palette or ("RGB", b"")
+        if old[0] != new[0]:
+            return f"palette of {old[0]} -> {new[0]} entries"
+        return palette_change(old[1], new[1], len(old[0]))
+    if before.transparency != after.transparency:
+        return "transparency changed"
+    if before.timing != after.timing:
+        return f"timing changed ({before.timing} -> {after.timing})"
+    return None
+
+
+def palette_change(old: bytes, new: bytes, width: int) -> str:
+    """How a palette changed: the same colours in another order (indices renumbered), or other colours."""
+    colours = [sorted(p[n : n + width] for n in range(0, len(p), width)) for p in (old, new)]
+    if colours[0] == colours[1]:
+        return "palette reordered"
+    return f"palette changed ({len(old) // width} -> {len(new) // width} entries)"
+
+
+def _palette_alpha(info: PngInfo) -> bytes:
+    """The alpha of every palette entry (an entry tRNS does not reach is opaque, as the specification says)."""
+    entries = len(info.first(b"PLTE") or b"") // 3
+    return ((info.first(b"tRNS") or b"") + b"\xff" * entries)[:entries]
+
+
+def png_form_change(before: PngInfo, after: PngInfo) -> str | None:
+    """How ``after`` stores its samples differently from ``before``, in words, or None: IHDR bit depth and
+    colour type, the palette's entries in their order, the alpha of each entry, sBIT, bKGD, hIST and sPLT."""
+    if (before.colour_type, before.bit_depth) != (after.colour_type, after.bit_depth):
+        names = [f"{_PNG_COLOUR_NAMES[i.colour_type]} {i.bit_depth}-bit" for i in (before, after)]
+        return " -> ".join(names)
+    for ctype in _PNG_SAMPLES:
+        left, right = before.all(ctype), after.all(ctype)
+        if ctype == b"tRNS" and before.colour_type == 3:
+            left, right = [_palette_alpha(before)], [_palette_alpha(after)]
+        if left == right:
+            continue
+        if ctype != b"PLTE":
+            return f"{ctype.decode()} changed"
+        return palette_change(before.first(b"PLTE") or b"", after.first(b"PLTE") or b"", 3)
+    return None
+
+
+@contextmanager
+def _gif_frames_in_palette() -> Iterator[None]:
+    """GIF frames after the first stay palette images while they share its palette (Pillow's default turns
+    them to RGB), so that their palette indices are compared too."""
+    saved = GifImagePlugin.LOADING_STRATEGY
+    GifImagePlugin.LOADING_STRATEGY = GifImagePlugin.LoadingStrategy.RGB_AFTER_DIFFERENT_PALETTE_ONLY
+    try:
+        yield
+    finally:
+        GifImagePlugin.LOADING_STRATEGY = saved
+
+
+def _native_frames(data: bytes, kind: str, side: str) -> Iterator[Image.Image]:
+    """Every frame in its native mode (the same image object, advanced: compare before the next)."""
+    try:
+        image = open_image(data, kind)
+        for number in range(getattr(image, "n_frames", 1)):
+            image.seek(number)
+            image.load()
+            yield image
+    except DECODE_ERRORS as error:
+        raise side_error(side, kind.upper(), error) from error
+
+
+def _same_samples(left: Image.Image, right: Image.Image) -> bool:
+    rows = max(1, BAND_PIXELS // max(left.width, 1))
+    for top in range(0, left.height, rows):
+        box = (0, top, left.width, min(left.height, top + rows))
+        if not np.array_equal(np.asarray(left.crop(box)), np.asarray(right.crop(box))):
+            return False
+    return True
+
+
+def compare_native(original: bytes, candidate: bytes, kind: str) -> str | None:
+    """Both files decoded to their native mode, frame by frame: the first difference in form or samples."""
+    with _gif_frames_in_palette():
+        frames = zip_longest(
+            _native_frames(original, kind, "original"), _native_frames(candidate, kind, "candidate")
+        )
+        for number, (before, after) in enumerate(frames):
+            if before is None or after is None:
+                return f"frame count differs from frame {number}"
+            change = form_change(native_form(before), native_form(after))
+            if change is not None:
+                return f"frame {number}: native form not kept: {change}"
+            if not _same_samples(before, after):
+                return f"frame {number}: native samples differ"
+    return None
+
+
+def reduction(original: bytes, candidate: bytes, kind: str) -> str | None:
+    """How a reduced result's first frame stores its samples differently (headers only, nothing decoded)."""
+    try:
+        return form_change(native_form(open_image(original, kind)), native_form(open_image(candidate, kind)))
+    except DECODE_ERRORS:
+        return None
 
 
 def luma(image: Image.Image) -> Callable[[int, int], F64]:

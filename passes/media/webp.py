@@ -1,4 +1,8 @@
-"""WebP: the RIFF walker and lossless re-encoding with libwebp (through Pillow); lossy WebP is left alone."""
+"""WebP: the RIFF walker and lossless re-encoding with libwebp (through Pillow); lossy WebP is left alone.
+
+Unless the file may be reduced, the result must decode to the same native mode (RGB stays RGB, RGBA stays RGBA
+even when every pixel is opaque) and samples.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,11 @@ from .codec import (
     engine_versions,
     exif_orientation,
     pillow_frames,
+    reduces,
     reencoded,
     run_guarded,
 )
-from .verify import compare_frames, frames_rgba
+from .verify import compare_frames, compare_native, frames_rgba, reduction
 
 __all__ = ["WebpInfo", "optimize_webp", "webp_structure"]
 
@@ -129,7 +134,14 @@ def _optimize_webp(data: bytes, options: CodecOptions) -> MediaResult:
         candidate = _encode(data, info, keep)
     except DECODE_ERRORS as error:
         return MediaResult("webp", None, f"{engine}: WebP encoder: {error}")
-    return reencoded("webp", data, candidate, engine, lambda: _verify(data, info, candidate, keep, options))
+    return reencoded(
+        "webp",
+        data,
+        candidate,
+        engine,
+        lambda: _verify(data, info, candidate, keep, options),
+        lambda: reduction(data, candidate, "webp"),
+    )
 
 
 def _metadata(info: WebpInfo) -> dict[bytes, bytes]:
@@ -173,4 +185,9 @@ def _verify(
         return "loop count changed"
     if _metadata(new) != keep:
         return "ICC, EXIF or XMP chunk not kept"
+    if not reduces(options):
+        # libwebp drops the alpha channel of an image whose alpha is all opaque: RGBA -> RGB is caught here
+        problem = compare_native(data, candidate, "webp")
+        if problem is not None:
+            return problem
     return compare_frames(frames_rgba(data, "webp", "original"), frames_rgba(candidate, "webp", "candidate"))

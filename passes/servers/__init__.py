@@ -11,7 +11,10 @@ root too). When a server that can send precompressed files is there but its root
 a relative path, a call we cannot read), every file with the suffixes it serves is kept, and the report says
 why: keeping a twin costs its bytes once, deleting one that is served costs them on every request.
 
-It only reads files; ``passes.compressed_duplicates`` decides what to delete.
+``web_roots`` (module ``roots``) answers a wider question with the same parsers: which directories do the
+image's servers send files from at all (their document roots), for ``passes.media``.
+
+It only reads files; ``passes.compressed_duplicates`` decides what to delete, ``passes.media`` what to reduce.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from optimizer.filesystem import FileSystem
 
 from . import apache, caddy, h2o, lighttpd, nginx, node
 from .files import Symlinks, real_prefixes, under
-from .serving import Serving
+from .roots import WebRoots, web_roots
+from .serving import DocumentRoot, Serving
 
-__all__ = ["RULES", "Rule", "Served", "Serving", "served"]
+__all__ = ["RULES", "DocumentRoot", "Rule", "Served", "Serving", "WebRoots", "served", "web_roots"]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ its many copies) rewrites a request to ``FILE.gz`` when the client accepts gzip 
 is such a recipe; it serves its ``<Directory>``, the directory of its ``.htaccess``, or the ``DocumentRoot``
 around it. The main file is ``apache2.conf``/``httpd.conf``; ``Include``/``IncludeOptional`` are followed
 (relative to ``ServerRoot``); ``.htaccess`` files are read wherever the image has them, when it has httpd.
+``roots`` lists every ``DocumentRoot`` and ``Alias`` target.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 from optimizer.filesystem import FileSystem
 
 from .files import config_paths, node_at, read_text
-from .serving import Serving, image_path
+from .serving import DocumentRoot, Serving, image_path
 
-__all__ = ["MAIN_FILES", "find"]
+__all__ = ["MAIN_FILES", "find", "roots"]
 
 MAIN_FILES = (
     ("etc/apache2/apache2.conf", "etc/apache2"),
@@ -47,6 +48,7 @@ class _Scope:
 class _State:
     server_root: str
     rules: list[tuple[_Scope, frozenset[str], str]] = field(default_factory=list)
+    documents: list[tuple[str, str, str]] = field(default_factory=list)  # (directive, path, source)
 
 
 def _lines(text: str) -> list[str]:
@@ -86,6 +88,9 @@ def _read(
             state.server_root = image_path(words[1]) or state.server_root
         elif name == "documentroot" and len(words) > 1:
             next(s for s in reversed(scopes) if s.kind != "directory").root = words[1]
+            state.documents.append(("DocumentRoot", words[1], "/" + path))
+        elif name == "alias" and len(words) > 1:  # Alias URL-path file-path (file-path alone in <Location>)
+            state.documents.append(("Alias", words[-1], "/" + path))
         elif name.startswith("<directory") and len(words) > 1:
             scopes.append(_Scope("directory", words[1].rstrip(">") if not name.endswith("match") else None))
         elif name == "<virtualhost":
@@ -133,3 +138,19 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
         _read(fs, main, state, [_Scope("main")])
         servings += _servings(state)
     return servings + (_htaccess(fs) if present else [])
+
+
+def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
+    """Every ``DocumentRoot`` and ``Alias`` target of the image's httpd. A ``<Directory>`` alone maps no URL to
+    its files (Debian grants ``/usr/share`` and denies ``/`` in every install): it is not a root."""
+    found: list[DocumentRoot] = []
+    for main, server_root in MAIN_FILES:
+        if node_at(fs, main) is not None:
+            state = _State(server_root)
+            _read(fs, main, state, [_Scope("main")])
+            for how, value, source in state.documents:
+                # a relative DocumentRoot is relative to ServerRoot
+                path = image_path(value, state.server_root)
+                if path is not None:
+                    found.append(DocumentRoot("Apache httpd", how, source, path))
+    return found

@@ -2,7 +2,8 @@
 
 ``precompressed`` with no format means ``br zstd gzip``; the files come from the ``root`` of the site block (or
 of the enclosing ``handle``/``route`` block that sets one), and in JSON from the handler's ``"root"``. A
-``file_server`` without a readable root (none, a placeholder) is a serving with an unknown root.
+``file_server`` without a readable root (none, a placeholder) is a serving with an unknown root. ``roots``
+lists the root of every ``file_server``, precompressed or not.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from optimizer.filesystem import FileSystem
 
 from .blocks import Directive, parse_blocks
 from .files import config_paths, read_text
-from .serving import Serving, image_path
+from .serving import DocumentRoot, Serving, image_path
 
-__all__ = ["CADDYFILES", "JSON_CONFIGS", "find"]
+__all__ = ["CADDYFILES", "JSON_CONFIGS", "find", "roots"]
 
 CADDYFILES = ("etc/caddy/Caddyfile",)
 JSON_CONFIGS = ("etc/caddy/*.json", "config/caddy/autosave.json")
@@ -99,25 +100,89 @@ def _json_servings(value: Any, source: str) -> Iterator[Serving]:
             yield from _json_servings(item, source)
 
 
-def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
-    """Every Caddy file_server of the image that sends precompressed files."""
-    servings: list[Serving] = []
+def _caddyfiles(fs: FileSystem) -> Iterator[tuple[str, list[Directive] | ValueError]]:
+    """Each Caddyfile's directives (imports replaced), or why it does not parse."""
     for path in CADDYFILES:
         text = read_text(fs, path)
         if text is None:
             continue
         try:
-            directives = _imports(fs, parse_blocks(text, newlines=True), path.rsplit("/", 1)[0], {})
+            yield path, _imports(fs, parse_blocks(text, newlines=True), path.rsplit("/", 1)[0], {})
         except ValueError as error:
-            why = f"/{path} does not parse: {error}"
-            servings.append(Serving("Caddy", "precompressed", "/" + path, _suffixes(()), None, why))
-            continue
-        servings += _walk(directives, None, "/" + path)
+            yield path, error
+
+
+def _json_documents(fs: FileSystem) -> Iterator[tuple[str, Any]]:
     for pattern in JSON_CONFIGS:
         for path in config_paths(fs, pattern):
             try:
-                document = json.loads(read_text(fs, path) or "null")
+                yield path, json.loads(read_text(fs, path) or "null")
             except ValueError:
                 continue
-            servings += _json_servings(document, "/" + path)
+
+
+def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
+    """Every Caddy file_server of the image that sends precompressed files."""
+    servings: list[Serving] = []
+    for path, directives in _caddyfiles(fs):
+        if isinstance(directives, ValueError):
+            why = f"/{path} does not parse: {directives}"
+            servings.append(Serving("Caddy", "precompressed", "/" + path, _suffixes(()), None, why))
+            continue
+        servings += _walk(directives, None, "/" + path)
+    for path, document in _json_documents(fs):
+        servings += _json_servings(document, "/" + path)
     return servings
+
+
+def _file_server_roots(
+    directives: Sequence[Directive], root: str | None, source: str
+) -> Iterator[DocumentRoot]:
+    for directive in directives:
+        if directive.name == "root" and directive.block is None:
+            root = _root(directive)
+    for directive in directives:
+        if directive.name == "file_server":
+            inner = [_root(d) for d in directive.block or () if d.name == "root"]
+            path = image_path((inner or [root])[-1] or "")
+            if path is not None:
+                yield DocumentRoot("Caddy", "file_server", source, path)
+        elif directive.block is not None and not directive.name.startswith("("):
+            yield from _file_server_roots(directive.block, root, source)
+
+
+def _handlers(value: Any) -> Iterator[dict[str, Any]]:
+    """Every handler object of a JSON config, depth first."""
+    if isinstance(value, dict):
+        if "handler" in value:
+            yield value
+        for item in value.values():
+            yield from _handlers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _handlers(item)
+
+
+def _json_roots(document: Any, source: str) -> Iterator[DocumentRoot]:
+    """The literal roots of file_server handlers, and of vars handlers (where the Caddyfile adapter puts
+    ``root``), in a document that has a file_server."""
+    handlers = list(_handlers(document))
+    if not any(h["handler"] == "file_server" for h in handlers):
+        return
+    for handler in handlers:
+        root = handler.get("root")
+        if handler["handler"] in ("file_server", "vars") and isinstance(root, str):
+            path = image_path(root)
+            if path is not None:
+                yield DocumentRoot("Caddy", f"{handler['handler']} root", source, path)
+
+
+def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
+    """The root of every Caddy ``file_server`` (the site's, or its own ``root`` subdirective)."""
+    found: list[DocumentRoot] = []
+    for path, directives in _caddyfiles(fs):
+        if not isinstance(directives, ValueError):
+            found += _file_server_roots(directives, None, "/" + path)
+    for path, document in _json_documents(fs):
+        found += _json_roots(document, "/" + path)
+    return found

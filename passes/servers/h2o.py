@@ -2,7 +2,8 @@
 
 The flag applies at the global, host or path level and is inherited downwards; every path mapped to a
 ``file.dir`` where it is on sends ``FILE.br`` and ``FILE.gz`` (``FILE.gz`` alone with ``file.send-gzip``).
-``!file`` includes are read from the image; an ``!env`` value is a root that cannot be told.
+``!file`` includes are read from the image; an ``!env`` value is a root that cannot be told. ``roots`` lists
+the ``file.dir`` of every path, whatever it sends.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 from optimizer.filesystem import FileSystem
 
 from .files import read_text
-from .serving import Serving, image_path
+from .serving import DocumentRoot, Serving, image_path
 
-__all__ = ["CONFIGS", "find"]
+__all__ = ["CONFIGS", "find", "roots"]
 
 CONFIGS = ("etc/h2o/h2o.conf", "etc/h2o.conf", "usr/local/etc/h2o/h2o.conf")
 _MAX_INCLUDE_DEPTH = 16
@@ -48,8 +49,8 @@ def _walk(level: Any, inherited: frozenset[str], source: str) -> Iterator[Servin
                 yield from _walk(child, here, source)
 
 
-def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
-    """Every path of the image's h2o that sends precompressed files."""
+def _documents(fs: FileSystem) -> Iterator[tuple[str, Any]]:
+    """Each configuration file's YAML document (``!file`` includes read from the image), or the YAMLError."""
     import yaml  # here: most images have no h2o, and importing YAML costs more than looking for it
 
     class Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type information
@@ -69,18 +70,48 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
 
     Loader.add_constructor("!file", include)
     Loader.add_constructor("!env", lambda loader, node: "$" + str(loader.construct_scalar(node)))
-    servings: list[Serving] = []
     for path in CONFIGS:
         text = read_text(fs, path)
         if text is None:
             continue
         try:
-            document = yaml.load(text, Loader)
+            yield path, yaml.load(text, Loader)
         except yaml.YAMLError as error:
-            why = f"/{path} does not parse: {type(error).__name__}"
+            yield path, error
+
+
+def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
+    """Every path of the image's h2o that sends precompressed files."""
+    servings: list[Serving] = []
+    for path, document in _documents(fs):
+        if isinstance(document, Exception):
+            why = f"/{path} does not parse: {type(document).__name__}"
             servings.append(
                 Serving("h2o", "file.send-compressed", "/" + path, frozenset({".br", ".gz"}), None, why)
             )
             continue
         servings += _walk(document, frozenset(), "/" + path)
     return servings
+
+
+def _dirs(level: Any, source: str) -> Iterator[DocumentRoot]:
+    if not isinstance(level, Mapping):
+        return
+    directory = level.get("file.dir")
+    path = image_path(directory) if isinstance(directory, str) else None
+    if path is not None:
+        yield DocumentRoot("h2o", "file.dir", source, path)
+    for key in ("hosts", "paths"):
+        children = level.get(key)
+        if isinstance(children, Mapping):
+            for child in children.values():
+                yield from _dirs(child, source)
+
+
+def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
+    """The ``file.dir`` of every path of the image's h2o."""
+    found: list[DocumentRoot] = []
+    for path, document in _documents(fs):
+        if not isinstance(document, Exception):
+            found += _dirs(document, "/" + path)
+    return found

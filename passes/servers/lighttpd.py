@@ -4,6 +4,7 @@ lighttpd 1.4 compresses on the fly (``mod_deflate``, with an optional cache of i
 precompressed twins; sites that ship them attract a Lua script (``magnet.attract-physical-path-to``,
 ``magnet.attract-raw-url-to``) that rewrites the path to the twin. Such a script (one that names ``.gz``,
 ``.br`` or ``.zst``) serves ``server.document-root``. Includes are followed; ``include_shell`` is not run.
+``roots`` lists every ``server.document-root`` and ``alias.url`` target.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 from optimizer.filesystem import FileSystem
 
 from .files import config_paths, read_text
-from .serving import Serving, image_path
+from .serving import DocumentRoot, Serving, image_path
 
-__all__ = ["CONFIGS", "find"]
+__all__ = ["CONFIGS", "find", "roots"]
 
 CONFIGS = ("etc/lighttpd/lighttpd.conf", "usr/local/etc/lighttpd/lighttpd.conf")
 _INCLUDE = re.compile(r"""^\s*include\s+"([^"]+)"|^\s*include\s+'([^']+)'""", re.M)
@@ -26,6 +27,8 @@ _ROOT = re.compile(r"""^\s*server\.document-root\s*=\s*"([^"]*)\"""", re.M)
 _MAGNET = re.compile(r"""magnet\.attract-[\w-]+\s*\+?=\s*\(([^)]*)\)""")
 _SCRIPT = re.compile(r'"([^"]+\.lua)"')
 _TWIN = re.compile(r"""["']\.(gz|br|zst)["']""")
+_ALIAS = re.compile(r"""^\s*alias\.url\s*\+?=\s*\(([^)]*)\)""", re.M)
+_ALIAS_TARGET = re.compile(r'"[^"]*"\s*=>\s*"([^"]+)"')
 _MAX_INCLUDE_DEPTH = 16
 
 
@@ -59,3 +62,21 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
                 why = "" if root is not None else f"server.document-root {roots[-1] if roots else '(none)'}"
                 servings.append(Serving("lighttpd", f"mod_magnet {script}", "/" + path, suffixes, root, why))
     return servings
+
+
+def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
+    """Every ``server.document-root`` of the image's lighttpd (global and conditional), and ``alias.url``
+    targets."""
+    found: list[DocumentRoot] = []
+    for path in CONFIGS:
+        if read_text(fs, path) is None:
+            continue
+        text = _text(fs, path)
+        values = [("server.document-root", v) for v in _ROOT.findall(text)]  # conditional blocks' too
+        for aliases in _ALIAS.finditer(text):
+            values += [("alias.url", v) for v in _ALIAS_TARGET.findall(aliases.group(1))]
+        for how, value in values:
+            root = image_path(value)
+            if root is not None:
+                found.append(DocumentRoot("lighttpd", how, "/" + path, root))
+    return found

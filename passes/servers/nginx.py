@@ -1,16 +1,17 @@
-"""nginx: where the image's nginx sends precompressed files (``gzip_static``, ``brotli_static``).
+"""nginx: where the image's nginx sends precompressed files (``gzip_static``, ``brotli_static``), and its roots.
 
 The configuration (``nginx.conf`` and what it includes, or every file under the configuration directory when
 there is no ``nginx.conf``) is parsed into directives; ``.gz`` files under the ``root``/``alias`` of a context
 with ``gzip_static`` on (``.br`` with ``brotli_static``) are served. A context with it on whose root we cannot
-read (none set, a variable, a relative path) is a serving with an unknown root.
+read (none set, a variable, a relative path) is a serving with an unknown root. ``roots`` lists the ``root``
+and ``alias`` of every context, whatever it turns on.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,9 @@ from optimizer.filesystem import FileSystem
 
 from .blocks import Directive, parse_blocks
 from .files import MAX_CONFIG_BYTES, config_paths, node_at, read_text
-from .serving import Serving, image_path
+from .serving import DocumentRoot, Serving, image_path
 
-__all__ = ["CONF_DIRS", "find"]
+__all__ = ["CONF_DIRS", "find", "roots"]
 
 CONF_DIRS = (
     "etc/nginx",
@@ -113,19 +114,27 @@ def _walk(
         _walk(child.block, here, child.name, reading, source)
 
 
-def _read_dir(fs: FileSystem, conf_dir: str) -> list[Serving]:
-    reading = _Reading(conf_dir, [], [])
+def _configs(
+    fs: FileSystem, conf_dir: str, reading: _Reading, needle: str
+) -> Iterator[tuple[str, str, list[Directive]]]:
+    """(source, context kind, directives) of the configuration under ``conf_dir``: ``nginx.conf`` with what it
+    includes or, without one, every file under the directory that mentions ``needle``, each on its own."""
     main = f"{conf_dir}/nginx.conf"
     if node_at(fs, main) is not None:
-        _walk(_load(fs, main, reading), (None, False, False), "main", reading, "/" + main)
-        return reading.servings
+        yield "/" + main, "main", _load(fs, main, reading)
+        return
     # No main file: read every file under the directory on its own (snippets meant for an include).
     for path, node in fs.files():
         if path.startswith(conf_dir + "/") and node.size <= MAX_CONFIG_BYTES:
             text = read_text(fs, path)
-            if text is not None and "_static" in text:
-                directives = _load(fs, path, reading)
-                _walk(directives, (None, False, False), "server", reading, "/" + path)
+            if text is not None and needle in text:
+                yield "/" + path, "server", _load(fs, path, reading)
+
+
+def _read_dir(fs: FileSystem, conf_dir: str) -> list[Serving]:
+    reading = _Reading(conf_dir, [], [])
+    for source, kind, directives in _configs(fs, conf_dir, reading, "_static"):
+        _walk(directives, (None, False, False), kind, reading, source)
     return reading.servings
 
 
@@ -136,3 +145,24 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
         if fs.is_directory(conf_dir):
             servings += _read_dir(fs, conf_dir)
     return servings
+
+
+def _root_directives(directives: Sequence[Directive], source: str) -> Iterator[DocumentRoot]:
+    for directive in directives:
+        if directive.block is not None:
+            yield from _root_directives(directive.block, source)
+        elif directive.name in ("root", "alias") and directive.args:
+            path = image_path(directive.args[0])  # relative (to the prefix) or with a variable: not told
+            if path is not None:
+                yield DocumentRoot("nginx", directive.name, source, path)
+
+
+def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
+    """The ``root`` and ``alias`` of every context (http, server, location) of the image's nginx."""
+    found: list[DocumentRoot] = []
+    for conf_dir in CONF_DIRS:
+        if fs.is_directory(conf_dir):
+            reading = _Reading(conf_dir, [], [])
+            for source, _kind, directives in _configs(fs, conf_dir, reading, "root"):
+                found += _root_directives(directives, source)
+    return found

@@ -6,10 +6,13 @@ for the bindings of the package (``require``/``import``) and their calls, and th
 is a literal: a string (relative to the image's ``WorkingDir``), ``path.join(__dirname, ...)``,
 ``path.resolve(...)``, ``__dirname + "/x"``, `` `${__dirname}/x` `` or ``new URL("./x", import.meta.url)``.
 Anything else, or a package with no call found (a bundled or generated server), is a root that cannot be told.
+``roots`` reads the same calls of the plain static middleware too (``express.static``, ``serve-static``,
+``koa-static``...), whatever they send.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 import weakref
@@ -20,9 +23,9 @@ from typing import Any
 from optimizer.filesystem import FileSystem
 
 from .files import read_text
-from .serving import Serving
+from .serving import DocumentRoot, Serving
 
-__all__ = ["PACKAGES", "Package", "call_arguments", "evaluate_root"]
+__all__ = ["PACKAGES", "ROOT_PACKAGES", "Package", "call_arguments", "evaluate_root", "roots"]
 
 _SOURCE = re.compile(r"\.(?:js|mjs|cjs|ts|mts|cts)$")
 _MAX_SOURCES = 2000
@@ -45,6 +48,7 @@ class Package:
     suffixes: frozenset[str]
     root_option: str = ""  # the root is this key of the options object, not the first argument
     enabled_by: str = ""  # a regex the call must contain to send precompressed files ("" when on by default)
+    member: str = ""  # the call is ``binding.member(...)`` (``express.static``), not ``binding(...)``
 
     def find(self, fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
         servings: list[Serving] = []
@@ -60,7 +64,7 @@ class Package:
             return [self._unknown(shown, f"more than {_MAX_SOURCES} source files in {shown}")]
         servings: list[Serving] = []
         for path, text in sources:
-            for arguments in _calls(text, self.name, self.root_option != ""):
+            for arguments in _calls(text, self.name, self.root_option != "", self.member):
                 servings += self._serving(path, arguments, cwd)
         if not servings:
             return [self._unknown(shown, f"no call of {self.name} found in the sources of {shown}")]
@@ -116,6 +120,26 @@ PACKAGES: tuple[Package, ...] = (
 )
 
 
+# Every package that serves a directory's files as they are, for ``roots``: the ones above whatever they send,
+# and the plain static middleware.
+ROOT_PACKAGES: tuple[Package, ...] = (
+    *(dataclasses.replace(p, enabled_by="") for p in PACKAGES),
+    Package("express", "express.static(root) serves the files under root", frozenset(), member="static"),
+    Package("serve-static", "serveStatic(root) serves the files under root", frozenset()),
+)
+
+
+def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
+    """The literal roots of every static-file middleware call in the image's Node.js applications."""
+    found: list[DocumentRoot] = []
+    for package in ROOT_PACKAGES:
+        for serving in package.find(fs, config):
+            if serving.root is not None:
+                shown = f"{package.name}.{package.member}" if package.member else package.name
+                found.append(DocumentRoot("Node.js", shown, serving.source, serving.root))
+    return found
+
+
 class _Index:
     """Per filesystem, listed once for every package: where the packages are installed, and the sources of
     each application (both need a walk over every file)."""
@@ -123,7 +147,7 @@ class _Index:
     def __init__(self, fs: FileSystem) -> None:
         self.fs = fs
         self.installs: dict[str, list[str]] = {}
-        wanted = {p.name for p in PACKAGES}
+        wanted = {p.name for p in ROOT_PACKAGES}
         for path, _node in fs.files():
             if not path.endswith("/package.json") or "node_modules/" not in path:
                 continue
@@ -184,14 +208,19 @@ def _bindings(text: str, package: str) -> list[str]:
     return [re.escape(n) for n in names] + [r"require\(\s*" + quoted + r"\s*\)"]
 
 
-def _calls(text: str, package: str, registered: bool) -> list[list[str]]:
+def _calls(text: str, package: str, registered: bool, member: str = "") -> list[list[str]]:
     """The argument lists of every call of the package's bindings (``register(binding, options)`` when the
-    package is a plugin that is registered rather than called)."""
+    package is a plugin that is registered rather than called; ``binding.member(...)`` with a member)."""
     if package not in text:
         return []
     out = []
+    called = r"\s*\.\s*" + re.escape(member) if member else ""
     for binding in _bindings(text, package):
-        opener = r"\bregister\(\s*" + binding + r"\s*," if registered else r"(?<![\w.])" + binding + r"\s*\("
+        opener = (
+            r"\bregister\(\s*" + binding + r"\s*,"
+            if registered
+            else r"(?<![\w.])" + binding + called + r"\s*\("
+        )
         for match in re.finditer(opener, text):
             arguments = call_arguments(text, match.end() - 1 if not registered else match.start())
             if arguments is not None:

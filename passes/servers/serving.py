@@ -1,11 +1,12 @@
-"""``Serving``: one place where a server sends precompressed files, as a rule found it."""
+"""``Serving``: one place where a server sends precompressed files, as a rule found it; ``DocumentRoot``: one
+directory a server sends files from as they are."""
 
 from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
 
-__all__ = ["Serving", "image_path"]
+__all__ = ["DocumentRoot", "Serving", "image_path"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,18 @@ class Serving:
     suffixes: frozenset[str]
     root: str | None
     why: str = ""
+
+
+@dataclass(frozen=True)
+class DocumentRoot:
+    """A directory whose files a server sends to clients as they are (nginx ``root``, Apache ``DocumentRoot``,
+    ``express.static(dir)``...): image-relative without the leading ``/``, as configured (symlinks are resolved
+    later). ``how`` is the directive or call that names it, ``source`` the file it was read from."""
+
+    server: str
+    how: str
+    source: str
+    root: str
 
 
 def image_path(value: str, base: str = "") -> str | None:

@@ -246,6 +246,6 @@ def reference_size(argv: list[str], data: bytes, tmp_path: Path, in_place: bool 
     )
 
 
-def ours(name: str) -> int:
-    result = result_of(name)
+def ours(name: str, options: MediaOptions = MediaOptions()) -> int:  # noqa: B008 - frozen
+    result = result_of(name, options)
     return len(result.data) if result.data is not None else len(read(name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 from PIL import Image
 
 from passes.media import MediaOptions
@@ -18,8 +19,9 @@ def test_gif_with_xmp_is_left_alone_unless_stripping() -> None:
         assert pillow_frames(stripped.data)[0] == pillow_frames(read("pillow/transparent.gif"))[0]
 
 
-def test_gif_reencoding_is_verified_and_smaller() -> None:
-    """A GIF written with a 256-entry palette for 3 colours: Pillow's optimized palette is smaller."""
+def test_gif_palette_is_shrunk_only_when_reductions_are_allowed() -> None:
+    """A GIF written with a 256-entry palette for 3 colours: Pillow's optimized palette is smaller, but it
+    renumbers the indices, so by default the file keeps its palette (and is then no smaller)."""
     canvas = Image.new("P", (64, 48))
     canvas.putpalette([v for i in range(256) for v in (i, 255 - i, (i * 7) % 256)])
     canvas.paste(5, (0, 0, 32, 48))
@@ -27,6 +29,10 @@ def test_gif_reencoding_is_verified_and_smaller() -> None:
     buffer = io.BytesIO()
     canvas.save(buffer, "GIF", optimize=False, interlace=False)
     data = buffer.getvalue()
-    result = optimize_media(data, MediaOptions())
+    native = optimize_media(data, MediaOptions())
+    assert native.data is None and "not smaller" in native.reason
+    result = optimize_media(data, MediaOptions(reduce="always"))
     assert result.data is not None and len(result.data) < len(data), result.reason
     assert pillow_frames(result.data) == pillow_frames(data)
+    assert str(result.details["reduction"]).startswith("frame 0: palette changed (256 -> ")
+    assert np.asarray(Image.open(io.BytesIO(result.data))).max() < 5  # indices renumbered

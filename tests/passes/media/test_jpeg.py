@@ -12,7 +12,7 @@ from PIL import Image
 
 from passes.media import MediaOptions
 from passes.media import optimize as optimize_media
-from passes.media.jpeg import estimate_jpeg_quality
+from passes.media.jpeg import estimate_jpeg_quality, jpeg_structure
 from tests.conftest import require_tool
 from tests.passes.media.oracles import (
     FILES,
@@ -120,3 +120,22 @@ def test_no_larger_than_jpegtran_and_jpegoptim(tmp_path: Path) -> None:
         larger = {n: (ours(n), t) for n, t in theirs.items() if ours(n) > t}
         # MozJPEG always writes progressive scans: on a tiny image an optimized baseline can be a few bytes smaller
         assert all(o - t <= 0.05 * t and t < 4096 for o, t in larger.values()), (argv, larger)
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if n.endswith(".jpg") and n not in HOSTILE])
+def test_lossless_transcoding_keeps_colour_space_and_components(name: str) -> None:
+    data, out = read(name), result_of(name).data
+    if out is None:
+        return
+    assert jpeg_structure(out, 1 << 26).form(out) == jpeg_structure(data, 1 << 26).form(data)
+    assert Image.open(io.BytesIO(out)).mode == Image.open(io.BytesIO(data)).mode  # L, RGB or CMYK
+
+
+def test_jpeg_form_tells_subsampling_apart() -> None:
+    image = Image.open(io.BytesIO(read("pillow/hopper.jpg")))
+    forms = set()
+    for subsampling in (0, 2):
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=90, subsampling=subsampling)
+        forms.add(jpeg_structure(out.getvalue(), 1 << 26).form(out.getvalue()))
+    assert len(forms) == 2

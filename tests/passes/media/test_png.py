@@ -134,10 +134,15 @@ def test_bad_crc_is_refused() -> None:
     assert result.warning and "CRC" in result.reason
 
 
-def test_no_larger_than_optipng(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("reduce", "flags"), [("never", ["-nx"]), ("always", [])], ids=["native-vs-nx", "reduced-vs-o2"]
+)
+def test_no_larger_than_optipng(tmp_path: Path, reduce: str, flags: list[str]) -> None:
+    """Native results against optipng without reductions (-nx), reduced results against optipng -o2."""
     optipng = require_tool("optipng", "optipng")
+    options = MediaOptions(reduce=reduce)  # type: ignore[arg-type]
     names = [n for n in FILES if n.endswith(".png") and n not in HOSTILE]
-    theirs = {n: reference_size([optipng, "-quiet", "-o2", "-out"], read(n), tmp_path) for n in names}
-    assert sum(ours(n) for n in names) <= sum(theirs.values())
-    larger = {n: (ours(n), t) for n, t in theirs.items() if ours(n) > t}
+    theirs = {n: reference_size([optipng, "-quiet", "-o2", *flags, "-out"], read(n), tmp_path) for n in names}
+    assert sum(ours(n, options) for n in names) <= sum(theirs.values())
+    larger = {n: (ours(n, options), t) for n, t in theirs.items() if ours(n, options) > t}
     assert sum(o - t for o, t in larger.values()) <= 0.002 * sum(theirs.values()), larger

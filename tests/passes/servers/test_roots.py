@@ -1,0 +1,168 @@
+"""``passes.servers.web_roots``: the document roots of every server, whatever they send, resolved in the image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from passes.servers import WebRoots, web_roots
+from tests.passes import kit
+from tests.passes.kit import Files
+
+
+def roots_of(tmp_path: Path, files: Files, config: dict[str, object] | None = None) -> WebRoots:
+    return web_roots(kit.make_filesystem(tmp_path, [files], parents=True), config or {})
+
+
+def found(result: WebRoots) -> set[tuple[str, str, str]]:
+    return {(r.server, r.how, r.root) for r in result.roots}
+
+
+def test_no_server_no_root(tmp_path: Path) -> None:
+    result = roots_of(tmp_path, {"srv/www/a.png": b"x", "etc/hostname": b"h"})
+    assert result.roots == [] and result.holding("srv/www/a.png") is None
+
+
+def test_nginx_root_and_alias_of_every_context(tmp_path: Path) -> None:
+    conf = b"""
+    http {
+        root /usr/share/nginx/html;
+        include /etc/nginx/conf.d/*.conf;
+    }
+    """
+    site = b"""
+    server {
+        location / { root "/srv/site"; }
+        location /media/ { alias /data/media/; }
+        location /v/ { root $document_root/v; }
+        location /rel/ { root html; }
+        location /api/ { proxy_pass http://app; }
+    }
+    """
+    result = roots_of(tmp_path, {"etc/nginx/nginx.conf": conf, "etc/nginx/conf.d/site.conf": site})
+    assert found(result) == {
+        ("nginx", "root", "usr/share/nginx/html"),
+        ("nginx", "root", "srv/site"),
+        ("nginx", "alias", "data/media"),
+    }
+    assert result.holding("data/media/cat.png") == "under nginx alias /data/media (/etc/nginx/nginx.conf)"
+    assert result.holding("data/other/cat.png") is None
+
+
+def test_apache_document_root_and_alias_not_bare_directories(tmp_path: Path) -> None:
+    """Debian's apache2.conf grants <Directory /usr/share> and denies <Directory />: neither maps a URL."""
+    main = b"""
+    <Directory />
+        Require all denied
+    </Directory>
+    <Directory /usr/share>
+        Require all granted
+    </Directory>
+    IncludeOptional sites-enabled/*.conf
+    Include conf-enabled/icons.conf
+    """
+    site = b'<VirtualHost *:80>\n    DocumentRoot "/var/www/html"\n</VirtualHost>\n'
+    icons = b'Alias /icons/ "/usr/share/apache2/icons/"\n'
+    files: Files = {
+        "etc/apache2/apache2.conf": main,
+        "etc/apache2/sites-enabled/000-default.conf": site,
+        "etc/apache2/conf-enabled/icons.conf": icons,
+    }
+    result = roots_of(tmp_path, files)
+    assert found(result) == {
+        ("Apache httpd", "DocumentRoot", "var/www/html"),
+        ("Apache httpd", "Alias", "usr/share/apache2/icons"),
+    }
+    assert result.holding("usr/share/pixmaps/debian.png") is None
+
+
+def test_caddy_file_server_roots(tmp_path: Path) -> None:
+    caddyfile = b"""
+    example.com {
+        root * /srv/site
+        file_server
+        handle /docs/* {
+            file_server {
+                root /srv/docs
+            }
+        }
+    }
+    api.example.com {
+        root * /srv/api
+        reverse_proxy app:8080
+    }
+    """
+    json_config = b"""{"apps": {"http": {"servers": {"s": {"routes": [{"handle": [
+        {"handler": "vars", "root": "/srv/json"}, {"handler": "file_server"}]}]}}}}}"""
+    files: Files = {"etc/caddy/Caddyfile": caddyfile, "etc/caddy/site.json": json_config}
+    assert found(roots_of(tmp_path, files)) == {
+        ("Caddy", "file_server", "srv/site"),
+        ("Caddy", "file_server", "srv/docs"),
+        ("Caddy", "vars root", "srv/json"),
+    }
+
+
+def test_h2o_and_lighttpd_roots(tmp_path: Path) -> None:
+    h2o = b"""
+    hosts:
+      "example.com":
+        paths:
+          /:
+            file.dir: /srv/h2o
+          /env:
+            file.dir: !env ROOT
+    """
+    lighttpd = b"""
+    server.document-root = "/srv/lighttpd"
+    # server.document-root = "/srv/commented-out"
+    $HTTP["host"] == "img.example.com" {
+        server.document-root = "/srv/img"
+    }
+    alias.url += ( "/static/" => "/opt/static/" )
+    """
+    files: Files = {"etc/h2o/h2o.conf": h2o, "etc/lighttpd/lighttpd.conf": lighttpd}
+    assert found(roots_of(tmp_path, files)) == {
+        ("h2o", "file.dir", "srv/h2o"),
+        ("lighttpd", "server.document-root", "srv/lighttpd"),
+        ("lighttpd", "server.document-root", "srv/img"),
+        ("lighttpd", "alias.url", "opt/static"),
+    }
+
+
+def test_node_static_middleware(tmp_path: Path) -> None:
+    server = b"""
+    const path = require('path');
+    const express = require('express');
+    const serveStatic = require('serve-static');
+    const app = express();
+    app.use('/static', express.static(path.join(__dirname, 'public')));
+    app.use(serveStatic('assets'));
+    app.use(express.static(process.env.ROOT));
+    """
+    files: Files = {
+        "app/server.js": server,
+        "app/node_modules/express/package.json": b"{}",
+        "app/node_modules/serve-static/package.json": b"{}",
+    }
+    result = roots_of(tmp_path, files, {"config": {"WorkingDir": "/app"}})
+    assert found(result) == {
+        ("Node.js", "express.static", "app/public"),
+        ("Node.js", "serve-static", "app/assets"),
+    }
+
+
+def test_roots_are_resolved_through_symlinks_and_slash_is_no_root(tmp_path: Path) -> None:
+    """Capistrano's current -> releases/N: the files are under the real path."""
+    conf = b"http { server { root /var/www/current; } server { root /; } }"
+    files: Files = {
+        "etc/nginx/nginx.conf": conf,
+        "var/www/current": "->/srv/releases/42",
+        "srv/releases/42/img/logo.png": b"png",
+        "srv/releases/41/img/logo.png": b"png",
+    }
+    result = roots_of(tmp_path, files)
+    assert found(result) == {("nginx", "root", "var/www/current")}
+    assert result.holding("srv/releases/42/img/logo.png") == (
+        "under nginx root /var/www/current (/srv/releases/42) (/etc/nginx/nginx.conf)"
+    )
+    assert result.holding("srv/releases/41/img/logo.png") is None
+    assert result.holding("etc/nginx/nginx.conf") is None
