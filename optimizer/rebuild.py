@@ -277,8 +277,9 @@ def _canonical_order(items: list[tuple[Entry, Content | None]]) -> list[tuple[En
         if first == holder:
             continue
         holder_entry, content = by_path[holder]
-        link_entry, _ = by_path[first]
-        result_by_path[first] = (_as_file(link_entry, holder_entry.size), content)
+        # The link shares the file's inode, so it takes the file's metadata (as an extractor shows it), not
+        # its own header's.
+        result_by_path[first] = (_as_file(holder_entry, holder_entry.size, first), content)
         result_by_path[holder] = (_relink(holder_entry, first), None)
         rename[holder] = first
     out = []

@@ -123,6 +123,29 @@ def test_whiteouts_over_the_base_go_in_a_new_top_layer(tmp_path: Path) -> None:
     assert "usr/share/doc/copyright" in expected and "man" not in expected
 
 
+def test_a_hardlink_sorted_before_its_file_takes_the_file_metadata(tmp_path: Path) -> None:
+    """--normalize makes the first path of a hardlink group hold the bytes: that path must carry the inode's
+    owner and mode (the file entry's), not its own link header's, which no extractor applies (found by
+    hypothesis: a/a/a linked to b/a owned by uid 1000 came out owned by root)."""
+    require_tool("umoci", "umoci")
+    layers = [
+        [entry("a", EntryKind.DIR), entry("a/a", EntryKind.DIR)],
+        [
+            entry("b", EntryKind.DIR),
+            entry("b/a", data=b"x", uid=1000, gid=50, mode=0o640),
+            entry("a/a/a", EntryKind.HARDLINK, link="b/a", uid=0, gid=0, mode=0o644),
+            entry("c", data=b"deleted"),
+        ],
+    ]
+    image = build_image(tmp_path / "in.tar", layers)
+    out = tmp_path / "out.tar"
+    deleted, applied = _run(image, out, normalize=True, pass_options=(DeleteSomeOptions(paths=("c",)),))
+    assert applied and deleted == ["c"]
+    expected = _without(tree_of(umoci_unpack(image, tmp_path, "in")), deleted)
+    assert expected["a/a/a"][1:4] == (0o640, 1000, 50)
+    assert _comparable(tree_of(umoci_unpack(out, tmp_path, "out"))) == _comparable(expected)
+
+
 @settings(
     max_examples=25,
     deadline=None,
