@@ -202,3 +202,21 @@ def test_a_symlink_from_outside_into_a_root_is_another_name(tmp_path: Path) -> N
     assert result.holding("srv/www/css/bg.png") == (
         "under nginx root /var/www/current (/srv/www) (/etc/nginx/nginx.conf)"
     )
+
+
+def test_alpine_lighttpd_and_apache_roots(tmp_path: Path) -> None:
+    """Alpine's defaults: lighttpd builds its root from a variable; apache2's main file is httpd.conf."""
+    lighttpd = b"""
+    var.basedir  = "/var/www/localhost"
+    var.logdir   = "/var/log/lighttpd"
+    server.document-root = var.basedir + "/htdocs"   # the default
+    $HTTP["host"] == "x" { server.document-root = env.ROOT + "/x" }
+    $HTTP["host"] == "y" { server.document-root = var.unset + "/y" }
+    """
+    apache = b'ServerRoot /var/www\nDocumentRoot "/var/www/localhost/htdocs"\nAlias /i/ "/srv/icons/"\n'
+    files: Files = {"etc/lighttpd/lighttpd.conf": lighttpd, "etc/apache2/httpd.conf": apache}
+    assert found(roots_of(tmp_path, files)) == {
+        ("lighttpd", "server.document-root", "var/www/localhost/htdocs"),
+        ("Apache httpd", "DocumentRoot", "var/www/localhost/htdocs"),
+        ("Apache httpd", "Alias", "srv/icons"),
+    }
