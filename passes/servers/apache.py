@@ -27,6 +27,7 @@ __all__ = ["MAIN_FILES", "find", "roots"]
 
 MAIN_FILES = (
     ("etc/apache2/apache2.conf", "etc/apache2"),
+    ("etc/apache2/httpd.conf", "var/www"),  # Alpine (its ServerRoot)
     ("etc/httpd/conf/httpd.conf", "etc/httpd"),
     ("usr/local/apache2/conf/httpd.conf", "usr/local/apache2"),
     ("opt/bitnami/apache/conf/httpd.conf", "opt/bitnami/apache"),

@@ -4,7 +4,9 @@ lighttpd 1.4 compresses on the fly (``mod_deflate``, with an optional cache of i
 precompressed twins; sites that ship them attract a Lua script (``magnet.attract-physical-path-to``,
 ``magnet.attract-raw-url-to``) that rewrites the path to the twin. Such a script (one that names ``.gz``,
 ``.br`` or ``.zst``) serves ``server.document-root``. Includes are followed; ``include_shell`` is not run.
-``roots`` lists every ``server.document-root`` and ``alias.url`` target.
+``roots`` lists every ``server.document-root`` and ``alias.url`` target. A root may be built from ``var.``
+variables (Alpine's ``server.document-root = var.basedir + "/htdocs"``); one that names any other value
+(``env.``, an unknown variable) cannot be told.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ __all__ = ["CONFIGS", "find", "roots"]
 
 CONFIGS = ("etc/lighttpd/lighttpd.conf", "usr/local/etc/lighttpd/lighttpd.conf")
 _INCLUDE = re.compile(r"""^\s*include\s+"([^"]+)"|^\s*include\s+'([^']+)'""", re.M)
-_ROOT = re.compile(r"""^\s*server\.document-root\s*=\s*"([^"]*)\"""", re.M)
+_ASSIGN = re.compile(r"""^\s*(var\.[\w.-]+|server\.document-root)\s*=\s*(.*)$""", re.M)
+_TERM = re.compile(r"""\s*(?:"([^"]*)"|(var\.[\w.-]+))\s*(\+|#.*|$)""")
 _MAGNET = re.compile(r"""magnet\.attract-[\w-]+\s*\+?=\s*\(([^)]*)\)""")
 _SCRIPT = re.compile(r'"([^"]+\.lua)"')
 _TWIN = re.compile(r"""["']\.(gz|br|zst)["']""")
@@ -45,6 +48,33 @@ def _text(fs: FileSystem, path: str, chain: tuple[str, ...] = ()) -> str:
     return "\n".join(parts)
 
 
+def _value(expression: str, variables: Mapping[str, str]) -> str | None:
+    """A string expression: quoted strings and known ``var.`` variables joined by ``+``; None otherwise."""
+    parts: list[str] = []
+    pos = 0
+    while True:
+        term = _TERM.match(expression, pos)
+        if term is None or (term.group(2) is not None and term.group(2) not in variables):
+            return None
+        parts.append(term.group(1) if term.group(1) is not None else variables[term.group(2)])
+        if term.group(3) != "+":
+            return "".join(parts)
+        pos = term.end()
+
+
+def _document_roots(text: str) -> list[str | None]:
+    """Every ``server.document-root`` value in order (conditional blocks' too); None where it cannot be told."""
+    variables: dict[str, str] = {}
+    found: list[str | None] = []
+    for assignment in _ASSIGN.finditer(text):
+        value = _value(assignment.group(2), variables)
+        if assignment.group(1) == "server.document-root":
+            found.append(value)
+        elif value is not None:
+            variables[assignment.group(1)] = value
+    return found
+
+
 def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
     """The document root of an image's lighttpd whose mod_magnet scripts send precompressed twins."""
     servings: list[Serving] = []
@@ -52,14 +82,15 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
         if read_text(fs, path) is None:
             continue
         text = _text(fs, path)
-        roots = _ROOT.findall(text)
+        roots = _document_roots(text)
         for attract in _MAGNET.finditer(text):
             for script in _SCRIPT.findall(attract.group(1)):
                 suffixes = frozenset("." + s for s in _TWIN.findall(read_text(fs, script.lstrip("/")) or ""))
                 if not suffixes:
                     continue
-                root = image_path(roots[-1]) if roots else None
-                why = "" if root is not None else f"server.document-root {roots[-1] if roots else '(none)'}"
+                value = roots[-1] if roots else "(none)"
+                root = image_path(value or "")
+                why = "" if root is not None else f"server.document-root {value or '(an expression)'}"
                 servings.append(Serving("lighttpd", f"mod_magnet {script}", "/" + path, suffixes, root, why))
     return servings
 
@@ -72,7 +103,7 @@ def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
         if read_text(fs, path) is None:
             continue
         text = _text(fs, path)
-        values = [("server.document-root", v) for v in _ROOT.findall(text)]  # conditional blocks' too
+        values = [("server.document-root", v) for v in _document_roots(text) if v is not None]
         for aliases in _ALIAS.finditer(text):
             values += [("alias.url", v) for v in _ALIAS_TARGET.findall(aliases.group(1))]
         for how, value in values:

@@ -7,8 +7,11 @@ directories of Node.js static middleware (``express.static``, ``serve-static``, 
 A root that cannot be told (a variable, a relative path without a base) is no root: what asks (``passes.media``:
 may a file lose what only a program would see?) must then answer as for a file no server sends.
 
-Roots are resolved in the image's filesystem as ``served`` resolves them (symlinks followed inside the image,
-and the symlinks below a root too). ``/`` itself is never a root: a server configured to send the whole
+A root is resolved in the image's filesystem (symlinks followed inside the image). Unlike ``served``, the
+symlinks below a root are not followed out of it, and a root is not held where a symlink from outside the roots
+leads into it: a file reached that way has a name outside every root (``/srv/www/maps -> /opt/game/maps``,
+``/opt/app/static -> /srv/www/img``), which any program may open, as a hardlink's other name may
+(``passes.media`` refuses those too). ``/`` itself is never a root: a server configured to send the whole
 filesystem says nothing about which files are web assets.
 """
 
@@ -21,7 +24,7 @@ from typing import Any
 from optimizer.filesystem import FileSystem
 
 from . import apache, caddy, h2o, lighttpd, nginx, node
-from .files import Symlinks, real_prefixes, under
+from .files import Symlinks, under
 from .serving import DocumentRoot
 
 __all__ = ["FINDERS", "WebRoots", "web_roots"]
@@ -38,13 +41,18 @@ FINDERS: tuple[Callable[[FileSystem, Mapping[str, Any]], list[DocumentRoot]], ..
 
 @dataclass
 class WebRoots:
-    """The roots found, and the real path prefixes they send files from (sorted)."""
+    """The roots found, the real path prefixes they send files from (sorted), and the real paths under them
+    that a symlink from outside every root also names (``entrances``: symlink target -> the symlink)."""
 
     roots: list[DocumentRoot] = field(default_factory=list)
     prefixes: list[tuple[str, DocumentRoot]] = field(default_factory=list)
+    entrances: dict[str, str] = field(default_factory=dict)
 
     def holding(self, path: str) -> str | None:
-        """Which root sends ``path`` (a real path in the image), as a phrase; None when none does."""
+        """Which root sends ``path`` (a real path in the image), as a phrase; None when none does, or when
+        ``path`` has a name outside every root too (a symlink from outside leads to it)."""
+        if any(under(path, target) for target in self.entrances):
+            return None
         for prefix, root in self.prefixes:
             if under(path, prefix):
                 shown = f"/{root.root}" + (f" (/{prefix})" if prefix != root.root else "")
@@ -59,7 +67,6 @@ def web_roots(
 ) -> WebRoots:
     """Every document root of the image's servers, resolved in its filesystem."""
     result = WebRoots()
-    links = Symlinks(fs)
     seen: set[tuple[str, str]] = set()
     for find in finders:
         for root in find(fs, config or {}):
@@ -67,6 +74,25 @@ def web_roots(
                 continue
             seen.add((root.server, root.root))
             result.roots.append(root)
-            result.prefixes += [(p, root) for p in real_prefixes(fs, root.root, links) if p]
+            real = fs.resolve(root.root)
+            if real != "":  # "/" through a symlink is no root either
+                result.prefixes.append((root.root if real is None else real, root))
     result.prefixes.sort(key=lambda item: (item[0], item[1].server, item[1].how))
+    result.entrances = _entrances(fs, result)
     return result
+
+
+def _entrances(fs: FileSystem, found: WebRoots) -> dict[str, str]:
+    """The symlinks outside every root that lead into one (target -> symlink). A symlink on a configured root's
+    own path (Capistrano's ``/var/www/current``) is how the server names the root, not another name."""
+    if not found.prefixes:
+        return {}
+    configured = [root.root for root in found.roots]
+    out: dict[str, str] = {}
+    for link in Symlinks(fs).below(""):
+        if any(under(link, p) for p, _ in found.prefixes) or any(under(c, link) for c in configured):
+            continue
+        target = fs.resolve(link)
+        if target and any(under(target, p) for p, _ in found.prefixes):
+            out.setdefault(target, link)
+    return out

@@ -304,3 +304,22 @@ def test_cli_end_to_end_samples_as_numpy_reads_them(tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(decoded(after[data])), np.asarray(decoded(before[data])))
         assert decoded(after[data]).getpalette() == decoded(before[data]).getpalette()
         assert np.array_equal(png_pixels(after[web]), png_pixels(before[web]))
+
+
+def test_a_symlink_across_the_root_keeps_the_native_form(tmp_path: Path) -> None:
+    """The game's maps linked into the root, the application's own name for a directory inside it: both files
+    have a name outside the root, where numpy reads them; a plain file of the root is still reduced."""
+    layers: list[kit.Files] = [
+        {
+            "etc/nginx/nginx.conf": NGINX_CONF,
+            "srv/www/maps": "->/opt/game/maps",
+            "opt/game/maps/height.png": heightmap(),
+            "opt/app/static": "->/srv/www/img",
+            "srv/www/img/height.png": heightmap(),
+            "srv/www/height.png": heightmap(),
+        }
+    ]
+    ctx = kit.run(tmp_path, Media(MediaOptions()), layers)
+    modes = _modes(ctx)
+    assert modes["opt/game/maps/height.png"] == modes["srv/www/img/height.png"] == "I;16"
+    assert modes["srv/www/height.png"] == "L"

@@ -166,3 +166,57 @@ def test_roots_are_resolved_through_symlinks_and_slash_is_no_root(tmp_path: Path
     )
     assert result.holding("srv/releases/41/img/logo.png") is None
     assert result.holding("etc/nginx/nginx.conf") is None
+
+
+def test_a_symlink_out_of_a_root_is_not_followed(tmp_path: Path) -> None:
+    """A file reached through a symlink below the root keeps its real name outside every root: a program opens
+    it there (the game reads its maps), as it may open a hardlink's other name."""
+    files: Files = {
+        "etc/nginx/nginx.conf": b"http { server { root /srv/www; } }",
+        "srv/www/maps": "->/opt/game/maps",
+        "srv/www/self": "->/srv/www/img",
+        "srv/www/img/logo.png": b"png",
+        "opt/game/maps/height.png": b"png",
+    }
+    result = roots_of(tmp_path, files)
+    assert result.holding("opt/game/maps/height.png") is None
+    assert result.holding("srv/www/img/logo.png") == "under nginx root /srv/www (/etc/nginx/nginx.conf)"
+
+
+def test_a_symlink_from_outside_into_a_root_is_another_name(tmp_path: Path) -> None:
+    """``/opt/app/static -> /srv/www/img``: the application reads the files by that name; the rest of the root
+    is still held, and a symlink on the configured root's own path (``current``) is the server's name for it."""
+    files: Files = {
+        "etc/nginx/nginx.conf": b"http { server { root /var/www/current; } }",
+        "var/www/current": "->/srv/www",
+        "opt/app/static": "->/srv/www/img",
+        "opt/app/logo.png": "->/srv/www/css/logo.png",
+        "srv/www/img/mask.png": b"png",
+        "srv/www/css/logo.png": b"png",
+        "srv/www/css/bg.png": b"png",
+    }
+    result = roots_of(tmp_path, files)
+    assert result.entrances == {"srv/www/img": "opt/app/static", "srv/www/css/logo.png": "opt/app/logo.png"}
+    assert result.holding("srv/www/img/mask.png") is None
+    assert result.holding("srv/www/css/logo.png") is None
+    assert result.holding("srv/www/css/bg.png") == (
+        "under nginx root /var/www/current (/srv/www) (/etc/nginx/nginx.conf)"
+    )
+
+
+def test_alpine_lighttpd_and_apache_roots(tmp_path: Path) -> None:
+    """Alpine's defaults: lighttpd builds its root from a variable; apache2's main file is httpd.conf."""
+    lighttpd = b"""
+    var.basedir  = "/var/www/localhost"
+    var.logdir   = "/var/log/lighttpd"
+    server.document-root = var.basedir + "/htdocs"   # the default
+    $HTTP["host"] == "x" { server.document-root = env.ROOT + "/x" }
+    $HTTP["host"] == "y" { server.document-root = var.unset + "/y" }
+    """
+    apache = b'ServerRoot /var/www\nDocumentRoot "/var/www/localhost/htdocs"\nAlias /i/ "/srv/icons/"\n'
+    files: Files = {"etc/lighttpd/lighttpd.conf": lighttpd, "etc/apache2/httpd.conf": apache}
+    assert found(roots_of(tmp_path, files)) == {
+        ("lighttpd", "server.document-root", "var/www/localhost/htdocs"),
+        ("Apache httpd", "DocumentRoot", "var/www/localhost/htdocs"),
+        ("Apache httpd", "Alias", "srv/icons"),
+    }
