@@ -48,9 +48,10 @@ def _squash_share(merged: Sequence[LayerReport], squashed: Sequence[LayerReport]
     its parts): its whole change when every merged layer had its codec, else the bytes removed at the merged
     layers' own ratio (what those bytes cost before; the new layer's ratio misprices them when the removed
     bytes compressed well)."""
-    if not merged or not squashed:
+    if not merged:
         return 0.0
     size_before = sum(layer.size_before for layer in merged)
+    # No part at all (nothing above the base survived the merge): nothing was recompressed either.
     if all(layer.media_type_before == part.media_type for layer in merged for part in squashed):
         return size_before - sum(part.size_after for part in squashed)
     uncompressed_before = sum(layer.uncompressed_before for layer in merged)

@@ -119,3 +119,17 @@ def test_a_squash_cut_in_parts_is_priced_once(tmp_path: Path) -> None:
     summary = report.summary
     assert summary.saved_by_recompression == 0
     assert summary.bytes_before - summary.bytes_after == summary.saved_by_passes - summary.added
+
+
+def test_a_squash_that_leaves_nothing_above_the_base_saved_nothing_by_recompression(tmp_path: Path) -> None:
+    """No squashed layer is written when nothing survives the merge: the merged layers' bytes were counted as
+    saved by recompression (50.3 KB here, of which nothing was compressed again)."""
+    top = random.Random(1).randbytes(50_000)
+    layers = [[entry("base", data=b"b")], [entry("big", data=top)], [entry(".wh.big", data=b"")]]
+    image = build_image(tmp_path / "in.tar", layers)
+    options = Options(passes=(), squash=True, base_layers=1, workers=1)
+    report = optimize(str(image), str(tmp_path / "out.tar"), options)
+    assert [layer.status for layer in report.images[0].layers] == ["kept", "merged", "merged"]
+    summary = report.summary
+    assert summary.saved_by_recompression == 0
+    assert summary.saved_by_passes == summary.bytes_before - summary.bytes_after > 50_000
