@@ -23,6 +23,7 @@ def _passes_share(layers: Sequence[LayerReport]) -> float:
     """The compressed bytes the passes saved in one image's layers (an estimate, see the module)."""
     saved = 0.0
     merged: list[LayerReport] = []
+    squashed: list[LayerReport] = []  # one layer, or its parts (--layer-target-size): priced together
     for layer in layers:
         if layer.status == "dropped":
             saved += layer.size_before
@@ -38,23 +39,25 @@ def _passes_share(layers: Sequence[LayerReport]) -> float:
             ratio = layer.size_after / layer.uncompressed_after
             saved += (layer.uncompressed_before - layer.uncompressed_after) * ratio
         elif layer.status == "squashed":
-            saved += _squash_share(merged, layer)
-    return saved
+            squashed.append(layer)
+    return saved + _squash_share(merged, squashed)
 
 
-def _squash_share(merged: Sequence[LayerReport], squashed: LayerReport) -> float:
-    """What the passes (and the merge's dropping of shadowed files) saved in a squashed layer: its whole change
-    when every merged layer had its codec, else the bytes removed at the merged layers' own ratio (what those
-    bytes cost before; the new layer's ratio misprices them when the removed bytes compressed well)."""
+def _squash_share(merged: Sequence[LayerReport], squashed: Sequence[LayerReport]) -> float:
+    """What the passes (and the merge's dropping of shadowed files) saved in a squashed layer (``squashed``:
+    its parts): its whole change when every merged layer had its codec, else the bytes removed at the merged
+    layers' own ratio (what those bytes cost before; the new layer's ratio misprices them when the removed
+    bytes compressed well)."""
     if not merged:
         return 0.0
     size_before = sum(layer.size_before for layer in merged)
-    if all(layer.media_type_before == squashed.media_type for layer in merged):
-        return size_before - squashed.size_after
+    # No part at all (nothing above the base survived the merge): nothing was recompressed either.
+    if all(layer.media_type_before == part.media_type for layer in merged for part in squashed):
+        return size_before - sum(part.size_after for part in squashed)
     uncompressed_before = sum(layer.uncompressed_before for layer in merged)
     if not uncompressed_before:
         return 0.0
-    removed = max(0, uncompressed_before - squashed.uncompressed_after)
+    removed = max(0, uncompressed_before - sum(part.uncompressed_after for part in squashed))
     return min(size_before, removed * size_before / uncompressed_before)
 
 

@@ -4,6 +4,7 @@ everywhere, every finding about a file names its layer, and the summary's figure
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,31 @@ def test_a_squash_in_the_same_codec_owes_its_whole_change_to_the_passes(demo: Pa
     assert summary.saved_by_recompression == 0
     assert 0 < summary.saved_by_passes <= summary.bytes_before
     assert summary.bytes_before - summary.bytes_after == summary.saved_by_passes - summary.added
+
+
+def test_a_squash_cut_in_parts_is_priced_once(tmp_path: Path) -> None:
+    """Each part of a squashed layer cut by --layer-target-size was priced against all the merged layers: a run
+    without passes said they saved 12.0 MB of a 4.0 MB image, recompression -12.0 MB."""
+    rnd = random.Random(1)
+    files = [entry(f"data/f{i:02d}", data=rnd.randbytes(300_000)) for i in range(8)]
+    image = build_image(tmp_path / "in.tar", [[entry("base", data=b"b")], files])
+    options = Options(passes=(), squash=True, base="none", layer_target_size=1 << 20, workers=1)
+    report = optimize(str(image), str(tmp_path / "out.tar"), options)
+    assert [layer.status for layer in report.images[0].layers].count("squashed") >= 2
+    summary = report.summary
+    assert summary.saved_by_recompression == 0
+    assert summary.bytes_before - summary.bytes_after == summary.saved_by_passes - summary.added
+
+
+def test_a_squash_that_leaves_nothing_above_the_base_saved_nothing_by_recompression(tmp_path: Path) -> None:
+    """No squashed layer is written when nothing survives the merge: the merged layers' bytes were counted as
+    saved by recompression (50.3 KB here, of which nothing was compressed again)."""
+    top = random.Random(1).randbytes(50_000)
+    layers = [[entry("base", data=b"b")], [entry("big", data=top)], [entry(".wh.big", data=b"")]]
+    image = build_image(tmp_path / "in.tar", layers)
+    options = Options(passes=(), squash=True, base_layers=1, workers=1)
+    report = optimize(str(image), str(tmp_path / "out.tar"), options)
+    assert [layer.status for layer in report.images[0].layers] == ["kept", "merged", "merged"]
+    summary = report.summary
+    assert summary.saved_by_recompression == 0
+    assert summary.saved_by_passes == summary.bytes_before - summary.bytes_after > 50_000

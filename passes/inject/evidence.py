@@ -195,6 +195,7 @@ def find_evidence(fs: FileSystem, wanted: Iterable[str]) -> Evidence:
     explicit: list[tuple[str, str]] = []
     static: list[str] = []
     executables: list[str] = []
+    own_roots: set[str] = set()  # files with a root store of their own: no evidence, whatever they name
     with Handles() as handles:
         for path, node in fs.unique_files():
             content = node.content
@@ -212,8 +213,12 @@ def find_evidence(fs: FileSystem, wanted: Iterable[str]) -> Evidence:
             elif program.interpreter:
                 executables.append(path)
             candidate = _from_dynamic(path, program, python_tzdata, found, explicit)
-            if candidate is not None and not found.settled(CERTS):
-                _unless_own_roots(content, candidate, found, evidence)
+            if (
+                candidate is not None
+                and not found.settled(CERTS)
+                and not _unless_own_roots(content, candidate, found, evidence)
+            ):
+                own_roots.add(path)
             if found.all_settled():
                 break
     for path in go:
@@ -231,7 +236,8 @@ def find_evidence(fs: FileSystem, wanted: Iterable[str]) -> Evidence:
     for path in executables:
         if CERTS not in found.open():
             break
-        _from_contents(fs, path, found, evidence, (CERTS,))
+        if path not in own_roots:  # its built-in OpenSSL names SSL_CERT_FILE (nodejs.org's node)
+            _from_contents(fs, path, found, evidence, (CERTS,))
     if CERTS in found.open():
         evidence.notes.extend(_java_notes(fs))
     evidence.needs = found.needs
@@ -266,17 +272,19 @@ def _from_dynamic(
     return candidate
 
 
-def _unless_own_roots(content: Content, need: Need, found: _Found, evidence: Evidence) -> None:
-    """``need`` is evidence unless its file carries a root store of its own (then it is noted)."""
+def _unless_own_roots(content: Content, need: Need, found: _Found, evidence: Evidence) -> bool:
+    """``need`` is evidence unless its file carries a root store of its own (then it is noted); whether it
+    was."""
     evidence.read_whole += 1
     own = count(content, PEM_MARKER, OWN_ROOTS)
     if own < OWN_ROOTS:
         found.add(need)
-        return
+        return True
     evidence.notes.append(
         f"/{need.path} loads the system's roots but carries at least {own} root certificates of its own "
         "(as Node.js does): not evidence that the image needs a CA bundle"
     )
+    return False
 
 
 def _from_explicit(fs: FileSystem, path: str, library: str, found: _Found, evidence: Evidence) -> None:

@@ -198,23 +198,27 @@ def test_the_summary_says_what_was_added_and_why(tmp_path: Path, hello: bytes) -
     assert "passwd needed by /usr/bin/curl" in text, text
 
 
-def _tls_library(where: Path, roots: int) -> bytes:
-    """A shared library that trusts OpenSSL's default paths, with ``roots`` PEM certificates built in."""
+def _tls_library(where: Path, roots: int, program: bool = False) -> bytes:
+    """A shared library that trusts OpenSSL's default paths, with ``roots`` PEM certificates built in; with
+    ``program``, an executable that does so and names ``SSL_CERT_FILE`` as a built-in OpenSSL does (nodejs.org's
+    node has OpenSSL and its roots built in)."""
     gcc = require_tool("gcc", "gcc")
     libssl = sorted(glob.glob("/usr/lib/*/libssl.so.3"))
     if not libssl:
         missing("libssl.so.3 not found (Debian package libssl3)")
     pem = "-----BEGIN CERTIFICATE-----\\nMIIB{}\\n-----END CERTIFICATE-----\\n"  # distinct: not merged
-    source = where / f"tls{roots}.c"
+    source = where / f"tls{roots}{'-program' if program else ''}.c"
     table = ", ".join(f'"{pem.format(n)}"' for n in range(roots)) or "0"
+    main = 'int main(void) { return getenv("SSL_CERT_FILE") ? trust(0) : 0; }\n' if program else ""
     source.write_text(
+        "#include <stdlib.h>\n"
         "typedef struct ssl_ctx_st SSL_CTX;\n"
         "int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx);\n"
         f"const char *roots[] = {{{table}}};\n"
-        "int trust(SSL_CTX *ctx) { return SSL_CTX_set_default_verify_paths(ctx); }\n"
+        "int trust(SSL_CTX *ctx) { return SSL_CTX_set_default_verify_paths(ctx); }\n" + main
     )
-    out = where / f"libtls{roots}.so"
-    command = [gcc, "-shared", "-fPIC", "-o", str(out), str(source), libssl[0]]
+    out = where / (f"tls{roots}" if program else f"libtls{roots}.so")
+    command = [gcc, *([] if program else ["-shared", "-fPIC"]), "-o", str(out), str(source), libssl[0]]
     subprocess.run(command, check=True)
     return out.read_bytes()
 
@@ -231,3 +235,18 @@ def test_a_library_with_roots_of_its_own_is_no_evidence(tmp_path: Path, hello: b
         "/usr/lib/libtls.so loads the system's roots but carries at least 60 root certificates of its own"
         in (kept_reason(run, CERTS))
     )
+
+
+def test_a_program_with_roots_of_its_own_is_no_evidence_by_the_names_it_holds(
+    tmp_path: Path, hello: bytes
+) -> None:
+    """Noted as carrying its own roots, it was then read for bundle names and found to name SSL_CERT_FILE."""
+    own = _tls_library(tmp_path, 60, program=True)
+    run = inject(tmp_path / "own", {"usr/bin/node": own, "usr/bin/hello": hello})
+    assert added_for(run, CERTS) == {}
+    assert "/usr/bin/node loads the system's roots but carries at least 60 root certificates" in kept_reason(
+        run, CERTS
+    )
+    plain = _tls_library(tmp_path, 0, program=True)
+    run = inject(tmp_path / "plain", {"usr/bin/node": plain, "usr/bin/hello": hello})
+    assert set(added_for(run, CERTS).values()) == {"certs needed by /usr/bin/node"}
