@@ -221,6 +221,13 @@ def _delete_tree(nodes: dict[str, Node], path: str, keep_layer: int | None = Non
             del nodes[existing]
 
 
+def _note_implicit_parents(path: str, nodes: Mapping[str, Node], implicit: set[str]) -> None:
+    parent = path.rpartition("/")[0]
+    while parent and parent not in nodes and parent not in implicit:
+        implicit.add(parent)
+        parent = parent.rpartition("/")[0]
+
+
 def build_filesystem(
     layers: Sequence[Sequence[IndexedEntry]], protected: frozenset[int] = frozenset()
 ) -> FileSystem:
@@ -231,6 +238,9 @@ def build_filesystem(
     # inode of the FILE entry at (layer, path) so that hardlinks in later entries find it even if deleted
     inode_at: dict[str, int] = {}
     next_inode = 1
+    # Directories that exist only because paths below them do (a layer without their own entries): a
+    # non-directory put there replaces the whole tree, as an extractor removes a directory it meets.
+    implicit: set[str] = set()
     for number, entries in enumerate(layers):
         # Whiteouts and opaque markers act on the layers below, wherever they stand in this layer's stream.
         for item in entries:
@@ -248,12 +258,12 @@ def build_filesystem(
             if opaque_directory(entry.path) is not None or whiteout_target(entry.path) is not None:
                 continue
             previous = nodes.get(entry.path)
-            if (
-                previous is not None
-                and previous.entry.kind is EntryKind.DIR
-                and entry.kind is not EntryKind.DIR
+            if entry.kind is not EntryKind.DIR and (
+                entry.path in implicit or (previous is not None and previous.entry.kind is EntryKind.DIR)
             ):
                 _delete_tree(nodes, entry.path)
+                implicit.discard(entry.path)
+            _note_implicit_parents(entry.path, nodes, implicit)
             if entry.kind is EntryKind.FILE:
                 inode = next_inode
                 next_inode += 1

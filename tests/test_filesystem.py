@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -207,6 +208,29 @@ def test_opaque_marker_after_a_sibling_keeps_the_sibling(tmp_path: Path) -> None
 def test_a_file_replacing_a_directory_hides_its_children(tmp_path: Path) -> None:
     fs = _fs([[d("a"), f("a/x")], [f("a")]], tmp_path)
     assert fs.get("a/x") is None and fs.get("a") is not None
+
+
+@pytest.mark.parametrize(
+    "upper",
+    [
+        [(Entry("a", EntryKind.SYMLINK, link="elsewhere"), None)],
+        [f("a")],
+        [f("a/b")],  # a directory made only by the path below it, one level down
+    ],
+    ids=["symlink", "file", "nested"],
+)
+def test_a_non_directory_replacing_an_implicit_directory_hides_its_children(
+    upper: list[tuple[Entry, bytes | None]], tmp_path: Path
+) -> None:
+    # The lower layer has no entries of its own for a or a/b: the extractor made them for a/b/x.
+    layers = [[f("a/b/x"), f("keep")], upper]
+    fs = _fs(layers, tmp_path)
+    assert fs.get("a/b/x") is None and fs.get("keep") is not None
+    require_tool("umoci", "umoci")
+    expected = tree_of(umoci_unpack(build_image(tmp_path / "image.tar", layers), tmp_path, "unpacked"))
+    # The view has no node for a directory no layer has an entry for (a, in the nested case).
+    assert merged_tree(fs, layers) == {p: v for p, v in expected.items() if fs.get(p) or v[0] != "dir"}
+    assert "a/b/x" not in expected
 
 
 def test_symlinks_resolve_inside_the_root(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ An addition is made only when something in the image shows it needs it; the firs
 given in the report ("/usr/sbin/nginx links libssl.so.3"). What counts:
 
 - certificates: a program or library that trusts the system's roots: it calls OpenSSL's default paths
-  (``SSL_CTX_set_default_verify_paths``, ``X509_STORE_set_default_paths``...) or GnuTLS's system trust (Debian's
-  Node.js, Python's ``_ssl``, wget), or links a TLS library and loads CA files by a name that is a system
+  (``SSL_CTX_set_default_verify_paths``, ``X509_STORE_set_default_paths``...) or GnuTLS's system trust (Python's
+  ``_ssl``, wget), or links a TLS library and loads CA files by a name that is a system
   bundle's (libcurl's built-in ``ca-certificates.crt``); Python's ``ssl`` module (``PyInit__ssl``, also
   when built into the interpreter); a Go program that verifies against the system's roots
   (``crypto/x509.loadSystemRoots``); a static program or an executable with its TLS library built in that
