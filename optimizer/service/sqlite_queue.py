@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import UsageError
 from .queue import INTAKE_PATIENCE, Queue
 from .records import V1_JOB_COLUMNS, QueueSettings
 from .sql import Db, Dialect, apply_migrations
@@ -79,6 +80,9 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 DIALECT = Dialect(lock_rows="", skip_locked="", share_rows="", array_binds=False, most_items=400)
 
 
+MIN_SQLITE = (3, 35, 0)  # RETURNING
+
+
 class SqliteQueue(Queue):
     """Thread-safe: one connection, one lock; every write is one short transaction."""
 
@@ -86,6 +90,11 @@ class SqliteQueue(Queue):
     dialect = DIALECT
 
     def __init__(self, path: str | Path, settings: QueueSettings | None = None) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:  # the claims use UPDATE ... RETURNING
+            raise UsageError(
+                f"queue {path}: SQLite {sqlite3.sqlite_version} is too old, the queue needs "
+                f"{'.'.join(map(str, MIN_SQLITE))} or newer (or the postgres backend)"
+            )
         super().__init__(settings)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -351,3 +351,15 @@ def test_an_unversioned_sqlite_file_is_migrated(tmp_path: Path) -> None:
         queue.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_an_sqlite_without_returning_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optimizer.service.sqlite_queue import SqliteQueue
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+    with pytest.raises(UsageError, match=r"SQLite 3\.34\.1 is too old, the queue needs 3\.35\.0"):
+        SqliteQueue(tmp_path / "jobs.sqlite")
+    assert not (tmp_path / "jobs.sqlite").exists()
