@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import optimize
-from .cli import add_pass_arguments, add_run_arguments, options_from_args
+from .cli import EXIT_INTERRUPTED, add_pass_arguments, add_run_arguments, options_from_args, start_output
 from .errors import OptimizerError, PolicyError, UsageError
 from .options import Options
 from .render import print_summary, size_text
@@ -171,8 +171,8 @@ def gate(analysis: Analysis, limit: tuple[int | None, float | None]) -> str | No
     return None
 
 
-def print_analysis(analysis: Analysis, out: Any) -> None:
-    print_summary(analysis.report, out)
+def print_analysis(analysis: Analysis, out: Any, verbose: bool = False) -> None:
+    print_summary(analysis.report, out, verbose)
     for name, layers in analysis.waste.items():
         if layers:
             out.write(f"{name}\n  wasted, as dive counts it (files an upper layer deletes or replaces):\n")
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREVIOUS",
         help="an earlier image or analyze report: --fail-over applies to the growth",
     )
-    add_run_arguments(parser, limits=False)
+    add_run_arguments(parser)
     add_pass_arguments(parser)
     return parser
 
@@ -245,16 +245,27 @@ def _previous(text: str, options: Options) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
+    progress = None
     try:
         args = build_parser().parse_args(argv)
         options = options_from_args(args)
         limit = parse_limit(args.fail_over) if args.fail_over else None
+        options, progress = start_output(args, options)
         result = analyze(args.input, options)
         if args.compare:
             result.previous = _previous(args.compare, options)
     except OptimizerError as error:
+        if progress is not None:
+            progress.close()
         print(f"optimize analyze: error: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        print("optimize analyze: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if progress is not None:
+        progress.close()
     if args.report:
         text = json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n"
         if args.report == "-":
@@ -263,8 +274,8 @@ def main(argv: Sequence[str]) -> int:
             temporary = Path(args.report + ".tmp")
             temporary.write_text(text, encoding="utf-8")
             temporary.replace(args.report)
-    if args.report != "-":
-        print_analysis(result, sys.stdout)
+    if args.report != "-" and not args.quiet:
+        print_analysis(result, sys.stdout, args.verbose)
     failure = gate(result, limit) if limit is not None else None
     if failure is not None:
         print(f"optimize analyze: {failure}", file=sys.stderr)

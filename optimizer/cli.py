@@ -8,6 +8,7 @@ at the destination (the output is renamed into place only when complete).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from .api import optimize
 from .errors import OptimizerError, OutputError, UsageError
 from .limits import Limits
 from .options import Options
-from .progressview import progress_view
+from .progressview import LineProgress, TerminalProgress, progress_view
 from .registry import access
 from .render import print_summary
 from .report import Report
@@ -32,6 +33,7 @@ __all__ = [
     "build_parser",
     "main",
     "options_from_args",
+    "start_output",
     "version_text",
 ]
 
@@ -109,24 +111,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the version and the compressor versions byte identity depends on, then exit",
     )
     parser.add_argument("--report", metavar="FILE", help="write the JSON report to FILE ('-' for stdout)")
-    add_run_arguments(parser, limits=True)
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="print every finding")
+    add_run_arguments(parser)
     add_pass_arguments(parser)
     return parser
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, *, limits: bool) -> None:
-    """The flags of a run's ``Options`` (with ``limits``, of its ``Limits`` too) and of registry access, for
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a run's ``Options``, its ``Limits``, registry access and verbosity (-q/-v), for
     ``options_from_args``; ``optimize`` and ``optimize analyze`` both take them."""
     settings.add_arguments(parser, Options)
-    if limits:
-        settings.add_arguments(
-            parser.add_argument_group("limits (exceeding one is exit 3; SIZE: bytes, or 64K, 512M, 16G)"),
-            Limits,
-        )
+    settings.add_arguments(
+        parser.add_argument_group("limits (exceeding one is exit 3; SIZE: bytes, or 64K, 512M, 16G)"), Limits
+    )
     access.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="print every finding")
+
+
+def start_output(
+    args: argparse.Namespace, options: Options
+) -> tuple[Options, LineProgress | TerminalProgress | None]:
+    """Log at the level -q/-v ask (messages on stderr), and show progress on stderr unless -q: ``options``
+    with the progress callback, and the view to close at the end."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else (logging.INFO if args.verbose else logging.WARNING),
+        format="optimize: %(message)s",
+        stream=sys.stderr,
+    )
+    # libarchive-c says at import which digest functions its libarchive lacks: nothing a user can act on.
+    logging.getLogger("libarchive").setLevel(logging.WARNING)
+    if args.quiet:
+        return options, None
+    progress = progress_view(sys.stderr)
+    return dataclasses.replace(options, progress=progress), progress
 
 
 def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,18 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"optimize: {error}", file=sys.stderr)
         return error.exit_code
-    import logging
-
-    logging.basicConfig(
-        level=logging.ERROR if args.quiet else (logging.INFO if args.verbose else logging.WARNING),
-        format="optimize: %(message)s",
-        stream=sys.stderr,
-    )
-    progress = None if args.quiet else progress_view(sys.stderr)
-    if progress is not None:
-        from dataclasses import replace
-
-        options = replace(options, progress=progress)
+    options, progress = start_output(args, options)
     previous = _on_sigterm()
     try:
         if args.report and args.report != "-":

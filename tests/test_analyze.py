@@ -98,6 +98,20 @@ def test_fail_over_and_compare_through_the_cli(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_analyze_takes_the_runs_limits_verbosity_and_progress(tmp_path: Path) -> None:
+    image = wasteful(tmp_path / "image.tar", 4096)
+    done = run("analyze", str(image), "--max-layers", "2")
+    assert done.returncode == 3 and "more than --max-layers 2" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    done = run("analyze", str(image), "-q", "--fail-over", "1B")
+    assert done.returncode == PolicyError.exit_code and done.stdout == ""
+    assert done.stderr.startswith("optimize analyze: a run would save"), done.stderr  # no progress, no logs
+    done = run("analyze", str(image), "-v", "--skip", "inject")
+    assert done.returncode == 0, done.stderr
+    assert "read layer 1/3" in done.stderr  # progress lines on a non-terminal stderr
+    assert "dropped     layer 2: var/cache/blob replaced in layer 3" in done.stdout  # -v: every finding
+
+
 def test_platform_chooses_the_images_a_run_touches(tmp_path: Path) -> None:
     source = fixture("images/stereoscope/oci-layout-multiplatform")
     out = tmp_path / "out.tar"
