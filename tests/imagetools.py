@@ -33,8 +33,10 @@ def build_image(
     layers: Sequence[LayerSpec],
     config_extra: dict[str, Any] | None = None,
     manifest_annotations: dict[str, str] | None = None,
+    gzip_level: int | None = None,
 ) -> Path:
-    """Write an OCI archive with the given layers (gzip), one linux/amd64 image, tag ``test:latest``."""
+    """Write an OCI archive with the given layers (gzip, at ``gzip_level`` when given), one linux/amd64 image,
+    tag ``test:latest``."""
     workdir = path.parent / (path.name + ".parts")
     workdir.mkdir(parents=True, exist_ok=True)
     blobs: dict[str, Any] = {}
@@ -42,7 +44,7 @@ def build_image(
     diff_ids = []
     for number, files in enumerate(layers):
         layer_path = str(workdir / f"layer{number}")
-        writer = LayerWriter(layer_path, CompressionSpec(), None)
+        writer = LayerWriter(layer_path, CompressionSpec(level=gzip_level), None)
         for item, data in files:
             writer.add(item, io.BytesIO(data) if data is not None else None)
         blob = writer.close()

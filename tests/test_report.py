@@ -97,6 +97,32 @@ def test_summary_splits_savings_from_additions(demo: Path, tmp_path: Path) -> No
         assert summary.added_because and all(" needed by " in line for line in summary.added_because)
 
 
+def test_a_layer_rewritten_by_a_better_encoder_owes_the_rest_to_recompression(tmp_path: Path) -> None:
+    """The layer was built with gzip -1 and is written again with -6: the passes removed 20 KB of text, which
+    is not the layer's whole change (that said the passes saved 7x what they removed, compressed)."""
+    rnd = random.Random(3)
+    words = [bytes(rnd.choices(b"abcdefghij ", k=8)) for _ in range(64)]
+    text = [b" ".join(rnd.choices(words, k=2_000)) for _ in range(30)]  # about 540 KB, compressible
+    layers = [
+        [entry("base", data=b"b")],
+        [entry(f"srv/doc{i}.txt", data=t) for i, t in enumerate(text)]
+        + [entry("srv/old.txt", data=text[0][:20_000])],
+        [entry("srv/.wh.old.txt", data=b"")],
+    ]
+    image = build_image(tmp_path / "in.tar", layers, gzip_level=1)
+    report = optimize(str(image), str(tmp_path / "out.tar"), Options(passes=("dead-data",), workers=1))
+    layer = report.images[0].layers[1]
+    assert layer.status == "rewritten"
+    removed = layer.uncompressed_before - layer.uncompressed_after
+    dropped = sum(other.size_before for other in report.images[0].layers if other.status == "dropped")
+    summary = report.summary  # the whiteout's layer is dropped: the passes saved it whole
+    assert 0 < summary.saved_by_passes <= removed * layer.size_after / layer.uncompressed_after + dropped + 1
+    assert summary.saved_by_recompression > summary.saved_by_passes  # gzip -6 over -1 on 540 KB of text
+    assert summary.bytes_before - summary.bytes_after == (
+        summary.saved_by_passes + summary.saved_by_recompression - summary.added
+    )
+
+
 def test_a_squash_in_the_same_codec_owes_its_whole_change_to_the_passes(demo: Path, tmp_path: Path) -> None:
     """The squashed layer keeps the merged layers' codec: recompression saved nothing. (Pricing the removed
     bytes at the new layer's ratio said the passes saved 20.0 KiB of a 14.1 KiB image, recompression -12.5.)"""
