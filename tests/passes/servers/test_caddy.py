@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.passes.servers.helpers import kept, served_by
+from tests.passes.servers.helpers import deadline, kept, served_by
 
 
 def test_caddyfile_site_root_and_formats(tmp_path: Path) -> None:
@@ -59,3 +59,15 @@ def test_import_cycles_stop(tmp_path: Path) -> None:
     caddyfile += b":80 {\n root * /srv\n import a\n import Caddyfile\n}\n"
     result = served_by(tmp_path, {"etc/caddy/Caddyfile": caddyfile})
     assert result.keeps("srv/x.gz", ".gz") == "served by Caddy (precompressed) from /srv"
+
+
+def test_snippets_importing_each_other_keep_everything(tmp_path: Path) -> None:
+    imports = "".join(f" import s{n}\n" for n in range(10))
+    caddyfile = "".join(f"(s{n}) {{\n{imports}}}\n" for n in range(10))
+    caddyfile += ":80 {\n root * /srv\n import s0\n file_server {\n precompressed gzip\n }\n}\n"
+    with deadline(1.0):  # about 10! imports without a bound on the whole
+        result = served_by(tmp_path, {"etc/caddy/Caddyfile": caddyfile.encode()})
+    assert result.keeps("srv/x.gz", ".gz") == (
+        "Caddy precompressed is on and its root cannot be told (/etc/caddy/Caddyfile and what it includes "
+        "read more than 1000 includes (files that include each other?))"
+    )
