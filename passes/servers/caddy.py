@@ -27,6 +27,7 @@ CADDYFILES = ("etc/caddy/Caddyfile",)
 JSON_CONFIGS = ("etc/caddy/*.json", "config/caddy/autosave.json")
 _FORMATS = {"br": ".br", "zstd": ".zst", "gzip": ".gz"}
 _MAX_IMPORT_DEPTH = 16
+_MAX_JSON_DEPTH = 64  # caddy adapt writes some 15 levels
 
 
 def _suffixes(formats: Sequence[str]) -> frozenset[str]:
@@ -126,13 +127,32 @@ def _caddyfiles(fs: FileSystem) -> Iterator[tuple[str, list[Directive] | str]]:
             yield path, str(limit)
 
 
+def _nested_deeper(value: Any, depth: int) -> bool:
+    """``value`` nests lists and objects more than ``depth`` levels deep (looked at level by level, without
+    recursion)."""
+    level = [value]
+    for _ in range(depth):
+        level = [v for item in level if isinstance(item, dict | list) for v in _items(item)]
+        if not level:
+            return False
+    return True
+
+
+def _items(value: dict[str, Any] | list[Any]) -> Iterator[Any]:
+    return iter(value.values()) if isinstance(value, dict) else iter(value)
+
+
 def _json_documents(fs: FileSystem) -> Iterator[tuple[str, Any]]:
+    """Each JSON config; one that does not parse, or nests deeper than any Caddy config does (the walks here
+    recurse), is no Caddy config."""
     for pattern in JSON_CONFIGS:
         for path in config_paths(fs, pattern):
             try:
-                yield path, json.loads(read_text(fs, path) or "null")
-            except ValueError:
+                document = json.loads(read_text(fs, path) or "null")
+            except (ValueError, RecursionError):  # json.loads: RecursionError past ~1000 levels
                 continue
+            if not _nested_deeper(document, _MAX_JSON_DEPTH):
+                yield path, document
 
 
 def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
@@ -185,7 +205,10 @@ def _chain_roots(value: Any, pending: frozenset[str]) -> tuple[frozenset[str], s
         if isinstance(root, str) and root != "{http.vars.root}":
             return pending, {("file_server root", root)}
         return pending, {("vars root", r) for r in pending}
-    after, served = _chain_roots(list(value.values()), pending)
+    after = pending
+    for item in value.values():  # not through a list: one frame per level, as deep as json.loads goes
+        after, found = _chain_roots(item, after)
+        served |= found
     passes_on = handler is not None or (
         "handle" in value and not value.get("terminal") and "group" not in value
     )

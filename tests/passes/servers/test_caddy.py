@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from passes.servers import served, web_roots
+from tests.passes import kit
 from tests.passes.servers.helpers import deadline, kept, served_by
 
 
@@ -71,3 +73,12 @@ def test_snippets_importing_each_other_keep_everything(tmp_path: Path) -> None:
         "Caddy precompressed is on and its root cannot be told (/etc/caddy/Caddyfile and what it includes "
         "read more than 1000 includes (files that include each other?))"
     )
+
+
+def test_json_nested_too_deep_is_no_caddy_config(tmp_path: Path) -> None:
+    files = {
+        "etc/caddy/lists.json": b"[" * 5000 + b"]" * 5000,  # json.loads: RecursionError
+        "etc/caddy/objects.json": b'{"a": ' * 900 + b"null" + b"}" * 900,  # parses; our walks recurse
+    }
+    fs = kit.make_filesystem(tmp_path, [files], parents=True)
+    assert served(fs, {}).servings == [] and web_roots(fs, {}).roots == []
