@@ -5,8 +5,9 @@ its many copies) rewrites a request to ``FILE.gz`` when the client accepts gzip 
 ``RewriteRule`` whose substitution ends in ``.gz``, ``.br`` or ``.zst`` (``$1.gz``, ``%{REQUEST_FILENAME}.br``)
 is such a recipe; it serves its ``<Directory>``, the directory of its ``.htaccess``, or the ``DocumentRoot``
 around it. The main file is ``apache2.conf``/``httpd.conf``; ``Include``/``IncludeOptional`` are followed
-(relative to ``ServerRoot``); ``.htaccess`` files are read wherever the image has them, when it has httpd.
-``roots`` lists every ``DocumentRoot`` and ``Alias`` target.
+(relative to ``ServerRoot``); a configuration whose includes go past the bound (``files.Includes``) serves
+every suffix from a root that cannot be told, and has no root for ``roots``. ``.htaccess`` files are read
+wherever the image has them, when it has httpd. ``roots`` lists every ``DocumentRoot`` and ``Alias`` target.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from optimizer.filesystem import FileSystem
 
-from .files import config_paths, node_at, read_text
+from .files import IncludeLimit, Includes, node_at, read_text
 from .serving import DocumentRoot, Serving, image_path
 
 __all__ = ["MAIN_FILES", "find", "roots"]
@@ -35,6 +36,7 @@ MAIN_FILES = (
 _SUBSTITUTION = re.compile(r"\.(gz|br|zst)(?:$|[\]\[?\s])", re.IGNORECASE)
 _MAX_INCLUDE_DEPTH = 16
 _MAX_HTACCESS = 1000
+_ALL = frozenset({".gz", ".br", ".zst"})
 
 
 @dataclass
@@ -72,9 +74,9 @@ def _suffixes(words: list[str]) -> frozenset[str]:
 
 
 def _read(
-    fs: FileSystem, path: str, state: _State, scopes: list[_Scope], chain: tuple[str, ...] = ()
+    includes: Includes, path: str, state: _State, scopes: list[_Scope], chain: tuple[str, ...] = ()
 ) -> None:
-    text = read_text(fs, path)
+    text = includes.text(path)
     if text is None:
         return
     for line in _lines(text):
@@ -82,9 +84,9 @@ def _read(
         name = words[0].lower() if words else ""
         if name in ("include", "includeoptional") and len(words) > 1 and len(chain) < _MAX_INCLUDE_DEPTH:
             target = words[1] if words[1].startswith("/") else f"/{state.server_root}/{words[1]}"
-            for included in config_paths(fs, posixpath.normpath(target).lstrip("/")):
+            for included in includes.paths(posixpath.normpath(target).lstrip("/")):
                 if included not in chain and included != path:  # a file including itself: once is enough
-                    _read(fs, included, state, scopes, (*chain, path))
+                    _read(includes, included, state, scopes, (*chain, path))
         elif name == "serverroot" and len(words) > 1:
             state.server_root = image_path(words[1]) or state.server_root
         elif name == "documentroot" and len(words) > 1:
@@ -127,6 +129,13 @@ def _htaccess(fs: FileSystem) -> list[Serving]:
     return _servings(state)
 
 
+def _configuration(fs: FileSystem, main: str, server_root: str) -> _State:
+    """The main file read with its includes; ``IncludeLimit`` past the bound."""
+    state = _State(server_root)
+    _read(Includes(fs, main), main, state, [_Scope("main")])
+    return state
+
+
 def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
     """Every RewriteRule of the image's httpd (main configuration and .htaccess) that sends FILE.gz/.br/.zst."""
     servings: list[Serving] = []
@@ -135,9 +144,10 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
         if node_at(fs, main) is None:
             continue
         present = True
-        state = _State(server_root)
-        _read(fs, main, state, [_Scope("main")])
-        servings += _servings(state)
+        try:
+            servings += _servings(_configuration(fs, main, server_root))
+        except IncludeLimit as limit:
+            servings.append(Serving("Apache httpd", "RewriteRule", "/" + main, _ALL, None, str(limit)))
     return servings + (_htaccess(fs) if present else [])
 
 
@@ -146,12 +156,14 @@ def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
     its files (Debian grants ``/usr/share`` and denies ``/`` in every install): it is not a root."""
     found: list[DocumentRoot] = []
     for main, server_root in MAIN_FILES:
-        if node_at(fs, main) is not None:
-            state = _State(server_root)
-            _read(fs, main, state, [_Scope("main")])
-            for how, value, source in state.documents:
-                # a relative DocumentRoot is relative to ServerRoot
-                path = image_path(value, state.server_root)
-                if path is not None:
-                    found.append(DocumentRoot("Apache httpd", how, source, path))
+        if node_at(fs, main) is None:
+            continue
+        try:
+            state = _configuration(fs, main, server_root)
+        except IncludeLimit:
+            continue  # none of its roots can be told
+        for how, value, source in state.documents:
+            path = image_path(value, state.server_root)  # a relative DocumentRoot is relative to ServerRoot
+            if path is not None:
+                found.append(DocumentRoot("Apache httpd", how, source, path))
     return found

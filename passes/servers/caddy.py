@@ -2,21 +2,23 @@
 
 ``precompressed`` with no format means ``br zstd gzip``; the files come from the ``root`` of the site block (or
 of the enclosing ``handle``/``route`` block that sets one), and in JSON from the handler's ``"root"``. A
-``file_server`` without a readable root (none, a placeholder) is a serving with an unknown root. ``roots``
-lists the root of every ``file_server``, precompressed or not.
+``file_server`` without a readable root (none, a placeholder) is a serving with an unknown root, and so is a
+Caddyfile whose imports go past the bound (``files.Includes``). ``roots`` lists the root of every
+``file_server``, precompressed or not (none of a Caddyfile past the bound).
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterator, Mapping, Sequence
+from collections import ChainMap
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from optimizer.filesystem import FileSystem
 
 from .blocks import Directive, parse_blocks
-from .files import config_paths, read_text
+from .files import IncludeLimit, Includes, config_paths, read_text
 from .serving import DocumentRoot, Serving, image_path
 
 __all__ = ["CADDYFILES", "JSON_CONFIGS", "find", "roots"]
@@ -25,6 +27,7 @@ CADDYFILES = ("etc/caddy/Caddyfile",)
 JSON_CONFIGS = ("etc/caddy/*.json", "config/caddy/autosave.json")
 _FORMATS = {"br": ".br", "zstd": ".zst", "gzip": ".gz"}
 _MAX_IMPORT_DEPTH = 16
+_MAX_JSON_DEPTH = 64  # caddy adapt writes some 15 levels
 
 
 def _suffixes(formats: Sequence[str]) -> frozenset[str]:
@@ -36,34 +39,42 @@ def _root(directive: Directive) -> str | None:
     return directive.args[-1] if directive.args else None
 
 
+def _size(directives: Sequence[Directive]) -> int:
+    """About the characters of ``directives`` as text: what importing a snippet brings, for ``Includes``."""
+    return sum(len(d.name) + sum(len(a) + 1 for a in d.args) + 2 + _size(d.block or ()) for d in directives)
+
+
 def _imports(
-    fs: FileSystem,
+    includes: Includes,
     directives: list[Directive],
     base: str,
-    snippets: dict[str, list[Directive]],
+    snippets: MutableMapping[str, list[Directive]],
     chain: tuple[str, ...] = (),
 ) -> list[Directive]:
     """``import`` replaced by the snippet or the files it names; ``chain`` (snippets and files being imported)
-    stops cycles."""
-    snippets = snippets | {
+    stops cycles, ``includes`` counts them all."""
+    defined = {
         d.name[1:-1]: d.block or [] for d in directives if d.name.startswith("(") and d.name.endswith(")")
     }
+    if defined:
+        snippets = ChainMap(defined, snippets)  # not a copy per block: a Caddyfile may define thousands
     out: list[Directive] = []
     for directive in directives:
         if directive.name == "import" and directive.args:
             name = directive.args[0]
             if name in snippets:
+                includes.count(1, _size(snippets[name]))
                 if name not in chain and len(chain) < _MAX_IMPORT_DEPTH:
-                    out += _imports(fs, snippets[name], base, snippets, (*chain, name))
+                    out += _imports(includes, snippets[name], base, snippets, (*chain, name))
                 continue
             target = name if name.startswith("/") else f"/{base}/{name}"
-            for path in config_paths(fs, posixpath.normpath(target).lstrip("/")):
+            for path in includes.paths(posixpath.normpath(target).lstrip("/")):
                 if path not in chain and len(chain) < _MAX_IMPORT_DEPTH:
-                    included = parse_blocks(read_text(fs, path) or "", newlines=True)
-                    out += _imports(fs, included, base, snippets, (*chain, path))
+                    included = parse_blocks(includes.text(path) or "", newlines=True)
+                    out += _imports(includes, included, base, snippets, (*chain, path))
             continue
         if directive.block is not None:
-            block = _imports(fs, directive.block, base, snippets, chain)
+            block = _imports(includes, directive.block, base, snippets, chain)
             directive = Directive(directive.name, directive.args, block)
         out.append(directive)
     return out
@@ -100,34 +111,56 @@ def _json_servings(value: Any, source: str) -> Iterator[Serving]:
             yield from _json_servings(item, source)
 
 
-def _caddyfiles(fs: FileSystem) -> Iterator[tuple[str, list[Directive] | ValueError]]:
-    """Each Caddyfile's directives (imports replaced), or why it does not parse."""
+def _caddyfiles(fs: FileSystem) -> Iterator[tuple[str, list[Directive] | str]]:
+    """Each Caddyfile's directives (imports replaced), or why they cannot be told (it does not parse, its
+    imports go past the bound)."""
     for path in CADDYFILES:
-        text = read_text(fs, path)
+        includes = Includes(fs, path)
+        text = includes.text(path)
         if text is None:
             continue
         try:
-            yield path, _imports(fs, parse_blocks(text, newlines=True), path.rsplit("/", 1)[0], {})
+            yield path, _imports(includes, parse_blocks(text, newlines=True), path.rsplit("/", 1)[0], {})
         except ValueError as error:
-            yield path, error
+            yield path, f"/{path} does not parse: {error}"
+        except IncludeLimit as limit:
+            yield path, str(limit)
+
+
+def _nested_deeper(value: Any, depth: int) -> bool:
+    """``value`` nests lists and objects more than ``depth`` levels deep (looked at level by level, without
+    recursion)."""
+    level = [value]
+    for _ in range(depth):
+        level = [v for item in level if isinstance(item, dict | list) for v in _items(item)]
+        if not level:
+            return False
+    return True
+
+
+def _items(value: dict[str, Any] | list[Any]) -> Iterator[Any]:
+    return iter(value.values()) if isinstance(value, dict) else iter(value)
 
 
 def _json_documents(fs: FileSystem) -> Iterator[tuple[str, Any]]:
+    """Each JSON config; one that does not parse, or nests deeper than any Caddy config does (the walks here
+    recurse), is no Caddy config."""
     for pattern in JSON_CONFIGS:
         for path in config_paths(fs, pattern):
             try:
-                yield path, json.loads(read_text(fs, path) or "null")
-            except ValueError:
+                document = json.loads(read_text(fs, path) or "null")
+            except (ValueError, RecursionError):  # json.loads: RecursionError past ~1000 levels
                 continue
+            if not _nested_deeper(document, _MAX_JSON_DEPTH):
+                yield path, document
 
 
 def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
     """Every Caddy file_server of the image that sends precompressed files."""
     servings: list[Serving] = []
     for path, directives in _caddyfiles(fs):
-        if isinstance(directives, ValueError):
-            why = f"/{path} does not parse: {directives}"
-            servings.append(Serving("Caddy", "precompressed", "/" + path, _suffixes(()), None, why))
+        if isinstance(directives, str):
+            servings.append(Serving("Caddy", "precompressed", "/" + path, _suffixes(()), None, directives))
             continue
         servings += _walk(directives, None, "/" + path)
     for path, document in _json_documents(fs):
@@ -151,37 +184,51 @@ def _file_server_roots(
             yield from _file_server_roots(directive.block, root, source)
 
 
-def _handlers(value: Any) -> Iterator[dict[str, Any]]:
-    """Every handler object of a JSON config, depth first."""
-    if isinstance(value, dict):
-        if "handler" in value:
-            yield value
-        for item in value.values():
-            yield from _handlers(item)
-    elif isinstance(value, list):
+def _chain_roots(value: Any, pending: frozenset[str]) -> tuple[frozenset[str], set[tuple[str, str]]]:
+    """Walk a JSON config in the order Caddy runs its handlers. ``pending`` are the roots ``vars`` handlers set
+    before (any of them, as matchers decide); returns the roots pending after ``value`` and the (how, root) a
+    ``file_server`` sends from: its own ``root``, or the pending ones. A root set in a route that ends the
+    chain (``terminal``: a site) or in a route of a ``group`` (``handle``: one of them runs) reaches no later
+    route; one set in a route of its own (the Caddyfile adapter puts ``root`` there) reaches the next."""
+    served: set[tuple[str, str]] = set()
+    if isinstance(value, list):
         for item in value:
-            yield from _handlers(item)
+            pending, found = _chain_roots(item, pending)
+            served |= found
+        return pending, served
+    if not isinstance(value, dict):
+        return pending, served
+    handler, root = value.get("handler"), value.get("root")
+    if handler == "vars" and isinstance(root, str):
+        return pending | {root}, served
+    if handler == "file_server":
+        if isinstance(root, str) and root != "{http.vars.root}":
+            return pending, {("file_server root", root)}
+        return pending, {("vars root", r) for r in pending}
+    after = pending
+    for item in value.values():  # not through a list: one frame per level, as deep as json.loads goes
+        after, found = _chain_roots(item, after)
+        served |= found
+    passes_on = handler is not None or (
+        "handle" in value and not value.get("terminal") and "group" not in value
+    )
+    return (after if passes_on else pending), served
 
 
 def _json_roots(document: Any, source: str) -> Iterator[DocumentRoot]:
-    """The literal roots of file_server handlers, and of vars handlers (where the Caddyfile adapter puts
-    ``root``), in a document that has a file_server."""
-    handlers = list(_handlers(document))
-    if not any(h["handler"] == "file_server" for h in handlers):
-        return
-    for handler in handlers:
-        root = handler.get("root")
-        if handler["handler"] in ("file_server", "vars") and isinstance(root, str):
-            path = image_path(root)
-            if path is not None:
-                yield DocumentRoot("Caddy", f"{handler['handler']} root", source, path)
+    """The literal roots file_server handlers send from: their own, or one a vars handler before them set
+    (where the Caddyfile adapter puts ``root``)."""
+    for how, root in sorted(_chain_roots(document, frozenset())[1]):
+        path = image_path(root)
+        if path is not None:
+            yield DocumentRoot("Caddy", how, source, path)
 
 
 def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
     """The root of every Caddy ``file_server`` (the site's, or its own ``root`` subdirective)."""
     found: list[DocumentRoot] = []
     for path, directives in _caddyfiles(fs):
-        if not isinstance(directives, ValueError):
+        if not isinstance(directives, str):
             found += _file_server_roots(directives, None, "/" + path)
     for path, document in _json_documents(fs):
         found += _json_roots(document, "/" + path)

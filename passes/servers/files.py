@@ -1,9 +1,9 @@
 """Reading the image's own files as a server would: through the image's symlinks, never the host's.
 
-Configuration is read from the merged filesystem (size-capped, includes globbed in the image), and a configured
-root is turned into the real paths whose files a server sends under it: the root with its symlinks resolved
-inside the image (Capistrano's ``/var/www/current -> /srv/releases/42``), plus whatever the symlinks below it
-lead to.
+Configuration is read from the merged filesystem (size-capped, includes globbed in the image, what one
+configuration reads through its includes bounded as a whole: ``Includes``), and a configured root is turned into
+the real paths whose files a server sends under it: the root with its symlinks resolved inside the image
+(Capistrano's ``/var/www/current -> /srv/releases/42``), plus whatever the symlinks below it lead to.
 """
 
 from __future__ import annotations
@@ -16,9 +16,26 @@ import re
 from optimizer.filesystem import FileSystem, Node
 from optimizer.model import EntryKind
 
-__all__ = ["MAX_CONFIG_BYTES", "Symlinks", "config_paths", "node_at", "read_text", "real_prefixes", "under"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_INCLUDED_TEXT",
+    "MAX_INCLUDES",
+    "IncludeLimit",
+    "Includes",
+    "Symlinks",
+    "config_paths",
+    "node_at",
+    "read_text",
+    "real_prefixes",
+    "under",
+]
 
 MAX_CONFIG_BYTES = 4 << 20  # a larger "configuration file" is not one
+# What one configuration may read through its includes, repeats counted each time. Debian's nginx or httpd with
+# every module and site enabled includes 20-60 files and some 100 KB; files that include each other are read
+# about k! times (10 files: 10 million reads) and stop here instead.
+MAX_INCLUDES = 1000
+MAX_INCLUDED_TEXT = MAX_CONFIG_BYTES  # characters in all, the top file's too
 _MAX_PREFIXES = 256  # symlinked directories followed below one root, at most
 
 
@@ -58,6 +75,55 @@ def config_paths(fs: FileSystem, pattern: str) -> list[str]:
                     step.append(f"{base}/{name}" if base else name)
         found = step
     return sorted(found)
+
+
+class IncludeLimit(Exception):
+    """A configuration read more than ``MAX_INCLUDES`` includes or ``MAX_INCLUDED_TEXT`` characters: what it
+    configures cannot be told. ``source`` is its top file (image-relative), the message says which bound."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class Includes:
+    """What one configuration (``source``, its top file or directory) reads through its includes, counted
+    against ``MAX_INCLUDES`` and ``MAX_INCLUDED_TEXT``; past either, ``IncludeLimit``. Every include counts
+    (a snippet included in three server blocks is three, a file skipped as a cycle is one); each file's text
+    is read from the image once."""
+
+    def __init__(self, fs: FileSystem, source: str) -> None:
+        self.fs = fs
+        self.source = source
+        self.includes = 0
+        self.characters = 0
+        self._texts: dict[str, str | None] = {}
+
+    def paths(self, pattern: str) -> list[str]:
+        """The files an include names (``config_paths``), each one include; a pattern naming none is one too."""
+        found = config_paths(self.fs, pattern)
+        self.count(max(1, len(found)), 0)
+        return found
+
+    def text(self, path: str) -> str | None:
+        """A file's text (``read_text``), counted whole each time it is read."""
+        if path not in self._texts:
+            self._texts[path] = read_text(self.fs, path)
+        text = self._texts[path]
+        self.count(0, len(text or ""))
+        return text
+
+    def count(self, includes: int, characters: int) -> None:
+        """Count what an include brings (``Includes.paths`` and ``Includes.text`` count themselves)."""
+        self.includes += includes
+        self.characters += characters
+        if self.includes > MAX_INCLUDES:
+            bound = f"more than {MAX_INCLUDES} includes (files that include each other?)"
+        elif self.characters > MAX_INCLUDED_TEXT:
+            bound = f"more than {MAX_INCLUDED_TEXT >> 20} MiB of text"
+        else:
+            return
+        raise IncludeLimit(self.source, f"/{self.source} and what it includes read {bound}")
 
 
 def under(path: str, prefix: str) -> bool:

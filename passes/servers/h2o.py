@@ -2,8 +2,10 @@
 
 The flag applies at the global, host or path level and is inherited downwards; every path mapped to a
 ``file.dir`` where it is on sends ``FILE.br`` and ``FILE.gz`` (``FILE.gz`` alone with ``file.send-gzip``).
-``!file`` includes are read from the image; an ``!env`` value is a root that cannot be told. ``roots`` lists
-the ``file.dir`` of every path, whatever it sends.
+``!file`` includes are read from the image; an ``!env`` value is a root that cannot be told, and so is every
+path of a configuration whose includes go past the bound (``files.Includes``). ``roots`` lists the ``file.dir``
+of every path, whatever it sends. A level reached again through YAML aliases is walked once (``&a`` in
+``paths: {x: *a, y: *a}`` doubles at every level: 2**depth paths).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from optimizer.filesystem import FileSystem
 
-from .files import read_text
+from .files import IncludeLimit, Includes
 from .serving import DocumentRoot, Serving, image_path
 
 __all__ = ["CONFIGS", "find", "roots"]
@@ -33,9 +35,12 @@ def _flags(level: Mapping[str, Any], inherited: frozenset[str]) -> frozenset[str
     return frozenset(suffixes)
 
 
-def _walk(level: Any, inherited: frozenset[str], source: str) -> Iterator[Serving]:
-    if not isinstance(level, Mapping):
-        return
+def _walk(
+    level: Any, inherited: frozenset[str], source: str, seen: set[tuple[int, frozenset[str]]]
+) -> Iterator[Serving]:
+    if not isinstance(level, Mapping) or (id(level), inherited) in seen:
+        return  # the same level with the same flags sends the same, already yielded
+    seen.add((id(level), inherited))
     here = _flags(level, inherited)
     directory = level.get("file.dir")
     if here and directory is not None:
@@ -46,7 +51,7 @@ def _walk(level: Any, inherited: frozenset[str], source: str) -> Iterator[Servin
         children = level.get(key)
         if isinstance(children, Mapping):
             for child in children.values():
-                yield from _walk(child, here, source)
+                yield from _walk(child, here, source, seen)
 
 
 def _documents(fs: FileSystem) -> Iterator[tuple[str, Any]]:
@@ -62,21 +67,23 @@ def _documents(fs: FileSystem) -> Iterator[tuple[str, Any]]:
         target = str(loader.construct_scalar(node)).lstrip("/")
         if target in reading or len(reading) >= _MAX_INCLUDE_DEPTH:
             raise yaml.YAMLError(f"!file /{target}: included in a cycle or too deep")
+        includes.count(1, 0)
         reading.append(target)
         try:
-            return yaml.load(read_text(fs, target) or "", Loader)
+            return yaml.load(includes.text(target) or "", Loader)
         finally:
             reading.pop()
 
     Loader.add_constructor("!file", include)
     Loader.add_constructor("!env", lambda loader, node: "$" + str(loader.construct_scalar(node)))
     for path in CONFIGS:
-        text = read_text(fs, path)
+        includes = Includes(fs, path)  # what ``include`` counts while this configuration is read
+        text = includes.text(path)
         if text is None:
             continue
         try:
             yield path, yaml.load(text, Loader)
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, IncludeLimit) as error:
             yield path, error
 
 
@@ -85,18 +92,20 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
     servings: list[Serving] = []
     for path, document in _documents(fs):
         if isinstance(document, Exception):
-            why = f"/{path} does not parse: {type(document).__name__}"
+            bounded = isinstance(document, IncludeLimit)
+            why = str(document) if bounded else f"/{path} does not parse: {type(document).__name__}"
             servings.append(
                 Serving("h2o", "file.send-compressed", "/" + path, frozenset({".br", ".gz"}), None, why)
             )
             continue
-        servings += _walk(document, frozenset(), "/" + path)
+        servings += _walk(document, frozenset(), "/" + path, set())
     return servings
 
 
-def _dirs(level: Any, source: str) -> Iterator[DocumentRoot]:
-    if not isinstance(level, Mapping):
+def _dirs(level: Any, source: str, seen: set[int]) -> Iterator[DocumentRoot]:
+    if not isinstance(level, Mapping) or id(level) in seen:
         return
+    seen.add(id(level))
     directory = level.get("file.dir")
     path = image_path(directory) if isinstance(directory, str) else None
     if path is not None:
@@ -105,7 +114,7 @@ def _dirs(level: Any, source: str) -> Iterator[DocumentRoot]:
         children = level.get(key)
         if isinstance(children, Mapping):
             for child in children.values():
-                yield from _dirs(child, source)
+                yield from _dirs(child, source, seen)
 
 
 def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
@@ -113,5 +122,5 @@ def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
     found: list[DocumentRoot] = []
     for path, document in _documents(fs):
         if not isinstance(document, Exception):
-            found += _dirs(document, "/" + path)
+            found += _dirs(document, "/" + path, set())
     return found

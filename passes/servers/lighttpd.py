@@ -3,7 +3,9 @@
 lighttpd 1.4 compresses on the fly (``mod_deflate``, with an optional cache of its own) and does not look for
 precompressed twins; sites that ship them attract a Lua script (``magnet.attract-physical-path-to``,
 ``magnet.attract-raw-url-to``) that rewrites the path to the twin. Such a script (one that names ``.gz``,
-``.br`` or ``.zst``) serves ``server.document-root``. Includes are followed; ``include_shell`` is not run.
+``.br`` or ``.zst``) serves ``server.document-root``. Includes are followed; ``include_shell`` is not run; a
+configuration whose includes go past the bound (``files.Includes``) may attract any script: every suffix is
+served from a root that cannot be told, and it has no root for ``roots``.
 ``roots`` lists every ``server.document-root`` and ``alias.url`` target. A root may be built from ``var.``
 variables (Alpine's ``server.document-root = var.basedir + "/htdocs"``); one that names any other value
 (``env.``, an unknown variable) cannot be told.
@@ -18,7 +20,7 @@ from typing import Any
 
 from optimizer.filesystem import FileSystem
 
-from .files import config_paths, read_text
+from .files import IncludeLimit, Includes, read_text
 from .serving import DocumentRoot, Serving, image_path
 
 __all__ = ["CONFIGS", "find", "roots"]
@@ -33,10 +35,11 @@ _TWIN = re.compile(r"""["']\.(gz|br|zst)["']""")
 _ALIAS = re.compile(r"""^\s*alias\.url\s*\+?=\s*\(([^)]*)\)""", re.M)
 _ALIAS_TARGET = re.compile(r'"[^"]*"\s*=>\s*"([^"]+)"')
 _MAX_INCLUDE_DEPTH = 16
+_ALL = frozenset({".gz", ".br", ".zst"})
 
 
-def _text(fs: FileSystem, path: str, chain: tuple[str, ...] = ()) -> str:
-    text = read_text(fs, path) or ""
+def _text(includes: Includes, path: str, chain: tuple[str, ...] = ()) -> str:
+    text = includes.text(path) or ""
     base = posixpath.dirname(path)
     parts = [text]
     for match in _INCLUDE.finditer(text):
@@ -44,7 +47,7 @@ def _text(fs: FileSystem, path: str, chain: tuple[str, ...] = ()) -> str:
         pattern = posixpath.normpath(target if target.startswith("/") else f"/{base}/{target}").lstrip("/")
         if len(chain) < _MAX_INCLUDE_DEPTH:
             chained = (*chain, path)
-            parts += [_text(fs, p, chained) for p in config_paths(fs, pattern) if p not in chained]
+            parts += [_text(includes, p, chained) for p in includes.paths(pattern) if p not in chained]
     return "\n".join(parts)
 
 
@@ -78,14 +81,22 @@ def _document_roots(text: str) -> list[str | None]:
 def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
     """The document root of an image's lighttpd whose mod_magnet scripts send precompressed twins."""
     servings: list[Serving] = []
+    twins: dict[str, frozenset[str]] = {}  # script -> the suffixes it names, each script read once
     for path in CONFIGS:
         if read_text(fs, path) is None:
             continue
-        text = _text(fs, path)
+        try:
+            text = _text(Includes(fs, path), path)
+        except IncludeLimit as limit:
+            servings.append(Serving("lighttpd", "mod_magnet", "/" + path, _ALL, None, str(limit)))
+            continue
         roots = _document_roots(text)
         for attract in _MAGNET.finditer(text):
             for script in _SCRIPT.findall(attract.group(1)):
-                suffixes = frozenset("." + s for s in _TWIN.findall(read_text(fs, script.lstrip("/")) or ""))
+                if script not in twins:
+                    found = _TWIN.findall(read_text(fs, script.lstrip("/")) or "")
+                    twins[script] = frozenset("." + s for s in found)
+                suffixes = twins[script]
                 if not suffixes:
                     continue
                 value = roots[-1] if roots else "(none)"
@@ -102,7 +113,10 @@ def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
     for path in CONFIGS:
         if read_text(fs, path) is None:
             continue
-        text = _text(fs, path)
+        try:
+            text = _text(Includes(fs, path), path)
+        except IncludeLimit:
+            continue  # none of its roots can be told
         values = [("server.document-root", v) for v in _document_roots(text) if v is not None]
         for aliases in _ALIAS.finditer(text):
             values += [("alias.url", v) for v in _ALIAS_TARGET.findall(aliases.group(1))]

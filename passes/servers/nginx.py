@@ -3,8 +3,9 @@
 The configuration (``nginx.conf`` and what it includes, or every file under the configuration directory when
 there is no ``nginx.conf``) is parsed into directives; ``.gz`` files under the ``root``/``alias`` of a context
 with ``gzip_static`` on (``.br`` with ``brotli_static``) are served. A context with it on whose root we cannot
-read (none set, a variable, a relative path) is a serving with an unknown root. ``roots`` lists the ``root``
-and ``alias`` of every context, whatever it turns on.
+read (none set, a variable, a relative path) is a serving with an unknown root, and so is every context of a
+configuration whose includes go past the bound (``files.Includes``). ``roots`` lists the ``root`` and ``alias``
+of every context, whatever it turns on (none of a configuration past the bound).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from optimizer.filesystem import FileSystem
 
 from .blocks import Directive, parse_blocks
-from .files import MAX_CONFIG_BYTES, config_paths, node_at, read_text
+from .files import MAX_CONFIG_BYTES, IncludeLimit, Includes, node_at, read_text
 from .serving import DocumentRoot, Serving, image_path
 
 __all__ = ["CONF_DIRS", "find", "roots"]
@@ -35,15 +36,15 @@ _MAX_INCLUDE_DEPTH = 16
 
 @dataclass
 class _Reading:
-    """What one configuration directory gave: the servings, and the files read."""
+    """What one configuration directory gave: the servings, and what its includes read."""
 
     conf_dir: str
     servings: list[Serving]
-    files: list[str]
+    includes: Includes
 
 
 def _expand_includes(
-    fs: FileSystem, directives: list[Directive], reading: _Reading, chain: tuple[str, ...]
+    directives: list[Directive], reading: _Reading, chain: tuple[str, ...]
 ) -> list[Directive]:
     out: list[Directive] = []
     for directive in directives:
@@ -51,27 +52,26 @@ def _expand_includes(
             target = directive.args[0]
             pattern = target.lstrip("/") if target.startswith("/") else f"{reading.conf_dir}/{target}"
             pattern = posixpath.normpath(pattern)
-            for path in config_paths(fs, pattern):
+            for path in reading.includes.paths(pattern):
                 # a file already on the chain of includes would include itself forever
                 if (
                     fnmatch.fnmatchcase(path, pattern)
                     and path not in chain
                     and len(chain) < _MAX_INCLUDE_DEPTH
                 ):
-                    out.extend(_load(fs, path, reading, chain))
+                    out.extend(_load(path, reading, chain))
             continue
         if directive.block is not None:
-            block = _expand_includes(fs, directive.block, reading, chain)
+            block = _expand_includes(directive.block, reading, chain)
             directive = Directive(directive.name, directive.args, block)
         out.append(directive)
     return out
 
 
-def _load(fs: FileSystem, path: str, reading: _Reading, chain: tuple[str, ...] = ()) -> list[Directive]:
-    text = read_text(fs, path)
+def _load(path: str, reading: _Reading, chain: tuple[str, ...] = ()) -> list[Directive]:
+    text = reading.includes.text(path)
     if text is None:
         return []
-    reading.files.append("/" + path)
     try:
         directives = parse_blocks(text)
     except ValueError as error:
@@ -79,7 +79,7 @@ def _load(fs: FileSystem, path: str, reading: _Reading, chain: tuple[str, ...] =
             why = f"/{path} does not parse: {error}"
             reading.servings.append(Serving("nginx", how, "/" + path, frozenset({suffix}), None, why))
         return []
-    return _expand_includes(fs, directives, reading, (*chain, path))
+    return _expand_includes(directives, reading, (*chain, path))
 
 
 def _flag(directives: Sequence[Directive], name: str, inherited: bool) -> bool:
@@ -121,20 +121,31 @@ def _configs(
     includes or, without one, every file under the directory that mentions ``needle``, each on its own."""
     main = f"{conf_dir}/nginx.conf"
     if node_at(fs, main) is not None:
-        yield "/" + main, "main", _load(fs, main, reading)
+        yield "/" + main, "main", _load(main, reading)
         return
     # No main file: read every file under the directory on its own (snippets meant for an include).
     for path, node in fs.files():
         if path.startswith(conf_dir + "/") and node.size <= MAX_CONFIG_BYTES:
             text = read_text(fs, path)
             if text is not None and needle in text:
-                yield "/" + path, "server", _load(fs, path, reading)
+                yield "/" + path, "server", _load(path, reading)
+
+
+def _reading(fs: FileSystem, conf_dir: str) -> _Reading:
+    main = f"{conf_dir}/nginx.conf"  # the includes of every file, counted as one configuration's
+    return _Reading(conf_dir, [], Includes(fs, main if node_at(fs, main) is not None else conf_dir))
 
 
 def _read_dir(fs: FileSystem, conf_dir: str) -> list[Serving]:
-    reading = _Reading(conf_dir, [], [])
-    for source, kind, directives in _configs(fs, conf_dir, reading, "_static"):
-        _walk(directives, (None, False, False), kind, reading, source)
+    reading = _reading(fs, conf_dir)
+    try:
+        for source, kind, directives in _configs(fs, conf_dir, reading, "_static"):
+            _walk(directives, (None, False, False), kind, reading, source)
+    except IncludeLimit as limit:
+        for suffix, how in _STATIC.items():
+            reading.servings.append(
+                Serving("nginx", how, "/" + limit.source, frozenset({suffix}), None, str(limit))
+            )
     return reading.servings
 
 
@@ -162,7 +173,13 @@ def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
     found: list[DocumentRoot] = []
     for conf_dir in CONF_DIRS:
         if fs.is_directory(conf_dir):
-            reading = _Reading(conf_dir, [], [])
-            for source, _kind, directives in _configs(fs, conf_dir, reading, "root"):
-                found += _root_directives(directives, source)
+            reading = _reading(fs, conf_dir)
+            try:
+                found += [
+                    root
+                    for source, _kind, directives in _configs(fs, conf_dir, reading, "root")
+                    for root in _root_directives(directives, source)
+                ]
+            except IncludeLimit:
+                continue  # none of its roots can be told
     return found

@@ -27,6 +27,7 @@ from tests.imagetools import Layout, build_image, entry
 from tests.passes import kit
 from tests.passes.media.oracles import FILES as FIXTURES
 from tests.passes.media.oracles import HOSTILE, SLOW, png_chunks, read, reference_png, result_of
+from tests.passes.servers.helpers import including_each_other
 
 
 def _png(image: Image.Image, **params: object) -> bytes:
@@ -323,3 +324,19 @@ def test_a_symlink_across_the_root_keeps_the_native_form(tmp_path: Path) -> None
     modes = _modes(ctx)
     assert modes["opt/game/maps/height.png"] == modes["srv/www/img/height.png"] == "I;16"
     assert modes["srv/www/height.png"] == "L"
+
+
+@pytest.mark.parametrize("count", [3, 10])
+def test_a_configuration_past_the_include_bound_has_no_root(tmp_path: Path, count: int) -> None:
+    """nginx conf.d files that each include every one of them: 3 are read (the root is told), 10 go past the
+    bound on one configuration's includes (about 10! reads): no root, every file keeps its native form."""
+    files: dict[str, bytes | str] = {**including_each_other("nginx", count)}
+    files.update({f"srv/site0/{name}": make() for name, make in FILES.items()})
+    ctx = kit.run(tmp_path, Media(MediaOptions(reduce="web")), [files])
+    modes, findings = _modes(ctx), kit.findings(ctx)
+    for name in FILES:
+        form = findings[f"srv/site0/{name}"].details["form"]
+        if count == 3:
+            assert form == f"reduced ({REDUCED[name]}): under nginx root /srv/site0 (/etc/nginx/nginx.conf)"
+        else:
+            assert modes[f"srv/site0/{name}"] == NATIVE[name] and form == "native mode kept"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.passes.servers.helpers import kept, served_by
+from passes.servers import served, web_roots
+from tests.passes import kit
+from tests.passes.servers.helpers import deadline, kept, served_by
 
 
 def test_caddyfile_site_root_and_formats(tmp_path: Path) -> None:
@@ -59,3 +61,24 @@ def test_import_cycles_stop(tmp_path: Path) -> None:
     caddyfile += b":80 {\n root * /srv\n import a\n import Caddyfile\n}\n"
     result = served_by(tmp_path, {"etc/caddy/Caddyfile": caddyfile})
     assert result.keeps("srv/x.gz", ".gz") == "served by Caddy (precompressed) from /srv"
+
+
+def test_snippets_importing_each_other_keep_everything(tmp_path: Path) -> None:
+    imports = "".join(f" import s{n}\n" for n in range(10))
+    caddyfile = "".join(f"(s{n}) {{\n{imports}}}\n" for n in range(10))
+    caddyfile += ":80 {\n root * /srv\n import s0\n file_server {\n precompressed gzip\n }\n}\n"
+    with deadline(1.0):  # about 10! imports without a bound on the whole
+        result = served_by(tmp_path, {"etc/caddy/Caddyfile": caddyfile.encode()})
+    assert result.keeps("srv/x.gz", ".gz") == (
+        "Caddy precompressed is on and its root cannot be told (/etc/caddy/Caddyfile and what it includes "
+        "read more than 1000 includes (files that include each other?))"
+    )
+
+
+def test_json_nested_too_deep_is_no_caddy_config(tmp_path: Path) -> None:
+    files = {
+        "etc/caddy/lists.json": b"[" * 5000 + b"]" * 5000,  # json.loads: RecursionError
+        "etc/caddy/objects.json": b'{"a": ' * 900 + b"null" + b"}" * 900,  # parses; our walks recurse
+    }
+    fs = kit.make_filesystem(tmp_path, [files], parents=True)
+    assert served(fs, {}).servings == [] and web_roots(fs, {}).roots == []

@@ -10,6 +10,7 @@ from passes.servers import nginx
 from tests.passes import kit
 from tests.passes.compressed import COMPRESSORS, TEXT, deleted_paths, outcomes, run_duplicates
 from tests.passes.kit import Files
+from tests.passes.servers.helpers import including_each_other
 
 NGINX_CONF = b"""
 user  nginx;
@@ -137,3 +138,20 @@ def test_include_cycles_stop(tmp_path: Path) -> None:
     }
     found = nginx.find(kit.make_filesystem(tmp_path, [files], parents=True), {})
     assert [(s.how, s.root) for s in found] == [("gzip_static", "srv")]
+
+
+def test_a_conf_d_including_itself_keeps_every_twin(tmp_path: Path) -> None:
+    """Ten files of conf.d that each include conf.d/*.conf: the bound on one configuration's includes stops
+    the reading, and every twin stays, the report saying why."""
+    image = {**_nginx_image(), **including_each_other("nginx", 10)}
+    ctx = run_duplicates(tmp_path, [image])
+    assert deleted_paths(ctx) == []
+    reason = "/etc/nginx/nginx.conf and what it includes read more than 1000 includes (files that include each other?)"
+    assert ctx.report.warnings == [
+        f"nginx: /etc/nginx/nginx.conf: {how} with a root that cannot be told ({reason}): every {suffix} twin is kept"
+        for how, suffix in (("gzip_static", ".gz"), ("brotli_static", ".br"))
+    ]
+    found = outcomes(ctx)
+    assert found["usr/share/doc/pkg/changelog.gz"][1].endswith(
+        f"nginx gzip_static is on and its root cannot be told ({reason})"
+    )

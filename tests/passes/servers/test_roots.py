@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from passes.servers import WebRoots, web_roots
@@ -220,3 +221,32 @@ def test_alpine_lighttpd_and_apache_roots(tmp_path: Path) -> None:
         ("Apache httpd", "DocumentRoot", "var/www/localhost/htdocs"),
         ("Apache httpd", "Alias", "srv/icons"),
     }
+
+
+def _subroute(*handlers: dict[str, object]) -> dict[str, object]:
+    """Directives as ``caddy adapt`` writes them: each in a route of its own, in order, inside a subroute."""
+    return {"handler": "subroute", "routes": [{"handle": [h]} for h in handlers]}
+
+
+def _site(host: str, *handlers: dict[str, object]) -> dict[str, object]:
+    return {"match": [{"host": [host]}], "handle": [_subroute(*handlers)], "terminal": True}
+
+
+def test_caddy_json_vars_root_counts_where_a_file_server_follows_it(tmp_path: Path) -> None:
+    proxy = {"handler": "reverse_proxy", "upstreams": [{"dial": "app:8080"}]}
+    serve = {"handler": "file_server", "hide": ["./Caddyfile"]}
+    api, site, late = ({"handler": "vars", "root": f"/srv/{n}"} for n in ("api", "site", "late"))
+    # handle /api/* { root * /srv/handled-api; reverse_proxy ... }  handle { root * /srv/handled; file_server }
+    handled = [
+        {"group": "group0", "handle": [_subroute({"handler": "vars", "root": "/srv/handled-api"}, proxy)]},
+        {"group": "group0", "handle": [_subroute({"handler": "vars", "root": "/srv/handled"}, serve)]},
+    ]
+    routes = [
+        _site("api.example.com", api, proxy),  # a proxy only: its root sends nothing
+        _site("example.com", site, serve),
+        _site("late.example.com", serve, late),  # set after the file_server ran
+        _site("both.example.com", {"handler": "subroute", "routes": handled}),
+    ]
+    document = {"apps": {"http": {"servers": {"srv0": {"listen": [":443"], "routes": routes}}}}}
+    result = roots_of(tmp_path, {"etc/caddy/caddy.json": json.dumps(document).encode()})
+    assert found(result) == {("Caddy", "vars root", "srv/site"), ("Caddy", "vars root", "srv/handled")}
