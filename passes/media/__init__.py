@@ -32,6 +32,15 @@ __all__ = ["Media", "MediaOptions", "MediaResult", "optimize", "sniff"]
 _MAX_FILE_BYTES = 256 << 20  # larger image files are left alone without being read
 
 
+def _png_level(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"media: --media-png-level must be auto or 0 to 6, not {text!r}") from None
+
+
 @dataclass(frozen=True)
 class MediaOptions:
     strip_metadata: bool = setting(
@@ -40,8 +49,21 @@ class MediaOptions:
     png_interlace: Literal["keep", "off"] = setting(
         "keep", "keep PNG interlacing (default) or write non-interlaced PNGs"
     )
-    # 4: no per-file loss to optipng -o2 on the fixtures
-    png_level: int = setting(4, "oxipng optimisation level", metavar="0-6")
+    png_level: int | Literal["auto"] = setting(
+        "auto",
+        "oxipng preset to start from; auto (default): level 2, with libdeflate 12 for decoded rows of 256 KiB "
+        "and more (passes/media/cost.py)",
+        metavar="auto|0-6",
+        parse=lambda text: _png_level(text),
+    )
+    budget: float = setting(
+        2.0,
+        "estimated PNG encoding seconds a file may take: one over it gets a cheaper oxipng effort; 0: no budget",
+        metavar="SECONDS",
+    )
+    min_gain: int = setting(
+        0, "leave PNGs whose expected gain is under BYTES alone, unread (default 0: off)", metavar="BYTES"
+    )
     png_engine: Literal["auto", "oxipng", "pillow"] = setting(
         "auto", "PNG encoder (default auto: oxipng, Pillow when oxipng is absent or fails)"
     )
@@ -72,8 +94,18 @@ class MediaOptions:
             raise UsageError(
                 f"media: --media-png-engine must be auto, oxipng or pillow, not {self.png_engine!r}"
             )
-        if not 0 <= self.png_level <= 6:
-            raise UsageError(f"media: --media-png-level must be 0 to 6, not {self.png_level}")
+        if self.png_level != "auto" and (
+            isinstance(self.png_level, bool)
+            or not isinstance(self.png_level, int)
+            or not 0 <= self.png_level <= 6
+        ):
+            raise UsageError(f"media: --media-png-level must be auto or 0 to 6, not {self.png_level!r}")
+        if not 0 <= self.budget < float("inf"):
+            raise UsageError(
+                f"media: --media-budget must be 0 (no budget) or more seconds, not {self.budget}"
+            )
+        if self.min_gain < 0:
+            raise UsageError(f"media: --media-min-gain must be 0 (off) or more bytes, not {self.min_gain}")
         if not 1 <= self.jpeg_quality <= 100:
             raise UsageError(f"media: --jpeg-quality must be 1 to 100, not {self.jpeg_quality}")
         if not 0.0 < self.ssim_floor <= 1.0:

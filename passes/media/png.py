@@ -17,7 +17,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -41,6 +41,7 @@ from .codec import (
     run_guarded,
     side_error,
 )
+from .cost import expected_gain, png_effort, run_quietly
 from .verify import compare_frames, compare_native, png_form_change, rgba16_from_pillow
 
 __all__ = ["PngChunk", "PngInfo", "optimize_png", "png_pixels", "png_rgba16", "png_structure"]
@@ -347,11 +348,17 @@ def _png_oxipng(data: bytes, info: PngInfo, options: CodecOptions) -> bytes:
     import oxipng
 
     strip = sorted(_png_strip(info, options))
+    effort = png_effort(info, options)
+    # the preset's own deflater unless the effort names one (level 4 with its own: the pass before issue 15)
+    deflate: dict[str, Any] = {}
+    if effort.deflate is not None:
+        deflate["deflate"] = oxipng.Deflaters.libdeflater(effort.deflate)
     try:
-        return bytes(
-            oxipng.optimize_from_memory(
+        return run_quietly(
+            lambda: oxipng.optimize_from_memory(
                 data,
-                level=options.png_level,
+                level=effort.level,
+                **deflate,
                 # pyoxipng's default (argument omitted) de-interlaces; None keeps the input's interlacing
                 interlace=None if options.png_interlace == "keep" else oxipng.Interlacing.Off,
                 strip=oxipng.StripChunks.strip(strip) if strip else oxipng.StripChunks.none(),
@@ -413,11 +420,16 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
         return MediaResult("png", None, f"{info.trailing} bytes after IEND would be lost: left alone")
     if info.frames and info.bit_depth == 16:
         return MediaResult("png", None, "16-bit animated PNG: frames cannot be verified exactly, left alone")
+    if options.min_gain and (gain := expected_gain(info)) < options.min_gain:
+        return MediaResult(
+            "png", None, f"expected gain {gain} B is under --media-min-gain {options.min_gain} B: left alone"
+        )
     for _ in _png_frames(data, info, "original"):  # the original must decode completely before anything else
         pass
     engines: list[tuple[str, Callable[[bytes, PngInfo, CodecOptions], bytes]]] = []
     if options.png_engine in ("auto", "oxipng"):
-        engines.append((f"oxipng {engine_versions()['oxipng']} level {options.png_level}", _png_oxipng))
+        effort = png_effort(info, options).describe()
+        engines.append((f"oxipng {engine_versions()['oxipng']} {effort}", _png_oxipng))
     if options.png_engine in ("auto", "pillow"):
         engines.append((f"Pillow {PILLOW_VERSION}", _png_pillow))
     reasons: list[str] = []
