@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .codec import CodecOptions
@@ -68,6 +68,12 @@ class PngEffort:
 
     def seconds(self, raw: int) -> float:
         return self.fixed + self.per_byte * raw
+
+    def deflater(self) -> dict[str, Any]:
+        """oxipng's ``deflate`` argument: none for the preset's own (level 4 with its own: the pass before 15)."""
+        import oxipng
+
+        return {} if self.deflate is None else {"deflate": oxipng.Deflaters.libdeflater(self.deflate)}
 
     def describe(self) -> str:
         return f"level {self.level}" + (f", libdeflate {self.deflate}" if self.deflate is not None else "")

@@ -17,7 +17,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -250,11 +250,29 @@ def png_pixels(data: bytes, max_pixels: int = 1 << 26) -> U16:
     return png_rgba16(info, image, low)
 
 
-def _png_frames(data: bytes, info: PngInfo, side: str) -> Iterator[tuple[U16, object]]:
+_Decoded = tuple[Image.Image, Image.Image | None]
+
+
+def _png_decoded(data: bytes, info: PngInfo) -> _Decoded | None:
+    """Decode the original completely before anything else (``Unreadable`` if it cannot be); a still image's
+    decoding is returned for the proofs to reuse."""
+    if info.frames:
+        for _ in _png_frames(data, info, "original"):
+            pass
+        return None
+    try:
+        return _png_images(data, info)
+    except DECODE_ERRORS as error:
+        raise side_error("original", "PNG", error) from error
+
+
+def _png_frames(
+    data: bytes, info: PngInfo, side: str, decoded: _Decoded | None = None
+) -> Iterator[tuple[U16, object]]:
     """Canonical RGBA of every frame (of every band of a still image) with its timing."""
     try:
         if not info.frames:
-            image, low = _png_images(data, info)
+            image, low = decoded or _png_images(data, info)
             rows = max(1, BAND_PIXELS // info.width)
             for top in range(0, info.height, rows):
                 box = (0, top, info.width, min(info.height, top + rows))
@@ -349,16 +367,12 @@ def _png_oxipng(data: bytes, info: PngInfo, options: CodecOptions) -> bytes:
 
     strip = sorted(_png_strip(info, options))
     effort = png_effort(info, options)
-    # the preset's own deflater unless the effort names one (level 4 with its own: the pass before issue 15)
-    deflate: dict[str, Any] = {}
-    if effort.deflate is not None:
-        deflate["deflate"] = oxipng.Deflaters.libdeflater(effort.deflate)
     try:
         return run_quietly(
             lambda: oxipng.optimize_from_memory(
                 data,
                 level=effort.level,
-                **deflate,
+                **effort.deflater(),
                 # pyoxipng's default (argument omitted) de-interlaces; None keeps the input's interlacing
                 interlace=None if options.png_interlace == "keep" else oxipng.Interlacing.Off,
                 strip=oxipng.StripChunks.strip(strip) if strip else oxipng.StripChunks.none(),
@@ -424,8 +438,7 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
         return MediaResult(
             "png", None, f"expected gain {gain} B is under --media-min-gain {options.min_gain} B: left alone"
         )
-    for _ in _png_frames(data, info, "original"):  # the original must decode completely before anything else
-        pass
+    decoded = _png_decoded(data, info)
     engines: list[tuple[str, Callable[[bytes, PngInfo, CodecOptions], bytes]]] = []
     if options.png_engine in ("auto", "oxipng"):
         effort = png_effort(info, options).describe()
@@ -443,7 +456,7 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
                 if encode is _png_oxipng:
                     break  # oxipng worked and found nothing: Pillow will not do better
                 continue
-            problem = _png_verify(data, info, candidate, options)
+            problem = _png_verify(data, info, candidate, options, decoded)
             if problem is None:
                 details = {"engine": engine}
                 change = png_form_change(info, png_structure(candidate, options.max_pixels))
@@ -458,7 +471,9 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
     return MediaResult("png", None, "; ".join(reasons) or "no PNG encoder available")
 
 
-def _png_verify(data: bytes, info: PngInfo, candidate: bytes, options: CodecOptions) -> str | None:
+def _png_verify(
+    data: bytes, info: PngInfo, candidate: bytes, options: CodecOptions, decoded: _Decoded | None = None
+) -> str | None:
     """None when the candidate is good: the metadata policy holds and the pixels are proven the same. A native
     result must also store its samples as the original did, and decode to the same native samples; the RGBA
     proof at 16 bits then runs only where Pillow's native mode holds the high bytes alone (16-bit colour)."""
@@ -475,7 +490,11 @@ def _png_verify(data: bytes, info: PngInfo, candidate: bytes, options: CodecOpti
         change = png_form_change(info, new)
         if change is not None:
             return f"native form not kept ({change})"
-        problem = compare_native(data, candidate, "png")
+        # the original's decoding is its native frame unless grey+alpha 16-bit (decoded as raw RGBA)
+        native = decoded[0] if decoded and not (info.colour_type == 4 and info.bit_depth == 16) else None
+        problem = compare_native(data, candidate, "png", native)
         if problem is not None or not (info.bit_depth == 16 and info.colour_type != 0):
             return problem
-    return compare_frames(_png_frames(data, info, "original"), _png_frames(candidate, new, "candidate"))
+    return compare_frames(
+        _png_frames(data, info, "original", decoded), _png_frames(candidate, new, "candidate")
+    )
