@@ -9,12 +9,16 @@ machine (2 cores; ``bench/bench_media.py --cost`` measures them again). The time
 the content, so the estimate is a scale, not a promise.
 
 - ``--media-png-level auto`` (the default) starts small files (decoded rows under 256 KiB) at oxipng's level 2
-  with its own deflater (libdeflate 11) and larger ones at level 2 with libdeflate 12, where the stronger
-  deflater pays: on a quarter of the machine's PNGs it keeps 96.8% of level 4's savings in 29% of its oxipng
-  time. A level 0-6 starts at that preset, as oxipng defines it.
-- ``--media-budget SECONDS`` (default 2): a file whose estimate at its starting effort is over the budget steps
+  with its own deflater (libdeflate 11) and larger ones at level 2 with libdeflate 12. On a quarter of the
+  machine's PNGs (bench/media_cost.py) that keeps 96.8% of level 4's savings in 29% of its oxipng time; level 2
+  alone would keep 93.9% in 18%, but then some fixtures end up larger than ``optipng -o2 -nx`` makes them
+  (tests/passes/media/test_png.py): libdeflate 12 on the large files is what keeps the pass at least as small
+  as optipng, file by file. A level 0-6 starts at that preset, as oxipng defines it.
+- ``--media-budget SECONDS`` (default 5): a file whose estimate at its starting effort is over the budget steps
   down the ladder (``LADDER``, dearest first) to the first effort within it, or the cheapest; 0 turns the
-  budget off (``--media-png-level 4 --media-budget 0`` is the pass as it was before the cost model).
+  budget off (``--media-png-level 4 --media-budget 0`` is the pass as it was before the cost model). The
+  estimate is an average: a flat 2400x2000 screenshot estimated at 2.1 s takes 0.7 s, which is why the default
+  is 5 s, not 2 (at 2 that file came out 9% larger than ``optipng -o2 -nx`` makes it); at 5 s an RGBA image steps down from about 8 Mpx on.
 - ``--media-min-gain BYTES`` (default 0: off): a PNG whose expected gain (``expected_gain``: a share of its
   IDAT bytes set by the level its zlib header records and by its compression ratio) is under BYTES is left alone
   without being decoded or recompressed. A rough guide: rank correlation 0.86 with the real gain.
@@ -45,6 +49,7 @@ __all__ = [
     "AUTO_LARGE",
     "LADDER",
     "PngEffort",
+    "estimated_seconds",
     "expected_gain",
     "png_effort",
     "raw_bytes",
@@ -94,16 +99,33 @@ LADDER = (
 _AUTO_SMALL, _AUTO_LARGE = LADDER[5], LADDER[4]
 
 
+def _rows(width: int, height: int, depth: int, colour: int) -> int:
+    return height * (1 + (width * _CHANNELS.get(colour, 4) * depth + 7) // 8)
+
+
 def raw_bytes(info: PngInfo) -> int:
     """The bytes of the decoded rows (filter byte included) of every frame: what oxipng filters and deflates."""
-    row = 1 + (info.width * _CHANNELS.get(info.colour_type, 4) * info.bit_depth + 7) // 8
-    return info.height * row * max(info.frames, 1)
+    return _rows(info.width, info.height, info.bit_depth, info.colour_type) * max(info.frames, 1)
 
 
 def png_effort(info: PngInfo, options: CodecOptions) -> PngEffort:
     """The effort for this file: the starting one (``--media-png-level``, or by size for ``auto``), stepped
     down the ladder while its estimate is over ``--media-budget`` (unless the budget is 0)."""
-    raw = raw_bytes(info)
+    return _effort(raw_bytes(info), options)
+
+
+def estimated_seconds(head: bytes, size: int, options: CodecOptions) -> float:
+    """What optimizing a file is expected to take, from its first 26 bytes (a PNG's IHDR, one frame counted) or,
+    for the other formats, its size: the pass hands out its work dearest first, so that no worker is left with
+    the large files at the end while the other waits."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 26:
+        width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+        raw = _rows(width, height, depth, colour)
+        return _effort(raw, options).seconds(raw)
+    return size * 2e-7  # MozJPEG's lossless transcoding and Pillow's re-encoding: a few MB a second
+
+
+def _effort(raw: int, options: CodecOptions) -> PngEffort:
     if options.png_level == "auto":
         start = _AUTO_LARGE if raw >= AUTO_LARGE else _AUTO_SMALL
     else:
