@@ -154,8 +154,8 @@ def compare_runs(name: str, image: Path, rounds: int, workers: int, workdir: str
         print(f"  {setting}: run {median(setting, 'run'):.1f} s, media pass {median(setting, 'media'):.2f} s "
               f"= {share:.1f}% of the run, saved {median(setting, 'saved'):,.0f} B")  # fmt: skip
     old_saved, old_media = median("old", "saved"), median("old", "media")
-    kept = 100 * median("new", "saved") / old_saved if old_saved else float("nan")
-    print(f"  new/old: savings kept {kept:.1f}%, media pass time {median('new', 'media') / old_media:.2f}x")
+    kept = f"{100 * median('new', 'saved') / old_saved:.1f}%" if old_saved else "- (nothing saved by either)"
+    print(f"  new/old: savings kept {kept}, media pass time {median('new', 'media') / old_media:.2f}x")
 
 
 def scaling(items: list[Item], workers: int, workdir: str) -> None:
