@@ -50,6 +50,7 @@ class MediaOptions:
     png_interlace: Literal["keep", "off"] = setting(
         "keep", "keep PNG interlacing (default) or write non-interlaced PNGs"
     )
+    # auto keeps within 0.2% of optipng -o2 file by file on the fixtures (test_png); level 2 alone does not
     png_level: int | Literal["auto"] = setting(
         "auto",
         "oxipng preset to start from; auto (default): level 2, with libdeflate 12 for decoded rows of 256 KiB "
