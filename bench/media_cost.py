@@ -6,7 +6,7 @@ against the pass before it (``--media-png-level 4 --media-budget 0``), and its t
 
 * ``bench``: a default ``optimize`` run of ``bench/out/bench-image.tar`` (built by build_bench_image.py) with
   each setting, alternated run by run (the first of a round alternates too): wall, the media pass's seconds and
-  share of the run, bytes it saved.
+  share of the run (both from the report), bytes it saved; and once a run with ``--skip media``, the rest.
 * ``web``: the same on a web-asset image, the bench image plus one layer of every PNG, JPEG and GIF of
   bench_media's machine roots under ``/srv/www`` and an nginx configuration with ``root /srv/www;`` (so the
   reductions apply, as in a web app); built once into ``bench/out/web-asset-image.tar``. Also the bytes saved
@@ -125,7 +125,6 @@ def default_run(image: Path, flags: tuple[str, ...], workers: int, workdir: str)
     os.unlink(out)
     return {
         "wall": result.seconds,
-        "cpu": result.cpu_seconds,
         "run": float(data["seconds"]),
         "media": sum(float(p["seconds"]) for p in media),
         "saved": sum(int(p["bytes_before"]) - int(p["bytes_after"]) for p in media),
@@ -137,16 +136,13 @@ def compare_runs(name: str, image: Path, rounds: int, workers: int, workdir: str
     """Old and new settings alternated run by run; medians of the rounds."""
     runs: dict[str, list[dict[str, float]]] = {"new": [], "old": []}
     start = load()
-    base = default_run(image, ("--skip", "media"), workers, workdir)  # the CPU of the rest of the run
-    print(
-        f"  {name} without media: wall {base['wall']:.1f} s, CPU {base['cpu']:.1f} s, load {load()}",
-        flush=True,
-    )
+    base = default_run(image, ("--skip", "media"), workers, workdir)  # the rest of the run
+    print(f"  {name} without media: run {base['run']:.1f} s, load {load()}", flush=True)
     for number in range(rounds):
         for setting in ("new", "old") if number % 2 == 0 else ("old", "new"):
             runs[setting].append(default_run(image, () if setting == "new" else OLD, workers, workdir))
             figures = runs[setting][-1]
-            print(f"  {name} {setting}: wall {figures['wall']:.1f} s (CPU {figures['cpu']:.1f} s), media {figures['media']:.2f} s "
+            print(f"  {name} {setting}: wall {figures['wall']:.1f} s, media {figures['media']:.2f} s "
                   f"({100 * figures['media'] / figures['run']:.1f}% of {figures['run']:.1f} s), "
                   f"saved {figures['saved']:,.0f} B in {figures['files']:.0f} files, load {load()}", flush=True)  # fmt: skip
 
@@ -157,10 +153,8 @@ def compare_runs(name: str, image: Path, rounds: int, workers: int, workdir: str
     print(f"== {name}, default run, {workers} workers, median of {rounds} (load {start} -> {load()}):")
     for setting in ("new", "old"):
         share = 100 * median(setting, "media") / median(setting, "run")
-        cpu_share = 100 * (1 - base["cpu"] / median(setting, "cpu"))
-        print(f"  {setting}: run {median(setting, 'run'):.1f} s (CPU {median(setting, 'cpu'):.1f} s), media pass {median(setting, 'media'):.2f} s "
-              f"= {share:.1f}% of the run's wall ({cpu_share:.1f}% of its CPU: the run's less one without media), "
-              f"saved {median(setting, 'saved'):,.0f} B")  # fmt: skip
+        print(f"  {setting}: run {median(setting, 'run'):.1f} s, media pass {median(setting, 'media'):.2f} s "
+              f"= {share:.1f}% of the run, saved {median(setting, 'saved'):,.0f} B")  # fmt: skip
     old_saved, old_media = median("old", "saved"), median("old", "media")
     kept = f"{100 * median('new', 'saved') / old_saved:.1f}%" if old_saved else "- (nothing saved by either)"
     print(f"  new/old: savings kept {kept}, media pass time {median('new', 'media') / old_media:.2f}x")
