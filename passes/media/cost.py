@@ -17,7 +17,7 @@ the content, so the estimate is a scale, not a promise.
 - ``--media-budget SECONDS`` (default 5): a file whose estimate at its starting effort is over the budget steps
   down the ladder (``LADDER``, dearest first) to the first effort within it, or the cheapest; 0 turns the
   budget off (``--media-png-level 4 --media-budget 0`` is the pass as it was before the cost model). The
-  estimate is an average: a flat 2400x2000 screenshot estimated at 2.1 s takes 0.7 s, which is why the default
+  estimate is an average: a flat 2400x2000 RGB fixture estimated at 2.1 s takes 0.7 s, which is why the default
   is 5 s, not 2 (at 2 that file came out 9% larger than ``optipng -o2 -nx`` makes it); at 5 s an RGBA image steps down from about 8 Mpx on.
 - ``--media-min-gain BYTES`` (default 0: off): a PNG whose expected gain (``expected_gain``: a share of its
   IDAT bytes set by the level its zlib header records and by its compression ratio) is under BYTES is left alone
