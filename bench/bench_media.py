@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_media.py [--root DIR ...] [--limit N] [--workers 2] [--png-level L] [--no-big]
                                           [--reduce web|always|never] [--forms [--rounds N]]
+    .venv/bin/python bench/bench_media.py --cost [bench/media_cost.py's options]
 
 Corpora (every PNG, JPEG, GIF and WebP found by its first bytes, one copy per distinct content):
 
@@ -26,6 +27,10 @@ bounded by the pixel cap.
 get, and what every file got before 11.3): bytes saved by each and how many files a reduction would change (bit
 depth, colour type, channels, palette order); time on one core with every file run under both settings back
 to back (``--rounds`` times), and their ratio, with the load average.
+
+``--cost`` (issue 15) runs ``bench/media_cost.py``: the pass's share of a default run and its savings with the
+cost model's defaults against the pass before it, on the bench image and a web-asset image, its time per file
+against the file count, and the cost model's figures fitted again.
 """
 
 from __future__ import annotations
@@ -259,7 +264,7 @@ def big_images(workdir: str, options: MediaOptions) -> None:
             "import sys, time; sys.path.insert(0, sys.argv[2]);"
             "from passes.media import MediaOptions, optimize;"
             "data = open(sys.argv[1], 'rb').read(); t = time.monotonic();"
-            f"r = optimize(data, MediaOptions(max_pixels={options.max_pixels}, png_level={options.png_level}));"
+            f"r = optimize(data, MediaOptions(max_pixels={options.max_pixels}, png_level={options.png_level!r}));"
             "print(len(data), len(r.data) if r.data else None, round(time.monotonic() - t, 2), r.reason[:90])"
         )
         result = measure([sys.executable, "-c", script, path, str(ROOT)])
@@ -346,13 +351,21 @@ def forms(name: str, items: list[Item], options: MediaOptions, workdir: str, rou
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--cost" in argv:  # issue 15: the pass's share of a default run, old against new (bench/media_cost.py)
+        from bench.media_cost import main as cost_main
+
+        return cost_main([a for a in argv if a != "--cost"])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--root", action="append", help="directory to take images from (repeatable)")
     parser.add_argument("--limit", type=int, default=1500, help="files per corpus at most (a spread sample)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--png-level", type=int, default=MediaOptions.png_level)
+    parser.add_argument(
+        "--png-level", type=lambda t: t if t == "auto" else int(t), default=MediaOptions.png_level
+    )
+    parser.add_argument("--cost", action="store_true", help="the cost figures of bench/media_cost.py instead")
     parser.add_argument("--no-big", action="store_true", help="skip the pixel-cap measurements")
     parser.add_argument("--only-big", action="store_true", help="only the pixel-cap measurements")
     parser.add_argument("--reduce", choices=("web", "always", "never"), default=MediaOptions.reduce)

@@ -107,7 +107,11 @@ class WorkerPool:
         self._executor: Executor | None = None
 
     def map(
-        self, fn: Callable[[bytes, A], R], items: Sequence[tuple[K, Content]], arg: A
+        self,
+        fn: Callable[[bytes, A], R],
+        items: Sequence[tuple[K, Content]],
+        arg: A,
+        chunk: int | None = None,
     ) -> Iterator[tuple[K, R | BaseException]]:
         if self.workers <= 1 or len(items) < 2:
             for key, content in items:
@@ -120,7 +124,7 @@ class WorkerPool:
             # The fork server imports the passes once; every worker forked from it starts warm.
             context.set_forkserver_preload(["optimizer", "passes"])
             self._executor = ProcessPoolExecutor(self.workers, mp_context=context)
-        chunk = max(1, min(16, len(items) // (self.workers * 8)))
+        chunk = chunk or max(1, min(16, len(items) // (self.workers * 8)))
         results = self._executor.map(
             _call, [fn] * len(items), [c for _, c in items], [arg] * len(items), chunksize=chunk
         )
@@ -154,11 +158,16 @@ class PassContext:
     progress: Throttle = field(default_factory=lambda: Throttle(None, "pass", "", 0, "files"))
 
     def map(
-        self, fn: Callable[[bytes, A], R], items: Sequence[tuple[K, Content]], arg: A
+        self,
+        fn: Callable[[bytes, A], R],
+        items: Sequence[tuple[K, Content]],
+        arg: A,
+        chunk: int | None = None,
     ) -> Iterator[tuple[K, R | BaseException]]:
-        """Run ``fn(bytes, arg)`` on each item's content on every core; results in input order."""
+        """Run ``fn(bytes, arg)`` on each item's content on every core; results in input order. ``chunk``: items
+        a worker takes at a time (default up to 16; 1 for items of very unequal cost, the dearest first)."""
         self.progress.total += len(items)
-        for result in self.pool.map(fn, items, arg):
+        for result in self.pool.map(fn, items, arg, chunk):
             self.progress.advance(1)
             yield result
 

@@ -19,6 +19,7 @@ from optimizer.settings import setting
 from passes import packages
 
 from .codec import FORMATS, CodecOptions, MediaResult, sniff
+from .cost import estimated_seconds
 from .gif import optimize_gif
 from .jpeg import optimize_jpeg
 from .png import optimize_png
@@ -32,6 +33,15 @@ __all__ = ["Media", "MediaOptions", "MediaResult", "optimize", "sniff"]
 _MAX_FILE_BYTES = 256 << 20  # larger image files are left alone without being read
 
 
+def _png_level(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"media: --media-png-level must be auto or 0 to 6, not {text!r}") from None
+
+
 @dataclass(frozen=True)
 class MediaOptions:
     strip_metadata: bool = setting(
@@ -40,8 +50,23 @@ class MediaOptions:
     png_interlace: Literal["keep", "off"] = setting(
         "keep", "keep PNG interlacing (default) or write non-interlaced PNGs"
     )
-    # 4: no per-file loss to optipng -o2 on the fixtures
-    png_level: int = setting(4, "oxipng optimisation level", metavar="0-6")
+    # auto keeps within 0.2% of optipng -o2 file by file on the fixtures (test_png); level 2 alone does not
+    png_level: int | Literal["auto"] = setting(
+        "auto",
+        "oxipng preset to start from; auto (default): level 2, with libdeflate 12 for decoded rows of 256 KiB "
+        "and more (passes/media/cost.py)",
+        metavar="auto|0-6",
+        parse=lambda text: _png_level(text),
+    )
+    # 5: the estimate runs up to 3x high on large flat images; at 2, fixtures went larger than optipng -o2
+    budget: float = setting(
+        5.0,
+        "estimated PNG encoding seconds a file may take: one over it gets a cheaper oxipng effort; 0: no budget",
+        metavar="SECONDS",
+    )
+    min_gain: int = setting(
+        0, "leave PNGs whose expected gain is under BYTES alone, unread (default 0: off)", metavar="BYTES"
+    )
     png_engine: Literal["auto", "oxipng", "pillow"] = setting(
         "auto", "PNG encoder (default auto: oxipng, Pillow when oxipng is absent or fails)"
     )
@@ -72,8 +97,18 @@ class MediaOptions:
             raise UsageError(
                 f"media: --media-png-engine must be auto, oxipng or pillow, not {self.png_engine!r}"
             )
-        if not 0 <= self.png_level <= 6:
-            raise UsageError(f"media: --media-png-level must be 0 to 6, not {self.png_level}")
+        if self.png_level != "auto" and (
+            isinstance(self.png_level, bool)
+            or not isinstance(self.png_level, int)
+            or not 0 <= self.png_level <= 6
+        ):
+            raise UsageError(f"media: --media-png-level must be auto or 0 to 6, not {self.png_level!r}")
+        if not 0 <= self.budget < float("inf"):
+            raise UsageError(
+                f"media: --media-budget must be 0 (no budget) or more seconds, not {self.budget}"
+            )
+        if self.min_gain < 0:
+            raise UsageError(f"media: --media-min-gain must be 0 (off) or more bytes, not {self.min_gain}")
         if not 1 <= self.jpeg_quality <= 100:
             raise UsageError(f"media: --jpeg-quality must be 1 to 100, not {self.jpeg_quality}")
         if not 0.0 < self.ssim_floor <= 1.0:
@@ -108,6 +143,7 @@ class _Group:
     """Files with the same bytes and the same freedom to reduce: optimized once, replaced everywhere."""
 
     format: str
+    head: bytes  # the first bytes of the content (its cost estimate reads them)
     # path, node, and why it may be reduced (None: it keeps its native form)
     nodes: list[tuple[str, Node, str | None]] = field(default_factory=list)
 
@@ -207,12 +243,19 @@ class Media:
             content = group.nodes[0][1].content
             assert content is not None
             batches[key[1]].append((key, content))
+        first = len(ctx.report.findings)
+        # where each file's finding goes: the order of the batches as built, whatever order they run in
+        order = [key for reduce in (False, True) for key, _ in batches[reduce]]
+        place = {path: n for n, key in enumerate(order) for path, _, _ in groups[key].nodes}
         for reduce, items in batches.items():
             options = dataclasses.replace(self.options, reduce="always" if reduce else "never")
-            for key, result in ctx.map(optimize, items, options):
+            # dearest first, one file at a time: a worker never ends alone with a run of large files
+            items.sort(key=lambda item: -estimated_seconds(groups[item[0]].head, item[1].size, options))
+            for key, result in ctx.map(optimize, items, options, chunk=1):
                 group = groups[key]
                 for path, node, why in group.nodes:
                     self._record(ctx, path, node, group.format, result, why)
+        ctx.report.findings[first:] = sorted(ctx.report.findings[first:], key=lambda f: place.get(f.path, -1))
         packages.update_records(ctx)
 
     def _candidates(self, ctx: PassContext) -> dict[tuple[str, bool], _Group]:
@@ -222,7 +265,8 @@ class Media:
             content = node.content
             if content is None or content.size < 16:
                 continue
-            kind = sniff(content.read_head(16))
+            head = content.read_head(26)
+            kind = sniff(head[:16])
             if kind is None or kind not in self.options.formats:
                 continue
             if ctx.fs.is_protected(path):
@@ -242,7 +286,9 @@ class Media:
                 )
                 continue
             why = reductions.why(path, node)
-            groups.setdefault((content.sha256, why is not None), _Group(kind)).nodes.append((path, node, why))
+            groups.setdefault((content.sha256, why is not None), _Group(kind, head)).nodes.append(
+                (path, node, why)
+            )
         return groups
 
     def _record(

@@ -78,7 +78,11 @@ class CodecOptions(Protocol):
     @property
     def png_interlace(self) -> str: ...  # "keep" or "off"
     @property
-    def png_level(self) -> int: ...
+    def png_level(self) -> int | str: ...  # 0-6 or "auto" (passes.media.cost)
+    @property
+    def budget(self) -> float: ...
+    @property
+    def min_gain(self) -> int: ...
     @property
     def png_engine(self) -> str: ...  # "auto", "oxipng" or "pillow"
     @property

@@ -41,6 +41,7 @@ from .codec import (
     run_guarded,
     side_error,
 )
+from .cost import expected_gain, png_effort, run_quietly
 from .verify import compare_frames, compare_native, png_form_change, rgba16_from_pillow
 
 __all__ = ["PngChunk", "PngInfo", "optimize_png", "png_pixels", "png_rgba16", "png_structure"]
@@ -249,11 +250,29 @@ def png_pixels(data: bytes, max_pixels: int = 1 << 26) -> U16:
     return png_rgba16(info, image, low)
 
 
-def _png_frames(data: bytes, info: PngInfo, side: str) -> Iterator[tuple[U16, object]]:
+_Decoded = tuple[Image.Image, Image.Image | None]
+
+
+def _png_decoded(data: bytes, info: PngInfo) -> _Decoded | None:
+    """Decode the original completely before anything else (``Unreadable`` if it cannot be); a still image's
+    decoding is returned for the proofs to reuse."""
+    if info.frames:
+        for _ in _png_frames(data, info, "original"):
+            pass
+        return None
+    try:
+        return _png_images(data, info)
+    except DECODE_ERRORS as error:
+        raise side_error("original", "PNG", error) from error
+
+
+def _png_frames(
+    data: bytes, info: PngInfo, side: str, decoded: _Decoded | None = None
+) -> Iterator[tuple[U16, object]]:
     """Canonical RGBA of every frame (of every band of a still image) with its timing."""
     try:
         if not info.frames:
-            image, low = _png_images(data, info)
+            image, low = decoded or _png_images(data, info)
             rows = max(1, BAND_PIXELS // info.width)
             for top in range(0, info.height, rows):
                 box = (0, top, info.width, min(info.height, top + rows))
@@ -347,11 +366,13 @@ def _png_oxipng(data: bytes, info: PngInfo, options: CodecOptions) -> bytes:
     import oxipng
 
     strip = sorted(_png_strip(info, options))
+    effort = png_effort(info, options)
     try:
-        return bytes(
-            oxipng.optimize_from_memory(
+        return run_quietly(
+            lambda: oxipng.optimize_from_memory(
                 data,
-                level=options.png_level,
+                level=effort.level,
+                **effort.deflater(),
                 # pyoxipng's default (argument omitted) de-interlaces; None keeps the input's interlacing
                 interlace=None if options.png_interlace == "keep" else oxipng.Interlacing.Off,
                 strip=oxipng.StripChunks.strip(strip) if strip else oxipng.StripChunks.none(),
@@ -413,11 +434,15 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
         return MediaResult("png", None, f"{info.trailing} bytes after IEND would be lost: left alone")
     if info.frames and info.bit_depth == 16:
         return MediaResult("png", None, "16-bit animated PNG: frames cannot be verified exactly, left alone")
-    for _ in _png_frames(data, info, "original"):  # the original must decode completely before anything else
-        pass
+    if options.min_gain and (gain := expected_gain(info)) < options.min_gain:
+        return MediaResult(
+            "png", None, f"expected gain {gain} B is under --media-min-gain {options.min_gain} B: left alone"
+        )
+    decoded = _png_decoded(data, info)
     engines: list[tuple[str, Callable[[bytes, PngInfo, CodecOptions], bytes]]] = []
     if options.png_engine in ("auto", "oxipng"):
-        engines.append((f"oxipng {engine_versions()['oxipng']} level {options.png_level}", _png_oxipng))
+        effort = png_effort(info, options).describe()
+        engines.append((f"oxipng {engine_versions()['oxipng']} {effort}", _png_oxipng))
     if options.png_engine in ("auto", "pillow"):
         engines.append((f"Pillow {PILLOW_VERSION}", _png_pillow))
     reasons: list[str] = []
@@ -431,7 +456,7 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
                 if encode is _png_oxipng:
                     break  # oxipng worked and found nothing: Pillow will not do better
                 continue
-            problem = _png_verify(data, info, candidate, options)
+            problem = _png_verify(data, info, candidate, options, decoded)
             if problem is None:
                 details = {"engine": engine}
                 change = png_form_change(info, png_structure(candidate, options.max_pixels))
@@ -446,7 +471,9 @@ def _optimize_png(data: bytes, options: CodecOptions) -> MediaResult:
     return MediaResult("png", None, "; ".join(reasons) or "no PNG encoder available")
 
 
-def _png_verify(data: bytes, info: PngInfo, candidate: bytes, options: CodecOptions) -> str | None:
+def _png_verify(
+    data: bytes, info: PngInfo, candidate: bytes, options: CodecOptions, decoded: _Decoded | None = None
+) -> str | None:
     """None when the candidate is good: the metadata policy holds and the pixels are proven the same. A native
     result must also store its samples as the original did, and decode to the same native samples; the RGBA
     proof at 16 bits then runs only where Pillow's native mode holds the high bytes alone (16-bit colour)."""
@@ -463,7 +490,11 @@ def _png_verify(data: bytes, info: PngInfo, candidate: bytes, options: CodecOpti
         change = png_form_change(info, new)
         if change is not None:
             return f"native form not kept ({change})"
-        problem = compare_native(data, candidate, "png")
+        # the original's decoding is its native frame unless grey+alpha 16-bit (decoded as raw RGBA)
+        native = decoded[0] if decoded and not (info.colour_type == 4 and info.bit_depth == 16) else None
+        problem = compare_native(data, candidate, "png", native)
         if problem is not None or not (info.bit_depth == 16 and info.colour_type != 0):
             return problem
-    return compare_frames(_png_frames(data, info, "original"), _png_frames(candidate, new, "candidate"))
+    return compare_frames(
+        _png_frames(data, info, "original", decoded), _png_frames(candidate, new, "candidate")
+    )

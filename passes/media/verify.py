@@ -198,12 +198,14 @@ def _same_samples(left: Image.Image, right: Image.Image) -> bool:
     return True
 
 
-def compare_native(original: bytes, candidate: bytes, kind: str) -> str | None:
-    """Both files decoded to their native mode, frame by frame: the first difference in form or samples."""
+def compare_native(
+    original: bytes, candidate: bytes, kind: str, decoded: Image.Image | None = None
+) -> str | None:
+    """Both files decoded to their native mode, frame by frame: the first difference in form or samples.
+    ``decoded``: the original, a still image, already decoded to its native mode (not decoded again)."""
     with _gif_frames_in_palette():
-        frames = zip_longest(
-            _native_frames(original, kind, "original"), _native_frames(candidate, kind, "candidate")
-        )
+        originals = iter([decoded]) if decoded is not None else _native_frames(original, kind, "original")
+        frames = zip_longest(originals, _native_frames(candidate, kind, "candidate"))
         for number, (before, after) in enumerate(frames):
             if before is None or after is None:
                 return f"frame count differs from frame {number}"
