@@ -179,12 +179,12 @@ def scaling(items: list[Item], workers: int, workdir: str) -> None:
 
 
 def fit(items: list[Item]) -> None:
-    """The cost model's figures measured again, one core, through ``run_quietly`` as the pass calls oxipng."""
+    """The cost model's figures measured again, one core, calling oxipng as the pass does."""
     import numpy as np
     import oxipng
 
     from passes.media import MediaOptions, optimize
-    from passes.media.cost import LADDER, expected_gain, raw_bytes, run_quietly
+    from passes.media.cost import LADDER, expected_gain, raw_bytes
     from passes.media.png import png_structure
 
     pngs = []
@@ -202,7 +202,7 @@ def fit(items: list[Item]) -> None:
         for data, info in chosen:
             kwargs = {"level": effort.level, **effort.deflater()}
             started = time.perf_counter()
-            run_quietly(lambda d=data, k=kwargs: oxipng.optimize_from_memory(d, **k))
+            oxipng.optimize_from_memory(data, **kwargs)
             rows.append((raw_bytes(info), time.perf_counter() - started))
         small = [t for r, t in rows if r < 16 << 10]
         large = [(r, t) for r, t in rows if r >= 256 << 10]

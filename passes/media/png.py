@@ -41,7 +41,7 @@ from .codec import (
     run_guarded,
     side_error,
 )
-from .cost import expected_gain, png_effort, run_quietly
+from .cost import expected_gain, png_effort
 from .verify import compare_frames, compare_native, png_form_change, rgba16_from_pillow
 
 __all__ = ["PngChunk", "PngInfo", "optimize_png", "png_pixels", "png_rgba16", "png_structure"]
@@ -368,21 +368,19 @@ def _png_oxipng(data: bytes, info: PngInfo, options: CodecOptions) -> bytes:
     strip = sorted(_png_strip(info, options))
     effort = png_effort(info, options)
     try:
-        return run_quietly(
-            lambda: oxipng.optimize_from_memory(
-                data,
-                level=effort.level,
-                **effort.deflater(),
-                # pyoxipng's default (argument omitted) de-interlaces; None keeps the input's interlacing
-                interlace=None if options.png_interlace == "keep" else oxipng.Interlacing.Off,
-                strip=oxipng.StripChunks.strip(strip) if strip else oxipng.StripChunks.none(),
-                # colour under fully transparent pixels is kept: a program reading samples sees it, and so
-                # does the RGBA proof (it compares the colour of transparent pixels too)
-                optimize_alpha=False,
-                scale_16=False,  # 16 -> 8 bits by dropping the low bytes is lossy
-                fix_errors=False,
-                **_reduction_kwargs(reduces(options)),
-            )
+        return oxipng.optimize_from_memory(
+            data,
+            level=effort.level,
+            **effort.deflater(),
+            # pyoxipng's default (argument omitted) de-interlaces; None keeps the input's interlacing
+            interlace=None if options.png_interlace == "keep" else oxipng.Interlacing.Off,
+            strip=oxipng.StripChunks.strip(strip) if strip else oxipng.StripChunks.none(),
+            # colour under fully transparent pixels is kept: a program reading samples sees it, and so
+            # does the RGBA proof (it compares the colour of transparent pixels too)
+            optimize_alpha=False,
+            scale_16=False,  # 16 -> 8 bits by dropping the low bytes is lossy
+            fix_errors=False,
+            **_reduction_kwargs(reduces(options)),
         )
     except oxipng.PngError as error:
         raise Rejected(f"oxipng: {error}") from error

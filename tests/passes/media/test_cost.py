@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import struct
-import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,7 @@ from optimizer.cli import build_parser, main, options_from_args
 from optimizer.errors import UsageError
 from passes.media import Media, MediaOptions
 from passes.media import optimize as optimize_media
-from passes.media.cost import AUTO_LARGE, LADDER, expected_gain, png_effort, raw_bytes, run_quietly
+from passes.media.cost import AUTO_LARGE, LADDER, expected_gain, png_effort, raw_bytes
 from passes.media.png import PngChunk, PngInfo, png_structure
 from tests.passes import kit
 from tests.passes.media.oracles import read, reference_png
@@ -204,13 +201,3 @@ def test_cli_flags_reach_the_options(capsys: pytest.CaptureFixture[str]) -> None
     assert options_from_args(auto).options_for(Media).png_level == "auto"
     assert main(["in.tar", "out.tar", "--media-png-level", "fast"]) == 2
     assert "--media-png-level must be auto or 0 to 6" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_oxipng_runs_on_an_idle_priority_helper_thread() -> None:
-    seen = run_quietly(lambda: (threading.get_ident(), os.sched_getscheduler(0)))
-    assert seen[0] != threading.get_ident()
-    assert seen[1] == os.SCHED_IDLE
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller keeps its priority
-    data = zlib.compress(b"same")
-    assert run_quietly(lambda: data) is data
