@@ -152,8 +152,9 @@ class _Reductions:
     """Why a file may lose its native form (``--media-reduce``), or None when it keeps it.
 
     With "web", a file may be reduced when it lies under a document root of one of the image's web servers
-    (``passes.servers.web_roots``), where only a browser reads it, and every other name of it (hardlinks) does
-    too: the roots are read once, the first time a file asks."""
+    (``passes.servers.web_roots``), where only a browser reads it, and every other name of it does too (its
+    hardlinks here; a symlink from outside every root into one makes ``web_roots`` hold nothing below its
+    target): the roots are read once, the first time a file asks."""
 
     def __init__(self, ctx: PassContext, mode: str) -> None:
         self._ctx = ctx
