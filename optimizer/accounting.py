@@ -114,6 +114,18 @@ def _needs(report: Report) -> list[str]:
     return needs
 
 
+def _folded_additions(plan: ImagePlan) -> int:
+    """The compressed bytes of the files the passes added that went into a squashed layer (``--squash`` puts
+    them there, not in a layer of their own): their tar bytes at the squashed layer's ratio. They count as
+    added, and the passes' savings count gross of them, as without a squash."""
+    parts = [layer for layer in plan.report.layers if layer.status == "squashed"]
+    raw_after = sum(part.uncompressed_after for part in parts)
+    if not raw_after or not plan.changes.added:
+        return 0
+    raw = sum(512 + (c.size + 511) // 512 * 512 if c else 512 for _, c in plan.changes.added.values())
+    return round(raw * sum(part.size_after for part in parts) / raw_after)
+
+
 def summarize(report: Report, plans: Iterable[ImagePlan]) -> Summary:
     """The report's summary (its images' layer reports and pull figures must be final)."""
     plans = list(plans)
@@ -128,12 +140,13 @@ def summarize(report: Report, plans: Iterable[ImagePlan]) -> Summary:
                 added += layer.size_after
             else:
                 changed += layer.size_before - layer.size_after
+    folded = sum(_folded_additions(plan) for plan in plans)
     return Summary(
         bytes_before=_distinct(images, after=False),
         bytes_after=_distinct(images, after=True),
-        saved_by_passes=round(passes),
+        saved_by_passes=round(passes) + folded,
         saved_by_recompression=changed - round(passes),
-        added=added,
+        added=added + folded,
         added_because=_needs(report) or _reasons(plans),
         pull=report.pull,
     )

@@ -132,6 +132,8 @@ def test_a_squash_in_the_same_codec_is_not_priced_above_its_change(demo: Path, t
     assert summary.saved_by_recompression == 0
     assert 0 < summary.saved_by_passes <= summary.bytes_before
     assert summary.bytes_before - summary.bytes_after == summary.saved_by_passes - summary.added
+    # inject's passwd and zone file went into the squashed layer: still said apart, with why (was 0 and silent)
+    assert 0 < summary.added < 1024 and any("passwd" in line for line in summary.added_because)
 
 
 def test_a_squash_cut_in_parts_is_priced_once(tmp_path: Path) -> None:
