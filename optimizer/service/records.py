@@ -305,10 +305,6 @@ def full_registries(running: Sequence[tuple[str, str]], limits: Mapping[str, int
     return {name for name, limit in limits.items() if counts.get(name, 0) >= limit}
 
 
-def touches(spec_registry: str, spec_dest: str, registries: set[str]) -> bool:
-    return spec_registry in registries or spec_dest in registries
-
-
 def encode(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
