@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Iterable
 
 from . import mediatypes as mt
+from .layer import LayerIndex
 from .model import Content, Entry, EntryKind
 from .plan import EMPTY_LAYER_PLAN, ImagePlan, LayerDecision, RunPlan, tar_size
 from .pull import ImageBlobs
@@ -25,6 +26,7 @@ __all__ = ["TYPICAL_RATIO", "estimate_sizes"]
 
 # gzip/zstd over a typical filesystem tree: the ratio assumed for an input whose layers are not compressed.
 TYPICAL_RATIO = 0.4
+_SAMPLE = 64 << 10  # bytes of a file deflated to price it
 _TAR_TYPES = {
     EntryKind.DIR: tarfile.DIRTYPE,
     EntryKind.SYMLINK: tarfile.SYMTYPE,
@@ -48,9 +50,8 @@ def estimate_sizes(run: RunPlan) -> None:
                     lower_paths_of(plan.indexes, decision.number, plan.changes),
                     False,
                 )
-                own = _compression_ratio(plan, [decision.number]) if _compressed(decision) else ratio
                 decision.report.uncompressed_after = tar_size(entry for entry, _ in items)
-                decision.report.size_after = round(decision.report.uncompressed_after * own)
+                decision.report.size_after = _rewritten_size(plan, decision, index, items, ratio)
                 decision.report.estimated = True
         extra = _unwritten_layer(plan, ratio)
         if extra is not None:
@@ -58,6 +59,36 @@ def estimate_sizes(run: RunPlan) -> None:
         if extra is not None or any(d.fate in ("rewrite", "dropped") for d in plan.layers):
             plan.report.manifest_after = ""  # it would change; its digest is not known without writing
         plan.pull_after = _estimated_pull(plan, extra)
+
+
+def _rewritten_size(
+    plan: ImagePlan,
+    decision: LayerDecision,
+    index: LayerIndex,
+    items: list[tuple[Entry, Content | None]],
+    ratio: float,
+) -> int:
+    """A compressed layer loses what the contents taken out cost in it and gains what those put in cost, each
+    deflated on its own (the demo's uncompressed PNG, 192 KiB of pixels, is 0.5 KiB of its 13.6 KiB layer: at
+    the layer's average ratio its removal left 1.8 KiB where a run writes 5.3). An uncompressed layer, or an
+    estimate that comes out below nothing, goes by the tar size at the layer's (or the image's) ratio."""
+    tar = decision.report.uncompressed_after
+    if not _compressed(decision):
+        return round(tar * ratio)
+    kept = {id(content) for _, content in items if content is not None}
+    taken = sum(
+        _deflated(item.content) for item in index.entries if item.content and id(item.content) not in kept
+    )
+    known = {id(item.content) for item in index.entries if item.content is not None}
+    put = sum(_deflated(content) for _, content in items if content is not None and id(content) not in known)
+    size = decision.descriptor.size - taken + put
+    return round(size) if size > 0 else round(tar * _compression_ratio(plan, [decision.number]))
+
+
+def _deflated(content: Content) -> float:
+    """What a file's bytes cost deflated (level 6), from its first 64 KiB."""
+    head = content.read_head(_SAMPLE)
+    return len(zlib.compress(head, 6)) * content.size / len(head) if head else 0.0
 
 
 def _compressed(decision: LayerDecision) -> bool:
