@@ -36,9 +36,9 @@ _TAR_TYPES = {
 
 def estimate_sizes(run: RunPlan) -> None:
     """Fill in the reports of a plan that is not written (a dry run): the compressed size of each layer the
-    run would write, estimated from its tar size and the image's own compression ratio (``TYPICAL_RATIO`` for
-    uncompressed inputs). No layer is compressed; the few small files a pass adds are (zlib level 1), as
-    their ratio is nothing like the image's."""
+    run would write: a rewritten layer by what the contents taken out and put in cost deflated
+    (``_rewritten_size``), the new top layer deflated for real (``_deflated_size``), a squashed one at the
+    image's ratio."""
     for plan in run.images.values():
         ratio = _compression_ratio(plan)
         for decision in plan.layers:
@@ -77,7 +77,9 @@ def _rewritten_size(
         return round(tar * ratio)
     kept = {id(content) for _, content in items if content is not None}
     taken = sum(
-        _deflated(item.content) for item in index.entries if item.content and id(item.content) not in kept
+        _deflated(item.content)
+        for item in index.entries
+        if item.content is not None and id(item.content) not in kept
     )
     known = {id(item.content) for item in index.entries if item.content is not None}
     put = sum(_deflated(content) for _, content in items if content is not None and id(content) not in known)

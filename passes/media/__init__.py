@@ -56,7 +56,7 @@ class MediaOptions:
         "oxipng preset to start from; auto (default): level 2, with libdeflate 12 for decoded rows of 256 KiB "
         "and more (passes/media/cost.py)",
         metavar="auto|0-6",
-        parse=lambda text: _png_level(text),
+        parse=_png_level,
     )
     # 5: the estimate runs up to 3x high on large flat images; at 2, fixtures went larger than optipng -o2
     budget: float = setting(
