@@ -21,13 +21,13 @@ import os
 import shutil
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .codec import CompressionSpec, Compressor, compressor_versions
 from .errors import OutputError, out_of_space
+from .inflate import gunzip
 from .mediatypes import Compression
 from .model import Entry, EntryKind
 
@@ -82,7 +82,7 @@ def transcode_layer(
     if codec not in (Compression.GZIP, Compression.NONE):
         raise ValueError(f"cannot transcode a {codec.value} layer")
     gzip = codec is Compression.GZIP
-    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    decoder = gunzip()
     open_member = False  # a gzip member begun and not ended
     with open(path, "wb") as out:
         compressor = Compressor(out, spec, workers)
@@ -97,7 +97,7 @@ def transcode_layer(
                     chunk = b""
                     if decoder.eof:  # a gzip file may hold several members, one after the other
                         chunk, open_member = decoder.unused_data, False
-                        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        decoder = gunzip()
             if gzip and open_member:
                 raise OutputError(f"{path}: the gzip stream of the layer ends early")
             compressor.finish()

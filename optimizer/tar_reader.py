@@ -1,7 +1,7 @@
 """Reading a layer blob as a tar stream: our decompression, libarchive's tar parsing, errors carried through.
 
 ``LayerStream`` turns a layer blob into its plain tar stream. It decompresses what the media type declares
-(gzip or zstd, with zlib and libzstd, never guessing), refusing a blob whose first bytes are another format; it
+(gzip or zstd, with ISA-L or zlib (``inflate``) and libzstd, never guessing), refusing a blob whose first bytes are another format; it
 hashes the plain stream as it goes (the layer's diff_id, checked against the config without a second read); and
 it stops at the layer's ``Cap`` (``limits``) before the excess reaches memory or disk.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import io
-import zlib
 from collections.abc import Callable, Generator, Iterator
 from types import ModuleType
 from typing import Any, BinaryIO, TypeVar
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO, TypeVar
 import zstandard
 
 from .errors import LayerError, RequiredToolNotFound
+from .inflate import INFLATE_ERRORS, gunzip
 from .limits import Cap
 from .mediatypes import Compression, describe_compression, layer_compression, read_as, sniff_compression
 
@@ -146,7 +146,7 @@ class _Decoder:
                     raise self.cap.exceeded(self.where)
                 self.hash.update(piece)
                 yield piece
-        except zlib.error as error:
+        except INFLATE_ERRORS as error:
             raise LayerError(f"{self.where}: corrupt gzip stream: {error}") from error
         except zstandard.ZstdError as error:
             raise LayerError(f"{self.where}: corrupt zstd stream: {error}") from error
@@ -166,7 +166,7 @@ class _Decoder:
 
     def _gunzip(self, data: bytes) -> Iterator[bytes]:
         """Every gzip member in turn (pigz and others write several), at most ``_BLOCK`` bytes at a time."""
-        decompressor = zlib.decompressobj(31)
+        decompressor = gunzip()
         while True:
             if not data:
                 data = decompressor.unconsumed_tail or self.raw.read(_BLOCK)
@@ -175,7 +175,7 @@ class _Decoder:
                         raise LayerError(f"{self.where}: the gzip stream is truncated")
                     return
             if decompressor.eof:  # a member ended and more bytes follow: the next member
-                decompressor = zlib.decompressobj(31)
+                decompressor = gunzip()
             piece = decompressor.decompress(data, _BLOCK)
             data = decompressor.unused_data if decompressor.eof else b""
             if piece:

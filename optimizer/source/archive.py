@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 from ..documents import parse_object
 from ..errors import FormatError, LimitError, OutputError, out_of_space
+from ..inflate import INFLATE_ERRORS, gunzip
 from ..limits import RATIO_FLOOR, Limits
 from .base import Source, check_index
 from .blobs import BlobStore
@@ -67,7 +67,9 @@ def _decompress_file(src: Path, dst: str, label: str, limits: Limits) -> None:
             if out_of_space(error):
                 raise OutputError(f"{label}: decompressing into the work directory: {error}") from error
             raise FormatError(f"{label}: the compressed archive is corrupt: {error}") from error
-        except (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as error:
+        except (EOFError, lzma.LZMAError, zstandard.ZstdError) as error:
+            raise FormatError(f"{label}: the compressed archive is corrupt: {error}") from error
+        except INFLATE_ERRORS as error:
             raise FormatError(f"{label}: the compressed archive is corrupt: {error}") from error
 
 
@@ -88,12 +90,12 @@ class _Capped:
 
 def _gunzip_stream(raw: BinaryIO, out: _Capped) -> None:
     """Every gzip member in turn, in bounded pieces (a bomb never sits whole in memory)."""
-    decompressor = zlib.decompressobj(31)
+    decompressor = gunzip()
     pending = False  # a member has started and not ended
     while chunk := raw.read(1 << 20):
         while chunk:
             if decompressor.eof:  # concatenated gzip members
-                decompressor = zlib.decompressobj(31)
+                decompressor = gunzip()
             pending = True
             out.write(decompressor.decompress(chunk, 1 << 22))
             while decompressor.unconsumed_tail:
