@@ -272,11 +272,12 @@ def _spool(
     digest = hashlib.sha256()
     size = 0
     write = spool.write
+    view = memoryview(buffer).cast("B")  # written and hashed before the next read: never copied
     while True:
         got = archive.read_data(buffer)
         if not got:
             break
-        chunk = buffer.raw[:got]
+        chunk = view[:got]
         digest.update(chunk)
         write(chunk)
         size += got

@@ -15,12 +15,13 @@ layers and index entries as the tree is read (``tree``), a compressed input arch
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+import threading
+from dataclasses import dataclass, field, fields
 
 from .errors import LimitError, UsageError
 from .settings import setting
 
-__all__ = ["RATIO_FLOOR", "Cap", "Limits", "format_size", "parse_size"]
+__all__ = ["RATIO_FLOOR", "Cap", "Limits", "Together", "format_size", "parse_size"]
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -50,18 +51,56 @@ def format_size(value: int) -> str:
     return str(value)
 
 
+class Together:
+    """What layers read side by side may give between them (``--max-image-bytes``), taken from as each one
+    decompresses: every reader stops at its next block once the total is passed, or once ``stop`` is called
+    (another reader failed). Which layer is then named is left to a reading in order (``plan``), so that the
+    message is the one a sequential run gives."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._left = limit
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def take(self, amount: int, where: str) -> None:
+        with self._lock:
+            self._left -= amount
+            if self._stopped:
+                raise LimitError(f"{where}: reading stopped (another layer of the image failed)")
+            if self._left < 0:
+                self._stopped = True
+                raise LimitError(
+                    f"{where}: the image's layers exceed {self.limit} bytes together "
+                    f"(--max-image-bytes {format_size(self.limit)}); raise the limit if the image is trusted"
+                )
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+
 @dataclass(frozen=True)
 class Cap:
-    """The most uncompressed bytes one layer may give, and the limit that sets it (for the message)."""
+    """The most uncompressed bytes one layer may give, and the limit that sets it (for the message); with
+    ``together``, the layers read beside it share the image's budget too."""
 
     bytes: int
     reason: str  # "--max-layer-bytes 16G", "--max-expansion-ratio 200 of its 330 KiB"...
+    together: Together | None = field(default=None, compare=False)
 
     def exceeded(self, where: str) -> LimitError:
         return LimitError(
             f"{where}: the uncompressed layer exceeds {self.bytes} bytes ({self.reason}); "
             f"raise the limit if the image is trusted"
         )
+
+    def take(self, size: int, amount: int, where: str) -> None:
+        """A reader has given ``size`` bytes so far, the last ``amount`` of them just now."""
+        if size > self.bytes:
+            raise self.exceeded(where)
+        if self.together is not None:
+            self.together.take(amount, where)
 
 
 @dataclass(frozen=True)
@@ -95,10 +134,10 @@ class Limits:
     )
 
     def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
+        for item in fields(self):
+            value = getattr(self, item.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                flag = "--" + field.name.replace("_", "-")
+                flag = "--" + item.name.replace("_", "-")
                 raise UsageError(f"{flag} must be a positive integer, not {value!r}")
 
     def layer_cap(self, compressed_size: int, image_left: int) -> Cap:

@@ -129,7 +129,10 @@ class Options:
         metavar="single|gzip+zstd",
     )
     workers: int | None = setting(
-        None, "processes for per-file work (default: all cores)", metavar="N", config=False
+        None,
+        "processes for per-file work, and threads reading layers (default: all cores)",
+        metavar="N",
+        config=False,
     )
     workdir: str | None = setting(None, "directory for temporary files", metavar="DIR", config=False)
     limits: Limits = field(default_factory=Limits)

@@ -38,6 +38,7 @@ from .output import CompressionSpec
 from .pipeline import ImageInfo, Pass, PassContext, WorkerPool, run_passes
 from .progress import steps
 from .pull import ImageBlobs
+from .reading import LayerRead, read_side_by_side
 from .rebuild import ChangePlan, LayerPlan, build_plan, layer_entries, lower_paths_of
 from .report import ImageReport, LayerReport, Report
 from .source import Source
@@ -329,32 +330,61 @@ class Planner:
     def index_layers(
         self, layers: Sequence[Descriptor], name: str, sanitize: frozenset[int] = frozenset()
     ) -> list[LayerIndex]:
-        """Each layer's entries, read once per run (``sanitize``: the layers read without unsafe names).
-        The image's uncompressed bytes are counted against ``--max-image-bytes`` as they are read."""
+        """Each layer's entries, read once per run (``sanitize``: the layers read without unsafe names); the
+        layers not read yet are read side by side first (``reading``). The image's uncompressed bytes are
+        counted against ``--max-image-bytes`` in layer order, and a layer the side-by-side reading could not
+        read is read here, in order, so that a failure names the layer a sequential reading names."""
         limits = self.options.limits
-        self.source.blobs.prefetch(
-            [layer for n, layer in enumerate(layers) if (layer.digest, n in sanitize) not in self.layer_cache]
-        )
+        total = len(layers)
+        keys = [(layer.digest, n in sanitize) for n, layer in enumerate(layers)]
+        first = {key: n for n, key in reversed(list(enumerate(keys))) if key not in self.layer_cache}
+        unread = sorted(first.values())
+        self.source.blobs.prefetch([layers[n] for n in unread])
+        if len(unread) > 1 and self.pool.workers > 1:
+            reads = [self.layer_read(layers[n], n, total, name, keys[n][1]) for n in unread]
+            label = f"layers {number_ranges(n + 1 for n in unread)}/{total}"
+            reading = steps(self.options.progress, "read", label, sum(layers[n].size for n in unread))
+            found = read_side_by_side(self.source.blobs, reads, limits, self.pool.workers, reading)
+            if len(found) == len(unread):
+                reading.finish()
+            self.layer_cache.update((keys[n], index) for n, index in found.items())
         indexes = []
         used = 0
-        for number, layer in enumerate(layers, 1):
-            key = (layer.digest, number - 1 in sanitize)
-            where = f"{name}, layer {number}/{len(layers)} {short(layer.digest)}"
+        for number, (layer, key) in enumerate(zip(layers, keys, strict=True)):
+            read = self.layer_read(layer, number, total, name, key[1])
             cap = limits.layer_cap(layer.size, limits.max_image_bytes - used)
             cached = self.layer_cache.get(key)
             if cached is None:
-                suffix = "-sanitized" if key[1] else ""
-                spool = os.path.join(self.workdir, f"layer-{layer.digest.replace(':', '-')}{suffix}.pack")
-                label = f"layer {number}/{len(layers)} {short(layer.digest)}"
+                label = f"layer {number + 1}/{total} {short(layer.digest)}"
                 reading = steps(self.options.progress, "read", label, layer.size)
-                cached = index_layer(self.source.blobs, layer, spool, where, limits, cap, key[1], reading)
+                cached = index_layer(
+                    self.source.blobs, layer, read.spool, read.where, limits, cap, key[1], reading
+                )
                 reading.finish()
                 self.layer_cache[key] = cached
             elif cached.size > cap.bytes:
-                raise cap.exceeded(where)
+                raise cap.exceeded(read.where)
             used += cached.size
             indexes.append(cached)
         return indexes
+
+    def layer_read(self, layer: Descriptor, number: int, total: int, name: str, sanitize: bool) -> LayerRead:
+        """Where layer ``number`` (0-based) of image ``name`` is spooled, and how messages name it."""
+        suffix = "-sanitized" if sanitize else ""
+        spool = os.path.join(self.workdir, f"layer-{layer.digest.replace(':', '-')}{suffix}.pack")
+        where = f"{name}, layer {number + 1}/{total} {short(layer.digest)}"
+        return LayerRead(number, layer, spool, where, sanitize)
+
+
+def number_ranges(numbers: Iterable[int]) -> str:
+    """``1-5``, ``2-4,6``: ascending numbers, runs shortened."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def layer_spec(chosen: CompressionSpec | None, media_type: str, recompress: bool) -> CompressionSpec:

@@ -9,6 +9,7 @@ always at its start and end, so a caller may print each one. ``CountingReader`` 
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,13 +45,19 @@ class Throttle:
         self.every = 0.5
         self._last = 0.0
         self.done = 0
+        self._lock = threading.Lock()  # layers read side by side advance one step
         if progress is not None:
             progress(Step(phase, label, 0, total, unit))
 
     def advance(self, amount: int) -> None:
-        self.update(self.done + amount)
+        with self._lock:
+            self._update(self.done + amount)
 
     def update(self, done: int) -> None:
+        with self._lock:
+            self._update(done)
+
+    def _update(self, done: int) -> None:
         self.done = done
         if self.progress is None:
             return

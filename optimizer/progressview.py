@@ -2,7 +2,7 @@
 
 On a terminal, each step (reading a layer, a pass, writing a layer, storing the output) gets a tqdm bar with its
 bytes or files, rate and time left. Elsewhere (a CI log, a pipe), a line such as
-``optimize: read layer 3/6 sha256:ab12: 120.0 MiB of 153.6 MiB (35.2 MiB/s, 1 s left)`` is printed at most
+``optimize: read layers 1-6/6: 120.0 MiB of 153.6 MiB (35.2 MiB/s, 1 s left)`` is printed at most
 every ``every`` seconds, and at least that often while the run is busy (a step may go long without news: a
 large file in a pass), so a log never looks stalled.
 """

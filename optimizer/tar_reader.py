@@ -142,8 +142,7 @@ class _Decoder:
         try:
             for piece in self._decompressed(head):
                 self.size += len(piece)
-                if self.size > self.cap.bytes:
-                    raise self.cap.exceeded(self.where)
+                self.cap.take(self.size, len(piece), self.where)
                 self.hash.update(piece)
                 yield piece
         except INFLATE_ERRORS as error:

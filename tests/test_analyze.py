@@ -109,7 +109,7 @@ def test_analyze_takes_the_runs_limits_verbosity_and_progress(tmp_path: Path) ->
     assert done.stderr.startswith("optimize analyze: a run would save"), done.stderr  # no progress, no logs
     done = run("analyze", str(image), "-v", "--skip", "inject")
     assert done.returncode == 0, done.stderr
-    assert "read layer 1/3" in done.stderr  # progress lines on a non-terminal stderr
+    assert "read layers 1-3/3" in done.stderr  # progress lines on a non-terminal stderr
     assert "dropped     layer 2: var/cache/blob replaced in layer 3" in done.stdout  # -v: every finding
 
 
