@@ -27,7 +27,7 @@ from typing import BinaryIO
 from .digest import short
 from .errors import InputError, LayerError, LimitError, OutputError, out_of_space
 from .limits import Cap, Limits
-from .model import Content, Descriptor, Entry, EntryKind
+from .model import HEAD_KEPT, Content, Descriptor, Entry, EntryKind
 from .progress import CountingReader, Throttle
 from .source import Blobs
 from .tar_reader import LayerStream, Library, TarArchive, TarError
@@ -273,17 +273,20 @@ def _spool(
     size = 0
     write = spool.write
     view = memoryview(buffer).cast("B")  # written and hashed before the next read: never copied
+    head = b""
     while True:
         got = archive.read_data(buffer)
         if not got:
             break
         chunk = view[:got]
+        if not size:
+            head = bytes(chunk[:HEAD_KEPT])
         digest.update(chunk)
         write(chunk)
         size += got
     if size != entry.size:
         raise LayerError(f"{where}: {entry.path}: truncated ({size} of {entry.size} bytes)")
-    return Content(spool_path, offset, size, digest.hexdigest())
+    return Content(spool_path, offset, size, digest.hexdigest(), head)
 
 
 def layer_label(image: str, number: int, total: int, descriptor: Descriptor) -> str:

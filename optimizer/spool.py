@@ -6,7 +6,7 @@ import hashlib
 import os
 import threading
 
-from .model import Content
+from .model import HEAD_KEPT, Content
 
 __all__ = ["Spool"]
 
@@ -30,7 +30,7 @@ class Spool:
             with open(self.path, "ab") as pack:
                 offset = pack.tell()
                 pack.write(data)
-            content = Content(self.path, offset, len(data), digest)
+            content = Content(self.path, offset, len(data), digest, data[:HEAD_KEPT])
             self._known[digest] = content
             return content
 

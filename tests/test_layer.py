@@ -168,3 +168,16 @@ def test_truncated_layer_is_a_layer_error_naming_the_layer(tmp_path: Path) -> No
     store.add_slice(short.digest, str(tmp_path / "short"), 0, len(data))
     with pytest.raises(LayerError, match="layer 2/3"):
         index_layer(store, short, str(tmp_path / "spool"), "img, layer 2/3")
+
+
+def test_a_files_first_bytes_are_kept_and_read_head_agrees_with_the_spool(tmp_path: Path) -> None:
+    datas = [b"", b"\x7fELF!", bytes(range(32)), bytes(range(256)) * 40]
+    entries = [(Entry(f"f{n}", EntryKind.FILE, size=len(d)), d) for n, d in enumerate(datas)]
+    descriptor = write(tmp_path / "layer", entries, Compression.GZIP)
+    store = BlobStore("test")
+    store.add_slice(descriptor.digest, str(tmp_path / "layer"), 0, descriptor.size)
+    index = index_layer(store, descriptor, str(tmp_path / "spool"), "test layer")
+    for item, data in zip(index.entries, datas, strict=True):
+        assert item.content is not None and item.content.head == data[:32]
+        for count in (0, 4, 26, 32, 33, 4096, 1 << 20):
+            assert item.content.read_head(count) == data[:count]
