@@ -6,7 +6,8 @@ deletes or replaces (as dive shows them), the duplicate files, and the pull byte
 that has the base, and what each category of the opt-in ``slim`` pass would remove (``--slim-report``: nothing
 is removed unless ``--slim`` names it). ``--fail-over LIMIT`` makes it a gate: exit 5 when the compressed bytes a run would save
 exceed LIMIT (``10MB``, ``512KiB``, ``5%`` of the image's compressed layers); with ``--compare PREVIOUS`` (an
-image, or the JSON report of an earlier analyze) the limit applies to how much that figure grew since.
+image, or the JSON report of an earlier analyze) the limit applies to how much that figure grew since. The
+flags that shape only the image a run writes (``--format``, ``--publish``, ``--dest-creds``...) are usage errors.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from .api import optimize
-from .cli import EXIT_INTERRUPTED, add_pass_arguments, add_run_arguments, options_from_args, start_output
+from .cli import (
+    EXIT_INTERRUPTED,
+    add_pass_arguments,
+    add_run_arguments,
+    options_from_args,
+    output_flags,
+    start_output,
+)
 from .errors import OptimizerError, PolicyError, UsageError
 from .options import Options
 from .render import print_summary, size_text
@@ -29,6 +37,8 @@ from .report import ImageReport, Report
 
 __all__ = ["Analysis", "LayerWaste", "analyze", "main", "parse_limit"]
 
+# Why a flag of the output (``cli.output_flags``: --format, --publish, --dest-creds...) is a usage error here.
+REFUSED = "only applies to 'optimize IN OUT': analyze writes no image"
 _UNITS = {
     "": 1,
     "b": 1,
@@ -216,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimize analyze",
         description="Say what optimize would do to an image, writing nothing (a CI gate with --fail-over).",
+        epilog=f"It takes optimize's flags but {', '.join(output_flags())}: those shape only the image a run "
+        "writes, and are usage errors here.",
     )
     parser.add_argument(
         "input", help="OCI archive, OCI layout directory, docker save tarball, or docker://..."
@@ -229,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREVIOUS",
         help="an earlier image or analyze report: --fail-over applies to the growth",
     )
-    add_run_arguments(parser)
-    add_pass_arguments(parser)
+    add_run_arguments(parser, refuse_output=REFUSED)
+    add_pass_arguments(parser, refuse_output=REFUSED)
     return parser
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "build_parser",
     "main",
     "options_from_args",
+    "output_flags",
     "start_output",
     "version_text",
 ]
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="optimize",
         description="Write a smaller copy of a container image that still works.",
         epilog="Subcommands: 'optimize analyze IMAGE' says what a run would do, writing nothing (a CI gate with "
-        "--fail-over); 'optimize serve --config service.yaml' runs the registry webhook service.\n\n"
+        f"--fail-over; it takes these flags but {', '.join(output_flags())}, which shape only the image "
+        "written); 'optimize serve --config service.yaml' runs the registry webhook service.\n\n"
         "exit status:\n" + "".join(f"  {code:<5}{meaning}\n" for code, meaning in EXIT_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the exit status table as written
     )
@@ -116,17 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, *, refuse_output: str | None = None) -> None:
     """The flags of a run's ``Options``, its ``Limits``, registry access and verbosity (-q/-v), for
-    ``options_from_args``; ``optimize`` and ``optimize analyze`` both take them."""
-    settings.add_arguments(parser, Options)
+    ``options_from_args``; ``optimize`` and ``optimize analyze`` both take them, but with ``refuse_output``
+    (``optimize analyze``, which writes nothing) the flags of ``output_flags()`` are refused with that reason."""
+    settings.add_arguments(parser, Options, refuse_output=refuse_output)
     settings.add_arguments(
         parser.add_argument_group("limits (exceeding one is exit 3; SIZE: bytes, or 64K, 512M, 16G)"), Limits
     )
-    access.add_arguments(parser.add_argument_group("registries (docker:// arguments)"))
+    access.add_arguments(
+        parser.add_argument_group("registries (docker:// arguments)"), refuse_output=refuse_output
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every finding")
+
+
+def output_flags() -> list[str]:
+    """The flags that shape only the image a run writes (``optimize analyze`` refuses them)."""
+    flags = settings.output_only_flags(Options)
+    for cls in _pass_classes():
+        flags += settings.output_only_flags(cls.Options, cls.flag_prefix)
+    return [*flags, *access.DEST_FLAGS]
 
 
 def start_output(
@@ -149,11 +162,11 @@ def start_output(
     return dataclasses.replace(options, progress=progress), progress
 
 
-def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
+def add_pass_arguments(parser: argparse.ArgumentParser, *, refuse_output: str | None = None) -> None:
     """Every pass's flags, each pass in a group of its own (``--help`` lists them so)."""
     for cls in _pass_classes():
         group = parser.add_argument_group(f"pass {cls.name}")
-        settings.add_arguments(group, cls.Options, cls.flag_prefix)
+        settings.add_arguments(group, cls.Options, cls.flag_prefix, refuse_output=refuse_output)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

@@ -34,7 +34,9 @@ class Options:
     ``progress.Step`` as the run goes; ``pass_classes`` is the pipeline to choose from, in order (default
     ``passes.PASSES``), for your own passes; ``registry`` says how to reach the registries of ``docker://``
     inputs and outputs (TLS, credentials, timeouts); ``limits`` bounds what an input may make the run read
-    and hold (``Limits``: its fields are settings of their own, ``--max-layer-bytes`` and so on).
+    and hold (``Limits``: its fields are settings of their own, ``--max-layer-bytes`` and so on). Settings
+    marked ``output_only`` (``--format``, ``--pack``, ``--layer-target-size``, ``--publish``) shape only the
+    image a run writes: a dry run's estimates do not depend on them, and ``optimize analyze`` refuses them.
 
     ``pass_options`` holds passes' ``Options`` instances (``(StripElfOptions(mode="debug"),)``): each names its
     pass by its type, so options cannot go to the wrong pass; ``options_for(StripElf)`` reads them back."""
@@ -91,6 +93,7 @@ class Options:
         "output form (default: an OCI archive that docker load also takes)",
         flag="--format",
         config=False,
+        output_only=True,
     )
     compression: CompressionSpec | None = setting(
         None,
@@ -114,6 +117,7 @@ class Options:
         "squashed and added layers are in path order) or pull (directories and small files first, identical "
         "files side by side: extraction starts early, the codec sees duplicates together)",
         flag="--pack",
+        output_only=True,
     )
     layer_target_size: int | None = setting(
         None,
@@ -121,12 +125,14 @@ class Options:
         "pull in parallel",
         metavar="SIZE",
         parse=parse_size,
+        output_only=True,
     )
     publish: Literal["single", "gzip+zstd"] = setting(
         "single",
         "gzip+zstd: write each image twice in one index, gzip first (every client takes the first entry of its "
         "platform) and a zstd twin second (same config, the base layers shared as they are)",
         metavar="single|gzip+zstd",
+        output_only=True,
     )
     workers: int | None = setting(
         None,

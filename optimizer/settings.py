@@ -12,6 +12,10 @@ the dataclass from what was given (the rest keep their defaults); ``from_mapping
 such as YAML gives, checking every value against the field's type (``coerce``). Types: bool, int, float,
 str, ``Literal[...]`` (choices), ``str`` enums, ``tuple[str, ...]`` (comma-separated on the command line,
 a list in YAML), ``X | None``, and any type with a ``parse`` function given in the metadata.
+
+A setting marked ``output_only`` concerns only what a run writes (``--format``): a parser for a command that
+writes nothing (``optimize analyze``) is built with ``add_arguments(..., refuse_output=WHY)``, which leaves such
+flags out of ``--help`` and makes them a usage error saying WHY (``refuse_argument``), not a silent no-op.
 """
 
 from __future__ import annotations
@@ -27,7 +31,17 @@ from typing import Any, Literal
 
 from .errors import UsageError
 
-__all__ = ["Setting", "add_arguments", "coerce", "from_args", "from_mapping", "setting", "settings_of"]
+__all__ = [
+    "Setting",
+    "add_arguments",
+    "coerce",
+    "from_args",
+    "from_mapping",
+    "output_only_flags",
+    "refuse_argument",
+    "setting",
+    "settings_of",
+]
 
 _KEY = "oci-optimizer.setting"
 
@@ -40,7 +54,8 @@ class Setting:
     aliases: more flags for the same setting. metavar: the placeholder in ``--help``. parse: text (a flag's
     argument, or a string in the config) -> value, for types this module does not know. cli/config: whether
     the setting is offered on the command line / in the config. repeat: a tuple setting whose flag may be
-    given several times (instead of one comma-separated list).
+    given several times (instead of one comma-separated list). output_only: it concerns only the output a run
+    writes (refused where nothing is written: ``add_arguments(..., refuse_output=...)``).
     """
 
     help: str
@@ -51,6 +66,7 @@ class Setting:
     cli: bool = True
     config: bool = True
     repeat: bool = False
+    output_only: bool = False
 
 
 def setting(
@@ -64,10 +80,11 @@ def setting(
     cli: bool = True,
     config: bool = True,
     repeat: bool = False,
+    output_only: bool = False,
     compare: bool = True,
 ) -> Any:
     """A dataclass field with its user-facing description (see ``Setting``)."""
-    metadata = {_KEY: Setting(help, flag, aliases, metavar, parse, cli, config, repeat)}
+    metadata = {_KEY: Setting(help, flag, aliases, metavar, parse, cli, config, repeat, output_only)}
     if isinstance(default, (list, dict, set)):
         raise TypeError("settings must default to immutable values (use a tuple or a frozenset)")
     return dataclasses.field(default=default, metadata=metadata, compare=compare)
@@ -128,15 +145,65 @@ def _text_parser(hint: Any, meta: Setting, what: str) -> Callable[[str], Any]:
     raise TypeError(f"{what}: no command-line parser for {hint}; give the setting a parse function")
 
 
-def add_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type[Any], prefix: str = ""
+class _Refused(argparse.Action):
+    """A flag accepted only to be refused: a usage error that names it and says why (``refuse_argument``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, why: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.why = why
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        raise argparse.ArgumentError(self, self.why)
+
+
+def refuse_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flags: Sequence[str],
+    why: str,
+    *,
+    takes_value: bool = True,
+    dest: str | None = None,
+    default: Any = argparse.SUPPRESS,
 ) -> None:
-    """Add a flag for every setting of ``cls`` that is offered on the command line."""
+    """Take ``flags`` (with a value unless ``takes_value`` is False) only to fail with a usage error saying
+    ``why`` (exit 2, as argparse's own); left out of ``--help``. ``default`` is what ``dest`` holds meanwhile."""
+    parser.add_argument(
+        *flags,
+        action=_Refused,
+        why=why,
+        nargs=None if takes_value else 0,
+        dest=dest or flags[0].lstrip("-").replace("-", "_"),
+        default=default,
+        help=argparse.SUPPRESS,
+    )
+
+
+def output_only_flags(cls: type[Any], prefix: str = "") -> list[str]:
+    """The flags of the settings of ``cls`` marked ``output_only`` (what a command writing nothing refuses)."""
+    return [_flag(prefix, f.name, meta) for f, meta, _ in settings_of(cls) if meta.cli and meta.output_only]
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type[Any],
+    prefix: str = "",
+    *,
+    refuse_output: str | None = None,
+) -> None:
+    """Add a flag for every setting of ``cls`` that is offered on the command line; with ``refuse_output``,
+    those of ``output_only`` settings are refused with that reason (``refuse_argument``)."""
     for field, meta, hint in settings_of(cls):
         if not meta.cli:
             continue
         flags = [_flag(prefix, field.name, meta), *meta.aliases]
         common: dict[str, Any] = {"dest": _dest(prefix, field.name), "default": argparse.SUPPRESS}
+        if meta.output_only and refuse_output is not None:
+            refuse_argument(
+                parser, flags, refuse_output, takes_value=_optional(hint) is not bool, dest=common["dest"]
+            )
+            continue
         if _optional(hint) is bool:
             turns_off = field.default is True
             parser.add_argument(

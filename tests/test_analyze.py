@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from optimizer import Options, optimize
-from optimizer.analyze import analyze, parse_limit
+from optimizer.analyze import analyze, build_parser, parse_limit
+from optimizer.cli import main as cli_main
+from optimizer.cli import output_flags
 from optimizer.errors import PolicyError, UsageError
 from passes.slim import SlimOptions
 
@@ -111,6 +113,36 @@ def test_analyze_takes_the_runs_limits_verbosity_and_progress(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert "read layers 1-3/3" in done.stderr  # progress lines on a non-terminal stderr
     assert "dropped     layer 2: var/cache/blob replaced in layer 3" in done.stdout  # -v: every finding
+
+
+def test_the_flags_of_the_output_are_usage_errors_and_not_offered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The flags that shape only the image a run writes mean nothing to analyze, which writes none: each is a
+    usage error naming it (exit 2, as argparse's own), left out of analyze's usage, and named in the README."""
+    image = wasteful(tmp_path / "in.tar", 1024)
+    values = {
+        "--format": "oci-dir",
+        "--pack": "pull",
+        "--layer-target-size": "64M",
+        "--publish": "gzip+zstd",
+        "--dest-tls-verify": "false",
+        "--dest-creds": "user:secret",
+    }
+    assert sorted(output_flags()) == sorted(values)  # a flag marked output_only later gets a case here
+    section = (ROOT / "README.md").read_text().split("## `optimize analyze`")[1].split("\n## ")[0]
+    usage = build_parser().format_usage()
+    for flag, value in values.items():
+        with pytest.raises(SystemExit) as exited:
+            cli_main(["analyze", str(image), "--skip", "inject", flag, value])
+        assert exited.value.code == UsageError.exit_code
+        assert f"argument {flag}: only applies to 'optimize IN OUT'" in capsys.readouterr().err
+        assert flag not in usage and f"`{flag}`" in section
+    assert "--compression" in usage and "--src-tls-verify" in usage  # what a plan depends on stays
+    done = run("analyze", str(image), "--skip", "inject", "--format", "oci-dir")
+    assert done.returncode == UsageError.exit_code and done.stdout == ""
+    assert "optimize analyze: error: argument --format: only applies to 'optimize IN OUT'" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_the_dry_run_estimates_are_close_to_a_real_run(tmp_path: Path) -> None:

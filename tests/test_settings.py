@@ -12,7 +12,7 @@ import pytest
 from optimizer.errors import UsageError
 from optimizer.options import Options
 from optimizer.output import CompressionSpec
-from optimizer.settings import add_arguments, from_args, from_mapping, setting
+from optimizer.settings import add_arguments, from_args, from_mapping, output_only_flags, setting
 
 
 class Color(str, Enum):
@@ -67,6 +67,33 @@ def test_bad_flag_values_are_usage_errors() -> None:
     for argv in (["--x-mode", "medium"], ["--x-size", "many"], ["--x-hidden", "1"], ["--x-color", "green"]):
         with pytest.raises(SystemExit):
             parse(*argv)
+
+
+@dataclass(frozen=True)
+class Written:
+    level: int = setting(1, "a setting of the run")
+    layout: Literal["flat", "deep"] = setting("flat", "how the output is laid out", output_only=True)
+    sign: bool = setting(False, "sign the output", output_only=True)
+
+
+def test_output_only_settings_are_refused_where_nothing_is_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert output_only_flags(Written, "w") == ["--w-layout", "--w-sign"]
+    writing = argparse.ArgumentParser()
+    add_arguments(writing, Written, "w")
+    got = from_args(Written, writing.parse_args(["--w-layout", "deep", "--w-sign"]), "w")
+    assert got == Written(1, "deep", True)
+    reading = argparse.ArgumentParser(prog="tool check")
+    add_arguments(reading, Written, "w", refuse_output="the check writes nothing")
+    assert from_args(Written, reading.parse_args(["--w-level", "3"]), "w") == Written(3)
+    assert "--w-layout" not in reading.format_help() and "--w-sign" not in reading.format_help()
+    for argv in (["--w-layout", "deep"], ["--w-sign"], ["--w-level", "2", "--w-sign"]):
+        with pytest.raises(SystemExit) as exited:
+            reading.parse_args(argv)
+        assert exited.value.code == 2
+        flag = next(a for a in argv if a != "--w-level" and a.startswith("--"))
+        assert f"tool check: error: argument {flag}: the check writes nothing" in capsys.readouterr().err
 
 
 def test_the_configuration_takes_the_same_settings() -> None:

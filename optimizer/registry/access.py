@@ -19,11 +19,15 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..settings import refuse_argument
 from .auth import Credentials
 from .client import RegistryClient
 from .transport import DEFAULT_USER_AGENT
 
-__all__ = ["Clients", "RegistryAccess", "add_arguments", "from_args"]
+__all__ = ["DEST_FLAGS", "Clients", "RegistryAccess", "add_arguments", "from_args"]
+
+# The flags about the output's registry: a command that writes nothing refuses them (``add_arguments``).
+DEST_FLAGS = ("--dest-tls-verify", "--dest-creds")
 
 
 @dataclass(frozen=True)
@@ -98,11 +102,18 @@ def _credentials(text: str) -> Credentials:
     return Credentials(user, password)
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The registry flags of ``optimize`` (for ``docker://`` inputs and outputs)."""
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, refuse_output: str | None = None
+) -> None:
+    """The registry flags of ``optimize`` (for ``docker://`` inputs and outputs); with ``refuse_output``, those
+    of the output's registry (``DEST_FLAGS``) are refused with that reason (``settings.refuse_argument``)."""
     for side, what in (("src", "input"), ("dest", "output")):
+        flag = f"--{side}-tls-verify"
+        if side == "dest" and refuse_output is not None:
+            refuse_argument(parser, [flag], refuse_output, default=True)
+            continue
         parser.add_argument(
-            f"--{side}-tls-verify",
+            flag,
             type=_bool,
             default=True,
             metavar="BOOL",
@@ -116,8 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         help="talk to this registry without TLS verification (repeatable)",
     )
     for side, what in (("src", "input"), ("dest", "output")):
+        flag = f"--{side}-creds"
+        if side == "dest" and refuse_output is not None:
+            refuse_argument(parser, [flag], refuse_output, default=None)
+            continue
         parser.add_argument(
-            f"--{side}-creds",
+            flag,
             type=_credentials,
             metavar="USER[:PASSWORD]",
             help=f"credentials for the {what} registry (default: docker config / environment)",

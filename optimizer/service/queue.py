@@ -17,12 +17,14 @@ making a second job. A later event with a new id for a finished key is a new pus
 Leases: ``claim`` marks a job running for one worker with a fresh random token and an expiry
 ``lease_seconds`` ahead; the worker renews it (``renew``) every ``heartbeat_seconds``. Every later write of the
 job's state (``finish``, ``retry``, ``fail``, ``record_pushed``) names the token and is refused with
-``LeaseLost`` once another claim has replaced it (fencing): a worker that stalled past its lease cannot
-overwrite the work of the worker that took the job over. A running job whose lease expired is claimed again
-(its interrupted attempt counts; with no attempts left it ends ``failed``). At start-up (``recover``) a worker
-only takes back jobs whose owner is a process of this host that no longer exists; a job another live
-process holds stays with it. ``max_concurrent_jobs`` of a registry bounds the running jobs that pull from or
-push to it, across every process sharing the queue.
+``LeaseLost`` once another claim has replaced it or the job is no longer running (fencing): a worker that
+stalled past its lease cannot overwrite the work of the worker that took the job over, nor a job that ended
+or was queued again under its own token (its lease expired on the last attempt, ``recover`` took it back, the
+attempt already finished it); a write run again because its commit's answer was lost finds itself done. A
+running job whose lease expired is claimed again (its interrupted attempt counts; with no attempts left it
+ends ``failed``). At start-up (``recover``) a worker only takes back jobs whose owner is a process of this
+host that no longer exists; a job another live process holds stays with it. ``max_concurrent_jobs`` of a
+registry bounds the running jobs that pull from or push to it, across every process sharing the queue.
 
 Statuses: ``queued`` -> ``running`` -> ``done`` | ``failed`` (and back to ``queued`` for a retry).
 
@@ -93,8 +95,15 @@ class _Busy(Exception):
     """Internal: a claim found its registry full once it held the registry's lock; look again."""
 
 
-def _lost(job: Job) -> LeaseLost:
-    return LeaseLost(f"job {job.id}: the lease of this attempt was taken over")
+def _held(db: Db, job: Job, lock: str = "") -> Any:
+    """The job's row (status, updated_at) if it has the token of ``job``'s claim, whatever its status."""
+    query = "SELECT status, updated_at FROM jobs WHERE id = ? AND lease_token = ?"
+    return db.execute(query + lock, (job.id, job.lease)).fetchone()
+
+
+def _lost(job: Job, held: Any) -> LeaseLost:
+    why = f"already {held['status']}" if held is not None else "the lease of this attempt was taken over"
+    return LeaseLost(f"job {job.id}: {why}")
 
 
 class Queue(ABC):
@@ -323,18 +332,25 @@ class Queue(ABC):
 
         return self._transaction(work, INTAKE_PATIENCE)
 
-    # --- writes fenced by the claim's token: each raises LeaseLost when another claim replaced it ------
+    # --- writes fenced by the claim's token: each raises LeaseLost unless this claim holds the running job -
 
-    def _fenced(self, job: Job, query: str, values: Callable[[float], tuple[Any, ...]]) -> None:
-        """Run ``query`` (an UPDATE without its WHERE) on the job if this claim still holds it; ``values``
-        gets the queue's time. Wakes idle workers: a finished job may free a registry's slot."""
+    def _fenced(self, job: Job, becomes: str, query: str, values: Callable[[float], tuple[Any, ...]]) -> None:
+        """Run ``query`` (an UPDATE without its WHERE that sets the status to ``becomes`` and ``updated_at`` to
+        the queue's time, which ``values`` gets) on the job if this claim holds it and it is still running.
+        Wakes idle workers: a finished job may free a registry's slot."""
+        tried: list[float] = []  # the times of this write's earlier runs, whose commits may have landed
 
         def work(db: Db, now: float) -> None:
             cursor = db.execute(
-                query + " WHERE id = ? AND lease_token = ?", (*values(now), job.id, job.lease)
+                query + " WHERE id = ? AND lease_token = ? AND status = 'running'",
+                (*values(now), job.id, job.lease),
             )
             if cursor.rowcount != 1:
-                raise _lost(job)
+                row = _held(db, job)
+                # Unless an earlier run of this write committed (the backend ran it again, the answer lost).
+                if not (row is not None and row["status"] == becomes and row["updated_at"] in tried):
+                    raise _lost(job, row)
+            tried.append(now)
             self._wake(db)
 
         self._transaction(work, WORKER_PATIENCE)
@@ -349,6 +365,7 @@ class Queue(ABC):
     ) -> None:
         self._fenced(
             job,
+            "done",
             "UPDATE jobs SET status = 'done', outcome = ?, timings = ?, report = ?, result_digest = ?,"
             " error = NULL, finished_at = ?, updated_at = ?",
             lambda now: (outcome, encode(timings), encode(report), result_digest, now, now),
@@ -357,6 +374,7 @@ class Queue(ABC):
     def retry(self, job: Job, error: str, delay: float, timings: dict[str, float]) -> None:
         self._fenced(
             job,
+            "queued",
             "UPDATE jobs SET status = 'queued', error = ?, timings = ?, next_attempt_at = ?, updated_at = ?",
             lambda now: (error, encode(timings), now + delay, now),
         )
@@ -366,6 +384,7 @@ class Queue(ABC):
     ) -> None:
         self._fenced(
             job,
+            "failed",
             "UPDATE jobs SET status = 'failed', outcome = 'failed', error = ?, timings = ?, report = ?,"
             " finished_at = ?, updated_at = ?",
             lambda now: (error, encode(timings), encode(report), now, now),
@@ -373,12 +392,9 @@ class Queue(ABC):
 
     def record_pushed(self, digests: Sequence[str], job: Job, reference: str) -> None:
         def work(db: Db, now: float) -> None:
-            owned = db.execute(
-                "SELECT 1 FROM jobs WHERE id = ? AND lease_token = ?" + self.dialect.share_rows,
-                (job.id, job.lease),
-            ).fetchone()
-            if owned is None:
-                raise _lost(job)
+            held = _held(db, job, self.dialect.share_rows)
+            if held is None or held["status"] != "running":
+                raise _lost(job, held)
             db.executemany(
                 "INSERT INTO pushed (digest, job_id, reference, recorded_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",

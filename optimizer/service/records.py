@@ -45,7 +45,8 @@ MAX_EVENT_IDS = 50  # event ids kept per job (a job joined by thousands of redel
 
 
 class LeaseLost(Exception):
-    """This worker's claim on a job was replaced by another one: it must not write the job's state."""
+    """This worker's claim on a job was replaced by another one, or the job is no longer running (it ended or
+    was queued again): the worker must not write the job's state."""
 
 
 class QueueUnavailable(OptimizerError):

@@ -7,7 +7,9 @@ is such a recipe; it serves its ``<Directory>``, the directory of its ``.htacces
 around it. The main file is ``apache2.conf``/``httpd.conf``; ``Include``/``IncludeOptional`` are followed
 (relative to ``ServerRoot``); a configuration whose includes go past the bound (``files.Includes``) serves
 every suffix from a root that cannot be told, and has no root for ``roots``. ``.htaccess`` files are read
-wherever the image has them, when it has httpd. ``roots`` lists every ``DocumentRoot`` and ``Alias`` target.
+wherever the image has them, when it has httpd, within the same bound as a whole (``MAX_INCLUDES`` files,
+``MAX_INCLUDED_TEXT`` bytes): past it, httpd serves every suffix from a root that cannot be told (what the
+files read before it said is no evidence either). ``roots`` lists every ``DocumentRoot`` and ``Alias`` target.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from optimizer.filesystem import FileSystem
 
-from .files import IncludeLimit, Includes, node_at, read_text
+from .files import MAX_INCLUDED_TEXT, MAX_INCLUDES, IncludeLimit, Includes, node_at, read_text
 from .serving import DocumentRoot, Serving, image_path
 
 __all__ = ["MAIN_FILES", "find", "roots"]
@@ -35,7 +37,6 @@ MAIN_FILES = (
 )
 _SUBSTITUTION = re.compile(r"\.(gz|br|zst)(?:$|[\]\[?\s])", re.IGNORECASE)
 _MAX_INCLUDE_DEPTH = 16
-_MAX_HTACCESS = 1000
 _ALL = frozenset({".gz", ".br", ".zst"})
 
 
@@ -114,14 +115,22 @@ def _servings(state: _State) -> list[Serving]:
 
 
 def _htaccess(fs: FileSystem) -> list[Serving]:
+    """The recipes of every ``.htaccess``; past the bound on them all, one serving with a root that cannot be told
+    (sizes counted before a file is read: one over the bound is not read)."""
     state = _State("")
-    found = 0
-    for path, _node in fs.files():
+    files = size = 0
+    for path, node in fs.files():
         if path.rsplit("/", 1)[-1] != ".htaccess":
             continue
-        found += 1
-        if found > _MAX_HTACCESS:
-            break
+        files += 1
+        size += node.content.size if node.content is not None else 0
+        if files > MAX_INCLUDES or size > MAX_INCLUDED_TEXT:
+            why = (
+                f"the image has more than {MAX_INCLUDES} .htaccess files"
+                if files > MAX_INCLUDES
+                else f"the image's .htaccess files up to /{path} hold more than {MAX_INCLUDED_TEXT >> 20} MiB"
+            )
+            return [Serving("Apache httpd", "RewriteRule", "/" + path, _ALL, None, why)]
         directory = _Scope("directory", "/" + (path.rsplit("/", 1)[0] if "/" in path else ""))
         for line in _lines(read_text(fs, path) or ""):
             if suffixes := _suffixes(_words(line)):

@@ -3,8 +3,9 @@
 ``precompressed`` with no format means ``br zstd gzip``; the files come from the ``root`` of the site block (or
 of the enclosing ``handle``/``route`` block that sets one), and in JSON from the handler's ``"root"``. A
 ``file_server`` without a readable root (none, a placeholder) is a serving with an unknown root, and so is a
-Caddyfile whose imports go past the bound (``files.Includes``). ``roots`` lists the root of every
-``file_server``, precompressed or not (none of a Caddyfile past the bound).
+Caddyfile that does not parse or whose imports go past the bound (``files.Includes``), and a JSON config that
+does not parse or nests deeper than any Caddy config does. ``roots`` lists the root of every ``file_server``,
+precompressed or not (none of a configuration whose servings cannot be told).
 """
 
 from __future__ import annotations
@@ -142,17 +143,21 @@ def _items(value: dict[str, Any] | list[Any]) -> Iterator[Any]:
     return iter(value.values()) if isinstance(value, dict) else iter(value)
 
 
-def _json_documents(fs: FileSystem) -> Iterator[tuple[str, Any]]:
-    """Each JSON config; one that does not parse, or nests deeper than any Caddy config does (the walks here
-    recurse), is no Caddy config."""
+def _json_documents(fs: FileSystem) -> Iterator[tuple[str, Any, str | None]]:
+    """Each JSON config: (path, document, None), or (path, None, why its servings cannot be told) for one that
+    does not parse or nests deeper than any Caddy config does (the walks here recurse)."""
     for pattern in JSON_CONFIGS:
         for path in config_paths(fs, pattern):
+            deep = f"/{path} nests lists and objects more than {_MAX_JSON_DEPTH} levels deep"
             try:
                 document = json.loads(read_text(fs, path) or "null")
-            except (ValueError, RecursionError):  # json.loads: RecursionError past ~1000 levels
-                continue
-            if not _nested_deeper(document, _MAX_JSON_DEPTH):
-                yield path, document
+            except ValueError as error:
+                yield path, None, f"/{path} does not parse: {error}"
+            except RecursionError:  # json.loads: past ~1000 levels
+                yield path, None, deep
+            else:
+                deeper = _nested_deeper(document, _MAX_JSON_DEPTH)
+                yield path, None if deeper else document, deep if deeper else None
 
 
 def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
@@ -163,7 +168,10 @@ def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
             servings.append(Serving("Caddy", "precompressed", "/" + path, _suffixes(()), None, directives))
             continue
         servings += _walk(directives, None, "/" + path)
-    for path, document in _json_documents(fs):
+    for path, document, why in _json_documents(fs):
+        if why is not None:
+            servings.append(Serving("Caddy", "precompressed", "/" + path, _suffixes(()), None, why))
+            continue
         servings += _json_servings(document, "/" + path)
     return servings
 
@@ -230,6 +238,7 @@ def roots(fs: FileSystem, config: Mapping[str, Any]) -> list[DocumentRoot]:
     for path, directives in _caddyfiles(fs):
         if not isinstance(directives, str):
             found += _file_server_roots(directives, None, "/" + path)
-    for path, document in _json_documents(fs):
-        found += _json_roots(document, "/" + path)
+    for path, document, why in _json_documents(fs):
+        if why is None:
+            found += _json_roots(document, "/" + path)
     return found

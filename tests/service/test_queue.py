@@ -3,20 +3,24 @@ leases and fencing, recovery, retries, registry limits, shared layers, singleton
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from optimizer.errors import UsageError
-from optimizer.service.queue import JobSpec, LeaseLost, Queue, QueueSettings, open_queue
+from optimizer.service.queue import Job, JobSpec, LeaseLost, Queue, QueueSettings, open_queue
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGEST = "sha256:" + "cd" * 32
@@ -153,10 +157,148 @@ def test_a_lost_lease_fences_every_write(make_queue: MakeQueue) -> None:
     assert other.renew(second)
     other.record_pushed(["sha256:" + "ee" * 32], second, "local/team/app:v1-o")
     other.finish(second, "pushed", {"total": 1.0}, None, DIGEST)
-    other.finish(second, "pushed", {"total": 1.0}, None, DIGEST)  # repeated (a lost answer): same result
     done = other.get(job_id)
     assert done is not None and (done.status, done.outcome, done.attempts) == ("done", "pushed", 2)
     assert other.was_pushed("sha256:" + "ee" * 32)
+
+
+def stale_writes(queue: Queue, job: Job) -> list[Callable[[], None]]:
+    """Every fenced write of ``job``'s claim, each with values no earlier write of the test used."""
+    return [
+        lambda: queue.finish(job, "larger", {"stale": 1.0}, {"stale": True}, "sha256:" + "ff" * 32),
+        lambda: queue.retry(job, "stale retry", 0.0, {"stale": 1.0}),
+        lambda: queue.fail(job, "stale failure", {"stale": 1.0}, {"stale": True}),
+        lambda: queue.record_pushed(["sha256:" + "ee" * 32], job, "local/team/app:stale"),
+    ]
+
+
+def assert_refused_and_unchanged(queue: Queue, job: Job) -> None:
+    before = queue.get(job.id)
+    for write in stale_writes(queue, job):
+        with pytest.raises(LeaseLost, match=f"job {job.id}: already "):
+            write()
+    assert queue.get(job.id) == before
+    assert not queue.was_pushed("sha256:" + "ee" * 32)
+
+
+def test_a_job_no_longer_running_is_not_written_under_its_own_token(
+    make_queue: MakeQueue, backend: dict[str, Any]
+) -> None:
+    """Fencing asks for the running job, not only the claim's token: the token stays on a job that ended or was
+    queued again, and a worker still holding it (the attempt that already finished it, one whose lease expired
+    on the last attempt, one that ``recover`` took the job back from) writes nothing more."""
+    queue = make_queue(lease_seconds=1, max_attempts=1)
+    queue.submit("src", "e1", [spec("done")])
+    done = queue.claim()
+    assert done is not None
+    queue.finish(done, "pushed", {"total": 1.0}, {"a": 1}, DIGEST)
+    assert_refused_and_unchanged(queue, done)
+    finished = queue.get(done.id)
+    assert finished is not None and (finished.status, finished.outcome, finished.report) == (
+        "done",
+        "pushed",
+        {"a": 1},
+    )
+
+    queue.submit("src", "e2", [spec("requeued")])
+    requeued = queue.claim()
+    assert requeued is not None
+    queue.retry(requeued, "push: registry down", 60.0, {"pull": 0.1})
+    assert_refused_and_unchanged(queue, requeued)  # a second retry too: the first one ended this attempt
+    waiting = queue.get(requeued.id)
+    assert waiting is not None and (waiting.status, waiting.error) == ("queued", "push: registry down")
+
+    queue.submit("src", "e3", [spec("expired")])
+    expired = queue.claim()
+    assert expired is not None
+    time.sleep(1.1)
+    assert queue.claim() is None  # the lease expired on the last attempt: the job failed
+    assert_refused_and_unchanged(queue, expired)
+    failed = queue.get(expired.id)
+    assert failed is not None and failed.status == "failed" and "stopped renewing" in (failed.error or "")
+
+    queue.submit("src", "e4", [spec("orphan")])
+    claimed = json.loads(
+        in_another_process(backend, "job = queue.claim(); print(json.dumps([job.id, job.lease]))")
+    )
+    assert make_queue().recover() == 1  # its process is gone: the job is queued again, the token left on it
+    orphan = queue.get(claimed[0])
+    assert orphan is not None and orphan.status == "queued"
+    assert_refused_and_unchanged(queue, replace(orphan, lease=claimed[1]))
+
+
+class CommitCutter:
+    """A TCP relay in front of PostgreSQL that, once ``armed``, cuts the connection where the answer to a COMMIT
+    would pass (the commit is made, the client never hears of it): a lost connection at the worst moment."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.armed = threading.Event()
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                # CommandComplete of a COMMIT carries the tag "COMMIT" and a NUL
+                if answers and b"COMMIT\x00" in data and self.armed.is_set():
+                    self.armed.clear()
+                    self.cuts += 1
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_fenced_write_whose_commit_answer_was_lost_is_no_second_write(postgres_dsn: str) -> None:
+    """PostgreSQL runs a transaction again when its connection is lost: a fenced write that committed, its
+    answer cut off, finds on its second run the job it ended by its first, and is not refused (a later call
+    of the same attempt is)."""
+    port = urlsplit(postgres_dsn).port
+    assert port is not None
+    relay = CommitCutter(port)
+    queue = open_queue("postgres", dsn=postgres_dsn.replace(f":{port}/", f":{relay.port}/"))
+    try:
+        writes: dict[str, Callable[[Job], None]] = {
+            "done": lambda job: queue.finish(job, "pushed", {"total": 1.0}, {"a": 1}, DIGEST),
+            "queued": lambda job: queue.retry(job, "push: registry down", 60.0, {"pull": 0.1}),
+            "failed": lambda job: queue.fail(job, "push: refused", {"pull": 0.1}),
+        }
+        for status, write in writes.items():
+            queue.submit("src", None, [spec(status)])
+            job = queue.claim()
+            assert job is not None
+            relay.armed.set()
+            write(job)
+            assert relay.cuts == 1 and not relay.armed.is_set()
+            relay.cuts = 0
+            after = queue.get(job.id)
+            assert after is not None and after.status == status
+            with pytest.raises(LeaseLost, match=f"already {status}"):
+                write(job)
+    finally:
+        queue.close()
+        relay.close()
 
 
 def test_a_renewed_lease_is_never_taken(make_queue: MakeQueue) -> None:

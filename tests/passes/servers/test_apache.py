@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from passes.servers.files import MAX_INCLUDED_TEXT, MAX_INCLUDES
 from tests.passes.servers.helpers import kept, served_by
 
 RECIPE = b"""
@@ -59,3 +60,29 @@ def test_include_cycles_stop(tmp_path: Path) -> None:
     conf = b"Include apache2.conf\nInclude apache2.conf\n<Directory /srv/www>\n" + RECIPE + b"</Directory>\n"
     result = served_by(tmp_path, {"etc/apache2/apache2.conf": conf})
     assert result.keeps("srv/www/a.css.gz", ".gz") == "served by Apache httpd (RewriteRule) from /srv/www"
+
+
+def test_htaccess_files_past_the_bound_keep_every_twin(tmp_path: Path) -> None:
+    """The .htaccess files are bounded as a whole like an include walk (``MAX_INCLUDES`` files,
+    ``MAX_INCLUDED_TEXT`` bytes): past it, httpd's root cannot be told; a file past it was left unread."""
+    httpd = {"usr/local/apache2/conf/httpd.conf": b"DocumentRoot /usr/local/apache2/htdocs\n"}
+    many = {f"srv/d{n:04}/.htaccess": b"Options -Indexes\n" for n in range(MAX_INCLUDES - 1)}
+    many["srv/z/.htaccess"] = RECIPE  # the last in path order
+    at_bound = served_by(tmp_path / "1", {**httpd, **many})
+    assert at_bound.keeps("srv/z/a.css.gz", ".gz") == "served by Apache httpd (RewriteRule) from /srv/z"
+    assert at_bound.keeps("srv/d0000/a.css.gz", ".gz") is None
+
+    many["srv/d9999/.htaccess"] = b"Options -Indexes\n"  # one more before it
+    past = served_by(tmp_path / "2", {**httpd, **many})
+    assert set(past.everywhere) == {".gz", ".br", ".zst"} and past.prefixes == {}
+    assert past.keeps("srv/z/a.css.gz", ".gz") == (
+        f"Apache httpd RewriteRule is on and its root cannot be told (the image has more than {MAX_INCLUDES} "
+        ".htaccess files)"
+    )
+
+    large = {**httpd, "srv/big/.htaccess": RECIPE + b"# padding\n" * (MAX_INCLUDED_TEXT // 10)}
+    result = served_by(tmp_path / "3", large)
+    assert result.keeps("srv/big/a.css.gz", ".gz") == (
+        "Apache httpd RewriteRule is on and its root cannot be told (the image's .htaccess files up to "
+        f"/srv/big/.htaccess hold more than {MAX_INCLUDED_TEXT >> 20} MiB)"
+    )

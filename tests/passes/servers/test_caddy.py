@@ -75,10 +75,31 @@ def test_snippets_importing_each_other_keep_everything(tmp_path: Path) -> None:
     )
 
 
-def test_json_nested_too_deep_is_no_caddy_config(tmp_path: Path) -> None:
+def test_json_that_does_not_parse_or_nests_too_deep_keeps_every_twin_and_gives_no_root(
+    tmp_path: Path,
+) -> None:
+    handler = {"handler": "file_server", "root": "/srv/www", "precompressed": {"gzip": {}}}
+    document = json.dumps({"apps": {"http": {"servers": {"srv0": {"routes": [{"handle": [handler]}]}}}}})
     files = {
+        "etc/caddy/cut.json": document[:-3].encode(),  # a config cut short
         "etc/caddy/lists.json": b"[" * 5000 + b"]" * 5000,  # json.loads: RecursionError
         "etc/caddy/objects.json": b'{"a": ' * 900 + b"null" + b"}" * 900,  # parses; our walks recurse
+        "srv/www/app.js": b"a",
+        "srv/www/app.js.gz": b"z",
     }
     fs = kit.make_filesystem(tmp_path, [files], parents=True)
-    assert served(fs, {}).servings == [] and web_roots(fs, {}).roots == []
+    found = served(fs, {})
+    deep = "nests lists and objects more than 64 levels deep"
+    assert [(s.source, s.root, s.why) for s in found.servings] == [
+        ("/etc/caddy/cut.json", None, "/etc/caddy/cut.json does not parse: Expecting ',' delimiter: line 1 "
+         f"column {len(document) - 2} (char {len(document) - 3})"),
+        ("/etc/caddy/lists.json", None, f"/etc/caddy/lists.json {deep}"),
+        ("/etc/caddy/objects.json", None, f"/etc/caddy/objects.json {deep}"),
+    ]  # fmt: skip
+    assert set(found.everywhere) == {".br", ".gz", ".zst"}
+    assert found.keeps("srv/www/app.js.gz", ".gz") == (
+        "Caddy precompressed is on and its root cannot be told (/etc/caddy/cut.json does not parse: "
+        f"Expecting ',' delimiter: line 1 column {len(document) - 2} (char {len(document) - 3}))"
+    )
+    roots = web_roots(fs, {})
+    assert roots.roots == [] and roots.holding("srv/www/app.js") is None  # no media reduction either
