@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_media.py [--root DIR ...] [--limit N] [--workers 2] [--png-level L] [--no-big]
                                           [--reduce web|always|never] [--forms [--rounds N]]
     .venv/bin/python bench/bench_media.py --cost [bench/media_cost.py's options]
+    .venv/bin/python bench/bench_media.py --lossy [bench/media_lossy.py's options]
 
 Corpora (every PNG, JPEG, GIF and WebP found by its first bytes, one copy per distinct content):
 
@@ -31,6 +32,9 @@ to back (``--rounds`` times), and their ratio, with the load average.
 ``--cost`` (issue 15) runs ``bench/media_cost.py``: the pass's share of a default run and its savings with the
 cost model's defaults against the pass before it, on the bench image and a web-asset image, its time per file
 against the file count, and the cost model's figures fitted again.
+
+``--lossy`` runs ``bench/media_lossy.py``: ``--media-lossy`` against the lossless codec on the JPEGs of the
+fixtures, of the machine and of high-quality JPEGs made from the fixtures.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from optimizer.report import PassReport
 from optimizer.spool import Spool
 from passes.media import Media, MediaOptions, optimize, sniff
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "media"
+FIXTURES = Path(os.environ.get("OCI_OPTIMIZER_FIXTURES") or ROOT.parent / "shared" / "fixtures") / "media"
 DEFAULT_ROOTS = [
     "/usr/share/icons",
     "/usr/share/pixmaps",
@@ -356,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.media_cost import main as cost_main
 
         return cost_main([a for a in argv if a != "--cost"])
+    if "--lossy" in argv:
+        from bench.media_lossy import main as lossy_main
+
+        return lossy_main([a for a in argv if a != "--lossy"])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

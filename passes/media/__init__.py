@@ -70,7 +70,11 @@ class MediaOptions:
     png_engine: Literal["auto", "oxipng", "pillow"] = setting(
         "auto", "PNG encoder (default auto: oxipng, Pillow when oxipng is absent or fails)"
     )
-    lossy: bool = setting(False, "allow lossy JPEG re-encoding at --jpeg-quality when the SSIM floor holds")
+    lossy: bool = setting(
+        False,
+        "allow lossy JPEG re-encoding at --jpeg-quality when the SSIM floor holds, where --media-reduce allows "
+        "reductions",
+    )
     jpeg_quality: int = setting(
         85,
         "target JPEG quality for --media-lossy",
@@ -78,8 +82,10 @@ class MediaOptions:
         aliases=("--media-jpeg-quality",),
         metavar="Q",
     )
-    # mean SSIM over the luma, 7x7 windows, against the original
-    ssim_floor: float = setting(0.98, "lowest mean SSIM a lossy JPEG may have", metavar="S")
+    # mean SSIM over 7x7 windows against the original, of each channel (Y, Cb, Cr; grey: one): the worst counts
+    ssim_floor: float = setting(
+        0.98, "lowest mean SSIM a lossy JPEG may have on any channel (Y, Cb, Cr)", metavar="S"
+    )
     max_pixels: int = setting(
         40_000_000, "leave files with more decoded pixels (all frames) alone", metavar="N"
     )
@@ -165,12 +171,34 @@ class _Reductions:
     def why(self, path: str, node: Node) -> str | None:
         if self._mode != "web":
             return "--media-reduce always" if self._mode == "always" else None
+        roots = self._web_roots()
+        reasons = [roots.holding(p) for p in self._names(path, node)]
+        return reasons[0] if all(reasons) else None
+
+    def why_not(self, path: str, node: Node) -> str:
+        """Why a file ``why`` gives None for may not be reduced, in words."""
+        if self._mode != "web":
+            return f"--media-reduce {self._mode}"
+        from passes.servers.files import under
+
+        roots = self._web_roots()
+        if not roots.roots:
+            return "--media-reduce web, and the image has no web server document root"
+        outside = next((p for p in self._names(path, node) if roots.holding(p) is None), path)
+        link = next((link for t, link in roots.entrances.items() if under(outside, t)), None)
+        if link is not None:
+            return (
+                f"--media-reduce web, and /{outside} is reached through /{link}, outside every document root"
+            )
+        name = "it" if outside == path else f"its hardlink /{outside}"
+        return f"--media-reduce web, and {name} is outside every web server document root"
+
+    def _web_roots(self) -> WebRoots:
         if self._roots is None:
             from passes.servers import web_roots  # the server parsers, only when a file asks
 
             self._roots = web_roots(self._ctx.fs, self._ctx.image.config)
-        reasons = [self._roots.holding(p) for p in self._names(path, node)]
-        return reasons[0] if all(reasons) else None
+        return self._roots
 
     def _names(self, path: str, node: Node) -> list[str]:
         fs = self._ctx.fs
@@ -209,8 +237,11 @@ class Media:
     (a heightmap loader, a segmentation mask's class ids) gets what it got. Reductions of the form, which keep
     only what a browser renders, are made for files under a document root of the image's web servers
     (``--media-reduce web``, ``passes.servers.web_roots``), everywhere (``always``) or nowhere (``never``).
-    With ``--media-lossy``, a JPEG whose estimated quality is above ``--jpeg-quality`` is re-encoded at that
-    quality if the mean SSIM of its luma against the original stays at or above ``--media-ssim-floor``.
+    With ``--media-lossy``, a JPEG that may be reduced (lossy re-encoding is a reduction, so it follows
+    ``--media-reduce`` too) and whose estimated quality is above ``--jpeg-quality`` is re-encoded at that
+    quality, with its chroma subsampling and kept metadata, if the mean SSIM of each of its channels (Y, Cb, Cr)
+    against the original stays at or above ``--media-ssim-floor``; each JPEG's finding says in ``lossy`` why
+    it was not re-encoded so.
 
     Why: web apps ship image assets that were never optimized; on the corpora of ``bench/bench_media.py``
     lossless recompression saves 20-30% of PNG bytes and a few percent of JPEG bytes.
@@ -238,7 +269,8 @@ class Media:
         self.options = options
 
     def run(self, ctx: PassContext) -> None:
-        groups = self._candidates(ctx)
+        reductions = _Reductions(ctx, self.options.reduce)
+        groups = self._candidates(ctx, reductions)
         batches: dict[bool, list[tuple[tuple[str, bool], Content]]] = {False: [], True: []}
         for key, group in groups.items():
             content = group.nodes[0][1].content
@@ -255,13 +287,12 @@ class Media:
             for key, result in ctx.map(optimize, items, options, chunk=1):
                 group = groups[key]
                 for path, node, why in group.nodes:
-                    self._record(ctx, path, node, group.format, result, why)
+                    self._record(ctx, path, node, group.format, result, why, reductions)
         ctx.report.findings[first:] = sorted(ctx.report.findings[first:], key=lambda f: place.get(f.path, -1))
         packages.update_records(ctx)
 
-    def _candidates(self, ctx: PassContext) -> dict[tuple[str, bool], _Group]:
+    def _candidates(self, ctx: PassContext, reductions: _Reductions) -> dict[tuple[str, bool], _Group]:
         groups: dict[tuple[str, bool], _Group] = {}
-        reductions = _Reductions(ctx, self.options.reduce)
         for path, node in ctx.fs.unique_files():
             content = node.content
             if content is None or content.size < 16:
@@ -300,6 +331,7 @@ class Media:
         kind: str,
         result: MediaResult | BaseException,
         why: str | None,
+        reductions: _Reductions,
     ) -> None:
         size = node.size
         where = self._where(ctx, path, node)
@@ -309,6 +341,9 @@ class Media:
             return
         details: dict[str, Any] = {"format": kind, **result.details, "form": _form(result, why)}
         details.pop("reduction", None)
+        # the codec was handed "never" and says so; the pass knows why this file may not be reduced
+        if why is None and "lossy" in details:
+            details["lossy"] = f"not tried: {reductions.why_not(path, node)}"
         if result.data is not None and len(result.data) < size:
             try:
                 ctx.changes.replace(path, result.data, result.reason)

@@ -2,8 +2,9 @@
 
 ``jpeg_structure`` walks every marker segment and the entropy-coded data to EOI before a decoder sees the
 file. A lossless candidate must decode to the same pixels and carry the kept metadata segments verbatim; a
-lossy one (``--media-lossy``) is made only above the target quality and kept only when the luma SSIM against
-the original stays at or above the floor.
+lossy one (``--media-lossy``) is made only where the file may be reduced (``--media-reduce``), only above the
+target quality, with the original's chroma subsampling, and kept only when it carries the same metadata
+segments and the SSIM of each of its channels against the original stays at or above the floor.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from .codec import (
     engine_versions,
     exif_orientation,
     open_image,
+    reduces,
     run_guarded,
     side_error,
 )
-from .verify import luma, ssim_bands
+from .verify import jpeg_planes, ssim_planes
 
 __all__ = ["JpegInfo", "JpegSegment", "estimate_jpeg_quality", "jpeg_structure", "optimize_jpeg"]
 
@@ -86,6 +88,14 @@ class JpegInfo:
         frame = next(s.payload(data) for s in self.segments if s.marker == self.sof)
         specs = frame[6 : 6 + 3 * self.components]
         return self.precision, self.components, b"".join(specs[n : n + 2] for n in range(0, len(specs), 3))
+
+    def sampling(self, data: bytes) -> tuple[tuple[int, int], ...]:
+        """Each component's horizontal and vertical sampling factors, in frame order (4:2:0 is
+        ((2, 2), (1, 1), (1, 1))); one component has none that matter (its scan is not interleaved)."""
+        factors = self.form(data)[2][1::2]
+        if len(factors) == 1:
+            return ()
+        return tuple((f >> 4, f & 15) for f in factors)
 
 
 def _skip_entropy(data: bytes, pos: int) -> int:
@@ -274,11 +284,16 @@ def _optimize_jpeg(data: bytes, options: CodecOptions) -> MediaResult:
     if options.lossy:
         lossy, why, facts = _jpeg_lossy(data, info, original, keep, options)
         details.update(facts)
-        if lossy is not None and len(lossy) < len(best if best is not None else data):
+        smallest = best if best is not None else data
+        if lossy is not None and len(lossy) < len(smallest):
+            details["reduction"] = f"lossy, quality {options.jpeg_quality}"
             return MediaResult(
                 "jpeg", lossy, f"re-encoded at quality {options.jpeg_quality} ({why})", details=details
             )
-        reasons.append(why)
+        if lossy is not None:
+            why = f"not smaller than the {'lossless result' if best else 'original'} ({len(lossy)} bytes)"
+        details["lossy"] = why
+        reasons.append(f"lossy: {why}")
     if best is not None:
         return MediaResult(
             "jpeg", best, "optimized losslessly (MozJPEG), pixels and metadata verified", details=details
@@ -310,39 +325,96 @@ def _jpeg_verify_lossless(
     return None
 
 
+# Pillow's ``subsampling`` values (``JpegImagePlugin.get_sampling``), by the sampling factors they write
+_PILLOW_SAMPLINGS = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+
+
+def _not_reducible(options: CodecOptions) -> str:
+    if options.reduce == "never":
+        return "not tried: --media-reduce never"
+    return f"not tried: --media-reduce {options.reduce} with no path to tell a web root by (only 'always' allows it)"
+
+
 def _jpeg_lossy(
     data: bytes, info: JpegInfo, original: Image.Image, keep: Sequence[bytes], options: CodecOptions
 ) -> tuple[bytes | None, str, dict[str, str | int | float]]:
-    """A lossy candidate at the target quality, or None and why not."""
+    """A lossy candidate at the target quality, or None and why not (the finding's ``lossy``).
+
+    Lossy re-encoding is a reduction: tried only where the file may be reduced (``reduces``: the pass hands
+    "always" to files under a web server's document root with ``--media-reduce web``, to every file with
+    ``always``, to none with ``never``). The candidate keeps what the lossless path keeps: the metadata
+    segments, verbatim and in order (JFIF, Adobe, the ICC profile, EXIF and its orientation, the rest unless
+    ``--media-strip-metadata``), the component count and the chroma subsampling of the original (Pillow
+    writes 4:4:4, 4:2:2 and 4:2:0; a file sampled otherwise, 4:4:0 or 4:1:1, is not re-encoded rather than
+    given other chroma resolution); its scans are progressive, as MozJPEG writes the lossless path's."""
     assert isinstance(original, JpegImagePlugin.JpegImageFile)
+    if not reduces(options):
+        return None, _not_reducible(options), {}
     quality = estimate_jpeg_quality(original.quantization or {})
     facts: dict[str, str | int | float] = {"estimated_quality": quality if quality is not None else "unknown"}
     if original.mode not in ("L", "RGB"):
-        return None, f"lossy: {original.mode} JPEGs are only optimized losslessly", facts
+        return None, f"{original.mode} JPEGs are only optimized losslessly", facts
     adobe = [
         s.payload(data) for s in info.segments if s.marker == 0xEE and s.payload(data).startswith(b"Adobe")
     ]
     if original.mode == "RGB" and adobe and (len(adobe[0]) < 12 or adobe[0][11] != 1):
-        return None, "lossy: RGB-coded (not YCbCr) JPEG is only optimized losslessly", facts
+        return None, "RGB-coded (not YCbCr) JPEG is only optimized losslessly", facts
     if quality is None or quality <= options.jpeg_quality:
-        return None, f"lossy: estimated quality {quality} is not above {options.jpeg_quality}", facts
+        return None, f"estimated quality {quality} is not above {options.jpeg_quality}", facts
+    subsampling = JpegImagePlugin.get_sampling(original)
+    if original.mode == "RGB" and subsampling not in _PILLOW_SAMPLINGS:
+        factors = ",".join(f"{h}x{v}" for h, v in info.sampling(data))
+        writable = ", ".join(_PILLOW_SAMPLINGS.values())
+        return None, f"chroma sampling {factors} is not one Pillow writes ({writable})", facts
     out = io.BytesIO()
-    sampling = "keep" if JpegImagePlugin.get_sampling(original) != -1 else -1
     try:
-        original.save(out, "JPEG", quality=options.jpeg_quality, subsampling=sampling, optimize=True)
+        original.save(out, "JPEG", quality=options.jpeg_quality, subsampling=subsampling, optimize=True)
         candidate = _jpeg_with_metadata(_mozjpeg(out.getvalue()), keep, options.max_pixels)
     except Rejected as error:
-        return None, f"lossy: {error}", facts
+        return None, str(error), facts
     except DECODE_ERRORS as error:
-        return None, f"lossy: Pillow JPEG encoder: {error}", facts
+        return None, f"Pillow JPEG encoder: {error}", facts
+    problem = _jpeg_verify_lossy(data, info, original, candidate, keep, options, facts)
+    if problem is not None:
+        return None, problem, facts
+    return candidate, f"estimated quality {quality}, SSIM {facts['ssim']:.4f} >= {options.ssim_floor}", facts
+
+
+def _jpeg_verify_lossy(
+    data: bytes,
+    info: JpegInfo,
+    original: Image.Image,
+    candidate: bytes,
+    keep: Sequence[bytes],
+    options: CodecOptions,
+    facts: dict[str, str | int | float],
+) -> str | None:
+    """What keeps a lossy candidate out, or None: metadata or sampling not kept, another mode or size, or a
+    channel whose SSIM is under the floor. The scores go in ``facts``: ``ssim``, the worst channel's, and
+    ``ssim_channels``, each channel's.
+
+    Gated on the minimum over the channels, not their mean: the mean lets a chroma plane fall well under the
+    floor while luma scores near 1 (colour fringes on text, a product's colour shifted), the very damage a
+    luma-only score let through; each channel must stand on its own."""
     try:
+        new_info = jpeg_structure(candidate, options.max_pixels)
         decoded = _jpeg_decode(candidate, "candidate")
-    except Rejected as error:
-        return None, f"lossy: {error}", facts
+    except (Unreadable, Rejected) as error:
+        return str(error)
+    if new_info.metadata(candidate) != list(keep):
+        return "metadata segments not kept"
+    if new_info.sampling(candidate) != info.sampling(data):
+        return f"sampling changed ({info.sampling(data)} -> {new_info.sampling(candidate)})"
     if (decoded.mode, decoded.size) != (original.mode, original.size):
-        return None, "lossy: re-encoded image changed mode or size", facts
-    score = ssim_bands(luma(original), luma(decoded), original.height, original.width)
-    facts["ssim"] = round(score, 5)
-    if score < options.ssim_floor:
-        return None, f"lossy: SSIM {score:.4f} below the floor {options.ssim_floor}", facts
-    return candidate, f"estimated quality {quality}, SSIM {score:.4f} >= {options.ssim_floor}", facts
+        return "re-encoded image changed mode or size"
+    names, before = jpeg_planes(original)
+    after = jpeg_planes(decoded)[1]
+    scores = ssim_planes(before, after, original.height, original.width, len(names))
+    worst = min(range(len(names)), key=lambda n: scores[n])
+    facts["ssim"] = round(scores[worst], 5)
+    facts["ssim_channels"] = " ".join(
+        f"{name} {score:.5f}" for name, score in zip(names, scores, strict=True)
+    )
+    if scores[worst] < options.ssim_floor:
+        return f"SSIM {scores[worst]:.4f} of {names[worst]} below the floor {options.ssim_floor}"
+    return None

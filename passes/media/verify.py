@@ -10,8 +10,9 @@ Two views, each compared frame by frame, the first difference rejecting the cand
   ``numpy.asarray(frame)`` as a heightmap loader or a segmentation-mask reader gets it. Results that keep the
   native form must pass it.
 
-Lossy JPEG results are scored with the mean structural similarity of their luma (``ssim``). Everything is
-computed band by band so that large images stay within bounded memory.
+Lossy JPEG results are scored with the mean structural similarity of every channel (``ssim_planes`` over
+``jpeg_planes``: Y, Cb and Cr, or the one grey channel), and gated on the worst. Everything is computed band by
+band so that large images stay within bounded memory.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = [
     "compare_native",
     "form_change",
     "frames_rgba",
-    "luma",
+    "jpeg_planes",
     "native_form",
     "palette_change",
     "png_form_change",
@@ -44,6 +45,7 @@ __all__ = [
     "rgba16_from_pillow",
     "ssim",
     "ssim_bands",
+    "ssim_planes",
 ]
 
 
@@ -225,29 +227,55 @@ def reduction(original: bytes, candidate: bytes, kind: str) -> str | None:
         return None
 
 
-def luma(image: Image.Image) -> Callable[[int, int], F64]:
-    """Rows [top, bottom) of the image's luma (ITU-R BT.601 weights), read band by band."""
+# JFIF (ITU-T T.871): full-range RGB -> Y, Cb, Cr, the space a colour JPEG codes its samples in
+_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+_YCBCR_OFFSET = (0.0, 128.0, 128.0)
 
-    def rows(top: int, bottom: int) -> F64:
-        band = np.asarray(image.crop((0, top, image.width, bottom)), dtype=np.float64)
-        if band.ndim == 2:
-            return band
-        return band[..., 0] * 0.299 + band[..., 1] * 0.587 + band[..., 2] * 0.114
 
-    return rows
+def jpeg_planes(image: Image.Image) -> tuple[tuple[str, ...], Callable[[int, int], F64]]:
+    """The channels a lossy JPEG is scored on, and a reader of rows [top, bottom) as (channels, rows, width).
+
+    A greyscale image ('L') has one channel. A colour one ('RGB', decoded by Pillow, chroma upsampled) is
+    scored on Y, Cb and Cr at full resolution, converted back from the decoded RGB with the JFIF (T.871)
+    matrix in floating point. Why Y/Cb/Cr and not R, G, B: they are the planes the encoder quantizes (and may
+    subsample) each on its own, so each score measures one trade, luma detail or chroma detail; Y is the luma
+    the gate used to score alone, so the floor keeps its meaning there; an R, G or B score mixes both, a luma
+    loss counting in all three and a loss of one chroma plane spread thin. FFmpeg's ``ssim`` filter reports
+    the same planes."""
+    if image.mode == "L":
+
+        def grey(top: int, bottom: int) -> F64:
+            band = np.asarray(image.crop((0, top, image.width, bottom)), dtype=np.float64)
+            return band[np.newaxis]
+
+        return ("Y",), grey
+    if image.mode != "RGB":
+        raise ValueError(f"jpeg_planes: needs an L or RGB image, not {image.mode}")
+
+    def colour(top: int, bottom: int) -> F64:
+        band = np.asarray(image.crop((0, top, image.width, bottom)))
+        red, green, blue = (band[..., n].astype(np.float64) for n in range(3))
+        planes: F64 = np.empty((3, *band.shape[:2]))
+        for plane, ((r, g, b), offset) in enumerate(zip(_YCBCR, _YCBCR_OFFSET, strict=True)):
+            planes[plane] = red * r + green * g + blue * b + offset
+        return planes
+
+    return ("Y", "Cb", "Cr"), colour
 
 
 def _box_mean(values: F64, window: int) -> F64:
-    """Means over every ``window``-square window lying fully inside ``values`` (summed-area table)."""
-    table = np.zeros((values.shape[0] + 1, values.shape[1] + 1))
-    table[1:, 1:] = values.cumsum(axis=0).cumsum(axis=1)
-    sums = (
-        table[window:, window:]
-        - table[:-window, window:]
-        - table[window:, :-window]
-        + table[:-window, :-window]
-    )
-    result: F64 = sums / float(window * window)
+    """Means over every ``window``-square window lying fully inside ``values``, over its last two axes (a first
+    axis holds planes, each on its own): ``window`` shifted slices added down the rows, then along them. For a
+    7-pixel window that is a little faster than a summed-area table (4 SSIMs of a 2400x2000 image in three
+    planes: 3.9 s against 4.4 s), and it adds no large running sums to lose precision in."""
+    height, width = values.shape[-2:]
+    rows = values[..., : height - window + 1, :].copy()
+    for shift in range(1, window):
+        rows += values[..., shift : height - window + 1 + shift, :]
+    result: F64 = rows[..., : width - window + 1].copy()
+    for shift in range(1, window):
+        result += rows[..., shift : width - window + 1 + shift]
+    result /= float(window * window)
     return result
 
 
@@ -271,12 +299,29 @@ def ssim_bands(
     window: int = 7,
 ) -> float:
     """``ssim`` computed band by band from row readers (bounded memory on large images)."""
+
+    def planes(rows: Callable[[int, int], F64]) -> Callable[[int, int], F64]:
+        return lambda top, bottom: rows(top, bottom)[np.newaxis]
+
+    return ssim_planes(planes(first), planes(second), height, width, 1, window)[0]
+
+
+def ssim_planes(
+    first: Callable[[int, int], F64],
+    second: Callable[[int, int], F64],
+    height: int,
+    width: int,
+    planes: int,
+    window: int = 7,
+) -> list[float]:
+    """``ssim`` of each plane, band by band, from readers of rows [top, bottom) as (planes, rows, width)
+    arrays (``jpeg_planes``); a band holds about ``BAND_PIXELS`` samples, whatever the number of planes."""
     window = max(1, min(window, height, width))
     count = window * window
     norm = count / (count - 1) if count > 1 else 1.0
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    band = max(window, BAND_PIXELS // max(width, 1))
-    total, windows = 0.0, 0
+    band = max(window, BAND_PIXELS // max(width * planes, 1))
+    total, windows = np.zeros(planes), 0
     for top in range(0, height - window + 1, band):
         bottom = min(height, top + band + window - 1)
         x, y = first(top, bottom), second(top, bottom)
@@ -285,6 +330,6 @@ def ssim_bands(
         vy = (_box_mean(y * y, window) - my * my) * norm
         vxy = (_box_mean(x * y, window) - mx * my) * norm
         score = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        total += float(score.sum())
-        windows += score.size
-    return total / windows
+        total += score.sum(axis=(1, 2))
+        windows += score.shape[1] * score.shape[2]
+    return [float(t) / windows for t in total]
