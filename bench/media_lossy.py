@@ -1,6 +1,7 @@
 """``--media-lossy`` against the lossless codec, on JPEGs: bytes saved, files the SSIM gate refuses, time.
 
-    .venv/bin/python bench/media_lossy.py [--jpeg-quality 85] [--ssim-floor 0.98] [--rounds 3] [--root DIR ...]
+    .venv/bin/python bench/media_lossy.py [--jpeg-quality 85] [--ssim-floor 0.98] [--ssim-chroma-floor 0.95]
+                                          [--rounds 3] [--root DIR ...]
     .venv/bin/python bench/bench_media.py --lossy ...   (the same)
 
 Corpora: the JPEGs of the fixtures and of the machine (``bench_media``'s), and ``made``: every fixture that is
@@ -8,12 +9,17 @@ not a JPEG, of 64x64 pixels and more, first frame on white, saved by Pillow at q
 4:2:0 (high-quality JPEGs, the kind a lossy re-encode is for, with every chroma subsampling Pillow writes).
 
 Each file goes through the codec (``passes.media.optimize``) with ``--media-reduce always`` (a file given alone
-has no web root to tell) with and without ``lossy``: bytes after each; the files re-encoded lossily, refused by
-the SSIM gate (and of those, the ones whose luma was over the floor: refused for a chroma channel, which a
-luma-only gate let through), left lossless for their chroma sampling or for a quality not above the target; the
-codec's time on one core for each setting, ``--rounds`` times, alternated file by file, with the load average at
-the start and the end (the machine has 2 cores and other jobs). The figures read the results' ``details``
-(``ssim``, ``ssim_channels``, ``lossy``), and what an older codec did not record counts as nothing.
+has no web root to tell) with and without ``lossy``: bytes after each; the files re-encoded lossily (and of
+those, the ones with a plane under the floor, which gating on the worst plane refused), refused by each rule of
+the SSIM gate (the combined score under the floor, a chroma plane under the chroma floor), left lossless for
+their chroma sampling or for a quality not above the target; the codec's time on one core for each setting,
+``--rounds`` times, alternated file by file, with the load average at the start and the end (the machine has 2
+cores and other jobs). The figures read the results' ``details`` (``ssim``, ``ssim_channels``, ``lossy``).
+
+``scoring``: every candidate the gate scored, made again and scored three ways: as the gate does (float32, Cb
+and Cr at the file's own chroma resolution), in float64 at that resolution, and in float64 with Cb and Cr at full
+resolution (how 760bb85 scored): the largest difference of any plane's score from the gate's, the decisions
+(``jpeg.ssim_refusals``) that differ, and each way's SSIM time.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from PIL import Image
+import numpy as np
+from PIL import Image, JpegImagePlugin
 
 from bench.bench_media import DEFAULT_ROOTS, FIXTURES, Item, collect
 from passes.media import MediaOptions, MediaResult, optimize
+from passes.media.jpeg import ssim_refusals
+from passes.media.verify import combined_ssim, jpeg_ssim
 
 
 def made_jpegs() -> list[Item]:
@@ -61,23 +70,65 @@ def made_jpegs() -> list[Item]:
 
 def tally(result: MediaResult, options: MediaOptions) -> Counter[str]:
     """What the lossy codec did with one file, as counts."""
-    floor, details = options.ssim_floor, result.details
+    details = result.details
     why = str(details.get("lossy", ""))
-    channels = str(details.get("ssim_channels", "")).split()
-    luma = float(channels[1]) if channels else float(details.get("ssim", 1.0))
-    refused = "ssim" in details and float(details["ssim"]) < floor
-    quality = details.get("estimated_quality", 0)
-    known = not why and isinstance(quality, int) and "estimated_quality" in details  # an older codec's result
-    low = "not above" in why or (known and int(quality) <= options.jpeg_quality and "ssim" not in details)
+    words = str(details.get("ssim_channels", "")).split()
+    worst = min((float(w) for w in words[1::2]), default=1.0)
+    lossy = result.reason.startswith("re-encoded at quality")
     return Counter(
         {
-            "lossy": result.reason.startswith("re-encoded at quality"),
-            "SSIM refused": refused,
-            "SSIM refused, luma over the floor": refused and luma >= floor,
+            "lossy": lossy,
+            "lossy, a plane under the floor": lossy and worst < options.ssim_floor,
+            "refused: combined under the floor": "below the floor" in why,
+            "refused: chroma under the chroma floor": "below the chroma floor" in why,
+            "refused: chroma only": "below the chroma floor" in why and "below the floor" not in why,
             "sampling left": "sampling" in why,
-            "quality not above": low,
+            "quality not above": "not above" in why,
         }
     )
+
+
+# how the planes are scored: chroma at the file's own resolution or at full resolution, and in which float
+WAYS = {"gate": (True, np.float32), "float64": (True, np.float64), "float64, full": (False, np.float64)}
+
+
+def scoring(jpegs: list[Item], results: dict[tuple[str, str], MediaResult], options: MediaOptions) -> None:
+    """Every candidate the gate scored, scored the three ``WAYS`` (see the module's docstring)."""
+    seconds = dict.fromkeys(WAYS, 0.0)
+    differences: dict[str, list[float]] = {way: [] for way in WAYS}
+    decisions: Counter[str] = Counter()
+    scored = 0
+    for item in jpegs:
+        reported = results[item.path, "lossy"].details.get("ssim")
+        if reported is None:
+            continue
+        scored += 1
+        original = Image.open(io.BytesIO(item.data))
+        original.load()
+        sampling = JpegImagePlugin.get_sampling(original)
+        out = io.BytesIO()  # as jpeg._jpeg_lossy makes it (MozJPEG and the metadata leave the pixels alone)
+        original.save(out, "JPEG", quality=options.jpeg_quality, subsampling=sampling, optimize=True)
+        candidate = Image.open(out)
+        candidate.load()
+        own = {1: (2, 1), 2: (2, 2)}.get(sampling, (1, 1))
+        scores = {}
+        for way, (at_own, dtype) in WAYS.items():
+            started = time.perf_counter()
+            scores[way] = jpeg_ssim(original, candidate, own if at_own else (1, 1), dtype)
+            seconds[way] += time.perf_counter() - started
+        gate = scores["gate"]
+        refused = bool(ssim_refusals(gate, options.ssim_floor, options.ssim_chroma_floor))
+        for way, planes in scores.items():
+            differences[way].append(max(abs(planes[n] - gate[n]) for n in gate))
+            decisions[way] += refused != bool(
+                ssim_refusals(planes, options.ssim_floor, options.ssim_chroma_floor)
+            )
+        if abs(float(reported) - combined_ssim(gate)) > 1e-5:  # the codec's finding rounds to 5 decimals
+            print(f"    ! {item.path}: the codec reported {reported}, scored again {gate}")
+    for way in WAYS:
+        print(f"  scoring, {way:14} on {scored} candidates: largest difference from the gate's "
+              f"{max(differences[way], default=0.0):.2e}, decisions that differ {decisions[way]}, "
+              f"SSIM time {seconds[way]:.2f} s")  # fmt: skip
 
 
 def lossy(name: str, items: list[Item], options: MediaOptions, rounds: int) -> None:
@@ -103,7 +154,8 @@ def lossy(name: str, items: list[Item], options: MediaOptions, rounds: int) -> N
     after = {s: sum(len(results[i.path, s].data or i.data) for i in jpegs) for s in settings}
     counts: Counter[str] = Counter()
     print(f"\n== {name}: {len(jpegs)} JPEGs, {before:,} B; --media-lossy --jpeg-quality {options.jpeg_quality} "
-          f"--media-ssim-floor {options.ssim_floor}; load {load[0]:.2f} at the start, {end[0]:.2f} at the end")  # fmt: skip
+          f"--media-ssim-floor {options.ssim_floor} --media-ssim-chroma-floor {options.ssim_chroma_floor}; "
+          f"load {load[0]:.2f} at the start, {end[0]:.2f} at the end")  # fmt: skip
     for item in jpegs:
         result = results[item.path, "lossy"]
         counts.update(tally(result, options))
@@ -114,6 +166,7 @@ def lossy(name: str, items: list[Item], options: MediaOptions, rounds: int) -> N
         print(f"  {setting:8} {total:>11,} B (saved {before - total:>10,} B, {100 * (before - total) / before:5.2f}%);"
               f" codec time on 1 core, {rounds} round(s): {seconds[setting]:.2f} s")  # fmt: skip
     print(f"  lossy beyond lossless: {after['lossless'] - after['lossy']:,} B; files: {dict(counts)}")
+    scoring(jpegs, results, options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", action="append", help="directory to take the machine's images from")
     parser.add_argument("--jpeg-quality", type=int, default=MediaOptions.jpeg_quality)
     parser.add_argument("--ssim-floor", type=float, default=MediaOptions.ssim_floor)
+    parser.add_argument("--ssim-chroma-floor", type=float, default=MediaOptions.ssim_chroma_floor)
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (alternated file by file)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    options = MediaOptions(jpeg_quality=args.jpeg_quality, ssim_floor=args.ssim_floor)
+    options = MediaOptions(
+        jpeg_quality=args.jpeg_quality, ssim_floor=args.ssim_floor, ssim_chroma_floor=args.ssim_chroma_floor
+    )
     roots = [r for r in (args.root or DEFAULT_ROOTS) if os.path.isdir(r)]
     for name, items in (("fixtures", collect([str(FIXTURES)], 10_000)), ("machine", collect(roots, 10_000)),
                         ("made", made_jpegs())):  # fmt: skip

@@ -40,7 +40,6 @@ from PIL import __version__ as PILLOW_VERSION
 __all__ = [
     "BAND_PIXELS",
     "DECODE_ERRORS",
-    "F64",
     "FORMATS",
     "PILLOW_VERSION",
     "PNG_SIGNATURE",
@@ -67,7 +66,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BAND_PIXELS = 1 << 22  # compare and score images in bands of about this many pixels (bounded memory)
 
 U16 = npt.NDArray[np.unsignedinteger[Any]]  # uint16 at run time
-F64 = npt.NDArray[np.float64]
 
 
 class CodecOptions(Protocol):
@@ -91,6 +89,8 @@ class CodecOptions(Protocol):
     def jpeg_quality(self) -> int: ...
     @property
     def ssim_floor(self) -> float: ...
+    @property
+    def ssim_chroma_floor(self) -> float: ...
     @property
     def max_pixels(self) -> int: ...
     @property

@@ -4,7 +4,8 @@
 file. A lossless candidate must decode to the same pixels and carry the kept metadata segments verbatim; a
 lossy one (``--media-lossy``) is made only where the file may be reduced (``--media-reduce``), only above the
 target quality, with the original's chroma subsampling, and kept only when it carries the same metadata
-segments and the SSIM of each of its channels against the original stays at or above the floor.
+segments, its combined SSIM against the original, (6 Y + Cb + Cr) / 8, stays at or above the floor, and
+neither chroma plane's falls under the chroma floor.
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ from .codec import (
     run_guarded,
     side_error,
 )
-from .verify import jpeg_planes, ssim_planes
+from .verify import combined_ssim, jpeg_ssim
 
-__all__ = ["JpegInfo", "JpegSegment", "estimate_jpeg_quality", "jpeg_structure", "optimize_jpeg"]
+__all__ = [
+    "JpegInfo",
+    "JpegSegment",
+    "estimate_jpeg_quality",
+    "jpeg_structure",
+    "optimize_jpeg",
+    "ssim_refusals",
+]
 
 _JPEG_SCAN_LIMIT = 500  # as libjpeg-turbo's fuzzers: more scans than this is a decoding-time bomb
 
@@ -377,7 +385,12 @@ def _jpeg_lossy(
     problem = _jpeg_verify_lossy(data, info, original, candidate, keep, options, facts)
     if problem is not None:
         return None, problem, facts
-    return candidate, f"estimated quality {quality}, SSIM {facts['ssim']:.4f} >= {options.ssim_floor}", facts
+    chroma = f", Cb and Cr >= {options.ssim_chroma_floor}" if original.mode == "RGB" else ""
+    return (
+        candidate,
+        f"estimated quality {quality}, SSIM {facts['ssim']:.4f} >= {options.ssim_floor}{chroma}",
+        facts,
+    )
 
 
 def _jpeg_verify_lossy(
@@ -389,13 +402,16 @@ def _jpeg_verify_lossy(
     options: CodecOptions,
     facts: dict[str, str | int | float],
 ) -> str | None:
-    """What keeps a lossy candidate out, or None: metadata or sampling not kept, another mode or size, or a
-    channel whose SSIM is under the floor. The scores go in ``facts``: ``ssim``, the worst channel's, and
-    ``ssim_channels``, each channel's.
+    """What keeps a lossy candidate out, or None: metadata or sampling not kept, another mode or size, a
+    combined SSIM under the floor, or a chroma plane's SSIM under the chroma floor (each rule that refuses is
+    named). The scores go in ``facts``: ``ssim``, the combined score, and ``ssim_channels``, each plane's.
 
-    Gated on the minimum over the channels, not their mean: the mean lets a chroma plane fall well under the
-    floor while luma scores near 1 (colour fringes on text, a product's colour shifted), the very damage a
-    luma-only score let through; each channel must stand on its own."""
+    The combined score, (6 Y + Cb + Cr) / 8 (``verify.combined_ssim``, the weighting of codec comparisons),
+    judges the image as a whole: at quality 85 a photo's chroma planes score a little under its luma (the
+    colour fixtures: Cb and Cr 0.970-0.985 where Y is 0.987-0.993), and gating on the worst plane refused
+    nearly every colour photo for chroma scores a little under 0.98. The chroma floor keeps what the worst
+    plane was for: a chroma plane damaged while luma scores near 1 (colour fringes on text, a fabric's fine
+    colour pattern smeared), which the combined score, luma weighing six of eight, would let through."""
     try:
         new_info = jpeg_structure(candidate, options.max_pixels)
         decoded = _jpeg_decode(candidate, "candidate")
@@ -403,18 +419,32 @@ def _jpeg_verify_lossy(
         return str(error)
     if new_info.metadata(candidate) != list(keep):
         return "metadata segments not kept"
-    if new_info.sampling(candidate) != info.sampling(data):
-        return f"sampling changed ({info.sampling(data)} -> {new_info.sampling(candidate)})"
+    sampling = info.sampling(data)
+    if new_info.sampling(candidate) != sampling:
+        return f"sampling changed ({sampling} -> {new_info.sampling(candidate)})"
     if (decoded.mode, decoded.size) != (original.mode, original.size):
         return "re-encoded image changed mode or size"
-    names, before = jpeg_planes(original)
-    after = jpeg_planes(decoded)[1]
-    scores = ssim_planes(before, after, original.height, original.width, len(names))
-    worst = min(range(len(names)), key=lambda n: scores[n])
-    facts["ssim"] = round(scores[worst], 5)
-    facts["ssim_channels"] = " ".join(
-        f"{name} {score:.5f}" for name, score in zip(names, scores, strict=True)
+    # Pillow writes Cb and Cr 1x1: Y's factors are the chroma subsampling
+    chroma = (
+        (sampling[0][0] // sampling[1][0], sampling[0][1] // sampling[1][1]) if len(sampling) == 3 else (1, 1)
     )
-    if scores[worst] < options.ssim_floor:
-        return f"SSIM {scores[worst]:.4f} of {names[worst]} below the floor {options.ssim_floor}"
-    return None
+    scores = jpeg_ssim(original, decoded, chroma)
+    combined = combined_ssim(scores)
+    facts["ssim"] = round(combined, 5)
+    facts["ssim_channels"] = " ".join(f"{name} {score:.5f}" for name, score in scores.items())
+    return "; ".join(ssim_refusals(scores, options.ssim_floor, options.ssim_chroma_floor)) or None
+
+
+def ssim_refusals(scores: Mapping[str, float], floor: float, chroma_floor: float) -> list[str]:
+    """Each rule of the lossy gate that planes scoring ``scores`` (``verify.jpeg_ssim``) fail, in words: the
+    combined score under ``floor``, a chroma plane under ``chroma_floor``; none: the candidate passes."""
+    refusals = []
+    combined = combined_ssim(scores)
+    if combined < floor:
+        which = "combined SSIM" if len(scores) > 1 else "SSIM"
+        weights = " ((6 Y + Cb + Cr) / 8)" if len(scores) > 1 else ""
+        refusals.append(f"{which} {combined:.4f}{weights} below the floor {floor}")
+    for name, score in scores.items():
+        if name != "Y" and score < chroma_floor:
+            refusals.append(f"SSIM {score:.4f} of {name} below the chroma floor {chroma_floor}")
+    return refusals

@@ -10,34 +10,40 @@ Two views, each compared frame by frame, the first difference rejecting the cand
   ``numpy.asarray(frame)`` as a heightmap loader or a segmentation-mask reader gets it. Results that keep the
   native form must pass it.
 
-Lossy JPEG results are scored with the mean structural similarity of every channel (``ssim_planes`` over
-``jpeg_planes``: Y, Cb and Cr, or the one grey channel), and gated on the worst. Everything is computed band by
-band so that large images stay within bounded memory.
+Lossy JPEG results are scored with the mean structural similarity of each plane (``jpeg_ssim``: ``ssim_planes``
+over ``jpeg_planes``, Y at full resolution and Cb, Cr at the file's own chroma resolution, or the one grey
+plane), combined (6 Y + Cb + Cr) / 8 (``combined_ssim``); ``passes.media.jpeg`` gates on the combined score
+and on each chroma plane's. Everything is computed band by band so that large images stay within bounded memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import zip_longest
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import GifImagePlugin, Image
 
-from .codec import BAND_PIXELS, DECODE_ERRORS, F64, U16, open_image, side_error
+from .codec import BAND_PIXELS, DECODE_ERRORS, U16, open_image, side_error
 
 if TYPE_CHECKING:
     from .png import PngInfo
 
 __all__ = [
+    "PLANE_WEIGHTS",
     "NativeForm",
+    "Planes",
+    "combined_ssim",
     "compare_frames",
     "compare_native",
     "form_change",
     "frames_rgba",
     "jpeg_planes",
+    "jpeg_ssim",
     "native_form",
     "palette_change",
     "png_form_change",
@@ -228,58 +234,146 @@ def reduction(original: bytes, candidate: bytes, kind: str) -> str | None:
 
 
 # JFIF (ITU-T T.871): full-range RGB -> Y, Cb, Cr, the space a colour JPEG codes its samples in
-_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
-_YCBCR_OFFSET = (0.0, 128.0, 128.0)
+_YCBCR = {
+    "Y": ((0.299, 0.587, 0.114), 0.0),
+    "Cb": ((-0.168736, -0.331264, 0.5), 128.0),
+    "Cr": ((0.5, -0.418688, -0.081312), 128.0),
+}
+# The combined score's weights, (6 Y + Cb + Cr) / 8: the YUV weighting of video codec comparisons since JCT-VC's
+# (J.-R. Ohm, G. J. Sullivan, H. Schwarz, T. K. Tan, T. Wiegand, "Comparison of the Coding Efficiency of Video
+# Coding Standards - Including High Efficiency Video Coding (HEVC)", IEEE TCSVT 22(12), 2012: PSNR_YUV, and so
+# in the JVET common test conditions), applied to SSIM as learned-codec evaluations do (Microsoft's DCVC,
+# test_video.py: (6 * ssim_y + ssim_u + ssim_v) / 8 over 4:2:0 planes). libvpx and libaom weigh their own
+# combined SSIM 8:1:1 (aom_calc_ssim: 0.8 Y + 0.1 (U + V)); 6:1:1 gives chroma a little more say.
+PLANE_WEIGHTS = {"Y": 6, "Cb": 1, "Cr": 1}
+# Samples are scored as float32 less this (see ssim_planes)
+_CENTRE = 128.0
+
+Samples = npt.NDArray[np.floating[Any]]
+Rows = Callable[[int, int], Samples]
 
 
-def jpeg_planes(image: Image.Image) -> tuple[tuple[str, ...], Callable[[int, int], F64]]:
-    """The channels a lossy JPEG is scored on, and a reader of rows [top, bottom) as (channels, rows, width).
+@dataclass(frozen=True)
+class Planes:
+    """Planes of one size that a lossy JPEG is scored on: their names, their size, and a reader of rows
+    [top, bottom) as a (planes, rows, width) array."""
 
-    A greyscale image ('L') has one channel. A colour one ('RGB', decoded by Pillow, chroma upsampled) is
-    scored on Y, Cb and Cr at full resolution, converted back from the decoded RGB with the JFIF (T.871)
-    matrix in floating point. Why Y/Cb/Cr and not R, G, B: they are the planes the encoder quantizes (and may
-    subsample) each on its own, so each score measures one trade, luma detail or chroma detail; Y is the luma
-    the gate used to score alone, so the floor keeps its meaning there; an R, G or B score mixes both, a luma
-    loss counting in all three and a loss of one chroma plane spread thin. FFmpeg's ``ssim`` filter reports
-    the same planes."""
+    names: tuple[str, ...]
+    height: int
+    width: int
+    rows: Rows
+
+
+def jpeg_planes(
+    image: Image.Image, chroma: tuple[int, int] = (1, 1), dtype: type[np.floating[Any]] = np.float32
+) -> list[Planes]:
+    """The planes a lossy JPEG is scored on, grouped by size, as ``dtype``: ``chroma`` is the (horizontal,
+    vertical) subsampling of Cb and Cr, (1, 1) for 4:4:4, (2, 1) for 4:2:2, (2, 2) for 4:2:0.
+
+    A greyscale image ('L') has one plane. A colour one ('RGB', decoded by Pillow, chroma upsampled) is scored
+    on Y, Cb and Cr, converted back from the decoded RGB with the JFIF (T.871) matrix in floating point: Y at
+    full resolution, Cb and Cr at the file's own chroma resolution, each block of ``chroma`` pixels averaged
+    into one sample as libjpeg's encoder downsamples (the last block of an odd size edge-replicated, as
+    libjpeg pads). Why the file's own resolution: the re-encode averages what the decoder interpolated, so at
+    full resolution the score also charges it for that round trip of resampling, which shows nothing the
+    original did not (pillow/hopper.jpg, 4:2:0, at quality 85: Cb 0.977 at full resolution, 0.985 at its
+    own); and 4:2:0 chroma is a quarter of the samples to score. Why Y/Cb/Cr and not R, G, B: they
+    are the planes the encoder quantizes (and may subsample) each on its own, so each score measures one trade,
+    luma detail or chroma detail; an R, G or B score mixes both. FFmpeg's ``ssim`` filter and the codec
+    comparisons (``PLANE_WEIGHTS``) score the same planes, each at its own resolution."""
     if image.mode == "L":
 
-        def grey(top: int, bottom: int) -> F64:
-            band = np.asarray(image.crop((0, top, image.width, bottom)), dtype=np.float64)
+        def grey(top: int, bottom: int) -> Samples:
+            band = np.asarray(image.crop((0, top, image.width, bottom)), dtype=dtype)
             return band[np.newaxis]
 
-        return ("Y",), grey
+        return [Planes(("Y",), image.height, image.width, grey)]
     if image.mode != "RGB":
         raise ValueError(f"jpeg_planes: needs an L or RGB image, not {image.mode}")
+    across, down = chroma
 
-    def colour(top: int, bottom: int) -> F64:
+    def convert(top: int, bottom: int, names: tuple[str, ...]) -> Samples:
         band = np.asarray(image.crop((0, top, image.width, bottom)))
-        red, green, blue = (band[..., n].astype(np.float64) for n in range(3))
-        planes: F64 = np.empty((3, *band.shape[:2]))
-        for plane, ((r, g, b), offset) in enumerate(zip(_YCBCR, _YCBCR_OFFSET, strict=True)):
+        red, green, blue = (band[..., n].astype(dtype) for n in range(3))
+        planes = np.empty((len(names), *band.shape[:2]), dtype=dtype)
+        for plane, name in enumerate(names):
+            (r, g, b), offset = _YCBCR[name]
             planes[plane] = red * r + green * g + blue * b + offset
         return planes
 
-    return ("Y", "Cb", "Cr"), colour
+    def luma(top: int, bottom: int) -> Samples:
+        return convert(top, bottom, ("Y",))
+
+    def colour(top: int, bottom: int) -> Samples:
+        planes = convert(top * down, min(image.height, bottom * down), ("Cb", "Cr"))
+        return _block_means(planes, across, down, bottom - top)
+
+    return [
+        Planes(("Y",), image.height, image.width, luma),
+        Planes(("Cb", "Cr"), -(-image.height // down), -(-image.width // across), colour),
+    ]
 
 
-def _box_mean(values: F64, window: int) -> F64:
+def _block_means(planes: Samples, across: int, down: int, rows: int) -> Samples:
+    """``rows`` rows of the means of each ``down`` x ``across`` block of ``planes`` (over its last two axes),
+    the last row and column of blocks filled out by repeating the last pixels."""
+    if across == down == 1:
+        return planes
+    height, width = planes.shape[-2:]
+    if height != rows * down or width % across:
+        planes = np.pad(planes, ((0, 0), (0, rows * down - height), (0, -width % across)), mode="edge")
+    total = planes[..., ::down, ::across].copy()
+    for offset in range(1, down * across):
+        total += planes[..., offset // across :: down, offset % across :: across]
+    total *= 1.0 / (down * across)
+    return total
+
+
+def jpeg_ssim(
+    original: Image.Image,
+    candidate: Image.Image,
+    chroma: tuple[int, int] = (1, 1),
+    dtype: type[np.floating[Any]] = np.float32,
+) -> dict[str, float]:
+    """The SSIM of each plane of ``candidate`` against ``original`` (``jpeg_planes``), by name, in the order
+    Y, Cb, Cr."""
+    scores: dict[str, float] = {}
+    pairs = zip(jpeg_planes(original, chroma, dtype), jpeg_planes(candidate, chroma, dtype), strict=True)
+    for before, after in pairs:
+        values = ssim_planes(
+            before.rows, after.rows, before.height, before.width, len(before.names), dtype=dtype
+        )
+        scores.update(zip(before.names, values, strict=True))
+    return scores
+
+
+def combined_ssim(scores: Mapping[str, float]) -> float:
+    """The planes' scores weighted (6 Y + Cb + Cr) / 8 (``PLANE_WEIGHTS``); a grey image's is its one plane's."""
+    weights = sum(PLANE_WEIGHTS[name] for name in scores)
+    return sum(PLANE_WEIGHTS[name] * score for name, score in scores.items()) / weights
+
+
+def _box_mean(values: Samples, window: int) -> Samples:
     """Means over every ``window``-square window lying fully inside ``values``, over its last two axes (a first
     axis holds planes, each on its own): ``window`` shifted slices added down the rows, then along them. For a
     7-pixel window that is a little faster than a summed-area table (4 SSIMs of a 2400x2000 image in three
-    planes: 3.9 s against 4.4 s), and it adds no large running sums to lose precision in."""
+    planes: 3.9 s against 4.4 s), and it adds no large running sums to lose precision in. Adding runs of 2 and
+    4 first (4 additions a direction instead of 6) saved about a tenth of this function in float32 and nothing
+    in float64 (the runs are arrays to allocate): not kept."""
     height, width = values.shape[-2:]
     rows = values[..., : height - window + 1, :].copy()
     for shift in range(1, window):
         rows += values[..., shift : height - window + 1 + shift, :]
-    result: F64 = rows[..., : width - window + 1].copy()
+    result = rows[..., : width - window + 1].copy()
     for shift in range(1, window):
         result += rows[..., shift : width - window + 1 + shift]
-    result /= float(window * window)
+    result *= 1.0 / (window * window)
     return result
 
 
-def ssim(first: F64, second: F64, window: int = 7) -> float:
+def ssim(
+    first: Samples, second: Samples, window: int = 7, dtype: type[np.floating[Any]] = np.float32
+) -> float:
     """Mean structural similarity (Wang, Bovik, Sheikh, Simoncelli 2004) of two greyscale images in 0..255.
 
     As scikit-image's defaults: a uniform 7x7 window, sample covariances, K1 = 0.01, K2 = 0.03, L = 255, the
@@ -288,34 +382,41 @@ def ssim(first: F64, second: F64, window: int = 7) -> float:
     if first.ndim != 2 or first.shape != second.shape:
         raise ValueError(f"ssim: needs two 2-D arrays of one shape, not {first.shape} and {second.shape}")
     height, width = first.shape
-    return ssim_bands(lambda t, b: first[t:b], lambda t, b: second[t:b], height, width, window)
+    return ssim_bands(lambda t, b: first[t:b], lambda t, b: second[t:b], height, width, window, dtype)
 
 
 def ssim_bands(
-    first: Callable[[int, int], F64],
-    second: Callable[[int, int], F64],
+    first: Rows,
+    second: Rows,
     height: int,
     width: int,
     window: int = 7,
+    dtype: type[np.floating[Any]] = np.float32,
 ) -> float:
     """``ssim`` computed band by band from row readers (bounded memory on large images)."""
 
-    def planes(rows: Callable[[int, int], F64]) -> Callable[[int, int], F64]:
+    def planes(rows: Rows) -> Rows:
         return lambda top, bottom: rows(top, bottom)[np.newaxis]
 
-    return ssim_planes(planes(first), planes(second), height, width, 1, window)[0]
+    return ssim_planes(planes(first), planes(second), height, width, 1, window, dtype)[0]
 
 
 def ssim_planes(
-    first: Callable[[int, int], F64],
-    second: Callable[[int, int], F64],
+    first: Rows,
+    second: Rows,
     height: int,
     width: int,
     planes: int,
     window: int = 7,
+    dtype: type[np.floating[Any]] = np.float32,
 ) -> list[float]:
     """``ssim`` of each plane, band by band, from readers of rows [top, bottom) as (planes, rows, width)
-    arrays (``jpeg_planes``); a band holds about ``BAND_PIXELS`` samples, whatever the number of planes."""
+    arrays (``jpeg_planes``); a band holds about ``BAND_PIXELS`` samples, whatever the number of planes.
+
+    Computed in ``dtype``, float32 unless asked, on the samples less 128: the means of the squares are what
+    float32 rounds the most, and centred they are at most 128^2 instead of 255^2. Against float64, on the 58
+    candidates the gate scores in ``bench/bench_media.py --lossy`` (up to 2400x2000), a plane's score differs
+    by at most 9.9e-06 and no decision changes; the SSIM takes about half the time."""
     window = max(1, min(window, height, width))
     count = window * window
     norm = count / (count - 1) if count > 1 else 1.0
@@ -324,12 +425,15 @@ def ssim_planes(
     total, windows = np.zeros(planes), 0
     for top in range(0, height - window + 1, band):
         bottom = min(height, top + band + window - 1)
-        x, y = first(top, bottom), second(top, bottom)
+        x = np.subtract(first(top, bottom), _CENTRE, dtype=dtype)
+        y = np.subtract(second(top, bottom), _CENTRE, dtype=dtype)
         mx, my = _box_mean(x, window), _box_mean(y, window)
         vx = (_box_mean(x * x, window) - mx * mx) * norm
         vy = (_box_mean(y * y, window) - my * my) * norm
         vxy = (_box_mean(x * y, window) - mx * my) * norm
+        mx += _CENTRE
+        my += _CENTRE
         score = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        total += score.sum(axis=(1, 2))
+        total += score.sum(axis=(1, 2), dtype=np.float64)
         windows += score.shape[1] * score.shape[2]
     return [float(t) / windows for t in total]

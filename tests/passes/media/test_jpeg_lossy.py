@@ -1,9 +1,11 @@
 """``passes.media.jpeg``'s opt-in lossy re-encoding: only above the target quality, with the original's chroma
-subsampling and metadata, every channel's SSIM at or above the floor, and only where ``--media-reduce`` allows
-a reduction (files under a web server's document root by default)."""
+subsampling and metadata, the combined SSIM (6 Y + Cb + Cr) / 8 at or above the floor and each chroma plane's at
+or above the chroma floor, and only where ``--media-reduce`` allows a reduction (files under a web server's
+document root by default)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 from pathlib import Path
@@ -15,7 +17,7 @@ from PIL import Image
 from passes.media import Media, MediaOptions
 from passes.media import optimize as optimize_media
 from passes.media.jpeg import estimate_jpeg_quality
-from passes.media.verify import jpeg_planes, ssim_planes
+from passes.media.verify import jpeg_ssim
 from tests.conftest import require_tool
 from tests.passes import kit
 from tests.passes.media.oracles import jpeg_segments, media, naive_ssim, read, result_of
@@ -49,6 +51,32 @@ def _planes(data: bytes) -> np.ndarray:
     return np.stack([y, cb, cr], axis=-1)
 
 
+def _downsampled(plane: np.ndarray, across: int, down: int) -> np.ndarray:
+    """Each down x across block averaged, the image first grown to whole blocks by repeating its last row and
+    column (libjpeg's encoder: edge expansion, then a box average)."""
+    grown = np.pad(plane, ((0, -plane.shape[0] % down), (0, -plane.shape[1] % across)), mode="edge")
+    blocks = grown.reshape(grown.shape[0] // down, down, grown.shape[1] // across, across)
+    return blocks.mean(axis=(1, 3))
+
+
+def _oracle_scores(before: bytes, after: bytes, chroma: tuple[int, int]) -> list[float]:
+    """Y, Cb, Cr SSIM from the paper's formulas: Y at full resolution, Cb and Cr at ``chroma``'s."""
+    first, second = _planes(before), _planes(after)
+    return [naive_ssim(first[..., 0], second[..., 0])] + [
+        naive_ssim(_downsampled(first[..., c], *chroma), _downsampled(second[..., c], *chroma))
+        for c in (1, 2)
+    ]
+
+
+def _combined(scores: list[float]) -> float:
+    return (6 * scores[0] + scores[1] + scores[2]) / 8
+
+
+def _channels(details: object) -> dict[str, float]:
+    words = str(details).split()
+    return {name: float(score) for name, score in zip(words[::2], words[1::2], strict=True)}
+
+
 def test_lossy_reencodes_above_the_target_quality_within_the_floor() -> None:
     data = read("pillow/hopper.jpg")
     options = MediaOptions(lossy=True, reduce="always", jpeg_quality=70, ssim_floor=0.9)
@@ -58,8 +86,9 @@ def test_lossy_reencodes_above_the_target_quality_within_the_floor() -> None:
     lossless = result_of("pillow/hopper.jpg").data
     assert lossless is not None and len(result.data) < len(lossless)
     assert jpeg_segments(result.data) == jpeg_segments(data)
-    before, after = _planes(data), _planes(result.data)
-    assert min(naive_ssim(before[..., c], after[..., c]) for c in range(3)) >= 0.9
+    scores = _oracle_scores(data, result.data, (2, 2))  # hopper.jpg is 4:2:0
+    assert _combined(scores) >= 0.9 and min(scores[1:]) >= 0.95
+    assert float(result.details["ssim"]) == pytest.approx(_combined(scores), abs=1e-4)
     assert estimate_jpeg_quality(Image.open(io.BytesIO(result.data)).quantization) == 70  # type: ignore[attr-defined]
 
 
@@ -70,7 +99,9 @@ def test_lossy_falls_back_to_lossless_when_the_floor_fails_or_quality_is_low() -
         data, MediaOptions(lossy=True, reduce="always", jpeg_quality=70, ssim_floor=0.9999)
     )
     assert strict.data == lossless and float(strict.details["ssim"]) < 0.9999
-    assert "below the floor" in str(strict.details["lossy"])
+    assert strict.details["lossy"] == (
+        f"combined SSIM {strict.details['ssim']:.4f} ((6 Y + Cb + Cr) / 8) below the floor 0.9999"
+    )
     high = optimize_media(data, MediaOptions(lossy=True, reduce="always", jpeg_quality=99))
     assert high.data == lossless and "ssim" not in high.details
     assert int(high.details["estimated_quality"]) <= 99
@@ -135,31 +166,52 @@ def test_lossy_leaves_a_sampling_pillow_cannot_write(tmp_path: Path, sample: str
 
 
 def _equal_luma_colours(size: int = 64) -> Image.Image:
-    """Flat luma, fine chroma detail: a checkerboard in Cb and stripes in Cr, all at Y = 128 (no RGB clipping)."""
+    """Flat luma, fine chroma detail of moderate saturation (a fabric's two-hue weave): a checkerboard in Cb and
+    stripes in Cr, +-32 around grey, all at Y = 128 (no RGB clipping)."""
     rows, cols = np.mgrid[0:size, 0:size]
-    cb = 128 + 40 * np.where((cols // 2 + rows // 3) % 2, 1, -1)
-    cr = 128 + 40 * np.where((cols // 3) % 2, 1, -1)
+    cb = 128 + 32 * np.where((cols // 2 + rows // 3) % 2, 1, -1)
+    cr = 128 + 32 * np.where((cols // 3) % 2, 1, -1)
     planes = np.stack([np.full((size, size), 128), cb, cr], axis=-1).astype(np.uint8)
     return Image.fromarray(planes, "YCbCr").convert("RGB")
 
 
 def test_chroma_damage_with_luma_kept_is_refused() -> None:
-    """Quality 60 keeps the flat luma but smears the chroma detail: a luma-only score let it through; the
-    worst channel (Cb) is under the floor and the file is optimized losslessly instead."""
+    """Quality 60 keeps the flat luma but smears the chroma detail (the oracle: Y 0.994, Cb 0.937, Cr 0.992).
+    Luma weighs six of eight, so the combined score (0.987) passes the floor: the chroma floor refuses it,
+    and the reason says so; the file is optimized losslessly instead."""
     data = _jpeg(_equal_luma_colours(), subsampling=0)
     options = MediaOptions(lossy=True, reduce="always", jpeg_quality=60, ssim_floor=0.98)
-    # what the encoder makes of it, scored by the oracle, channel by channel
-    before, after = _planes(data), _planes(_jpeg_at(Image.open(io.BytesIO(data)), 60, subsampling=0))
-    scores = [naive_ssim(before[..., c], after[..., c]) for c in range(3)]
-    assert scores[0] >= 0.98 > scores[1], scores  # luma kept, Cb damaged
+    # what the encoder makes of it, scored by the oracle, channel by channel (4:4:4: all at full resolution)
+    scores = _oracle_scores(data, _jpeg_at(Image.open(io.BytesIO(data)), 60, subsampling=0), (1, 1))
+    assert scores[0] >= 0.98 and _combined(scores) >= 0.98, (
+        scores
+    )  # what the combined score alone lets through
+    assert scores[1] < 0.95 <= scores[2], scores  # Cb damaged
     result = optimize_media(data, options)
     assert result.data == optimize_media(data, MediaOptions()).data and result.data is not None
-    assert float(result.details["ssim"]) < 0.98
     assert result.reason.startswith("optimized losslessly")
-    assert str(result.details["lossy"]).startswith("SSIM") and str(result.details["lossy"]).endswith(
-        "of Cb below the floor 0.98"
+    assert float(result.details["ssim"]) == pytest.approx(_combined(scores), abs=1e-4)
+    assert result.details["lossy"] == f"SSIM {scores[1]:.4f} of Cb below the chroma floor 0.95"
+    assert _channels(result.details["ssim_channels"]) == pytest.approx(
+        dict(zip(("Y", "Cb", "Cr"), scores, strict=True)), abs=1e-4
     )
-    assert str(result.details["ssim_channels"]).startswith("Y 0.99")
+
+
+@pytest.mark.parametrize("name", ["pillow/rgb.jpg", "pillow/app13-multiple.jpg"])
+def test_a_colour_photo_at_quality_85_is_reencoded(name: str) -> None:
+    """At the defaults (quality 85, floor 0.98, chroma floor 0.95) a colour photo is re-encoded: its chroma
+    planes score under 0.98, which the worst-plane gate refused, and the combined score is over it.
+    rgb.jpg is 4:4:4 (Y 0.987, Cb 0.979, Cr 0.977), app13-multiple.jpg 4:2:0 (Y 0.993, Cb 0.972, Cr 0.970)."""
+    data = read(name)
+    result = optimize_media(data, MediaOptions(lossy=True, reduce="always"))
+    assert result.data is not None and result.reason.startswith("re-encoded at quality 85"), result.reason
+    assert "lossy" not in result.details and len(result.data) < len(result_of(name).data or data)
+    channels = _channels(result.details["ssim_channels"])
+    assert list(channels) == ["Y", "Cb", "Cr"]
+    assert 0.95 <= min(channels["Cb"], channels["Cr"]) < 0.98  # the worst plane: refused before
+    combined = float(result.details["ssim"])
+    assert combined >= 0.98 and combined == pytest.approx(_combined(list(channels.values())), abs=1e-5)
+    assert result.reason.endswith(f"SSIM {combined:.4f} >= 0.98, Cb and Cr >= 0.95)")
 
 
 def test_grey_jpegs_are_scored_on_their_one_channel() -> None:
@@ -170,19 +222,29 @@ def test_grey_jpegs_are_scored_on_their_one_channel() -> None:
     grey = np.asarray(Image.open(io.BytesIO(read("pillow/hopper_gray.jpg"))), dtype=np.float64)
     after = np.asarray(Image.open(io.BytesIO(result.data)), dtype=np.float64)
     assert float(score) == pytest.approx(naive_ssim(grey, after), abs=1e-5)
+    strict = optimize_media(read("pillow/hopper_gray.jpg"), dataclasses.replace(FLOOR_OFF, ssim_floor=0.9999))
+    assert strict.details["lossy"] == f"SSIM {float(score):.4f} below the floor 0.9999"
 
 
-def test_plane_scores_match_the_formula_per_channel() -> None:
-    data = read("pillow/hopper.jpg")
-    before = Image.open(io.BytesIO(data))
-    worse = _jpeg_at(before, 30)
-    names, first = jpeg_planes(before)
-    scores = ssim_planes(first, jpeg_planes(Image.open(io.BytesIO(worse)))[1], 128, 128, len(names))
-    assert names == ("Y", "Cb", "Cr") and max(scores) < 0.99
-    planes_before, planes_worse = _planes(data), _planes(worse)
-    for channel, score in enumerate(scores):
-        reference = naive_ssim(planes_before[..., channel], planes_worse[..., channel])
-        assert score == pytest.approx(reference, abs=1e-4)
+@pytest.mark.parametrize(
+    ("subsampling", "chroma", "box"),
+    [(2, (2, 2), (0, 0, 128, 128)), (1, (2, 1), (3, 5, 64, 50)), (2, (2, 2), (3, 5, 64, 50))],
+)
+def test_plane_scores_match_the_formula_per_channel(
+    subsampling: int, chroma: tuple[int, int], box: tuple[int, int, int, int]
+) -> None:
+    """Y at full resolution, Cb and Cr at the file's own chroma resolution (odd sizes: 61x45, the last block
+    edge-replicated), float32 as the gate computes them, against the paper's formulas in float64."""
+    image = _hopper().crop(box)
+    data = _jpeg(image, subsampling=subsampling)
+    worse = _jpeg_at(Image.open(io.BytesIO(data)), 30, subsampling=subsampling)
+    scores = jpeg_ssim(Image.open(io.BytesIO(data)), Image.open(io.BytesIO(worse)), chroma)
+    assert list(scores) == ["Y", "Cb", "Cr"] and max(scores.values()) < 0.99
+    reference = _oracle_scores(data, worse, chroma)
+    assert list(scores.values()) == pytest.approx(reference, abs=1e-6)  # float32: 1.5e-7 to 2.1e-7 off
+    # float64 is off by the T.871 matrix's six decimals against the oracle's exact fractions (up to 4.5e-8)
+    in_float64 = jpeg_ssim(Image.open(io.BytesIO(data)), Image.open(io.BytesIO(worse)), chroma, np.float64)
+    assert list(in_float64.values()) == pytest.approx(reference, abs=1e-7)
 
 
 def _jpeg_at(image: Image.Image, quality: int, **params: object) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import re
 import struct
 import tarfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from optimizer.cli import build_parser, options_from_args
 from optimizer.errors import UsageError
 from optimizer.model import EntryKind
 from optimizer.pipeline import PassContext
+from optimizer.settings import from_mapping
 from passes.media import Media, MediaOptions, sniff
 from passes.media import optimize as optimize_media
 from tests.conftest import fixture
@@ -170,7 +172,7 @@ def test_pass_is_deterministic_across_runs_and_workers(tmp_path: Path) -> None:
 
 def test_options_are_validated() -> None:
     for bad in ({"png_interlace": "on"}, {"jpeg_quality": 0}, {"ssim_floor": 1.5}, {"png_level": 9},
-                {"max_pixels": 0}, {"formats": ("bmp",)}, {"png_engine": "zopfli"}):  # fmt: skip
+                {"max_pixels": 0}, {"formats": ("bmp",)}, {"png_engine": "zopfli"}, {"ssim_chroma_floor": 0.0}):  # fmt: skip
         with pytest.raises(UsageError):
             MediaOptions(**bad)  # type: ignore[arg-type]
 
@@ -178,12 +180,15 @@ def test_options_are_validated() -> None:
 def test_cli_flags_reach_the_options() -> None:
     args = build_parser().parse_args(
         ["in.tar", "out.tar", "--media-strip-metadata", "--media-lossy", "--jpeg-quality", "70",
+         "--media-ssim-floor", "0.97", "--media-ssim-chroma-floor", "0.9",
          "--media-png-interlace", "off", "--media-max-pixels", "1000", "--media-formats", "png,jpeg"]
     )  # fmt: skip
     assert options_from_args(args).options_for(Media) == MediaOptions(
         strip_metadata=True,
         lossy=True,
         jpeg_quality=70,
+        ssim_floor=0.97,
+        ssim_chroma_floor=0.9,
         png_interlace="off",
         max_pixels=1000,
         formats=("png", "jpeg"),
@@ -191,6 +196,17 @@ def test_cli_flags_reach_the_options() -> None:
     defaults = build_parser().parse_args(["in.tar", "out.tar"])
     assert options_from_args(defaults).options_for(Media) == MediaOptions()
     assert isinstance(defaults, argparse.Namespace)
+
+
+def test_the_ssim_floors_parse_from_the_configuration() -> None:
+    """A service rule's ``pass_options: {media: {...}}`` (``optimizer.service.config``), either key spelling."""
+    at = "rules[0].options.pass_options.media"
+    got = from_mapping(MediaOptions, {"ssim-chroma-floor": 0.9, "ssim_floor": 0.97, "lossy": True}, at)
+    assert got == MediaOptions(lossy=True, ssim_floor=0.97, ssim_chroma_floor=0.9)
+    with pytest.raises(UsageError, match=re.escape(f"{at}.ssim_chroma_floor: expected a number, got 'high'")):
+        from_mapping(MediaOptions, {"ssim_chroma_floor": "high"}, at)
+    with pytest.raises(UsageError, match=r"--media-ssim-chroma-floor must be in \(0, 1\], not 1.5"):
+        from_mapping(MediaOptions, {"ssim_chroma_floor": 1.5}, at)
 
 
 def test_end_to_end_through_optimize(tmp_path: Path) -> None:
