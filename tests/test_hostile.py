@@ -7,6 +7,7 @@ the limits lowered by flag where a default would take long to reach.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -99,6 +100,7 @@ def with_manifest(files: dict[str, bytes], digest: str, change: Callable[[dict[s
     return digest_of(data)
 
 
+@functools.cache  # the same bytes every call: the 4 GiB one takes seconds to hash and compress
 def zero_file_layer(size: int, codec: str, name: str = "zeros") -> tuple[str, bytes, str]:
     """A layer holding one file of ``size`` zero bytes (compressed as a stream: never whole in memory when
     zstd)."""

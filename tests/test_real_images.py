@@ -20,7 +20,7 @@ import pytest
 from optimizer import Options, optimize
 from optimizer.mediatypes import OCI_LAYER_ZSTD, Compression
 from optimizer.output import CompressionSpec
-from tests.realimages import Fleet, Observations, asset, layer_digests, pulled_blobs, unpacked
+from tests.realimages import Fleet, Observations, asset, layer_digests, pulled_blobs
 
 pytestmark = pytest.mark.slow
 
@@ -46,22 +46,7 @@ PYTHON_ANSWERS = (
     "out: solve True",
 )
 
-Observe = Callable[[str, Path], Observations]
-
-
-@pytest.fixture(scope="session")
-def observe(real_fleet_images: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Observe:
-    """Observations of image ``name`` in an archive, computed once per session."""
-    scratch = tmp_path_factory.mktemp("fleet-unpack")
-    seen: dict[tuple[str, Path], Observations] = {}
-
-    def run(name: str, archive: Path) -> Observations:
-        if (name, archive) not in seen:
-            with unpacked(archive, scratch) as rootfs:
-                seen[name, archive] = real_fleet_images.image(name).check(rootfs)
-        return seen[name, archive]
-
-    return run
+Observe = Callable[[str, Path], Observations]  # the session's ``observe`` fixture (tests/conftest.py)
 
 
 def _layer_paths(archive: Path, digest: str) -> set[str]:

@@ -120,9 +120,14 @@ class ServiceProcess:
             self.process.kill()
             self.process.wait(timeout=10)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM, the clean shutdown, without waiting for it (``stop`` waits)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        if self.process is not None:
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -210,6 +215,9 @@ def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         return service.start()
 
     yield start
+    # All told at once: each takes up to a second to drain (its poll and LISTEN loops wake every second).
+    for service in started:
+        service.terminate()
     for service in started:
         service.stop()
 

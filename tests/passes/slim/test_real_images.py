@@ -14,6 +14,7 @@ removed files go) and finds no wrong hash that was not wrong before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,12 @@ import pytest
 
 from optimizer import Options, Report, optimize
 from passes.slim import SlimOptions
-from tests.realimages import Fleet, Observations, layer_digests, unpacked
+from tests.realimages import Fleet, Observations, layer_digests
 
 pytestmark = pytest.mark.slow
 
 SLIM_ALL = SlimOptions(categories=("all",))
-
-
-def _observe(fleet: Fleet, name: str, archive: Path, scratch: Path) -> Observations:
-    with unpacked(archive, scratch) as rootfs:
-        return fleet.image(name).check(rootfs)
+Observe = Callable[[str, Path], Observations]  # the session's ``observe`` fixture (tests/conftest.py)
 
 
 def _slimmed(fleet: Fleet, name: str, out: Path, **more: Any) -> Report:
@@ -81,7 +78,9 @@ def _saved(report: Report) -> float:
     return 1 - report.bytes_after / report.bytes_before
 
 
-def test_python_app_loses_15_percent_from_its_own_layers(real_fleet_images: Fleet, tmp_path: Path) -> None:
+def test_python_app_loses_15_percent_from_its_own_layers(
+    real_fleet_images: Fleet, observe: Observe, tmp_path: Path
+) -> None:
     image = real_fleet_images.image("python-app")
     out = tmp_path / "python-app.tar"
     report = _slimmed(real_fleet_images, "python-app", out)
@@ -90,12 +89,11 @@ def test_python_app_loses_15_percent_from_its_own_layers(real_fleet_images: Flee
     categories = report.images[0].passes[0].details["categories"]
     assert categories["pycache"]["removed_bytes"] > 0 and categories["tests"]["removed_bytes"] > 0
     assert categories["docs"]["hidden_bytes"] > 0  # the base's docs: whiteouts, the base blob unchanged
-    before = _observe(real_fleet_images, "python-app", image.path, tmp_path)
-    _assert_same_behaviour(before, _observe(real_fleet_images, "python-app", out, tmp_path), report)
+    _assert_same_behaviour(observe("python-app", image.path), observe("python-app", out), report)
 
 
 def test_node_app_with_its_base_slimmed_loses_15_percent_and_shares_that_base(
-    real_fleet_images: Fleet, tmp_path: Path
+    real_fleet_images: Fleet, observe: Observe, tmp_path: Path
 ) -> None:
     out = tmp_path / "node-app.tar"
     report = _slimmed(real_fleet_images, "node-app", out, base="none")
@@ -103,5 +101,5 @@ def test_node_app_with_its_base_slimmed_loses_15_percent_and_shares_that_base(
     nginx = tmp_path / "nginx-site.tar"
     _slimmed(real_fleet_images, "nginx-site", nginx, base="none")
     assert layer_digests(nginx)[0] == layer_digests(out)[0] != real_fleet_images.base.base_layer_digest
-    before = _observe(real_fleet_images, "node-app", real_fleet_images.image("node-app").path, tmp_path)
-    _assert_same_behaviour(before, _observe(real_fleet_images, "node-app", out, tmp_path), report)
+    before = observe("node-app", real_fleet_images.image("node-app").path)
+    _assert_same_behaviour(before, observe("node-app", out), report)
