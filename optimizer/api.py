@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .accounting import summarize
 from .base import BaseFinder, base_layer_lists, layers_of_document
@@ -48,15 +48,15 @@ from .plan import Planner, RunPlan, plan_run
 from .progress import CountingReader, Throttle, steps
 from .pull import pull_bytes
 from .registry.access import Clients
-from .registry.client import Manifest
-from .registry.copy import manifest_of, push_image, single_root
 from .registry.reference import Reference, is_registry_ref, parse_registry_ref
 from .report import Report
 from .source import Blobs, Source, open_source
-from .source.registry import RegistryBlobs, open_registry
 from .spool import Spool
 from .tree import Node, read_tree
 from .write import Output, WriteSettings, write_run
+
+if TYPE_CHECKING:
+    from .registry.client import Manifest
 
 __all__ = ["ANNOTATION_SOURCE_DIGEST", "Optimization", "optimize", "select_passes"]
 
@@ -134,8 +134,11 @@ class Optimization:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if self._source is not None and isinstance(self._source.blobs, RegistryBlobs):
-            self._source.blobs.close()
+        if self._source is not None and self._source.kind == "registry":
+            from .source.registry import RegistryBlobs  # loaded already: the source came from there
+
+            if isinstance(self._source.blobs, RegistryBlobs):
+                self._source.blobs.close()
         self._clients.close()
         self._lookups.close()
         if self._workdir is not None:
@@ -207,6 +210,8 @@ class Optimization:
             ref = parse_registry_ref(dst)
             client = self._clients.get(ref.registry, source=False)
             image = _OutputImage(output, self.source, dst)
+            from .registry.copy import push_image
+
             self.report.pushed_digest = push_image(client, image, ref, before_put=before_push)
         else:
             writer = write_oci_dir if self.options.output_format == "oci-dir" else write_oci_archive
@@ -225,6 +230,8 @@ class Optimization:
         """Another input (``--base IMAGE``), read in this run's work directory."""
         workdir = tempfile.mkdtemp(prefix="base-", dir=self.workdir)
         if is_registry_ref(src):
+            from .source.registry import open_registry
+
             source = open_registry(src, workdir, self._clients)
         else:
             source = open_source(src, workdir, name=f"base {src}")
@@ -252,6 +259,8 @@ class Optimization:
 
     def _open(self, src: str) -> Source:
         if is_registry_ref(src):
+            from .source.registry import open_registry
+
             return open_registry(src, self.workdir, self._clients)
         return open_source(src, self.workdir, limits=self.options.limits)
 
@@ -324,12 +333,16 @@ class _OutputImage:
         self.name = name
 
     def root(self) -> dict[str, Any]:
+        from .registry.copy import single_root
+
         return single_root(parse_object(self.output.index_bytes, f"{self.name}: index.json"), self.name)
 
     def manifest(self, descriptor: dict[str, Any]) -> Manifest:
         opener = self.opener(descriptor["digest"], descriptor["size"], f"{self.name}: manifest")
         with opener() as reader:
             data = reader.read()
+        from .registry.copy import manifest_of
+
         return manifest_of(descriptor, data, self.name)
 
     def has_blob(self, digest: str) -> bool:

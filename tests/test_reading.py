@@ -99,7 +99,7 @@ def test_the_image_byte_limit_names_the_layer_it_names_in_order(tmp_path: Path) 
 def test_a_failed_reading_returns_the_layers_read_and_removes_the_rest(tmp_path: Path) -> None:
     blobs = BlobStore("img")
     reads = []
-    for number, (media_type, data, _) in enumerate([layer("a", 40_000), corrupt(layer("b", 400_000))]):
+    for number, (media_type, data, _) in enumerate([layer("a", 400_000), corrupt(layer("b", 40_000))]):
         path = tmp_path / f"blob-{number}"
         path.write_bytes(data)
         descriptor = Descriptor(media_type, digest_of(data), len(data))
@@ -110,7 +110,7 @@ def test_a_failed_reading_returns_the_layers_read_and_removes_the_rest(tmp_path:
             )
         )
     steps: list[Step] = []
-    # one worker: layer 1 is surely read whole before layer 2 fails (with two, layer 1 may be stopped first)
+    # one worker, the largest first: layer 1 is read whole before layer 2 fails (with two it may be stopped)
     found = read_side_by_side(blobs, reads, Limits(), 1, Throttle(steps.append, "read", "layers 1-2/2", 1))
     assert list(found) == [0]
     assert isinstance(found[0], LayerIndex) and [e.entry.path for e in found[0].entries][:2] == [

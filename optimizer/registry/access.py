@@ -18,13 +18,24 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..settings import refuse_argument
-from .auth import Credentials
-from .client import RegistryClient
-from .transport import DEFAULT_USER_AGENT
 
-__all__ = ["DEST_FLAGS", "Clients", "RegistryAccess", "add_arguments", "from_args"]
+if TYPE_CHECKING:  # requests and oras load only when a run talks to a registry (0.12 s of every start)
+    from .auth import Credentials
+    from .client import RegistryClient
+
+__all__ = ["DEFAULT_USER_AGENT", "DEST_FLAGS", "Clients", "RegistryAccess", "add_arguments", "from_args"]
+
+try:
+    from importlib.metadata import version as _version
+
+    _VERSION = _version("oci-optimizer")
+except Exception:  # pragma: no cover - not installed
+    _VERSION = "0"
+
+DEFAULT_USER_AGENT = f"oci-optimizer/{_VERSION}"
 
 # The flags about the output's registry: a command that writes nothing refuses them (``add_arguments``).
 DEST_FLAGS = ("--dest-tls-verify", "--dest-creds")
@@ -67,6 +78,8 @@ class Clients:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
+                from .client import RegistryClient
+
                 client = RegistryClient(
                     registry,
                     insecure=access.insecure_for(registry, source=source),
@@ -95,6 +108,8 @@ def _bool(text: str) -> bool:
 
 
 def _credentials(text: str) -> Credentials:
+    from .auth import Credentials
+
     user, colon, password = text.partition(":")
     if not colon:
         # skopeo prompts for a missing password; we read it from the environment instead of a terminal.

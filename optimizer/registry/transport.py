@@ -29,6 +29,7 @@ import requests
 import requests.adapters
 
 from ..errors import RegistryError, UsageError
+from .access import DEFAULT_USER_AGENT
 from .auth import Authenticator, Credentials, RegistryAuthError, RegistryUnavailable, credentials_for
 from .reference import DOCKER_HUB, DOCKER_HUB_API, valid_host
 
@@ -44,14 +45,6 @@ __all__ = [
 
 log = logging.getLogger("optimizer.registry")
 
-try:
-    from importlib.metadata import version as _version
-
-    _VERSION = _version("oci-optimizer")
-except Exception:  # pragma: no cover - not installed
-    _VERSION = "0"
-
-DEFAULT_USER_AGENT = f"oci-optimizer/{_VERSION}"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
