@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -133,6 +134,60 @@ def real_fleet_images(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 # project's machines: ext4 with online discard), creating a file costs 0.03 to 0.8 ms depending on what else
 # writes at the time: a python-app unpack took 5 to 15 s there, 2 to 4 s on tmpfs.
 TMPFS = Path("/dev/shm")
+UNPACK_PREFIX = "oci-optimizer-fleet-unpack-"  # then the pid of the session, so a later one knows it dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _session_pid(mount_point: str) -> int | None:
+    """The pid of the test session a fleet check's mount belongs to (pytest's ``.lock`` in its numbered
+    directory, or the pid in a /dev/shm unpack directory's name); 0 when the session ended, None when the mount
+    is not one of ours."""
+    parts = Path(mount_point).parts
+    for n in range(1, len(parts) - 1):
+        if parts[n].startswith("pytest-of-"):
+            try:
+                return int((Path(*parts[: n + 2]) / ".lock").read_text().strip() or 0)
+            except (OSError, ValueError):
+                return 0
+        if Path(*parts[:n]) == TMPFS and parts[n].startswith(UNPACK_PREFIX):
+            pid = parts[n][len(UNPACK_PREFIX) :].split("-", 1)[0]
+            return int(pid) if pid.isdigit() else 0
+    return None
+
+
+def unmount_stale() -> list[str]:
+    """Unmount (lazily) the mounts a killed session left inside its fleet unpacks; the mount points."""
+    if os.geteuid() != 0:
+        return []  # only root mounts there
+    try:
+        with open("/proc/self/mounts") as handle:
+            points = [line.split()[1].replace("\\040", " ") for line in handle]
+    except OSError:
+        return []
+    gone = []
+    for point in sorted(points, key=len, reverse=True):  # the deepest first
+        pid = _session_pid(point)
+        if pid is not None and not (pid and _alive(pid)):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+            gone.append(point)
+    return gone
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A killed session leaves /proc and /dev mounted inside its fleet unpacks, and pytest deletes old numbered
+    directories later: a delete that went through the bind mount of /dev would remove the host's devices."""
+    unmount_stale()
+
+
 TMPFS_ROOM = 2 << 30  # the largest image unpacked, its layout and its plain-tar copy, with room to spare
 
 
@@ -157,7 +212,7 @@ def observe(
 
     on_tmpfs = TMPFS.is_dir() and _room(TMPFS) >= TMPFS_ROOM
     if on_tmpfs:
-        scratch = Path(tempfile.mkdtemp(prefix="oci-optimizer-fleet-unpack-", dir=TMPFS))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{UNPACK_PREFIX}{os.getpid()}-", dir=TMPFS))
     else:
         scratch = tmp_path_factory.mktemp("fleet-unpack")
     seen: dict[tuple[str, Path], Observations] = {}
