@@ -1,6 +1,6 @@
 """Inflating gzip streams: ISA-L when it is installed, zlib otherwise.
 
-Decoding a layer is most of what reading an image costs (a dry run spends half its time in ``inflate``).
+Decoding a layer is most of what reading an image costs (before ISA-L, inflate was 2.3 s of a 5.8 s dry run).
 ISA-L's inflate (python-isal's ``isal_zlib``, the same interface as ``zlib``'s decompress objects) gives the
 same bytes 2.3x faster here (a 95 MB layer: 0.33 s against 0.78 s) and, like zlib, releases the GIL while it
 works, so layers read side by side use every core. Only decoding: layers are still *written* with zlib, whose

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..settings import refuse_argument
 
-if TYPE_CHECKING:  # requests and oras load only when a run talks to a registry (0.12 s of every start)
+if TYPE_CHECKING:  # requests and oras load only when a run talks to a registry (see __init__)
     from .auth import Credentials
     from .client import RegistryClient
 
