@@ -1,8 +1,8 @@
 """Reading a layer blob as a tar stream: our decompression, libarchive's tar parsing, errors carried through.
 
 ``LayerStream`` turns a layer blob into its plain tar stream. It decompresses what the media type declares
-(gzip or zstd, with ISA-L or zlib (``inflate``) and libzstd, never guessing), refusing a blob whose first bytes are another format; it
-hashes the plain stream as it goes (the layer's diff_id, checked against the config without a second read); and
+(gzip or zstd, with ISA-L or zlib (``inflate``) and libzstd, never guessing), refusing a blob whose first bytes
+are another format; it hashes the plain stream as it goes (the layer's diff_id, checked against the config without a second read); and
 it stops at the layer's ``Cap`` (``limits``) before the excess reaches memory or disk.
 
 ``TarArchive`` is libarchive reading that plain stream through a read callback. An exception raised inside the

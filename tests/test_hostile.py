@@ -240,6 +240,27 @@ def test_a_compressed_archive_bomb_stops_at_the_expansion_limit(
     )
 
 
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "xz"])
+def test_a_damaged_compressed_archive_is_a_format_error(
+    codec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lzma
+
+    plain = write_tar(tmp_path / "inner.tar", simple_image_files()).read_bytes()
+    packed = bytearray(
+        lzma.compress(plain)
+        if codec == "xz"
+        else compressed(plain, "zstd")
+        if codec == "zstd"
+        else compressed(plain, "gzip")
+    )
+    packed[len(packed) // 2 : len(packed) // 2 + 32] = bytes(32)  # a damaged block in the middle
+    source = tmp_path / f"in.tar.{codec}"
+    source.write_bytes(bytes(packed))
+    out = tmp_path / "out.tar"
+    refused(capsys, 3, [str(source), str(out)], str(source), "the compressed archive is corrupt", out=out)
+
+
 def test_limits_are_settings_with_config_keys() -> None:
     from optimizer import settings
     from optimizer.errors import UsageError

@@ -45,6 +45,7 @@ def _decompress_file(src: Path, dst: str, label: str, limits: Limits) -> None:
 
     import zstandard
 
+    corrupt: tuple[type[Exception], ...] = (EOFError, lzma.LZMAError, zstandard.ZstdError, *INFLATE_ERRORS)
     compressed = os.path.getsize(src)
     cap = max(RATIO_FLOOR, limits.max_expansion_ratio * compressed)
     reason = f"--max-expansion-ratio {limits.max_expansion_ratio} of its {compressed} bytes"
@@ -67,9 +68,7 @@ def _decompress_file(src: Path, dst: str, label: str, limits: Limits) -> None:
             if out_of_space(error):
                 raise OutputError(f"{label}: decompressing into the work directory: {error}") from error
             raise FormatError(f"{label}: the compressed archive is corrupt: {error}") from error
-        except (EOFError, lzma.LZMAError, zstandard.ZstdError) as error:
-            raise FormatError(f"{label}: the compressed archive is corrupt: {error}") from error
-        except INFLATE_ERRORS as error:
+        except corrupt as error:
             raise FormatError(f"{label}: the compressed archive is corrupt: {error}") from error
 
 

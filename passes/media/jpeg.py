@@ -419,9 +419,9 @@ def _jpeg_verify_lossy(
         return str(error)
     if new_info.metadata(candidate) != list(keep):
         return "metadata segments not kept"
-    sampling = info.sampling(data)
-    if new_info.sampling(candidate) != sampling:
-        return f"sampling changed ({sampling} -> {new_info.sampling(candidate)})"
+    sampling, kept = info.sampling(data), new_info.sampling(candidate)
+    if kept != sampling:
+        return f"sampling changed ({sampling} -> {kept})"
     if (decoded.mode, decoded.size) != (original.mode, original.size):
         return "re-encoded image changed mode or size"
     # Pillow writes Cb and Cr 1x1: Y's factors are the chroma subsampling

@@ -50,7 +50,6 @@ __all__ = [
     "reduction",
     "rgba16_from_pillow",
     "ssim",
-    "ssim_bands",
     "ssim_planes",
 ]
 
@@ -382,23 +381,16 @@ def ssim(
     if first.ndim != 2 or first.shape != second.shape:
         raise ValueError(f"ssim: needs two 2-D arrays of one shape, not {first.shape} and {second.shape}")
     height, width = first.shape
-    return ssim_bands(lambda t, b: first[t:b], lambda t, b: second[t:b], height, width, window, dtype)
-
-
-def ssim_bands(
-    first: Rows,
-    second: Rows,
-    height: int,
-    width: int,
-    window: int = 7,
-    dtype: type[np.floating[Any]] = np.float32,
-) -> float:
-    """``ssim`` computed band by band from row readers (bounded memory on large images)."""
-
-    def planes(rows: Rows) -> Rows:
-        return lambda top, bottom: rows(top, bottom)[np.newaxis]
-
-    return ssim_planes(planes(first), planes(second), height, width, 1, window, dtype)[0]
+    planes = ssim_planes(
+        lambda t, b: first[np.newaxis, t:b],
+        lambda t, b: second[np.newaxis, t:b],
+        height,
+        width,
+        1,
+        window,
+        dtype,
+    )
+    return planes[0]
 
 
 def ssim_planes(

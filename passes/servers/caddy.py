@@ -156,8 +156,10 @@ def _json_documents(fs: FileSystem) -> Iterator[tuple[str, Any, str | None]]:
             except RecursionError:  # json.loads: past ~1000 levels
                 yield path, None, deep
             else:
-                deeper = _nested_deeper(document, _MAX_JSON_DEPTH)
-                yield path, None if deeper else document, deep if deeper else None
+                if _nested_deeper(document, _MAX_JSON_DEPTH):
+                    yield path, None, deep
+                else:
+                    yield path, document, None
 
 
 def find(fs: FileSystem, config: Mapping[str, Any]) -> list[Serving]:
